@@ -1,0 +1,241 @@
+"""The run loop every agent shares: a drift-free schedule with jitter, a heartbeat per cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Protocol
+
+import msgspec
+from msgspec import Meta
+
+from bus.events import HealthEvent, Heartbeat, MetricBatch, Sample, Status
+from bus.publisher import Publisher
+from bus.units import Duration
+
+log = logging.getLogger(__name__)
+
+# Health target for the agent's own collection; the underscore keeps it apart from check names.
+COLLECTOR_TARGET = "_collector"
+
+try:
+    VERSION = version("jarvis-monitor")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    VERSION = "0+unknown"
+
+
+class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What every agent's config has."""
+
+    enabled: Annotated[bool, Meta(description="run this agent in `up`")] = True
+    interval: Annotated[Duration, Meta(description="time between collections")] = Duration(10)
+    jitter: Annotated[
+        Duration,
+        Meta(
+            description="random delay up to this before each collection, so hosts do not "
+            "all publish at the same instant"
+        ),
+    ] = Duration(0)
+    timeout: Annotated[
+        Duration | None,
+        Meta(
+            description="a collection still running after this is abandoned and reported; "
+            "unset: the interval",
+            examples=["8s"],
+        ),
+    ] = None
+
+    def __post_init__(self) -> None:
+        if self.interval.seconds < 0.1:
+            raise ValueError("interval must be at least 100ms")
+        if self.jitter.seconds >= self.interval.seconds:
+            raise ValueError("jitter must be shorter than interval")
+
+
+@dataclass(frozen=True)
+class Check:
+    """The outcome of one check, before the run loop stamps host, agent and time on it."""
+
+    target: str
+    status: Status
+    latency: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class Collection:
+    """What one collection produced."""
+
+    samples: list[Sample] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+
+class Collector(Protocol):
+    """One agent's collection step; `name` is its subject token (`host`, `container`, `probe`)."""
+
+    name: str
+
+    async def collect(self) -> Collection: ...
+
+
+def next_tick(start: float, interval: float, tick: int, now: float) -> tuple[int, int]:
+    """The tick to run after `tick` finished at `now`, and how many ticks were skipped.
+
+    Ticks sit at `start + k * interval`, so the schedule never drifts; a cycle that ran past
+    later ticks skips them instead of running them back to back.
+    """
+    following = tick + 1
+    if start + following * interval > now:
+        return following, 0
+    due = math.floor((now - start) / interval) + 1
+    return due, due - following
+
+
+class AgentRunner:
+    """Runs one collector on its schedule and publishes batches, checks and heartbeats."""
+
+    def __init__(
+        self,
+        collector: Collector,
+        publisher: Publisher,
+        config: AgentConfig,
+        host: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.collector = collector
+        self.publisher = publisher
+        self.config = config
+        self.host = host
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._stopping = asyncio.Event()
+        self.cycles = 0
+        self.skipped = 0
+        self.collect_errors = 0
+        self._collector_failing = False
+
+    @property
+    def agent(self) -> str:
+        return self.collector.name
+
+    def stop(self) -> None:
+        """Finish the cycle in progress, then return from `run()`."""
+        self._stopping.set()
+
+    async def _wait(self, seconds: float) -> bool:
+        """Sleep `seconds` unless stopped first; True when stopped."""
+        if self._stopping.is_set():
+            return True
+        if seconds <= 0:
+            return False
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
+        for task in (sleeper, stopper):
+            task.cancel()
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        """Collect every interval until `stop()`; never raises for a failing collector or bus."""
+        interval = self.config.interval.seconds
+        start = self.clock()
+        tick = 0
+        while True:
+            delay = (
+                self._rng.uniform(0, self.config.jitter.seconds)
+                if self.config.jitter.seconds
+                else 0.0
+            )
+            if await self._wait(start + tick * interval + delay - self.clock()):
+                return
+            await self.run_cycle()
+            tick, skipped = next_tick(start, interval, tick, self.clock())
+            if skipped:
+                self.skipped += skipped
+                log.warning(
+                    "%s agent: a cycle overran its %.1fs interval, skipped %d tick(s)",
+                    self.agent,
+                    interval,
+                    skipped,
+                )
+
+    async def run_cycle(self) -> None:
+        """One collection: publish its batch and checks, then the heartbeat."""
+        interval = self.config.interval.seconds
+        timeout = self.config.timeout.seconds if self.config.timeout else interval
+        ts = self.wall_clock()
+        subjects = self.publisher.subjects
+        try:
+            collection = await asyncio.wait_for(self.collector.collect(), timeout)
+        except Exception as exc:  # one broken collector must not take the agent down
+            self.collect_errors += 1
+            reason = f"timed out after {timeout:g}s" if isinstance(exc, TimeoutError) else repr(exc)
+            log.error(
+                "%s agent: collection failed: %s",
+                self.agent,
+                reason,
+                exc_info=not isinstance(exc, TimeoutError),
+            )
+            self._collector_failing = True
+            await self._publish_check(
+                Check(COLLECTOR_TARGET, "critical", detail=f"collection {reason}"), ts
+            )
+        else:
+            if self._collector_failing:
+                self._collector_failing = False
+                await self._publish_check(
+                    Check(COLLECTOR_TARGET, "ok", detail="collection recovered"), ts
+                )
+            if collection.samples:
+                batch = MetricBatch(
+                    host=self.host,
+                    agent=self.agent,
+                    ts=ts,
+                    interval=interval,
+                    samples=collection.samples,
+                )
+                await self.publisher.publish(subjects.metrics(self.host, self.agent), batch)
+            for check in collection.checks:
+                await self._publish_check(check, ts)
+        self.cycles += 1
+        await self.publisher.publish(subjects.heartbeat(self.host, self.agent), self.heartbeat(ts))
+
+    def heartbeat(self, ts: float) -> Heartbeat:
+        """A heartbeat carrying the counts of everything lost since the agent started."""
+        stats = self.publisher.stats
+        return Heartbeat(
+            host=self.host,
+            agent=self.agent,
+            version=VERSION,
+            interval=self.config.interval.seconds,
+            ts=ts,
+            dropped=stats.dropped,
+            publish_errors=stats.errors,
+            collect_errors=self.collect_errors,
+        )
+
+    async def _publish_check(self, check: Check, ts: float) -> None:
+        event = HealthEvent(
+            host=self.host,
+            agent=self.agent,
+            target=check.target,
+            status=check.status,
+            latency=check.latency,
+            detail=check.detail,
+            ts=ts,
+        )
+        await self.publisher.publish(
+            self.publisher.subjects.health(self.host, self.agent, check.target), event
+        )

@@ -1,0 +1,158 @@
+"""The bus's own config: where NATS is, how to authenticate, and what JetStream keeps."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from bus.subjects import validate_prefix
+from bus.units import Duration
+
+DEFAULT_URL = "nats://127.0.0.1:4222"
+
+
+class TLSConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    ca_file: Annotated[
+        str | None,
+        Meta(
+            description="CA bundle that signed the server's certificate",
+            examples=["/etc/jarvis/ca.pem"],
+        ),
+    ] = None
+    cert_file: Annotated[
+        str | None,
+        Meta(
+            description="client certificate, for servers that verify clients",
+            examples=["/etc/jarvis/client.pem"],
+        ),
+    ] = None
+    key_file: Annotated[
+        str | None,
+        Meta(
+            description="private key of the client certificate",
+            examples=["/etc/jarvis/client-key.pem"],
+        ),
+    ] = None
+
+    @property
+    def enabled(self) -> bool:
+        return any((self.ca_file, self.cert_file, self.key_file))
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file must be given together")
+
+
+# Size caps keep a monitoring host from filling its own disk; alerts are never capped.
+DEFAULT_MAX_BYTES = {
+    "metrics": 2 * 1024**3,
+    "health": 1024**3,
+    "heartbeat": 256 * 1024**2,
+    "alerts": -1,
+    "notifications": -1,
+}
+
+
+class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    max_age: Annotated[Duration, Meta(description="how long messages are kept")] = Duration(
+        30 * 86400
+    )
+    max_bytes: Annotated[
+        Annotated[int, Meta(ge=-1)] | None,
+        Meta(
+            description="size cap in bytes, oldest dropped first; -1 for none; "
+            "unset: 2 GiB metrics, 1 GiB health, 256 MiB heartbeat, none for alerts and notifications",
+            examples=[4294967296],
+        ),
+    ] = None
+
+
+class StreamsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    metrics: Annotated[StreamConfig, Meta(description="jarvis.metrics.>")] = StreamConfig()
+    health: Annotated[StreamConfig, Meta(description="jarvis.health.>")] = StreamConfig()
+    heartbeat: Annotated[StreamConfig, Meta(description="jarvis.heartbeat.>")] = StreamConfig()
+    alerts: Annotated[StreamConfig, Meta(description="jarvis.alerts.>")] = StreamConfig()
+    notifications: Annotated[StreamConfig, Meta(description="jarvis.notifications.>")] = (
+        StreamConfig()
+    )
+    duplicate_window: Annotated[
+        Duration,
+        Meta(description="how long the alert streams remember a Nats-Msg-Id to drop a repeat"),
+    ] = Duration(3600)
+
+    def __post_init__(self) -> None:
+        for family in ("alerts", "notifications"):
+            if getattr(self, family).max_bytes not in (None, -1):
+                raise ValueError(
+                    f"{family}.max_bytes must stay unset: alerts may not be dropped for space"
+                )
+
+    def max_bytes(self, family: str) -> int:
+        """The effective size cap of one family's stream."""
+        configured: int | None = getattr(self, family).max_bytes
+        return DEFAULT_MAX_BYTES[family] if configured is None else configured
+
+
+class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    servers: Annotated[
+        list[str],
+        Meta(
+            description="NATS URLs (several for a cluster); empty: `up` starts an embedded server, "
+            "other commands use nats://127.0.0.1:4222. JARVIS_NATS_URL overrides (comma-separated)",
+            examples=[["nats://10.0.0.5:4222", "nats://10.0.0.6:4222"]],
+        ),
+    ] = []
+    prefix: Annotated[str, Meta(description="first token(s) of every subject")] = "jarvis"
+    user: Annotated[
+        str | None, Meta(description="user name for user/password auth", examples=["jarvis"])
+    ] = None
+    password_file: Annotated[
+        str | None,
+        Meta(
+            description="file holding the password (or set JARVIS_NATS_PASSWORD)",
+            examples=["/etc/jarvis/nats-password"],
+        ),
+    ] = None
+    token_file: Annotated[
+        str | None,
+        Meta(
+            description="file holding an auth token (or set JARVIS_NATS_TOKEN)",
+            examples=["/etc/jarvis/nats-token"],
+        ),
+    ] = None
+    nkey_seed_file: Annotated[
+        str | None,
+        Meta(description="NKey seed file for nkey auth", examples=["/etc/jarvis/agent.nk"]),
+    ] = None
+    creds_file: Annotated[
+        str | None,
+        Meta(
+            description="JWT credentials file (decentralised auth)",
+            examples=["/etc/jarvis/agent.creds"],
+        ),
+    ] = None
+    tls: Annotated[TLSConfig, Meta(description="TLS towards the server")] = TLSConfig()
+    connect_timeout: Annotated[
+        Duration, Meta(description="time allowed for one connection attempt")
+    ] = Duration(5)
+    max_reconnect_delay: Annotated[
+        Duration, Meta(description="cap of the exponential backoff between reconnect attempts")
+    ] = Duration(5)
+    reconnect_buffer: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="bytes of publishes kept while disconnected; beyond it publishes are "
+            "dropped and counted in the next heartbeat",
+        ),
+    ] = 8 * 1024**2
+    streams: Annotated[
+        StreamsConfig, Meta(description="JetStream retention per subject family")
+    ] = StreamsConfig()
+
+    def __post_init__(self) -> None:
+        validate_prefix(self.prefix)
+        if self.password_file and not self.user:
+            raise ValueError("password_file needs user")

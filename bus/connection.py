@@ -1,0 +1,236 @@
+"""Connecting to NATS: credentials, TLS, reconnect with backoff, and counted publishing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import nats
+from nats.aio.client import Client, Server
+from nats.errors import ConnectionClosedError, NoServersError, OutboundBufferLimitError
+
+from bus.config import DEFAULT_URL, BusConfig
+from bus.events import Event, encode
+from bus.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+
+class BusConfigError(ValueError):
+    """A bus setting that cannot be used (missing credentials file, bad TLS files)."""
+
+
+class BusUnavailableError(ConnectionError):
+    """No NATS server answered."""
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info, so credentials embedded in it never reach a log."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, f"***@{netloc}", parts.path, parts.query, parts.fragment))
+
+
+def server_urls(config: BusConfig, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The server list: JARVIS_NATS_URL first, then config, then the local default."""
+    override = environ.get("JARVIS_NATS_URL", "").strip()
+    if override:
+        return [u.strip() for u in override.split(",") if u.strip()]
+    return list(config.servers) or [DEFAULT_URL]
+
+
+def _read_secret(path: str, key: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise BusConfigError(f"bus.{key}: cannot read {path}: {exc.strerror}") from None
+
+
+@dataclass(frozen=True, repr=False)
+class Credentials:
+    """The secrets resolved from files and the environment; repr never shows them."""
+
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Credentials(user={self.user!r}, password=***, token=***)"
+
+
+def resolve_credentials(config: BusConfig, environ: Mapping[str, str] = os.environ) -> Credentials:
+    """Read password and token from their files or JARVIS_NATS_PASSWORD / JARVIS_NATS_TOKEN."""
+    password = environ.get("JARVIS_NATS_PASSWORD") or None
+    if config.password_file:
+        password = _read_secret(config.password_file, "password_file")
+    token = environ.get("JARVIS_NATS_TOKEN") or None
+    if config.token_file:
+        token = _read_secret(config.token_file, "token_file")
+    user = config.user or environ.get("JARVIS_NATS_USER") or None
+    if password and not user:
+        raise BusConfigError("bus.user: a password is set but no user")
+    for key in ("nkey_seed_file", "creds_file"):
+        path = getattr(config, key)
+        if path and not Path(path).is_file():
+            raise BusConfigError(f"bus.{key}: no such file {path}")
+    return Credentials(user=user, password=password, token=token)
+
+
+def tls_context(config: BusConfig) -> ssl.SSLContext | None:
+    """An SSL context from bus.tls, or None when TLS is not configured."""
+    tls = config.tls
+    if not tls.enabled:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file and tls.key_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise BusConfigError(f"bus.tls: {exc}") from None
+    return context
+
+
+def reconnect_delay(attempt: int, cap: float, rng: random.Random | None = None) -> float:
+    """Exponential backoff with full jitter: 0.1 s doubling per attempt, capped at `cap`."""
+    ceiling = min(cap, 0.1 * 2 ** min(attempt, 30))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+@dataclass
+class PublishStats:
+    """What went wrong with publishing, reported in heartbeats so a loss is never silent."""
+
+    dropped: int = 0
+    errors: int = 0
+
+
+@dataclass
+class Bus:
+    """A NATS connection with the contract's subjects and counted, never-raising publishes."""
+
+    nc: Client
+    subjects: Subjects
+    name: str
+    stats: PublishStats = field(default_factory=PublishStats)
+
+    async def publish(self, subject: str, event: Event) -> bool:
+        """Publish `event`; a full reconnect buffer or a closed connection is counted, not raised."""
+        try:
+            await self.nc.publish(subject, encode(event))
+        except OutboundBufferLimitError:
+            self.stats.dropped += 1
+            if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
+                log.warning(
+                    "reconnect buffer full, %d publishes dropped so far", self.stats.dropped
+                )
+            return False
+        except (ConnectionClosedError, nats.errors.Error, OSError) as exc:
+            self.stats.errors += 1
+            log.warning("publish to %s failed: %s", subject, exc)
+            return False
+        return True
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush what is buffered (waiting up to `timeout` for a reconnect) and close."""
+        nc = self.nc
+        if nc.is_closed:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while nc.is_reconnecting and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if nc.is_connected:
+            try:
+                await nc.flush(timeout=max(0.1, deadline - loop.time()))
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                log.warning("final flush failed: %s", exc)
+        elif nc.pending_data_size:
+            log.warning(
+                "closing while disconnected: %d buffered bytes not delivered", nc.pending_data_size
+            )
+        await nc.close()
+
+
+async def connect(
+    config: BusConfig,
+    name: str,
+    *,
+    servers: Sequence[str] | None = None,
+    wait: bool = False,
+    environ: Mapping[str, str] = os.environ,
+) -> Bus:
+    """Connect as component `name`; with `wait`, keep retrying until a server answers.
+
+    Once connected the client reconnects forever with backoff, buffering publishes meanwhile.
+    """
+    urls = list(servers) if servers else server_urls(config, environ)
+    creds = resolve_credentials(config, environ)
+    cap = config.max_reconnect_delay.seconds
+
+    def pick_server(pool: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
+        server = min(pool, key=lambda s: s.reconnects)
+        return server, reconnect_delay(server.reconnects, cap)
+
+    async def on_error(exc: Exception) -> None:
+        log.debug("nats: %s", exc)
+
+    async def on_disconnected() -> None:
+        log.warning("%s: disconnected from NATS, buffering publishes", name)
+
+    async def on_reconnected() -> None:
+        url = nc.connected_url
+        log.warning("%s: reconnected to %s", name, redact_url(url.geturl()) if url else "NATS")
+
+    options: dict[str, Any] = {
+        "servers": urls,
+        "name": name,
+        "connect_timeout": config.connect_timeout.seconds,
+        "allow_reconnect": True,
+        # Bounded for the first connect so that it fails instead of hanging; unbounded after.
+        "max_reconnect_attempts": 1,
+        "reconnect_time_wait": 0.2,
+        "reconnect_to_server_handler": pick_server,
+        "pending_size": config.reconnect_buffer,
+        "error_cb": on_error,
+        "disconnected_cb": on_disconnected,
+        "reconnected_cb": on_reconnected,
+        "tls": tls_context(config),
+        "user": creds.user,
+        "password": creds.password,
+        "token": creds.token,
+        "nkeys_seed": config.nkey_seed_file,
+        "user_credentials": config.creds_file,
+    }
+    shown = ", ".join(redact_url(u) for u in urls)
+    attempt = 0
+    while True:
+        nc = Client()
+        try:
+            await nc.connect(**options)
+        except (NoServersError, OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+            if not wait:
+                raise BusUnavailableError(
+                    f"cannot reach NATS at {shown}: {exc or type(exc).__name__}"
+                ) from None
+            if attempt == 0:
+                log.warning(
+                    "%s: waiting for NATS at %s (%s)", name, shown, exc or type(exc).__name__
+                )
+            await asyncio.sleep(reconnect_delay(attempt, cap))
+            attempt += 1
+            continue
+        nc.options["max_reconnect_attempts"] = -1
+        log.info("%s: connected to %s", name, shown)
+        return Bus(nc=nc, subjects=Subjects(config.prefix), name=name)

@@ -1,0 +1,140 @@
+"""The events on the wire: msgspec Structs, each tagged by `kind` and versioned by `v`.
+
+Other tools decode these from JSON, so a change here is a change of the public interface.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, Literal, TypeVar
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+Status = Literal["ok", "warning", "critical", "unknown"]
+Severity = Literal["critical", "warning", "info"]
+AlertStatus = Literal["firing", "resolved"]
+NotificationStatus = Literal["firing", "resolved", "reminder"]
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    v: int = SCHEMA_VERSION
+
+
+class Sample(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One measurement: a dotted lower-case metric name, its value and its labels."""
+
+    name: str
+    value: float
+    labels: dict[str, str] = {}
+
+
+class MetricBatch(_Event, frozen=True, kw_only=True, tag="metrics"):
+    """All samples an agent collected in one cycle."""
+
+    host: str
+    agent: str
+    ts: float
+    interval: float
+    samples: list[Sample]
+
+
+class HealthEvent(_Event, frozen=True, kw_only=True, tag="health"):
+    """The outcome of one check of one target."""
+
+    host: str
+    agent: str
+    target: str
+    status: Status
+    latency: float | None = None
+    detail: str = ""
+    ts: float
+
+
+class Heartbeat(_Event, frozen=True, kw_only=True, tag="heartbeat"):
+    """An agent saying it is alive; `dropped` counts publishes lost to a full reconnect buffer."""
+
+    host: str
+    agent: str
+    version: str
+    interval: float
+    ts: float
+    dropped: int = 0
+    publish_errors: int = 0
+    collect_errors: int = 0
+
+
+class Alert(_Event, frozen=True, kw_only=True, tag="alert"):
+    """One state change of one alert series."""
+
+    fingerprint: str
+    rule: str
+    severity: Severity
+    status: AlertStatus
+    labels: dict[str, str]
+    summary: str
+    value: float | None = None
+    starts_at: float
+    ends_at: float | None = None
+
+
+class Notification(_Event, frozen=True, kw_only=True, tag="notification"):
+    """A consolidated message for one group of alerts on one route."""
+
+    id: str
+    group_key: str
+    route: str
+    status: NotificationStatus
+    alerts: list[Alert]
+    ts: float
+
+
+Event = MetricBatch | HealthEvent | Heartbeat | Alert | Notification
+EVENT_TYPES: tuple[type[Event], ...] = (MetricBatch, HealthEvent, Heartbeat, Alert, Notification)
+
+E = TypeVar("E", MetricBatch, HealthEvent, Heartbeat, Alert, Notification, Event)
+
+
+class EventDecodeError(ValueError):
+    """A payload on the bus that is not the expected event; consumers count and skip it."""
+
+    def __init__(self, subject: str, reason: str, size: int) -> None:
+        super().__init__(f"undecodable payload on {subject!r} ({size} bytes): {reason}")
+        self.subject = subject
+        self.reason = reason
+        self.size = size
+
+
+class Codec(Generic[E]):
+    """Encoder and decoder for one event type (or `Event`, for any of them)."""
+
+    def __init__(self, tp: type[E]) -> None:
+        self._decoder: msgspec.json.Decoder[E] = msgspec.json.Decoder(tp)
+
+    def decode(self, data: bytes, subject: str = "") -> E:
+        """Decode `data`, raising `EventDecodeError` for garbage or a payload of the wrong shape."""
+        try:
+            return self._decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise EventDecodeError(subject, str(exc), len(data)) from None
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(event: Event) -> bytes:
+    """JSON bytes of an event, readable with the NATS CLI."""
+    return _encoder.encode(event)
+
+
+any_event: Codec[Event] = Codec(Event)  # type: ignore[arg-type]
+metric_batch = Codec(MetricBatch)
+health_event = Codec(HealthEvent)
+heartbeat = Codec(Heartbeat)
+alert = Codec(Alert)
+notification = Codec(Notification)
+
+
+def json_schema() -> dict[str, object]:
+    """JSON Schema of every event type, as printed by `jarvis-monitor schema`."""
+    return msgspec.json.schema(Event)  # type: ignore[arg-type]

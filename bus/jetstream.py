@@ -1,0 +1,115 @@
+"""JetStream provisioning: the contract's streams and KV buckets, created or updated at start."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Literal
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from bus.config import StreamsConfig
+from bus.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("metrics", "health", "heartbeat", "alerts", "notifications")
+# Families whose publishers deduplicate with Nats-Msg-Id.
+DEDUPLICATED = ("alerts", "notifications")
+KV_BUCKETS = {
+    "state": "evaluator state: pending timers, alerts, groups, what was notified when",
+    "silences": "silences, shared by every evaluator",
+}
+
+Change = Literal["created", "updated", "unchanged"]
+
+
+def _base(prefix: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", prefix).upper()
+
+
+def stream_name(prefix: str, family: str) -> str:
+    """Stream name for one family, e.g. `JARVIS_METRICS`; distinct per prefix."""
+    return f"{_base(prefix)}_{family.upper()}"
+
+
+def bucket_name(prefix: str, bucket: str) -> str:
+    """KV bucket name, e.g. `JARVIS_state`."""
+    return f"{_base(prefix)}_{bucket}"
+
+
+def stream_config(subjects: Subjects, streams: StreamsConfig, family: str) -> StreamConfig:
+    """The desired config of one family's stream."""
+    limits = getattr(streams, family)
+    return StreamConfig(
+        name=stream_name(subjects.prefix, family),
+        subjects=[subjects.family(family)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=limits.max_age.seconds,
+        max_bytes=streams.max_bytes(family),
+        duplicate_window=streams.duplicate_window.seconds if family in DEDUPLICATED else 120.0,
+    )
+
+
+def _differs(current: StreamConfig, desired: StreamConfig) -> bool:
+    return (
+        sorted(current.subjects or []) != sorted(desired.subjects or [])
+        or round(current.max_age or 0) != round(desired.max_age or 0)
+        or (current.max_bytes or -1) != desired.max_bytes
+        or round(current.duplicate_window or 0) != round(desired.duplicate_window)
+    )
+
+
+async def ensure_stream(js: JetStreamContext, desired: StreamConfig) -> Change:
+    """Create the stream, or update it when its limits differ from `desired`."""
+    assert desired.name is not None
+    try:
+        info = await js.stream_info(desired.name)
+    except NotFoundError:
+        await js.add_stream(desired)
+        log.info("created stream %s", desired.name)
+        return "created"
+    if not _differs(info.config, desired):
+        return "unchanged"
+    await js.update_stream(desired)
+    log.info(
+        "updated stream %s (max_age %.0fs, max_bytes %s)",
+        desired.name,
+        desired.max_age or 0,
+        desired.max_bytes,
+    )
+    return "updated"
+
+
+async def ensure_bucket(js: JetStreamContext, name: str, description: str) -> Change:
+    """Create a KV bucket if it does not exist yet."""
+    try:
+        await js.key_value(name)
+    except BucketNotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=name, description=description, history=5, storage=StorageType.FILE
+            )
+        )
+        log.info("created KV bucket %s", name)
+        return "created"
+    return "unchanged"
+
+
+async def provision(
+    js: JetStreamContext, subjects: Subjects, streams: StreamsConfig
+) -> dict[str, Change]:
+    """Make the streams and buckets match config; safe to run on every start."""
+    changes: dict[str, Change] = {}
+    for family in FAMILIES:
+        desired = stream_config(subjects, streams, family)
+        assert desired.name is not None
+        changes[desired.name] = await ensure_stream(js, desired)
+    for bucket, description in KV_BUCKETS.items():
+        name = bucket_name(subjects.prefix, bucket)
+        changes[name] = await ensure_bucket(js, name, description)
+    return changes

@@ -1,0 +1,67 @@
+"""Subject names of the contract, with every outside token sanitised so it stays one token."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# `.` splits tokens, `*` and `>` are wildcards, whitespace and control characters end a subject.
+_UNSAFE = re.compile(r"[.*>\s\x00-\x1f\x7f]")
+MAX_TOKEN = 128
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+
+
+def sanitize_token(value: str) -> str:
+    """One subject token from any outside string: unsafe characters become `_`, never empty.
+
+    Over-long values are cut and suffixed with a short hash so distinct inputs stay distinct.
+    """
+    token = _UNSAFE.sub("_", value) or "_"
+    if len(token) > MAX_TOKEN:
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        token = f"{token[: MAX_TOKEN - 11]}~{digest}"
+    return token
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return `prefix` if it is one or more plain tokens, else raise ValueError."""
+    if not _PREFIX.match(prefix):
+        raise ValueError(
+            f"invalid subject prefix {prefix!r}: use letters, digits, '_' or '-', "
+            "with '.' between tokens"
+        )
+    return prefix
+
+
+class Subjects:
+    """Builds the subjects of the contract under one prefix (`jarvis` by default)."""
+
+    def __init__(self, prefix: str = "jarvis") -> None:
+        self.prefix = validate_prefix(prefix)
+
+    def _join(self, *tokens: str) -> str:
+        return ".".join((self.prefix, *(sanitize_token(t) for t in tokens)))
+
+    def metrics(self, host: str, agent: str) -> str:
+        return self._join("metrics", host, agent)
+
+    def health(self, host: str, agent: str, target: str) -> str:
+        return self._join("health", host, agent, target)
+
+    def heartbeat(self, host: str, agent: str) -> str:
+        return self._join("heartbeat", host, agent)
+
+    def alerts(self, severity: str, host: str, rule: str) -> str:
+        return self._join("alerts", severity, host, rule)
+
+    def notifications(self, route: str) -> str:
+        return self._join("notifications", route)
+
+    def family(self, family: str) -> str:
+        """Wildcard over one family, e.g. `jarvis.metrics.>`."""
+        return f"{self.prefix}.{family}.>"
+
+    @property
+    def everything(self) -> str:
+        """Wildcard over the whole stream, `jarvis.>`."""
+        return f"{self.prefix}.>"
