@@ -19,9 +19,7 @@ class AgentsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             examples=["web01"],
         ),
     ] = None
-    host: Annotated[HostAgentConfig, Meta(description="the host agent (psutil)")] = (
-        HostAgentConfig()
-    )
+    host: Annotated[HostAgentConfig, Meta(description="the host agent (psutil)")] = HostAgentConfig()
 
     def resolved_hostname(self) -> str:
         return self.hostname or socket.gethostname()

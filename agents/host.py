@@ -74,9 +74,7 @@ METRICS = catalog(
     MetricSpec("disk.total_bytes", "bytes", "size of a mount", ("mount", "device", "fstype")),
     MetricSpec("disk.read_bytes_per_second", "bytes/s", "bytes read from all disks"),
     MetricSpec("disk.write_bytes_per_second", "bytes/s", "bytes written to all disks"),
-    MetricSpec(
-        "net.recv_bytes_per_second", "bytes/s", "bytes received on all interfaces but loopback"
-    ),
+    MetricSpec("net.recv_bytes_per_second", "bytes/s", "bytes received on all interfaces but loopback"),
     MetricSpec("net.sent_bytes_per_second", "bytes/s", "bytes sent on all interfaces but loopback"),
     MetricSpec("proc.count", "processes", "processes running on the host"),
     MetricSpec("system.uptime_seconds", "seconds", "time since boot"),
@@ -84,16 +82,14 @@ METRICS = catalog(
 
 
 class HostAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    per_core: Annotated[bool, Meta(description="also publish cpu.core.percent for every core")] = (
-        True
-    )
+    per_core: Annotated[bool, Meta(description="also publish cpu.core.percent for every core")] = True
     mounts: Annotated[
         list[str],
         Meta(
             description="mounts to watch; empty: every real (non-pseudo) file system",
             examples=[["/", "/var/lib/docker"]],
         ),
-    ] = []
+    ] = msgspec.field(default_factory=list)
     ignore_fs_types: Annotated[
         list[str], Meta(description="file system types never watched", examples=[["nfs", "cifs"]])
     ] = msgspec.field(default_factory=lambda: list(PSEUDO_FS))
@@ -117,9 +113,7 @@ class HostCollector:
 
     name = "host"
 
-    def __init__(
-        self, config: HostAgentConfig, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, config: HostAgentConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
         self._rates = {name: _Rate() for name in METRICS if name.endswith("_per_second")}
@@ -128,7 +122,7 @@ class HostCollector:
     async def collect(self) -> Collection:
         if not self._cpu_primed:
             # psutil measures CPU between two calls; the first call only sets the baseline.
-            psutil.cpu_percent(percpu=self.config.per_core)
+            psutil.cpu_percent(percpu=True)
             psutil.cpu_percent()
             self._cpu_primed = True
             await asyncio.sleep(0.2)
@@ -205,12 +199,8 @@ class HostCollector:
             counters["disk.read_bytes_per_second"] = disk.read_bytes
             counters["disk.write_bytes_per_second"] = disk.write_bytes
         nics = psutil.net_io_counters(pernic=True)
-        counters["net.recv_bytes_per_second"] = sum(
-            n.bytes_recv for name, n in nics.items() if name != "lo"
-        )
-        counters["net.sent_bytes_per_second"] = sum(
-            n.bytes_sent for name, n in nics.items() if name != "lo"
-        )
+        counters["net.recv_bytes_per_second"] = sum(n.bytes_recv for name, n in nics.items() if name != "lo")
+        counters["net.sent_bytes_per_second"] = sum(n.bytes_sent for name, n in nics.items() if name != "lo")
         samples = []
         for name, value in counters.items():
             rate = self._rates[name].update(value, now)

@@ -153,11 +153,7 @@ class AgentRunner:
         start = self.clock()
         tick = 0
         while True:
-            delay = (
-                self._rng.uniform(0, self.config.jitter.seconds)
-                if self.config.jitter.seconds
-                else 0.0
-            )
+            delay = self._rng.uniform(0, self.config.jitter.seconds) if self.config.jitter.seconds else 0.0
             if await self._wait(start + tick * interval + delay - self.clock()):
                 return
             await self.run_cycle()
@@ -189,15 +185,11 @@ class AgentRunner:
                 exc_info=not isinstance(exc, TimeoutError),
             )
             self._collector_failing = True
-            await self._publish_check(
-                Check(COLLECTOR_TARGET, "critical", detail=f"collection {reason}"), ts
-            )
+            await self._publish_check(Check(COLLECTOR_TARGET, "critical", detail=f"collection {reason}"), ts)
         else:
             if self._collector_failing:
                 self._collector_failing = False
-                await self._publish_check(
-                    Check(COLLECTOR_TARGET, "ok", detail="collection recovered"), ts
-                )
+                await self._publish_check(Check(COLLECTOR_TARGET, "ok", detail="collection recovered"), ts)
             if collection.samples:
                 batch = MetricBatch(
                     host=self.host,

@@ -56,9 +56,7 @@ DEFAULT_MAX_BYTES = {
 
 
 class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    max_age: Annotated[Duration, Meta(description="how long messages are kept")] = Duration(
-        30 * 86400
-    )
+    max_age: Annotated[Duration, Meta(description="how long messages are kept")] = Duration(30 * 86400)
     max_bytes: Annotated[
         Annotated[int, Meta(ge=-1)] | None,
         Meta(
@@ -74,9 +72,7 @@ class StreamsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     health: Annotated[StreamConfig, Meta(description="jarvis.health.>")] = StreamConfig()
     heartbeat: Annotated[StreamConfig, Meta(description="jarvis.heartbeat.>")] = StreamConfig()
     alerts: Annotated[StreamConfig, Meta(description="jarvis.alerts.>")] = StreamConfig()
-    notifications: Annotated[StreamConfig, Meta(description="jarvis.notifications.>")] = (
-        StreamConfig()
-    )
+    notifications: Annotated[StreamConfig, Meta(description="jarvis.notifications.>")] = StreamConfig()
     duplicate_window: Annotated[
         Duration,
         Meta(description="how long the alert streams remember a Nats-Msg-Id to drop a repeat"),
@@ -85,9 +81,7 @@ class StreamsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     def __post_init__(self) -> None:
         for family in ("alerts", "notifications"):
             if getattr(self, family).max_bytes not in (None, -1):
-                raise ValueError(
-                    f"{family}.max_bytes must stay unset: alerts may not be dropped for space"
-                )
+                raise ValueError(f"{family}.max_bytes must stay unset: alerts may not be dropped for space")
 
     def max_bytes(self, family: str) -> int:
         """The effective size cap of one family's stream."""
@@ -105,9 +99,9 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
         ),
     ] = []
     prefix: Annotated[str, Meta(description="first token(s) of every subject")] = "jarvis"
-    user: Annotated[
-        str | None, Meta(description="user name for user/password auth", examples=["jarvis"])
-    ] = None
+    user: Annotated[str | None, Meta(description="user name for user/password auth", examples=["jarvis"])] = (
+        None
+    )
     password_file: Annotated[
         str | None,
         Meta(
@@ -134,9 +128,9 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
         ),
     ] = None
     tls: Annotated[TLSConfig, Meta(description="TLS towards the server")] = TLSConfig()
-    connect_timeout: Annotated[
-        Duration, Meta(description="time allowed for one connection attempt")
-    ] = Duration(5)
+    connect_timeout: Annotated[Duration, Meta(description="time allowed for one connection attempt")] = (
+        Duration(5)
+    )
     max_reconnect_delay: Annotated[
         Duration, Meta(description="cap of the exponential backoff between reconnect attempts")
     ] = Duration(5)
@@ -147,10 +141,10 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
             description="bytes of publishes kept while disconnected; beyond it publishes are "
             "dropped and counted in the next heartbeat",
         ),
-    ] = 8 * 1024**2
-    streams: Annotated[
-        StreamsConfig, Meta(description="JetStream retention per subject family")
-    ] = StreamsConfig()
+    ] = 2 * 1024**2
+    streams: Annotated[StreamsConfig, Meta(description="JetStream retention per subject family")] = (
+        StreamsConfig()
+    )
 
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)

@@ -43,12 +43,17 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"***@{netloc}", parts.path, parts.query, parts.fragment))
 
 
-def server_urls(config: BusConfig, environ: Mapping[str, str] = os.environ) -> list[str]:
-    """The server list: JARVIS_NATS_URL first, then config, then the local default."""
+def configured_urls(config: BusConfig, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The servers the user named: JARVIS_NATS_URL (comma-separated) first, then bus.servers."""
     override = environ.get("JARVIS_NATS_URL", "").strip()
     if override:
         return [u.strip() for u in override.split(",") if u.strip()]
-    return list(config.servers) or [DEFAULT_URL]
+    return list(config.servers)
+
+
+def server_urls(config: BusConfig, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The server list to connect to, falling back to the local default."""
+    return configured_urls(config, environ) or [DEFAULT_URL]
 
 
 def _read_secret(path: str, key: str) -> str:
@@ -132,9 +137,7 @@ class Bus:
         except OutboundBufferLimitError:
             self.stats.dropped += 1
             if self.stats.dropped == 1 or self.stats.dropped % 1000 == 0:
-                log.warning(
-                    "reconnect buffer full, %d publishes dropped so far", self.stats.dropped
-                )
+                log.warning("reconnect buffer full, %d publishes dropped so far", self.stats.dropped)
             return False
         except (ConnectionClosedError, nats.errors.Error, OSError) as exc:
             self.stats.errors += 1
@@ -153,13 +156,11 @@ class Bus:
             await asyncio.sleep(0.05)
         if nc.is_connected:
             try:
-                await nc.flush(timeout=max(0.1, deadline - loop.time()))
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                await nc.flush(timeout=max(1, round(deadline - loop.time())))
+            except (TimeoutError, nats.errors.Error) as exc:
                 log.warning("final flush failed: %s", exc)
         elif nc.pending_data_size:
-            log.warning(
-                "closing while disconnected: %d buffered bytes not delivered", nc.pending_data_size
-            )
+            log.warning("closing while disconnected: %d buffered bytes not delivered", nc.pending_data_size)
         await nc.close()
 
 
@@ -187,6 +188,8 @@ async def connect(
         log.debug("nats: %s", exc)
 
     async def on_disconnected() -> None:
+        if nc.is_closed:  # our own close(), not an outage
+            return
         log.warning("%s: disconnected from NATS, buffering publishes", name)
 
     async def on_reconnected() -> None:
@@ -219,15 +222,13 @@ async def connect(
         nc = Client()
         try:
             await nc.connect(**options)
-        except (NoServersError, OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
+        except (TimeoutError, NoServersError, OSError, nats.errors.Error) as exc:
             if not wait:
                 raise BusUnavailableError(
                     f"cannot reach NATS at {shown}: {exc or type(exc).__name__}"
                 ) from None
             if attempt == 0:
-                log.warning(
-                    "%s: waiting for NATS at %s (%s)", name, shown, exc or type(exc).__name__
-                )
+                log.warning("%s: waiting for NATS at %s (%s)", name, shown, exc or type(exc).__name__)
             await asyncio.sleep(reconnect_delay(attempt, cap))
             attempt += 1
             continue

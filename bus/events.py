@@ -137,4 +137,4 @@ notification = Codec(Notification)
 
 def json_schema() -> dict[str, object]:
     """JSON Schema of every event type, as printed by `jarvis-monitor schema`."""
-    return msgspec.json.schema(Event)  # type: ignore[arg-type]
+    return msgspec.json.schema(Event)

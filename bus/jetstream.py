@@ -91,18 +91,14 @@ async def ensure_bucket(js: JetStreamContext, name: str, description: str) -> Ch
         await js.key_value(name)
     except BucketNotFoundError:
         await js.create_key_value(
-            KeyValueConfig(
-                bucket=name, description=description, history=5, storage=StorageType.FILE
-            )
+            KeyValueConfig(bucket=name, description=description, history=5, storage=StorageType.FILE)
         )
         log.info("created KV bucket %s", name)
         return "created"
     return "unchanged"
 
 
-async def provision(
-    js: JetStreamContext, subjects: Subjects, streams: StreamsConfig
-) -> dict[str, Change]:
+async def provision(js: JetStreamContext, subjects: Subjects, streams: StreamsConfig) -> dict[str, Change]:
     """Make the streams and buckets match config; safe to run on every start."""
     changes: dict[str, Change] = {}
     for family in FAMILIES:

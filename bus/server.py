@@ -40,9 +40,7 @@ class ServerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
             examples=[8222],
         ),
     ] = 0
-    startup_timeout: Annotated[Duration, Meta(description="time allowed to become ready")] = (
-        Duration(15)
-    )
+    startup_timeout: Annotated[Duration, Meta(description="time allowed to become ready")] = Duration(15)
 
 
 class ServerError(RuntimeError):
@@ -132,7 +130,7 @@ class EmbeddedServer:
             )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once; readiness is polled below
             self._command(binary),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -143,9 +141,7 @@ class EmbeddedServer:
         while loop.time() < deadline:
             log_text = self._log_since(offset)
             if "Server is ready" in log_text:
-                log.info(
-                    "embedded nats-server ready on %s (store %s)", self.url, self.data_dir / "nats"
-                )
+                log.info("embedded nats-server ready on %s (store %s)", self.url, self.data_dir / "nats")
                 return
             if self.process.poll() is not None:
                 raise ServerError(self._failure_reason(log_text))
@@ -165,9 +161,7 @@ class EmbeddedServer:
 
     def _failure_reason(self, log_text: str) -> str:
         assert self.process is not None
-        stderr = (
-            self.process.stderr.read().decode("utf-8", "replace") if self.process.stderr else ""
-        )
+        stderr = self.process.stderr.read().decode("utf-8", "replace") if self.process.stderr else ""
         text = log_text + stderr
         if "address already in use" in text:
             return f"port {self.port} on {self.config.host} is already in use"

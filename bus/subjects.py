@@ -27,8 +27,7 @@ def validate_prefix(prefix: str) -> str:
     """Return `prefix` if it is one or more plain tokens, else raise ValueError."""
     if not _PREFIX.match(prefix):
         raise ValueError(
-            f"invalid subject prefix {prefix!r}: use letters, digits, '_' or '-', "
-            "with '.' between tokens"
+            f"invalid subject prefix {prefix!r}: use letters, digits, '_' or '-', with '.' between tokens"
         )
     return prefix
 

@@ -32,9 +32,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         Literal["debug", "info", "warning", "error"],
         Meta(description="least severe log level shown"),
     ] = "info"
-    bus: Annotated[BusConfig, Meta(description="the NATS connection and JetStream retention")] = (
-        BusConfig()
-    )
+    bus: Annotated[BusConfig, Meta(description="the NATS connection and JetStream retention")] = BusConfig()
     server: Annotated[
         ServerConfig,
         Meta(description="the embedded nats-server `up` starts when bus.servers is empty"),

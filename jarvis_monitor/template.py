@@ -44,7 +44,7 @@ def _unwrap(tp: inspect.Type) -> tuple[inspect.Type, dict[str, Any]]:
 
 
 def _default(field: inspect.Field) -> Any:
-    if field.default_factory is not inspect.NODEFAULT:
+    if field.default_factory is not msgspec.NODEFAULT:
         return field.default_factory()
     return field.default
 
@@ -55,18 +55,14 @@ def _render(struct: inspect.StructType, path: str, description: str, out: list[s
     for field in struct.fields:
         tp, extra = _unwrap(field.type)
         if isinstance(tp, inspect.StructType):
-            tables.append(
-                (tp, f"{path}.{field.encode_name}".lstrip("."), extra.get("description", ""))
-            )
+            tables.append((tp, f"{path}.{field.encode_name}".lstrip("."), extra.get("description", "")))
             continue
         for line in textwrap.wrap(extra.get("description", ""), 88):
             lines.append(f"# {line}")
         default = _default(field)
         if default is None:
             example = extra.get("examples", [None])[0]
-            lines.append(
-                f"# {field.encode_name} = {toml_value(example) if example is not None else '...'}"
-            )
+            lines.append(f"# {field.encode_name} = {toml_value(example) if example is not None else '...'}")
         else:
             lines.append(f"{field.encode_name} = {toml_value(default)}")
     if path and (lines or not tables):

@@ -1,0 +1,1 @@
+"""Agents that collect and publish: host, container, probe, and their shared run loop."""

@@ -1,0 +1,1 @@
+"""The evaluator: rules, the alert state machine, grouping, silences, inhibition (to come)."""

@@ -1,0 +1,190 @@
+"""The `jarvis-monitor` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from bus.connection import BusConfigError, BusUnavailableError, connect
+from bus.events import json_schema
+from bus.server import ServerError
+from jarvis_monitor import __version__, stack
+from jarvis_monitor.config import Config, ConfigError, load_config
+from jarvis_monitor.docs import render_events_doc
+from jarvis_monitor.tail import TailPrinter
+from jarvis_monitor.template import render_config
+
+log = logging.getLogger("jarvis_monitor")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+DEFAULT_INIT_PATH = "jarvis-monitor.toml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jarvis-monitor",
+        description="Event-driven monitoring on NATS: agents publish, an evaluator alerts, sinks deliver.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        default=os.environ.get("JARVIS_CONFIG"),
+        help="TOML config file (default: $JARVIS_CONFIG, else built-in defaults)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="override log_level from the config",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser(
+        "up", help="run the whole stack in one process (embedded NATS unless a URL is configured)"
+    )
+
+    agent = commands.add_parser("agent", help="run one agent against the configured NATS")
+    agent.add_argument("name", choices=stack.AGENT_NAMES, help="which agent")
+
+    tail = commands.add_parser("tail", help="watch the stream live, one readable line per event")
+    tail.add_argument("subject", nargs="?", help="subject filter (default: <prefix>.>)")
+    tail.add_argument("--json", action="store_true", help="print each payload as a raw JSON line")
+    tail.add_argument("-n", "--count", type=int, metavar="N", help="exit after N messages")
+
+    check = commands.add_parser(
+        "check-config", help="check a config file: prints ok, or one line per error (exit 2)"
+    )
+    check.add_argument("file", nargs="?", help="file to check (default: --config)")
+
+    init = commands.add_parser("init", help="write a commented config documenting every key")
+    init.add_argument(
+        "path",
+        nargs="?",
+        default=DEFAULT_INIT_PATH,
+        help=f"where to write it, - for stdout (default: {DEFAULT_INIT_PATH})",
+    )
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of every event type")
+    schema.add_argument(
+        "--markdown", action="store_true", help="print the event reference (docs/events.md) instead"
+    )
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> int:
+    try:
+        asyncio.run(coro)
+    except (ServerError, BusUnavailableError, BusConfigError) as exc:
+        print(f"jarvis-monitor: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or args.config
+    if path is None:
+        print(
+            "jarvis-monitor: error: name a file (check-config FILE or --config FILE)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem)
+        return EXIT_CONFIG
+    print("ok")
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    text = render_config()
+    if args.path == "-":
+        sys.stdout.write(text)
+        return EXIT_OK
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        print(f"jarvis-monitor: error: {path} exists; use --force to overwrite it", file=sys.stderr)
+        return EXIT_FAILURE
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}; check it with: jarvis-monitor check-config {path}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(render_events_doc())
+    else:
+        print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+async def tail(config: Config, subject: str | None, raw_json: bool, count: int | None) -> None:
+    """Print events until interrupted or `count` messages have arrived."""
+    bus = await connect(config.bus, "jarvis-monitor tail")
+    printer = TailPrinter(raw_json=raw_json)
+    done = asyncio.Event()
+
+    async def on_message(msg: Any) -> None:
+        printer.handle(msg.subject, msg.data)
+        if count is not None and printer.received >= count:
+            done.set()
+
+    stack.stop_on_signals(done.set)
+    subject = subject or bus.subjects.everything
+    await bus.nc.subscribe(subject, cb=on_message)
+    await bus.nc.flush()
+    print(f"watching {subject} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        await done.wait()
+    finally:
+        await bus.close()
+        if printer.rejected:
+            print(f"{printer.received} messages, {printer.rejected} rejected", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    simple: dict[str, Callable[[argparse.Namespace], int]] = {
+        "check-config": cmd_check_config,
+        "init": cmd_init,
+        "schema": cmd_schema,
+    }
+    if args.command in simple:
+        return simple[args.command](args)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"jarvis-monitor: config: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    # tail's output is the point; its connection chatter is not
+    quiet = "warning" if args.command == "tail" else config.log_level
+    setup_logging(args.log_level or quiet)
+    if args.command == "up":
+        return _run(stack.up(config))
+    if args.command == "agent":
+        return _run(stack.agent(config, args.name))
+    if args.command == "tail":
+        return _run(tail(config, args.subject, args.json, args.count))
+    raise AssertionError(f"unhandled command {args.command}")

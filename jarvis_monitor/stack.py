@@ -1,0 +1,105 @@
+"""Composing the running parts: the embedded server, the bus, JetStream and the agents."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+
+from agents.host import HostCollector
+from agents.runner import AgentRunner, Collector
+from bus.connection import Bus, configured_urls, connect
+from bus.jetstream import provision
+from bus.server import EmbeddedServer
+from jarvis_monitor.config import Config
+
+log = logging.getLogger(__name__)
+
+AGENT_NAMES = ("host",)
+
+
+def make_collector(name: str, config: Config) -> Collector:
+    """The collector of one agent, by its name on the command line."""
+    if name == "host":
+        return HostCollector(config.agents.host)
+    raise ValueError(f"unknown agent {name!r}; known: {', '.join(AGENT_NAMES)}")
+
+
+def make_runner(name: str, config: Config, bus: Bus) -> AgentRunner:
+    agent_config = getattr(config.agents, name)
+    return AgentRunner(make_collector(name, config), bus, agent_config, config.agents.resolved_hostname())
+
+
+def stop_on_signals(stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT ask for a graceful stop instead of killing mid-publish."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+async def provision_streams(bus: Bus, config: Config) -> None:
+    """Create or update the streams; a server without JetStream only loses persistence."""
+    try:
+        changes = await provision(bus.nc.jetstream(), bus.subjects, config.bus.streams)
+    except Exception as exc:  # no JetStream, or no permission: core publishing still works
+        log.error("JetStream provisioning failed, events will not be persisted: %s", exc)
+        return
+    changed = {name: change for name, change in changes.items() if change != "unchanged"}
+    if changed:
+        log.info("JetStream: %s", ", ".join(f"{n} {c}" for n, c in changed.items()))
+
+
+@contextlib.asynccontextmanager
+async def open_bus(config: Config, name: str, *, embedded: bool) -> AsyncIterator[Bus]:
+    """Connect (starting the embedded server first when asked), provision, and clean up after."""
+    server = None
+    servers = None
+    if embedded:
+        server = EmbeddedServer(config.server, config.resolved_data_dir())
+        await server.start()
+        servers = [server.url]
+    try:
+        bus = await connect(config.bus, name, servers=servers, wait=not embedded)
+        try:
+            await provision_streams(bus, config)
+            yield bus
+        finally:
+            await bus.close()
+    finally:
+        if server is not None:
+            await server.stop()
+
+
+def wants_embedded_server(config: Config) -> bool:
+    """`up` embeds a server unless a URL is configured (in the file or JARVIS_NATS_URL)."""
+    return not configured_urls(config.bus)
+
+
+async def run_agents(config: Config, names: list[str], bus: Bus) -> None:
+    """Run the named agents until SIGTERM or SIGINT, then let each finish its cycle."""
+    runners = [make_runner(name, config, bus) for name in names]
+
+    def stop() -> None:
+        log.info("stopping: finishing the current cycle and flushing")
+        for runner in runners:
+            runner.stop()
+
+    stop_on_signals(stop)
+    log.info("running agents %s as host %r", ", ".join(names), config.agents.resolved_hostname())
+    await asyncio.gather(*(runner.run() for runner in runners))
+
+
+async def up(config: Config) -> None:
+    """The whole stack in one process."""
+    names = [name for name in AGENT_NAMES if getattr(config.agents, name).enabled]
+    async with open_bus(config, "jarvis-monitor up", embedded=wants_embedded_server(config)) as bus:
+        await run_agents(config, names, bus)
+
+
+async def agent(config: Config, name: str) -> None:
+    """One agent on its own, against the configured NATS (waiting for it if it is not up yet)."""
+    make_collector(name, config)  # an unknown name fails before connecting
+    async with open_bus(config, f"jarvis-monitor agent {name}", embedded=False) as bus:
+        await run_agents(config, [name], bus)

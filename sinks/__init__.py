@@ -1,0 +1,1 @@
+"""Sinks that deliver: Slack and the daily report (to come)."""

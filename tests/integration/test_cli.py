@@ -1,0 +1,308 @@
+"""The command line as a user runs it: up, agent, tail, check-config, init, schema."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import msgspec
+import nats
+import psutil
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from bus.events import Heartbeat, MetricBatch, any_event
+from bus.server import EmbeddedServer, free_port
+from jarvis_monitor.config import Config, parse_config
+
+from ..conftest import nats_server_binary
+
+pytestmark = pytest.mark.integration
+
+CLI = [sys.executable, "-m", "jarvis_monitor"]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JARVIS_", "NATS_"))}
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env or cli_env()
+    )
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def up_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, float]]:
+    """`jarvis-monitor up` on a free port with a 2 s host interval; yields (process, port, start)."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "up.toml",
+        f'data_dir = "{tmp_path / "data"}"\n[server]\nport = {port}\n'
+        '[agents]\nhostname = "web.01 *>"\n[agents.host]\ninterval = "2s"\n',
+    )
+    env = cli_env(NATS_SERVER_BIN=nats_server_binary())
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [*CLI, "-c", str(config), "up"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    yield process, port, started
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+    for child in psutil.Process().children(recursive=True):
+        child.kill()
+
+
+async def connect_when_up(port: int, deadline: float) -> NATS:
+    while True:
+        try:
+            return await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False, connect_timeout=1)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+async def test_up_publishes_metrics_and_heartbeats_within_5s(
+    up_process: tuple[subprocess.Popen[str], int, float],
+) -> None:
+    """A plain NATS client sees the host's metrics and heartbeat within 5 s of `up`, values as the OS says."""
+    _, port, started = up_process
+    nc = await connect_when_up(port, started + 5)
+    try:
+        received: dict[str, tuple[str, bytes]] = {}
+        got_both = asyncio.Event()
+
+        async def on_msg(msg: Msg) -> None:
+            kind = json.loads(msg.data)["kind"]
+            received.setdefault(kind, (msg.subject, msg.data))
+            if {"metrics", "heartbeat"} <= received.keys():
+                got_both.set()
+
+        await nc.subscribe("jarvis.>", cb=on_msg)
+        await asyncio.wait_for(got_both.wait(), timeout=max(0.1, started + 5 - time.monotonic()))
+    finally:
+        await nc.close()
+
+    subject, data = received["metrics"]
+    assert subject == "jarvis.metrics.web_01___.host"
+    raw = json.loads(data)
+    assert {"v", "kind", "host", "agent", "ts", "interval", "samples"} <= raw.keys()
+    batch = any_event.decode(data)
+    assert isinstance(batch, MetricBatch)
+    assert batch.host == "web.01 *>"  # the payload keeps the original name
+    assert abs(batch.ts - time.time()) < 10
+    values = {(s.name, s.labels.get("mount")): s.value for s in batch.samples}
+    mem = psutil.virtual_memory()
+    assert values[("mem.percent", None)] == pytest.approx(
+        100 * (mem.total - mem.available) / mem.total, abs=2
+    )
+    assert values[("disk.percent", "/")] == pytest.approx(psutil.disk_usage("/").percent, abs=1)
+
+    subject, data = received["heartbeat"]
+    assert subject == "jarvis.heartbeat.web_01___.host"
+    heartbeat = any_event.decode(data)
+    assert isinstance(heartbeat, Heartbeat)
+    assert heartbeat.interval == 2.0
+    assert heartbeat.dropped == 0
+
+
+async def test_up_stops_cleanly_on_sigterm(
+    up_process: tuple[subprocess.Popen[str], int, float],
+) -> None:
+    """SIGTERM ends `up` with exit 0 and takes the embedded nats-server down with it."""
+    process, port, started = up_process
+    nc = await connect_when_up(port, started + 10)
+    await nc.close()
+    server_pids = [p.pid for p in psutil.Process(process.pid).children() if "nats-server" in p.name()]
+    assert server_pids, "up did not start an embedded nats-server"
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(process.wait, 15) == 0
+    assert not any(
+        psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in server_pids
+    )
+
+
+def test_up_reports_a_port_in_use_instead_of_hanging(nats_server: EmbeddedServer, tmp_path: Path) -> None:
+    """`up` on a port already taken exits 1 at once with a line that says so."""
+    config = write_config(
+        tmp_path / "c.toml", f'data_dir = "{tmp_path}"\n[server]\nport = {nats_server.port}\n'
+    )
+    started = time.monotonic()
+    result = run_cli("-c", str(config), "up", env=cli_env(NATS_SERVER_BIN=nats_server_binary()))
+    assert result.returncode == 1
+    assert "already in use" in result.stderr
+    assert time.monotonic() - started < 15
+
+
+def test_up_without_a_nats_server_binary_says_how_to_install(tmp_path: Path) -> None:
+    """A NATS_SERVER_BIN that is not there is one clear line, not a traceback."""
+    config = write_config(tmp_path / "c.toml", f'data_dir = "{tmp_path}"\n[server]\nport = {free_port()}\n')
+    result = run_cli("-c", str(config), "up", env=cli_env(NATS_SERVER_BIN=str(tmp_path / "missing")))
+    assert result.returncode == 1
+    assert "NATS_SERVER_BIN" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[agents.host]\ninterval = "10x"\n', "agents.host.interval: invalid duration '10x'"),
+        ('[agents.host]\nintervall = "10s"\n', "agents.host.intervall: unknown key"),
+        ('[bus]\nreconnect_buffer = "big"\n', "bus.reconnect_buffer: Expected `int`, got `str`"),
+        ("[server]\nport = 70000\n", "server.port: Expected `int` <= 65535"),
+        ("[agents\n", "not valid TOML"),
+    ],
+)
+def test_check_config_names_the_key_path_and_exits_2(tmp_path: Path, text: str, expected: str) -> None:
+    """A broken config: exit 2 and one line naming the key path and what is wrong."""
+    config = write_config(tmp_path / "bad.toml", text)
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2
+    assert expected in result.stdout
+    assert len(result.stdout.strip().splitlines()) == 1
+
+
+def test_every_command_refuses_a_broken_config_before_starting(tmp_path: Path) -> None:
+    """`up` with a typo in the config exits 2 before starting anything."""
+    config = write_config(tmp_path / "bad.toml", '[agents.host]\nenabled = "yes"\n')
+    result = run_cli("-c", str(config), "up")
+    assert result.returncode == 2
+    assert "agents.host.enabled" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_check_config_reports_each_broken_section(tmp_path: Path) -> None:
+    """Errors in several sections are all reported, one line each."""
+    config = write_config(
+        tmp_path / "bad.toml", 'colour = 1\n[bus]\nprefix = "a b"\n[agents.host]\njitter = "1m"\n'
+    )
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "colour: unknown key"
+    assert any(line.startswith("bus: invalid subject prefix") for line in lines)
+    assert any(line.startswith("agents.host: jitter must be shorter") for line in lines)
+
+
+def test_init_writes_a_config_that_checks_ok_and_documents_every_key(tmp_path: Path) -> None:
+    """`init` writes a commented config: it checks ok, equals the defaults, and names every key."""
+    path = tmp_path / "jarvis.toml"
+    result = run_cli("init", str(path))
+    assert result.returncode == 0, result.stderr
+    assert run_cli("check-config", str(path)).stdout.strip() == "ok"
+    text = path.read_text()
+    assert parse_config(tomllib.loads(text)) == Config()
+
+    def keys(struct: type[msgspec.Struct], path: str) -> Iterator[str]:
+        for field in msgspec.structs.fields(struct):
+            tp = field.type
+            inner = getattr(tp, "__origin__", tp)
+            if isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+                yield from keys(inner, f"{path}{field.encode_name}.")
+            else:
+                yield f"{path}{field.encode_name}"
+
+    for key in keys(Config, ""):
+        table, _, name = key.rpartition(".")
+        assert f"[{table}]" in text or not table, f"table {table} missing"
+        assert f"\n{name} = " in text or f"\n# {name} = " in text, f"{key} is not documented"
+    assert run_cli("init", str(path)).returncode == 1  # never overwrites without --force
+
+
+def test_schema_prints_every_event_type() -> None:
+    """`schema` prints a JSON Schema with the five event types of the contract."""
+    result = run_cli("schema")
+    schema = json.loads(result.stdout)
+    assert {"MetricBatch", "HealthEvent", "Heartbeat", "Alert", "Notification"} <= schema["$defs"].keys()
+
+
+def test_events_doc_is_generated_from_the_code() -> None:
+    """docs/events.md matches `schema --markdown`, so the doc never drifts from what agents emit."""
+    doc = Path(__file__).parents[2] / "docs" / "events.md"
+    assert doc.read_text() == run_cli("schema", "--markdown").stdout, (
+        "run: jarvis-monitor schema --markdown > docs/events.md"
+    )
+
+
+@pytest.fixture
+async def raw_nc(nats_server: EmbeddedServer) -> AsyncIterator[NATS]:
+    nc = await nats.connect(nats_server.url)
+    yield nc
+    await nc.close()
+
+
+@pytest.mark.parametrize("raw_json", [False, True])
+async def test_tail_survives_garbage_and_wrong_shapes(
+    nats_server: EmbeddedServer, raw_nc: NATS, prefix: str, raw_json: bool
+) -> None:
+    """Garbage bytes and JSON of the wrong shape are counted as rejected; tail keeps printing."""
+    env = cli_env(JARVIS_NATS_URL=nats_server.url)
+    process = await asyncio.create_subprocess_exec(
+        *CLI,
+        "tail",
+        f"{prefix}.>",
+        "--count",
+        "5",
+        *(["--json"] if raw_json else []),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert process.stderr is not None
+    line = await asyncio.wait_for(process.stderr.readline(), 20)
+    assert line.startswith(f"watching {prefix}.>".encode())
+
+    good = msgspec.json.encode(
+        MetricBatch(host="web<01>", agent="host", ts=time.time(), interval=10.0, samples=[])
+    )
+    beat = msgspec.json.encode(
+        Heartbeat(host="web01", agent="host", version="1", interval=10.0, ts=time.time(), dropped=3)
+    )
+    for payload in (b"\xff\xfe garbage", b'{"kind": "metrics"}', good, b"[1, 2, 3]", beat):
+        await raw_nc.publish(f"{prefix}.test", payload)
+    await raw_nc.flush()
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 20)
+
+    assert process.returncode == 0
+    lines = stdout.decode().splitlines()
+    if raw_json:
+        assert [line.encode() for line in lines] == [good, beat]
+    else:
+        assert len(lines) == 2
+        assert lines[0].split()[1:3] == ["metrics", "web<01>/host"]
+        assert lines[1].split()[1:3] == ["heartbeat", "web01/host"]
+        assert "dropped=3" in lines[1]
+    assert stderr.decode().count("rejected:") == 3
+    assert "5 messages, 3 rejected" in stderr.decode()
+
+
+def test_configuration_doc_shows_the_generated_config() -> None:
+    """docs/configuration.md carries `init -` verbatim, so the reference never drifts from the code."""
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    assert f"```toml\n{run_cli('init', '-').stdout}```" in doc, (
+        "regenerate the block with: jarvis-monitor init -"
+    )
