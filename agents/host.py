@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
 import time
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import psutil
 from msgspec import Meta
 
 from agents.metrics import MetricSpec, catalog
-from agents.runner import AgentConfig, Collection
+from agents.runner import AgentConfig, Check, Collection
 from bus.events import Sample
 
 # File systems that hold no user data; their "usage" would only add noise.
@@ -43,6 +44,9 @@ PSEUDO_FS = (
     "tmpfs",
     "tracefs",
 )
+
+# Loopback, and virtual interfaces whose traffic also crosses a real one (Docker, libvirt, CNI).
+VIRTUAL_NICS = ("lo", "veth*", "docker*", "br-*", "virbr*", "cni*", "flannel*", "cali*", "vxlan*")
 
 METRICS = catalog(
     MetricSpec("cpu.percent", "percent", "CPU busy time across all cores since the last cycle"),
@@ -74,8 +78,8 @@ METRICS = catalog(
     MetricSpec("disk.total_bytes", "bytes", "size of a mount", ("mount", "device", "fstype")),
     MetricSpec("disk.read_bytes_per_second", "bytes/s", "bytes read from all disks"),
     MetricSpec("disk.write_bytes_per_second", "bytes/s", "bytes written to all disks"),
-    MetricSpec("net.recv_bytes_per_second", "bytes/s", "bytes received on all interfaces but loopback"),
-    MetricSpec("net.sent_bytes_per_second", "bytes/s", "bytes sent on all interfaces but loopback"),
+    MetricSpec("net.recv_bytes_per_second", "bytes/s", "bytes received on the real interfaces"),
+    MetricSpec("net.sent_bytes_per_second", "bytes/s", "bytes sent on the real interfaces"),
     MetricSpec("proc.count", "processes", "processes running on the host"),
     MetricSpec("system.uptime_seconds", "seconds", "time since boot"),
 )
@@ -93,19 +97,57 @@ class HostAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_o
     ignore_fs_types: Annotated[
         list[str], Meta(description="file system types never watched", examples=[["nfs", "cifs"]])
     ] = msgspec.field(default_factory=lambda: list(PSEUDO_FS))
+    ignore_interfaces: Annotated[
+        list[str],
+        Meta(
+            description="network interfaces (shell patterns) left out of net.* rates; the defaults "
+            "are loopback and the virtual ones whose traffic the real interface already carries"
+        ),
+    ] = msgspec.field(default_factory=lambda: list(VIRTUAL_NICS))
 
 
-class _Rate:
-    """Per-second rate of a monotonically increasing counter; None until two readings exist."""
+def _busy_and_total(times: Any) -> tuple[float, float]:
+    """CPU busy and total time as top and psutil count them: guest time is already in user time."""
+    total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+    return total - times.idle - getattr(times, "iowait", 0.0), total
+
+
+class _CpuMeter:
+    """CPU busy percent between two readings, with its own baseline (not psutil's process-wide one)."""
 
     def __init__(self) -> None:
         self._last: tuple[float, float] | None = None
 
-    def update(self, value: float, now: float) -> float | None:
-        last, self._last = self._last, (value, now)
-        if last is None or now <= last[1] or value < last[0]:  # first reading, or counter reset
+    def update(self, times: Any) -> float | None:
+        busy, total = _busy_and_total(times)
+        last, self._last = self._last, (busy, total)
+        if last is None or total <= last[1]:
             return None
-        return (value - last[0]) / (now - last[1])
+        return round(min(100.0, max(0.0, 100.0 * (busy - last[0]) / (total - last[1]))), 1)
+
+
+class _Rates:
+    """Per-second rates of counters, summed per metric over its members (disks, interfaces).
+
+    A member seen only once, or whose counter went backwards (reset), is left out of that
+    cycle, so an interface that comes or goes never produces a dip or a spike.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], float] = {}
+        self._at: float | None = None
+
+    def update(self, counters: dict[tuple[str, str], float], now: float) -> dict[str, float]:
+        rates: dict[str, float] = {}
+        if self._at is not None and now > self._at:
+            elapsed = now - self._at
+            for (metric, member), value in counters.items():
+                previous = self._last.get((metric, member))
+                if previous is None or value < previous:
+                    continue
+                rates[metric] = rates.get(metric, 0.0) + (value - previous) / elapsed
+        self._last, self._at = counters, now
+        return rates
 
 
 class HostCollector:
@@ -116,31 +158,37 @@ class HostCollector:
     def __init__(self, config: HostAgentConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.clock = clock
-        self._rates = {name: _Rate() for name in METRICS if name.endswith("_per_second")}
-        self._cpu_primed = False
+        self._rates = _Rates()
+        self._cpu_total = _CpuMeter()
+        self._cpu_cores: list[_CpuMeter] = []
+        self._primed = False
 
     async def collect(self) -> Collection:
-        if not self._cpu_primed:
-            # psutil measures CPU between two calls; the first call only sets the baseline.
-            psutil.cpu_percent(percpu=True)
-            psutil.cpu_percent()
-            self._cpu_primed = True
+        if not self._primed:
+            # CPU and I/O rates are measured between two readings; the first only sets a baseline.
+            self._cpu()
+            self._io()
+            self._primed = True
             await asyncio.sleep(0.2)
-        samples = [*self._cpu(), *self._memory(), *self._disks(), *self._io()]
+        disk_samples, mount_checks = self._disks()
+        samples = [*self._cpu(), *self._memory(), *disk_samples, *self._io()]
         samples.append(Sample("proc.count", float(len(psutil.pids()))))
         samples.append(Sample("system.uptime_seconds", round(time.time() - psutil.boot_time(), 1)))
-        return Collection(samples=samples)
+        return Collection(samples=samples, checks=mount_checks)
 
     def _cpu(self) -> list[Sample]:
-        samples = [
-            Sample("cpu.percent", psutil.cpu_percent()),
-            Sample("cpu.count", float(psutil.cpu_count() or 0)),
-        ]
+        samples = [Sample("cpu.count", float(psutil.cpu_count() or 0))]
+        total = self._cpu_total.update(psutil.cpu_times())
+        if total is not None:
+            samples.append(Sample("cpu.percent", total))
         if self.config.per_core:
-            samples += [
-                Sample("cpu.core.percent", pct, {"core": str(core)})
-                for core, pct in enumerate(psutil.cpu_percent(percpu=True))
-            ]
+            per_core = psutil.cpu_times(percpu=True)
+            while len(self._cpu_cores) < len(per_core):  # cores can come online
+                self._cpu_cores.append(_CpuMeter())
+            for core, (meter, times) in enumerate(zip(self._cpu_cores, per_core, strict=False)):
+                percent = meter.update(times)
+                if percent is not None:
+                    samples.append(Sample("cpu.core.percent", percent, {"core": str(core)}))
         one, five, fifteen = os.getloadavg()
         samples += [Sample("load.1", one), Sample("load.5", five), Sample("load.15", fifteen)]
         return samples
@@ -159,29 +207,31 @@ class HostCollector:
         ]
 
     def mounts(self) -> list[tuple[str, str, str]]:
-        """(mount, device, fstype) of the file systems to watch, one mount per device."""
+        """(mount, device, fstype) of the file systems to watch: one entry per device, or per
+        listed mount when `mounts` is set."""
         ignored = set(self.config.ignore_fs_types)
         wanted = set(self.config.mounts)
-        seen_devices: set[str] = set()
+        seen: set[str] = set()
         found = []
         for part in psutil.disk_partitions(all=bool(wanted)):
-            if wanted and part.mountpoint not in wanted:
+            key = part.mountpoint if wanted else part.device
+            if key in seen or (part.mountpoint not in wanted if wanted else part.fstype in ignored):
                 continue
-            if not wanted and (part.fstype in ignored or part.device in seen_devices):
-                continue
-            seen_devices.add(part.device)
+            seen.add(key)
             found.append((part.mountpoint, part.device, part.fstype))
         if not found and not wanted:
             found.append(("/", "rootfs", "unknown"))  # inside a container only overlay is listed
         return found
 
-    def _disks(self) -> list[Sample]:
+    def _disks(self) -> tuple[list[Sample], list[Check]]:
         samples = []
+        reported = set()
         for mount, device, fstype in self.mounts():
             try:
                 usage = psutil.disk_usage(mount)
             except OSError:  # unmounted or unreadable since it was listed
                 continue
+            reported.add(mount)
             labels = {"mount": mount, "device": device, "fstype": fstype}
             samples += [
                 Sample("disk.percent", usage.percent, labels),
@@ -189,21 +239,27 @@ class HostCollector:
                 Sample("disk.free_bytes", float(usage.free), labels),
                 Sample("disk.total_bytes", float(usage.total), labels),
             ]
-        return samples
+        # A mount the config names is expected: its absence (a data disk not mounted) is news.
+        checks = [
+            Check(
+                f"mount:{mount}",
+                "ok" if mount in reported else "critical",
+                detail="mounted" if mount in reported else f"{mount} is not mounted",
+            )
+            for mount in self.config.mounts
+        ]
+        return samples, checks
 
     def _io(self) -> list[Sample]:
-        now = self.clock()
-        counters: dict[str, float] = {}
-        disk = psutil.disk_io_counters()
+        counters: dict[tuple[str, str], float] = {}
+        disk = psutil.disk_io_counters()  # whole disks only: partitions would count twice
         if disk is not None:
-            counters["disk.read_bytes_per_second"] = disk.read_bytes
-            counters["disk.write_bytes_per_second"] = disk.write_bytes
-        nics = psutil.net_io_counters(pernic=True)
-        counters["net.recv_bytes_per_second"] = sum(n.bytes_recv for name, n in nics.items() if name != "lo")
-        counters["net.sent_bytes_per_second"] = sum(n.bytes_sent for name, n in nics.items() if name != "lo")
-        samples = []
-        for name, value in counters.items():
-            rate = self._rates[name].update(value, now)
-            if rate is not None:
-                samples.append(Sample(name, round(rate, 1)))
-        return samples
+            counters["disk.read_bytes_per_second", ""] = disk.read_bytes
+            counters["disk.write_bytes_per_second", ""] = disk.write_bytes
+        for nic, io in psutil.net_io_counters(pernic=True).items():
+            if any(fnmatch.fnmatchcase(nic, pattern) for pattern in self.config.ignore_interfaces):
+                continue
+            counters["net.recv_bytes_per_second", nic] = io.bytes_recv
+            counters["net.sent_bytes_per_second", nic] = io.bytes_sent
+        rates = self._rates.update(counters, self.clock())
+        return [Sample(name, round(rate, 1)) for name, rate in rates.items()]

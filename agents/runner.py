@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -58,6 +59,14 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
             raise ValueError("jitter must be shorter than interval")
 
 
+class _Overran(Exception):
+    """The collection ran past its timeout."""
+
+
+class _Stopped(Exception):
+    """A stop was requested while collecting."""
+
+
 @dataclass(frozen=True)
 class Check:
     """The outcome of one check, before the run loop stamps host, agent and time on it."""
@@ -91,9 +100,9 @@ def next_tick(start: float, interval: float, tick: int, now: float) -> tuple[int
     later ticks skips them instead of running them back to back.
     """
     following = tick + 1
-    if start + following * interval > now:
+    if start + following * interval >= now:
         return following, 0
-    due = math.floor((now - start) / interval) + 1
+    due = math.ceil((now - start) / interval)
     return due, due - following
 
 
@@ -157,7 +166,8 @@ class AgentRunner:
             if await self._wait(start + tick * interval + delay - self.clock()):
                 return
             await self.run_cycle()
-            tick, skipped = next_tick(start, interval, tick, self.clock())
+            # Judge overrun by the collection alone: a jittered start must not cost a tick.
+            tick, skipped = next_tick(start, interval, tick, self.clock() - delay)
             if skipped:
                 self.skipped += skipped
                 log.warning(
@@ -174,16 +184,15 @@ class AgentRunner:
         ts = self.wall_clock()
         subjects = self.publisher.subjects
         try:
-            collection = await asyncio.wait_for(self.collector.collect(), timeout)
+            collection = await self._collect(timeout)
+        except _Stopped:
+            log.info("%s agent: stop requested, collection in progress abandoned", self.agent)
+            return
         except Exception as exc:  # one broken collector must not take the agent down
             self.collect_errors += 1
-            reason = f"timed out after {timeout:g}s" if isinstance(exc, TimeoutError) else repr(exc)
-            log.error(
-                "%s agent: collection failed: %s",
-                self.agent,
-                reason,
-                exc_info=not isinstance(exc, TimeoutError),
-            )
+            ours = isinstance(exc, _Overran)
+            reason = f"timed out after {timeout:g}s" if ours else repr(exc)
+            log.error("%s agent: collection failed: %s", self.agent, reason, exc_info=not ours)
             self._collector_failing = True
             await self._publish_check(Check(COLLECTOR_TARGET, "critical", detail=f"collection {reason}"), ts)
         else:
@@ -203,6 +212,23 @@ class AgentRunner:
                 await self._publish_check(check, ts)
         self.cycles += 1
         await self.publisher.publish(subjects.heartbeat(self.host, self.agent), self.heartbeat(ts))
+
+    async def _collect(self, timeout: float) -> Collection:
+        """The collector's result, unless it overruns `timeout` or a stop is requested first."""
+        collecting = asyncio.ensure_future(self.collector.collect())
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait(
+                (collecting, stopper), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopper.cancel()
+        if collecting in done:
+            return collecting.result()
+        collecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await collecting
+        raise _Stopped if stopper in done else _Overran
 
     def heartbeat(self, ts: float) -> Heartbeat:
         """A heartbeat carrying the counts of everything lost since the agent started."""
