@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,74 +60,89 @@ async def stored_heartbeats(server_url: str, prefix: str) -> list[Heartbeat]:
         await bus.close()
 
 
+class AgentUnderOutage:
+    """A running agent on its own nats-server, which the test can stop and start again."""
+
+    def __init__(self, tmp_path: Path, prefix: str, interval: float, reconnect_buffer: int) -> None:
+        self.tmp_path = tmp_path
+        self.prefix = prefix
+        self.port = free_port()
+        self.config = BusConfig(prefix=prefix, reconnect_buffer=reconnect_buffer)
+        self.interval = interval
+
+    def _server(self) -> EmbeddedServer:
+        return EmbeddedServer(ServerConfig(port=self.port), self.tmp_path, nats_server_binary())
+
+    async def __aenter__(self) -> AgentUnderOutage:
+        self.server = self._server()
+        await self.server.start()
+        self.bus = await connect(self.config, "agent", servers=[self.server.url])
+        await provision(self.bus.nc.jetstream(), self.bus.subjects, self.config.streams)
+        self.runner = AgentRunner(Steady(), self.bus, AgentConfig(interval=Duration(self.interval)), "web01")
+        self.task = asyncio.create_task(self.runner.run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.runner.stop()
+        await asyncio.wait_for(self.task, 5)
+        await self.bus.close()
+        await self.server.stop()
+
+    async def restart_server(self) -> None:
+        self.server = self._server()
+        await self.server.start()
+
+    async def heartbeats_until(
+        self, done: Callable[[list[Heartbeat]], bool], timeout: float = 15
+    ) -> list[Heartbeat]:
+        """The stored heartbeats, once `done` holds for them; fails after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            beats = await stored_heartbeats(self.server.url, self.prefix)
+            if done(beats):
+                return beats
+            assert time.monotonic() < deadline, f"gave up after {timeout}s with {len(beats)} heartbeats"
+            await asyncio.sleep(0.2)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
 async def test_heartbeats_published_during_an_outage_arrive_after_restart(
     tmp_path: Path, prefix: str
 ) -> None:
     """The server restarts under a running agent: it reconnects and the outage's heartbeats are stored."""
-    port = free_port()
-    server = EmbeddedServer(ServerConfig(port=port), tmp_path, nats_server_binary())
-    await server.start()
-    config = BusConfig(prefix=prefix)
-    bus = await connect(config, "agent", servers=[server.url])
-    await provision(bus.nc.jetstream(), bus.subjects, config.streams)
-    runner = AgentRunner(Steady(), bus, AgentConfig(interval=Duration(0.2)), "web01")
-    task = asyncio.create_task(runner.run())
-    try:
-        while runner.cycles < 3:
-            await asyncio.sleep(0.05)
-        await server.stop()
+    async with AgentUnderOutage(tmp_path, prefix, interval=0.2, reconnect_buffer=2 * 1024**2) as agent:
+        await until(lambda: agent.runner.cycles >= 3)
+        await agent.server.stop()
         outage_start = time.time()
         await asyncio.sleep(2)  # the outage itself
         outage_end = time.time()
-        server = EmbeddedServer(ServerConfig(port=port), tmp_path, nats_server_binary())
-        await server.start()
-        deadline = time.monotonic() + 15
-        while True:
-            beats = await stored_heartbeats(server.url, prefix)
-            during = [b for b in beats if outage_start < b.ts < outage_end]
-            after = [b for b in beats if b.ts > outage_end]
-            if len(during) >= 5 and after:
-                break
-            assert time.monotonic() < deadline, f"{len(during)} outage heartbeats stored, {len(after)} after"
-            await asyncio.sleep(0.2)
+        await agent.restart_server()
+
+        beats = await agent.heartbeats_until(
+            lambda beats: (
+                len([b for b in beats if outage_start < b.ts < outage_end]) >= 5
+                and any(b.ts > outage_end for b in beats)
+            )
+        )
         assert all(b.dropped == 0 for b in beats)
-    finally:
-        runner.stop()
-        await asyncio.wait_for(task, 5)
-        await bus.close()
-        await server.stop()
 
 
 async def test_a_full_buffer_during_an_outage_is_counted_in_the_next_heartbeat(
     tmp_path: Path, prefix: str
 ) -> None:
     """Publishes that do not fit the reconnect buffer are dropped, and the heartbeat after says how many."""
-    port = free_port()
-    server = EmbeddedServer(ServerConfig(port=port), tmp_path, nats_server_binary())
-    await server.start()
-    config = BusConfig(prefix=prefix, reconnect_buffer=600)
-    bus = await connect(config, "agent", servers=[server.url])
-    await provision(bus.nc.jetstream(), bus.subjects, config.streams)
-    runner = AgentRunner(Steady(), bus, AgentConfig(interval=Duration(0.1)), "web01")
-    task = asyncio.create_task(runner.run())
-    try:
-        await server.stop()
-        while bus.stats.dropped < 5:
-            await asyncio.sleep(0.05)
-        server = EmbeddedServer(ServerConfig(port=port), tmp_path, nats_server_binary())
-        await server.start()
-        deadline = time.monotonic() + 15
-        while True:
-            beats = await stored_heartbeats(server.url, prefix)
-            if beats and beats[-1].dropped >= 5:
-                break
-            assert time.monotonic() < deadline, "no heartbeat reported the drops"
-            await asyncio.sleep(0.2)
-    finally:
-        runner.stop()
-        await asyncio.wait_for(task, 5)
-        await bus.close()
-        await server.stop()
+    async with AgentUnderOutage(tmp_path, prefix, interval=0.1, reconnect_buffer=600) as agent:
+        await agent.server.stop()
+        await until(lambda: agent.bus.stats.dropped >= 5)
+        await agent.restart_server()
+
+        await agent.heartbeats_until(lambda beats: bool(beats) and beats[-1].dropped >= 5)
 
 
 async def test_agent_command_stops_on_sigterm_and_flushes(

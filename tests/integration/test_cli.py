@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -70,10 +71,12 @@ def up_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, flo
     )
     yield process, port, started
     if process.poll() is None:
+        leftovers = psutil.Process(process.pid).children(recursive=True)
         process.kill()
         process.wait(10)
-    for child in psutil.Process().children(recursive=True):
-        child.kill()
+        for child in leftovers:  # only up's own: the session's nats-server must live on
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 async def connect_when_up(port: int, deadline: float) -> NATS:
@@ -84,6 +87,11 @@ async def connect_when_up(port: int, deadline: float) -> NATS:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
+
+
+async def wait_until_serving(port: int, deadline: float) -> None:
+    nc = await connect_when_up(port, deadline)
+    await nc.close()
 
 
 async def test_up_publishes_metrics_and_heartbeats_within_5s(
@@ -135,8 +143,7 @@ async def test_up_stops_cleanly_on_sigterm(
 ) -> None:
     """SIGTERM ends `up` with exit 0 and takes the embedded nats-server down with it."""
     process, port, started = up_process
-    nc = await connect_when_up(port, started + 10)
-    await nc.close()
+    await wait_until_serving(port, started + 10)
     pid = _embedded_server_pid(process)
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 15) == 0
@@ -323,8 +330,7 @@ async def test_up_killed_with_sigkill_leaves_no_server_behind(
 ) -> None:
     """Even a SIGKILLed `up` takes its nats-server along, so the next `up` finds the port free."""
     process, port, started = up_process
-    nc = await connect_when_up(port, started + 10)
-    await nc.close()
+    await wait_until_serving(port, started + 10)
     pid = _embedded_server_pid(process)
     process.kill()
     await asyncio.to_thread(process.wait, 10)
@@ -339,8 +345,7 @@ async def test_up_exits_1_when_its_embedded_server_dies(
 ) -> None:
     """If the embedded server dies, `up` says so and exits 1 (systemd restarts it) instead of idling."""
     process, port, started = up_process
-    nc = await connect_when_up(port, started + 10)
-    await nc.close()
+    await wait_until_serving(port, started + 10)
     os.kill(_embedded_server_pid(process), signal.SIGKILL)
     assert await asyncio.to_thread(process.wait, 20) == 1
     assert process.stderr is not None
