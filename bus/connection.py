@@ -35,12 +35,10 @@ class BusUnavailableError(ConnectionError):
 def redact_url(url: str) -> str:
     """The URL without user info, so credentials embedded in it never reach a log."""
     parts = urlsplit(url if "://" in url else f"nats://{url}")
-    if parts.username is None and parts.password is None:
+    _, at, hostport = parts.netloc.rpartition("@")
+    if not at:
         return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{netloc}", parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, f"***@{hostport}", parts.path, parts.query, parts.fragment))
 
 
 def configured_urls(config: BusConfig, environ: Mapping[str, str] = os.environ) -> list[str]:
@@ -98,12 +96,16 @@ def tls_context(config: BusConfig) -> ssl.SSLContext | None:
     tls = config.tls
     if not tls.enabled:
         return None
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path and not Path(path).is_file():
+            raise BusConfigError(f"bus.tls.{key}: no such file {path}")
     try:
         context = ssl.create_default_context(cafile=tls.ca_file)
         if tls.cert_file and tls.key_file:
             context.load_cert_chain(tls.cert_file, tls.key_file)
     except (OSError, ssl.SSLError) as exc:
-        raise BusConfigError(f"bus.tls: {exc}") from None
+        raise BusConfigError(f"bus.tls: cannot use the certificate files: {exc}") from None
     return context
 
 
@@ -161,7 +163,10 @@ class Bus:
                 log.warning("final flush failed: %s", exc)
         elif nc.pending_data_size:
             log.warning("closing while disconnected: %d buffered bytes not delivered", nc.pending_data_size)
-        await nc.close()
+        try:
+            await nc.close()
+        except OSError as exc:  # nats-py drains a transport the outage already broke
+            log.warning("closing the NATS connection: %s", exc)
 
 
 async def connect(
@@ -184,7 +189,10 @@ async def connect(
         server = min(pool, key=lambda s: s.reconnects)
         return server, reconnect_delay(server.reconnects, cap)
 
+    last_error: list[Exception] = []
+
     async def on_error(exc: Exception) -> None:
+        last_error[:] = [exc]
         log.debug("nats: %s", exc)
 
     async def on_disconnected() -> None:
@@ -217,18 +225,19 @@ async def connect(
         "user_credentials": config.creds_file,
     }
     shown = ", ".join(redact_url(u) for u in urls)
+    # nats-py can hang in a failed TLS handshake (nats.py#718): bound the whole first connect.
+    first_connect_limit = 2 * len(urls) * (config.connect_timeout.seconds + 1) + 1
     attempt = 0
     while True:
         nc = Client()
         try:
-            await nc.connect(**options)
+            await asyncio.wait_for(nc.connect(**options), first_connect_limit)
         except (TimeoutError, NoServersError, OSError, nats.errors.Error) as exc:
+            reason = str(last_error[0] if last_error else exc) or type(exc).__name__
             if not wait:
-                raise BusUnavailableError(
-                    f"cannot reach NATS at {shown}: {exc or type(exc).__name__}"
-                ) from None
+                raise BusUnavailableError(f"cannot reach NATS at {shown}: {reason}") from None
             if attempt == 0:
-                log.warning("%s: waiting for NATS at %s (%s)", name, shown, exc or type(exc).__name__)
+                log.warning("%s: waiting for NATS at %s (%s)", name, shown, reason)
             await asyncio.sleep(reconnect_delay(attempt, cap))
             attempt += 1
             continue

@@ -5,6 +5,7 @@ Other tools decode these from JSON, so a change here is a change of the public i
 
 from __future__ import annotations
 
+import math
 from typing import Generic, Literal, TypeVar
 
 import msgspec
@@ -22,11 +23,18 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
 
 
 class Sample(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One measurement: a dotted lower-case metric name, its value and its labels."""
+    """One measurement: a dotted lower-case metric name, its value and its labels.
+
+    JSON has no NaN or infinity, so a non-finite value is refused here; agents skip such values.
+    """
 
     name: str
     value: float
     labels: dict[str, str] = {}
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.value):
+            raise ValueError(f"sample {self.name} has a non-finite value ({self.value})")
 
 
 class MetricBatch(_Event, frozen=True, kw_only=True, tag="metrics"):
@@ -117,6 +125,8 @@ class Codec(Generic[E]):
             return self._decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise EventDecodeError(subject, str(exc), len(data)) from None
+        except RecursionError:  # absurdly deep nesting: hostile, never a crash
+            raise EventDecodeError(subject, "payload nested too deeply", len(data)) from None
 
 
 _encoder = msgspec.json.Encoder()

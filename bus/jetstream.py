@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from typing import Literal
@@ -27,7 +28,12 @@ Change = Literal["created", "updated", "unchanged"]
 
 
 def _base(prefix: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", prefix).upper()
+    """`JARVIS` for a plain lower-case prefix; any other prefix also gets a hash of itself, so
+    prefixes that differ only in case or punctuation (`x-a`, `x_a`, `X_A`) never share a stream."""
+    base = re.sub(r"[^A-Za-z0-9]", "_", prefix).upper()
+    if re.fullmatch(r"[a-z0-9]+", prefix):
+        return base
+    return f"{base}_{hashlib.sha256(prefix.encode()).hexdigest()[:8]}"
 
 
 def stream_name(prefix: str, family: str) -> str:
@@ -43,6 +49,7 @@ def bucket_name(prefix: str, bucket: str) -> str:
 def stream_config(subjects: Subjects, streams: StreamsConfig, family: str) -> StreamConfig:
     """The desired config of one family's stream."""
     limits = getattr(streams, family)
+    window = streams.duplicate_window.seconds if family in DEDUPLICATED else 120.0
     return StreamConfig(
         name=stream_name(subjects.prefix, family),
         subjects=[subjects.family(family)],
@@ -51,7 +58,8 @@ def stream_config(subjects: Subjects, streams: StreamsConfig, family: str) -> St
         discard=DiscardPolicy.OLD,
         max_age=limits.max_age.seconds,
         max_bytes=streams.max_bytes(family),
-        duplicate_window=streams.duplicate_window.seconds if family in DEDUPLICATED else 120.0,
+        # the server refuses a duplicate window longer than the stream keeps messages
+        duplicate_window=min(window, limits.max_age.seconds) if limits.max_age.seconds else window,
     )
 
 

@@ -178,7 +178,10 @@ class EmbeddedServer:
 
     def _failure_reason(self, log_text: str) -> str:
         assert self.process is not None
-        stderr = self.process.stderr.read().decode("utf-8", "replace") if self.process.stderr else ""
+        stderr = ""
+        if self.process.stderr:
+            stderr = self.process.stderr.read().decode("utf-8", "replace")
+            self.process.stderr.close()
         text = log_text + stderr
         if "address already in use" in text:
             return f"port {self.port} on {self.config.host} is already in use"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import re
 
-# `.` splits tokens, `*` and `>` are wildcards, whitespace and control characters end a subject.
-_UNSAFE = re.compile(r"[.*>\s\x00-\x1f\x7f]")
+# `.` splits tokens, `*` and `>` are wildcards, whitespace ends a subject, and control characters
+# (C0 and C1, whose 0x9b starts a terminal escape) must never reach a `nats sub` terminal.
+_UNSAFE = re.compile(r"[.*>\s\x00-\x1f\x7f-\x9f]")
 MAX_TOKEN = 128
-_PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
 def sanitize_token(value: str) -> str:
@@ -25,7 +26,7 @@ def sanitize_token(value: str) -> str:
 
 def validate_prefix(prefix: str) -> str:
     """Return `prefix` if it is one or more plain tokens, else raise ValueError."""
-    if not _PREFIX.match(prefix):
+    if not _PREFIX.fullmatch(prefix):
         raise ValueError(
             f"invalid subject prefix {prefix!r}: use letters, digits, '_' or '-', with '.' between tokens"
         )

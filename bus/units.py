@@ -5,45 +5,56 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+# Microseconds per unit: durations are whole microseconds, so equal text means equal values.
+_UNITS = {
+    "us": 1,
+    "ms": 1000,
+    "s": 10**6,
+    "m": 60 * 10**6,
+    "h": 3600 * 10**6,
+    "d": 86400 * 10**6,
+    "w": 604800 * 10**6,
+}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h|d|w)")
 
 
 class Duration:
     """A length of time, written as in Prometheus: "250ms", "10s", "5m", "1h30m", "30d"."""
 
-    __slots__ = ("seconds",)
+    __slots__ = ("_us",)
 
     def __init__(self, seconds: float) -> None:
         if seconds < 0:
             raise ValueError("a duration cannot be negative")
-        self.seconds = float(seconds)
+        self._us = round(seconds * 10**6)
+
+    @property
+    def seconds(self) -> float:
+        return self._us / 10**6
 
     @classmethod
     def parse(cls, text: str) -> Duration:
         """Parse "1h30m" style text; a bare number is refused so that units are never guessed."""
         text = text.strip()
-        pos, total = 0, 0.0
+        pos, total = 0, 0
         for match in _PART.finditer(text):
             if match.start() != pos:
                 break
-            total += float(match[1]) * _UNITS[match[2]]
+            total += round(float(match[1]) * _UNITS[match[2]])
             pos = match.end()
         if not text or pos != len(text):
             raise ValueError(
-                f"invalid duration {text!r}: write a number and a unit (ms, s, m, h, d, w), "
+                f"invalid duration {text!r}: write a number and a unit (us, ms, s, m, h, d, w), "
                 'as in "30s", "5m" or "1h30m"'
             )
-        return cls(total)
+        return cls(total / 10**6)
 
     def __str__(self) -> str:
-        remaining = round(self.seconds * 1000)
-        if remaining == 0:
+        if self._us == 0:
             return "0s"
-        parts = []
-        for unit in ("d", "h", "m", "s", "ms"):
-            size = round(_UNITS[unit] * 1000)
-            count, remaining = divmod(remaining, size)
+        parts, remaining = [], self._us
+        for unit in ("d", "h", "m", "s", "ms", "us"):
+            count, remaining = divmod(remaining, _UNITS[unit])
             if count:
                 parts.append(f"{count}{unit}")
         return "".join(parts)
@@ -52,10 +63,10 @@ class Duration:
         return f"Duration({str(self)!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Duration) and other.seconds == self.seconds
+        return isinstance(other, Duration) and other._us == self._us
 
     def __hash__(self) -> int:
-        return hash(self.seconds)
+        return hash(self._us)
 
 
 def dec_hook(tp: type, obj: Any) -> Any:
@@ -77,5 +88,5 @@ def enc_hook(obj: Any) -> Any:
 def schema_hook(tp: type) -> dict[str, Any]:
     """msgspec JSON Schema hook for the custom config types."""
     if tp is Duration:
-        return {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$"}
+        return {"type": "string", "pattern": r"^(\d+(\.\d+)?(us|ms|s|m|h|d|w))+$"}
     raise NotImplementedError(f"no schema for {tp!r}")

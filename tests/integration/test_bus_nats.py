@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import nats
 import nkeys
 import pytest
@@ -38,7 +38,7 @@ def small_streams(**overrides: StreamConfig) -> StreamsConfig:
         "heartbeat": StreamConfig(max_bytes=MIB),
     }
     limits.update(overrides)
-    return StreamsConfig(**limits)
+    return msgspec.structs.replace(StreamsConfig(), **limits)
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -116,7 +116,7 @@ async def test_connect_honours_jarvis_nats_url(nats_server: EmbeddedServer) -> N
 
 async def test_connect_to_a_closed_port_fails_quickly() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
-    with pytest.raises(BusUnavailableError, match="cannot reach NATS at nats://127.0.0.1"):
+    with pytest.raises(BusUnavailableError, match=r"cannot reach NATS at nats://127\.0\.0\.1"):
         await asyncio.wait_for(connect(BusConfig(), "t", servers=[url], environ={}), timeout=5)
 
 
@@ -154,27 +154,29 @@ StartNats = Callable[[str], Awaitable[int]]
 
 
 @pytest.fixture
-def start_nats(tmp_path: Path) -> Iterator[StartNats]:
+async def start_nats(tmp_path: Path) -> AsyncIterator[StartNats]:
     """Run nats-server with a config body written to tmp_path; returns its loopback port."""
     binary = nats_server_binary()
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: list[asyncio.subprocess.Process] = []
 
     async def start(body: str) -> int:
         port = free_port()
         log_file = tmp_path / f"nats-{port}.log"
         conf = tmp_path / f"nats-{port}.conf"
         conf.write_text(f'listen: "127.0.0.1:{port}"\nlog_file: "{log_file}"\n{body}\n')
-        process = subprocess.Popen(
-            [binary, "-c", str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        process = await asyncio.create_subprocess_exec(
+            binary,
+            "-c",
+            str(conf),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         processes.append(process)
 
         async def accepting() -> None:
             while True:
-                if process.poll() is not None:
+                if process.returncode is not None:
                     text = log_file.read_text() if log_file.exists() else ""
                     pytest.fail(f"nats-server exited with {process.returncode}: {text}")
                 try:
@@ -191,12 +193,13 @@ def start_nats(tmp_path: Path) -> Iterator[StartNats]:
 
     yield start
     for process in processes:
-        process.terminate()
+        if process.returncode is None:
+            process.terminate()
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(process.wait(), timeout=10)
+        except TimeoutError:
             process.kill()
-            process.wait(timeout=5)
+            await process.wait()
 
 
 def write(path: Path, text: str) -> str:
