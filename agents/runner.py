@@ -43,6 +43,13 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
             "all publish at the same instant"
         ),
     ] = Duration(0)
+    warmup: Annotated[
+        Duration,
+        Meta(
+            description="during the first interval after start, collect this often, so a fresh "
+            "start shows on the bus at once; 0s turns it off"
+        ),
+    ] = Duration(1)
     timeout: Annotated[
         Duration | None,
         Meta(
@@ -93,17 +100,44 @@ class Collector(Protocol):
     async def collect(self) -> Collection: ...
 
 
-def next_tick(start: float, interval: float, tick: int, now: float) -> tuple[int, int]:
-    """The tick to run after `tick` finished at `now`, and how many ticks were skipped.
+@dataclass(frozen=True)
+class Schedule:
+    """When each cycle is due: every `warmup` during the first interval, then every `interval`.
 
-    Ticks sit at `start + k * interval`, so the schedule never drifts; a cycle that ran past
-    later ticks skips them instead of running them back to back.
+    Ticks sit at fixed offsets from `start`, so the schedule never drifts. The warm-up makes a
+    fresh start visible on the bus within a second, and gives CPU and I/O rates a real window
+    at once, instead of leaving a new deployment silent for a whole interval.
     """
-    following = tick + 1
-    if start + following * interval >= now:
-        return following, 0
-    due = math.ceil((now - start) / interval)
-    return due, due - following
+
+    start: float
+    interval: float
+    warmup: float = 0.0
+
+    @property
+    def warmup_ticks(self) -> int:
+        """Ticks before the first regular one (including tick 0)."""
+        if 0 < self.warmup < self.interval:
+            return math.ceil(self.interval / self.warmup)
+        return 1
+
+    def at(self, tick: int) -> float:
+        warm = self.warmup_ticks
+        if tick < warm:
+            return self.start + tick * self.warmup
+        return self.start + (tick - warm + 1) * self.interval
+
+    def after(self, tick: int, now: float) -> tuple[int, int]:
+        """The tick to run after `tick` finished at `now`, and how many ticks it skips.
+
+        A cycle that ran past later ticks skips them instead of running them back to back.
+        """
+        warm = self.warmup_ticks
+        due = tick + 1
+        while due < warm and self.at(due) < now:
+            due += 1
+        if due >= warm and self.at(due) < now:
+            due = warm - 1 + math.ceil((now - self.start) / self.interval)
+        return due, due - tick - 1
 
 
 class AgentRunner:
@@ -159,15 +193,16 @@ class AgentRunner:
     async def run(self) -> None:
         """Collect every interval until `stop()`; never raises for a failing collector or bus."""
         interval = self.config.interval.seconds
-        start = self.clock()
+        schedule = Schedule(self.clock(), interval, self.config.warmup.seconds)
         tick = 0
         while True:
-            delay = self._rng.uniform(0, self.config.jitter.seconds) if self.config.jitter.seconds else 0.0
-            if await self._wait(start + tick * interval + delay - self.clock()):
+            jittered = self.config.jitter.seconds and tick >= schedule.warmup_ticks
+            delay = self._rng.uniform(0, self.config.jitter.seconds) if jittered else 0.0
+            if await self._wait(schedule.at(tick) + delay - self.clock()):
                 return
             await self.run_cycle()
             # Judge overrun by the collection alone: a jittered start must not cost a tick.
-            tick, skipped = next_tick(start, interval, tick, self.clock() - delay)
+            tick, skipped = schedule.after(tick, self.clock() - delay)
             if skipped:
                 self.skipped += skipped
                 log.warning(

@@ -16,7 +16,7 @@ from agents.runner import (
     AgentRunner,
     Check,
     Collection,
-    next_tick,
+    Schedule,
 )
 from bus.events import HealthEvent, Heartbeat, MetricBatch, Sample
 from bus.subjects import Subjects
@@ -28,6 +28,7 @@ HOST = "web01"
 T0 = 1000.0  # monotonic reading when the runner starts
 EPOCH = 1_700_000_000.0  # wall clock = EPOCH + monotonic, so timestamps can be predicted
 INTERVAL = 10.0
+NO_WARMUP = Duration(0)  # the regular schedule; the warm-up has tests of its own
 
 
 class FakeClock:
@@ -89,7 +90,7 @@ def make_runner(
     runner = AgentRunner(
         collector,
         publisher,
-        config or AgentConfig(interval=Duration(INTERVAL)),
+        config or AgentConfig(warmup=NO_WARMUP, interval=Duration(INTERVAL)),
         host,
         clock=collector.clock.now_fn,
         wall_clock=collector.clock.wall,
@@ -115,35 +116,35 @@ async def run_scripted(
     return runner, publisher, collector
 
 
-# next_tick ------------------------------------------------------------------------------------
+# Schedule ------------------------------------------------------------------------------------
 
 
-def test_next_tick_is_the_following_tick_when_the_cycle_fits() -> None:
-    assert next_tick(start=100.0, interval=10.0, tick=0, now=103.0) == (1, 0)
-    assert next_tick(start=100.0, interval=10.0, tick=4, now=149.999) == (5, 0)
+def test_schedule_is_the_following_tick_when_the_cycle_fits() -> None:
+    assert Schedule(100.0, 10.0).after(0, 103.0) == (1, 0)
+    assert Schedule(100.0, 10.0).after(4, 149.999) == (5, 0)
 
 
-def test_next_tick_does_not_drift_however_long_each_cycle_takes() -> None:
+def test_schedule_does_not_drift_however_long_each_cycle_takes() -> None:
     """After 1000 cycles of 9.99s on a 10s interval the schedule is still at start + 1000*10."""
     start, interval, tick = 50.0, 10.0, 0
     for _ in range(1000):
-        tick, skipped = next_tick(start, interval, tick, now=start + tick * interval + 9.99)
+        tick, skipped = Schedule(start, interval).after(tick, start + tick * interval + 9.99)
         assert skipped == 0
     assert tick == 1000
     assert start + tick * interval == 10050.0
 
 
-def test_next_tick_after_overrunning_two_ticks_returns_the_next_due_tick() -> None:
-    assert next_tick(start=0.0, interval=10.0, tick=0, now=25.0) == (3, 2)
-    assert next_tick(start=0.0, interval=10.0, tick=5, now=78.0) == (8, 2)
+def test_schedule_after_overrunning_two_ticks_returns_the_next_due_tick() -> None:
+    assert Schedule(0.0, 10.0).after(0, 25.0) == (3, 2)
+    assert Schedule(0.0, 10.0).after(5, 78.0) == (8, 2)
 
 
-def test_next_tick_at_exact_boundaries() -> None:
+def test_schedule_at_exact_boundaries() -> None:
     """A cycle ending on or before the next tick keeps it; one ending after it skips it."""
-    assert next_tick(start=0.0, interval=10.0, tick=0, now=9.999) == (1, 0)
-    assert next_tick(start=0.0, interval=10.0, tick=0, now=10.0) == (1, 0)
-    assert next_tick(start=0.0, interval=10.0, tick=0, now=10.001) == (2, 1)
-    assert next_tick(start=0.0, interval=10.0, tick=0, now=30.0) == (3, 2)
+    assert Schedule(0.0, 10.0).after(0, 9.999) == (1, 0)
+    assert Schedule(0.0, 10.0).after(0, 10.0) == (1, 0)
+    assert Schedule(0.0, 10.0).after(0, 10.001) == (2, 1)
+    assert Schedule(0.0, 10.0).after(0, 30.0) == (3, 2)
 
 
 @given(
@@ -152,12 +153,12 @@ def test_next_tick_at_exact_boundaries() -> None:
     tick=st.integers(0, 1000),
     elapsed=st.integers(0, 10**6),
 )
-def test_next_tick_is_always_the_first_tick_not_in_the_past(
+def test_schedule_is_always_the_first_tick_not_in_the_past(
     start: int, interval: int, tick: int, elapsed: int
 ) -> None:
     """The returned tick is the first not before `now`, and the ticks skipped for it are counted."""
     now = start + tick * interval + elapsed
-    due, skipped = next_tick(start, interval, tick, now)
+    due, skipped = Schedule(start, interval).after(tick, now)
     assert due > tick
     assert start + due * interval >= now
     assert due == tick + 1 or start + (due - 1) * interval < now
@@ -255,7 +256,7 @@ async def test_a_collection_overrunning_two_ticks_skips_them_instead_of_piling_u
 
 
 async def test_jitter_delays_each_cycle_within_the_jitter_window() -> None:
-    config = AgentConfig(interval=Duration(INTERVAL), jitter=Duration(3))
+    config = AgentConfig(warmup=NO_WARMUP, interval=Duration(INTERVAL), jitter=Duration(3))
     _, _, collector = await run_scripted([0.1] * 20, config=config, rng=random.Random(7))
 
     delays = [start - (T0 + k * INTERVAL) for k, start in enumerate(collector.starts)]
@@ -272,11 +273,53 @@ async def test_without_jitter_cycles_start_exactly_on_their_ticks() -> None:
 
 async def test_jitter_never_costs_a_tick_when_the_collection_itself_fits() -> None:
     """A 6 s collection on a 10 s interval with 5 s jitter: every tick runs, none is skipped."""
-    config = AgentConfig(interval=Duration(INTERVAL), jitter=Duration(5))
+    config = AgentConfig(warmup=NO_WARMUP, interval=Duration(INTERVAL), jitter=Duration(5))
     runner, _, collector = await run_scripted([6.0] * 20, config=config, rng=random.Random(3))
 
     assert runner.skipped == 0
     assert [int((start - T0) // INTERVAL) for start in collector.starts] == list(range(20))
+
+
+def test_warmup_ticks_fill_the_first_interval_then_the_regular_grid_takes_over() -> None:
+    schedule = Schedule(start=100.0, interval=10.0, warmup=2.0)
+    assert [schedule.at(k) for k in range(8)] == [100, 102, 104, 106, 108, 110, 120, 130]
+    assert schedule.after(2, now=107.5) == (4, 1)  # a warm-up tick missed is skipped too
+    assert schedule.after(3, now=125.0) == (7, 3)
+
+
+def test_warmup_longer_than_the_interval_is_no_warmup() -> None:
+    assert Schedule(0.0, 10.0, warmup=10.0).warmup_ticks == 1
+    assert Schedule(0.0, 10.0, warmup=0.0).at(3) == 30.0
+
+
+@given(
+    interval=st.integers(1, 600),
+    warmup=st.integers(0, 700),
+    tick=st.integers(0, 50),
+    elapsed=st.integers(0, 10**5),
+)
+def test_schedule_after_is_the_first_tick_not_in_the_past_with_any_warmup(
+    interval: int, warmup: int, tick: int, elapsed: int
+) -> None:
+    schedule = Schedule(0.0, float(interval), float(warmup))
+    now = schedule.at(tick) + elapsed
+    due, skipped = schedule.after(tick, now)
+    assert schedule.at(due) >= now
+    assert due == tick + 1 or schedule.at(due - 1) < now
+    assert skipped == due - tick - 1
+    assert all(schedule.at(k) < schedule.at(k + 1) for k in range(tick, due))
+
+
+async def test_a_fresh_agent_publishes_every_warmup_during_its_first_interval() -> None:
+    """With the default 1 s warm-up a new agent is on the bus at once, then settles to 10 s."""
+    config = AgentConfig(interval=Duration(INTERVAL), jitter=Duration(3))
+    _, publisher, collector = await run_scripted([0.1] * 13, config=config, rng=random.Random(1))
+
+    offsets = [round(start - T0, 6) for start in collector.starts]
+    assert offsets[:10] == [float(k) for k in range(10)]  # no jitter during the warm-up
+    assert all(10 * k <= offset < 10 * k + 3 for k, offset in zip((1, 2, 3), offsets[10:], strict=True))
+    beats = publisher.assert_published(f"{PREFIX}.heartbeat.*", Heartbeat, count=13)
+    assert {b.interval for b in beats if isinstance(b, Heartbeat)} == {INTERVAL}
 
 
 # AgentRunner: failures -------------------------------------------------------------------------
