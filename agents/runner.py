@@ -174,7 +174,7 @@ class AgentRunner:
         return self.collector.name
 
     def stop(self) -> None:
-        """Finish the cycle in progress, then return from `run()`."""
+        """Return from `run()` at once: between cycles, or abandoning a collection in progress."""
         self._stopping.set()
 
     async def _wait(self, seconds: float) -> bool:
