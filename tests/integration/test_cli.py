@@ -57,8 +57,7 @@ def up_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int, flo
     port = free_port()
     config = write_config(
         tmp_path / "up.toml",
-        f'data_dir = "{tmp_path / "data"}"\n[server]\nport = {port}\n'
-        '[agents]\nhostname = "web.01 *>"\n',
+        f'data_dir = "{tmp_path / "data"}"\n[server]\nport = {port}\n[agents]\nhostname = "web.01 *>"\n',
     )
     env = cli_env(NATS_SERVER_BIN=nats_server_binary())
     started = time.monotonic()
