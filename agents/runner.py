@@ -8,6 +8,7 @@ import logging
 import math
 import random
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -18,6 +19,7 @@ from msgspec import Meta
 
 from bus.events import HealthEvent, Heartbeat, MetricBatch, Sample, Status
 from bus.publisher import Publisher
+from bus.redact import redact_text
 from bus.units import Duration
 
 log = logging.getLogger(__name__)
@@ -117,7 +119,8 @@ class Schedule:
     def warmup_ticks(self) -> int:
         """Ticks before the first regular one (including tick 0)."""
         if 0 < self.warmup < self.interval:
-            return math.ceil(self.interval / self.warmup)
+            # whole warm-up steps that fit, so the last one is never closer than a step to `interval`
+            return max(1, math.floor(self.interval / self.warmup + 1e-9))
         return 1
 
     def at(self, tick: int) -> float:
@@ -200,7 +203,7 @@ class AgentRunner:
             delay = self._rng.uniform(0, self.config.jitter.seconds) if jittered else 0.0
             if await self._wait(schedule.at(tick) + delay - self.clock()):
                 return
-            await self.run_cycle()
+            await self.run_cycle(period=schedule.at(tick + 1) - schedule.at(tick))
             # Judge overrun by the collection alone: a jittered start must not cost a tick.
             tick, skipped = schedule.after(tick, self.clock() - delay)
             if skipped:
@@ -212,8 +215,11 @@ class AgentRunner:
                     skipped,
                 )
 
-    async def run_cycle(self) -> None:
-        """One collection: publish its batch and checks, then the heartbeat."""
+    async def run_cycle(self, period: float | None = None) -> None:
+        """One collection: publish its batch and checks, then the heartbeat.
+
+        `period` is the time until the next cycle (shorter during the warm-up); the batch says it.
+        """
         interval = self.config.interval.seconds
         timeout = self.config.timeout.seconds if self.config.timeout else interval
         ts = self.wall_clock()
@@ -226,8 +232,10 @@ class AgentRunner:
         except Exception as exc:  # one broken collector must not take the agent down
             self.collect_errors += 1
             ours = isinstance(exc, _Overran)
-            reason = f"timed out after {timeout:g}s" if ours else repr(exc)
-            log.error("%s agent: collection failed: %s", self.agent, reason, exc_info=not ours)
+            # exception texts may quote URLs with credentials; the bus must never carry them
+            reason = f"timed out after {timeout:g}s" if ours else redact_text(repr(exc))
+            trace = "" if ours else "\n" + redact_text("".join(traceback.format_exception(exc)))
+            log.error("%s agent: collection failed: %s%s", self.agent, reason, trace)
             self._collector_failing = True
             await self._publish_check(Check(COLLECTOR_TARGET, "critical", detail=f"collection {reason}"), ts)
         else:
@@ -239,7 +247,7 @@ class AgentRunner:
                     host=self.host,
                     agent=self.agent,
                     ts=ts,
-                    interval=interval,
+                    interval=period or interval,
                     samples=collection.samples,
                 )
                 await self.publisher.publish(subjects.metrics(self.host, self.agent), batch)

@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
 
+from bus.redact import redact_url
 from bus.subjects import validate_prefix
 from bus.units import Duration
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+URL_SCHEMES = ("nats", "tls", "ws", "wss")
+
+
+def validate_url(url: str) -> str:
+    """Return `url` if it names a NATS server (`nats://host:4222`), else raise ValueError."""
+    parts = urlsplit(url if "://" in url else f"nats://{url}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in URL_SCHEMES or not parts.hostname or re.search(r"\s", url):
+        raise ValueError(
+            f"servers: invalid NATS URL {redact_url(url)!r}: write it as nats://host:4222 "
+            f"(schemes: {', '.join(URL_SCHEMES)})"
+        )
+    return url
 
 
 class TLSConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -56,36 +75,38 @@ DEFAULT_MAX_BYTES = {
 
 
 class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Retention of a stream that is never size-capped: alerts may not be dropped for space."""
+
     max_age: Annotated[Duration, Meta(description="how long messages are kept")] = Duration(30 * 86400)
+
+
+class CappedStreamConfig(StreamConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_bytes: Annotated[
         Annotated[int, Meta(ge=-1)] | None,
         Meta(
             description="size cap in bytes, oldest dropped first; -1 for none; "
-            "unset: 2 GiB metrics, 1 GiB health, 256 MiB heartbeat, none for alerts and notifications",
+            "unset: 2 GiB metrics, 1 GiB health, 256 MiB heartbeat",
             examples=[4294967296],
         ),
     ] = None
 
 
 class StreamsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    metrics: Annotated[StreamConfig, Meta(description="jarvis.metrics.>")] = StreamConfig()
-    health: Annotated[StreamConfig, Meta(description="jarvis.health.>")] = StreamConfig()
-    heartbeat: Annotated[StreamConfig, Meta(description="jarvis.heartbeat.>")] = StreamConfig()
-    alerts: Annotated[StreamConfig, Meta(description="jarvis.alerts.>")] = StreamConfig()
-    notifications: Annotated[StreamConfig, Meta(description="jarvis.notifications.>")] = StreamConfig()
+    metrics: Annotated[CappedStreamConfig, Meta(description="jarvis.metrics.>")] = CappedStreamConfig()
+    health: Annotated[CappedStreamConfig, Meta(description="jarvis.health.>")] = CappedStreamConfig()
+    heartbeat: Annotated[CappedStreamConfig, Meta(description="jarvis.heartbeat.>")] = CappedStreamConfig()
+    alerts: Annotated[StreamConfig, Meta(description="jarvis.alerts.>, never size-capped")] = StreamConfig()
+    notifications: Annotated[StreamConfig, Meta(description="jarvis.notifications.>, never size-capped")] = (
+        StreamConfig()
+    )
     duplicate_window: Annotated[
         Duration,
         Meta(description="how long the alert streams remember a Nats-Msg-Id to drop a repeat"),
     ] = Duration(3600)
 
-    def __post_init__(self) -> None:
-        for family in ("alerts", "notifications"):
-            if getattr(self, family).max_bytes not in (None, -1):
-                raise ValueError(f"{family}.max_bytes must stay unset: alerts may not be dropped for space")
-
     def max_bytes(self, family: str) -> int:
         """The effective size cap of one family's stream."""
-        configured: int | None = getattr(self, family).max_bytes
+        configured: int | None = getattr(getattr(self, family), "max_bytes", -1)
         return DEFAULT_MAX_BYTES[family] if configured is None else configured
 
 
@@ -148,5 +169,7 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)
+        for url in self.servers:
+            validate_url(url)
         if self.password_file and not self.user:
             raise ValueError("password_file needs user")

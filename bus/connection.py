@@ -11,14 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client, Server
 from nats.errors import ConnectionClosedError, NoServersError, OutboundBufferLimitError
 
-from bus.config import DEFAULT_URL, BusConfig
+from bus.config import DEFAULT_URL, BusConfig, validate_url
 from bus.events import Event, encode
+from bus.redact import redact_url
 from bus.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -32,20 +32,15 @@ class BusUnavailableError(ConnectionError):
     """No NATS server answered."""
 
 
-def redact_url(url: str) -> str:
-    """The URL without user info, so credentials embedded in it never reach a log."""
-    parts = urlsplit(url if "://" in url else f"nats://{url}")
-    _, at, hostport = parts.netloc.rpartition("@")
-    if not at:
-        return url
-    return urlunsplit((parts.scheme, f"***@{hostport}", parts.path, parts.query, parts.fragment))
-
-
 def configured_urls(config: BusConfig, environ: Mapping[str, str] = os.environ) -> list[str]:
     """The servers the user named: JARVIS_NATS_URL (comma-separated) first, then bus.servers."""
     override = environ.get("JARVIS_NATS_URL", "").strip()
     if override:
-        return [u.strip() for u in override.split(",") if u.strip()]
+        urls = [u.strip() for u in override.split(",") if u.strip()]
+        try:
+            return [validate_url(url) for url in urls]
+        except ValueError as exc:
+            raise BusConfigError(f"JARVIS_NATS_URL: {str(exc).removeprefix('servers: ')}") from None
     return list(config.servers)
 
 

@@ -22,7 +22,7 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
     v: int = SCHEMA_VERSION
 
 
-class Sample(msgspec.Struct, frozen=True, omit_defaults=True):
+class Sample(msgspec.Struct, frozen=True):
     """One measurement: a dotted lower-case metric name, its value and its labels.
 
     JSON has no NaN or infinity, so a non-finite value is refused here; agents skip such values.

@@ -7,6 +7,7 @@ import logging
 import re
 from typing import Literal
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
@@ -25,6 +26,14 @@ KV_BUCKETS = {
 }
 
 Change = Literal["created", "updated", "unchanged"]
+
+
+class ProvisioningError(RuntimeError):
+    """Some streams or buckets could not be created or updated; the others were."""
+
+    def __init__(self, failures: list[str]) -> None:
+        super().__init__("; ".join(failures))
+        self.failures = failures
 
 
 def _base(prefix: str) -> str:
@@ -109,11 +118,20 @@ async def ensure_bucket(js: JetStreamContext, name: str, description: str) -> Ch
 async def provision(js: JetStreamContext, subjects: Subjects, streams: StreamsConfig) -> dict[str, Change]:
     """Make the streams and buckets match config; safe to run on every start."""
     changes: dict[str, Change] = {}
+    failures: list[str] = []
     for family in FAMILIES:
         desired = stream_config(subjects, streams, family)
         assert desired.name is not None
-        changes[desired.name] = await ensure_stream(js, desired)
+        try:
+            changes[desired.name] = await ensure_stream(js, desired)
+        except (nats.errors.Error, TimeoutError) as exc:  # the other streams must still be made
+            failures.append(f"stream {desired.name}: {exc}")
     for bucket, description in KV_BUCKETS.items():
         name = bucket_name(subjects.prefix, bucket)
-        changes[name] = await ensure_bucket(js, name, description)
+        try:
+            changes[name] = await ensure_bucket(js, name, description)
+        except (nats.errors.Error, TimeoutError) as exc:
+            failures.append(f"KV bucket {name}: {exc}")
+    if failures:
+        raise ProvisioningError(failures)
     return changes

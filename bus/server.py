@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -79,15 +80,21 @@ def _die_with_parent() -> None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def port_is_free(host: str, port: int) -> bool:
-    """True when nothing listens on host:port (checked by binding, as the server would)."""
+def check_bindable(host: str, port: int, key: str) -> None:
+    """Bind host:port as the server would, and say precisely why that fails."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except socket.gaierror as exc:
+            raise ServerError(f"server.host {host!r} is not an address of this machine: {exc}") from None
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ServerError(
+                    f"{key} {port} on {host} is already in use: stop whatever holds it, set {key} "
+                    "to another port, or point bus.servers at the NATS server already there"
+                ) from None
+            raise ServerError(f"cannot listen on {host}:{port} ({key}): {exc.strerror}") from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -139,12 +146,13 @@ class EmbeddedServer:
         binary = self.binary or find_binary()
         if self.port == 0:
             self.port = free_port(self.config.host)
-        if not port_is_free(self.config.host, self.port):
-            raise ServerError(
-                f"port {self.port} on {self.config.host} is already in use: stop whatever holds it, "
-                "set server.port to another port, or point bus.servers at that NATS server"
-            )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        check_bindable(self.config.host, self.port, "server.port")
+        if self.config.http_port:
+            check_bindable(self.config.host, self.config.http_port, "server.http_port")
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServerError(f"cannot use data_dir {self.data_dir}: {exc.strerror}") from None
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         self.process = subprocess.Popen(  # noqa: ASYNC220 - spawning returns at once; readiness is polled below
             self._command(binary),

@@ -18,14 +18,18 @@ _UNITS = {
 _PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h|d|w)")
 
 
+MAX_DAYS = 3650  # ten years: beyond any retention, and far inside what NATS can represent
+MAX_SECONDS = MAX_DAYS * 86400
+
+
 class Duration:
     """A length of time, written as in Prometheus: "250ms", "10s", "5m", "1h30m", "30d"."""
 
     __slots__ = ("_us",)
 
     def __init__(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("a duration cannot be negative")
+        if not 0 <= seconds <= MAX_SECONDS:
+            raise ValueError(f"a duration must lie between 0s and {MAX_DAYS}d")
         self._us = round(seconds * 10**6)
 
     @property

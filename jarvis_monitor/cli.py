@@ -12,13 +12,15 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from bus.connection import BusConfigError, BusUnavailableError, connect
+import nats.errors
+
+from bus.connection import BusConfigError, BusUnavailableError
 from bus.events import json_schema
 from bus.server import ServerError
 from jarvis_monitor import __version__, stack
-from jarvis_monitor.config import Config, ConfigError, load_config
+from jarvis_monitor.config import ConfigError, load_config
 from jarvis_monitor.docs import render_events_doc
-from jarvis_monitor.tail import TailPrinter
+from jarvis_monitor.tail import tail
 from jarvis_monitor.template import render_config
 
 log = logging.getLogger("jarvis_monitor")
@@ -94,6 +96,15 @@ def _run(coro: Coroutine[Any, Any, None]) -> int:
     except (ServerError, BusUnavailableError, BusConfigError) as exc:
         print(f"jarvis-monitor: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except nats.errors.BadSubjectError:
+        print(
+            "jarvis-monitor: error: invalid subject filter (tokens separated by '.', no spaces)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    except OSError as exc:  # the machine refused something (a directory, a file): one line, no traceback
+        print(f"jarvis-monitor: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         pass
     return EXIT_OK
@@ -137,30 +148,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(json_schema(), indent=2))
     return EXIT_OK
-
-
-async def tail(config: Config, subject: str | None, raw_json: bool, count: int | None) -> None:
-    """Print events until interrupted or `count` messages have arrived."""
-    bus = await connect(config.bus, "jarvis-monitor tail")
-    printer = TailPrinter(raw_json=raw_json)
-    done = asyncio.Event()
-
-    async def on_message(msg: Any) -> None:
-        printer.handle(msg.subject, msg.data)
-        if count is not None and printer.received >= count:
-            done.set()
-
-    stack.stop_on_signals(done.set)
-    subject = subject or bus.subjects.everything
-    await bus.nc.subscribe(subject, cb=on_message)
-    await bus.nc.flush()
-    print(f"watching {subject} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    try:
-        await done.wait()
-    finally:
-        await bus.close()
-        if printer.rejected:
-            print(f"{printer.received} messages, {printer.rejected} rejected", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 from msgspec import Meta
@@ -60,44 +60,65 @@ _AT = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$", re.S)
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
 
 
-def _describe(error: msgspec.ValidationError, section: str) -> str:
-    text = str(error)
-    match = _AT.match(text)
-    msg, path = (match["msg"], match["path"]) if match else (text, "")
-    path = section + re.sub(r"\[(\d+)\]", r"[\1]", path)
+def _describe(error: msgspec.ValidationError, table: str) -> str:
+    """One line for a validation error inside `table` ("" or "agents.host"): key path first."""
+    match = _AT.match(str(error))
+    msg, path = (match["msg"], match["path"]) if match else (str(error), "")
+    path = f"{table}{path}".lstrip(".")
     unknown = _UNKNOWN.match(msg)
     if unknown:
         return f"{path}.{unknown['field']}: unknown key".lstrip(".")
-    return f"{path.lstrip('.') or '(top level)'}: {msg}"
+    return f"{path or '(top level)'}: {msg}"
+
+
+def _struct_of(tp: Any) -> type[msgspec.Struct] | None:
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
+
+
+def _problems(document: Mapping[str, Any], struct: type[msgspec.Struct], table: str) -> list[str]:
+    """Every problem in one table, key by key and then the table's own rules, recursing into sub-tables."""
+    fields = {f.encode_name: f for f in msgspec.structs.fields(struct)}
+    problems = []
+    for key, value in document.items():
+        field = fields.get(key)
+        if field is None:
+            problems.append(f"{table}.{key}: unknown key".lstrip("."))
+            continue
+        sub_struct = _struct_of(field.type)
+        if sub_struct is not None and isinstance(value, dict):
+            problems += _problems(value, sub_struct, f"{table}.{key}")
+            continue
+        try:
+            msgspec.convert({key: value}, struct, dec_hook=dec_hook)
+        except msgspec.ValidationError as exc:
+            if _AT.match(str(exc)):  # an error without a key path is a rule across keys: below
+                problems.append(_describe(exc, table))
+    if not problems:  # rules across keys (jitter shorter than interval) need the whole table
+        try:
+            msgspec.convert(dict(document), struct, dec_hook=dec_hook)
+        except msgspec.ValidationError as exc:
+            problems.append(_describe(exc, table))
+    return problems
 
 
 def parse_config(document: Mapping[str, Any]) -> Config:
-    """Validate a decoded TOML document section by section, so one run reports every section's error."""
-    fields = {f.encode_name for f in msgspec.structs.fields(Config)}
-    problems = [f"{key}: unknown key" for key in document if key not in fields]
-    for key, value in document.items():
-        if key not in fields:
-            continue
-        try:
-            msgspec.convert({key: value}, Config, dec_hook=dec_hook)
-        except msgspec.ValidationError as exc:
-            problems.append(_describe(exc, ""))
+    """Validate a decoded TOML document, reporting every problem at once, one line each."""
+    problems = _problems(document, Config, "")
     if problems:
         raise ConfigError(problems)
     return msgspec.convert(dict(document), Config, dec_hook=dec_hook)
 
 
-def check_resources(config: Config, environ: Mapping[str, str] = os.environ) -> None:
+def check_resources(config: BusConfig, environ: Mapping[str, str] = os.environ) -> None:
     """Check what the file only names: secret files and TLS files must be readable."""
     problems = []
-    try:
-        resolve_credentials(config.bus, environ)
-    except BusConfigError as exc:
-        problems.append(str(exc))
-    try:
-        tls_context(config.bus)
-    except BusConfigError as exc:
-        problems.append(str(exc))
+    for check in (lambda: resolve_credentials(config, environ), lambda: tls_context(config)):
+        try:
+            check()
+        except BusConfigError as exc:
+            problems.append(str(exc))
     if problems:
         raise ConfigError(problems)
 
@@ -111,10 +132,23 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] = os.environ
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError([f"{path}: not UTF-8 text (byte {exc.start})"]) from None
         try:
             document = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-        config = parse_config(document)
-    check_resources(config, environ)
+        try:
+            config = parse_config(document)
+        except ConfigError as exc:
+            # the bus table may still be fine: report its unreadable files in the same run
+            try:
+                bus = msgspec.convert(document.get("bus", {}), BusConfig, dec_hook=dec_hook)
+                check_resources(bus, environ)
+            except msgspec.ValidationError:
+                pass  # already reported
+            except ConfigError as more:
+                raise ConfigError(exc.problems + more.problems) from None
+            raise
+    check_resources(config.bus, environ)
     return config

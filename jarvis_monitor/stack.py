@@ -32,11 +32,39 @@ def make_runner(name: str, config: Config, bus: Bus) -> AgentRunner:
     return AgentRunner(make_collector(name, config), bus, agent_config, config.agents.resolved_hostname())
 
 
-def stop_on_signals(stop: Callable[[], None]) -> None:
-    """SIGTERM and SIGINT ask for a graceful stop instead of killing mid-publish."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
+class Shutdown:
+    """SIGTERM and SIGINT: cancel a start-up still in progress, or ask the running parts to stop.
+
+    Installed before anything starts, so a stop that arrives while the server comes up or while
+    an agent waits for NATS is as graceful as one that arrives later.
+    """
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self._main = asyncio.current_task()
+        self._callbacks: list[Callable[[], None]] = []
+        self._started = False
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request)
+
+    def started(self, *callbacks: Callable[[], None]) -> None:
+        """Start-up is over; from now on a stop calls `callbacks` instead of cancelling."""
+        self._started = True
+        self._callbacks += callbacks
+        if self.requested.is_set():
+            for callback in callbacks:
+                callback()
+
+    def request(self) -> None:
+        if self.requested.is_set():
+            return
+        log.info("stopping: abandoning collections in progress and flushing what was published")
+        self.requested.set()
+        if not self._started and self._main is not None:
+            self._main.cancel()
+        for callback in self._callbacks:
+            callback()
 
 
 async def provision_streams(bus: Bus, config: Config) -> None:
@@ -56,13 +84,12 @@ async def open_bus(
     config: Config, name: str, *, embedded: bool
 ) -> AsyncIterator[tuple[Bus, EmbeddedServer | None]]:
     """Connect (starting the embedded server first when asked), provision, and clean up after."""
-    server = None
-    servers = None
-    if embedded:
-        server = EmbeddedServer(config.server, config.resolved_data_dir())
-        await server.start()
-        servers = [server.url]
+    server = EmbeddedServer(config.server, config.resolved_data_dir()) if embedded else None
     try:
+        servers = None
+        if server is not None:
+            await server.start()
+            servers = [server.url]
         bus = await connect(config.bus, name, servers=servers, wait=not embedded)
         try:
             await provision_streams(bus, config)
@@ -80,30 +107,21 @@ def wants_embedded_server(config: Config) -> bool:
 
 
 async def run_until_stopped(
-    config: Config, names: list[str], bus: Bus, server: EmbeddedServer | None = None
+    config: Config, names: list[str], bus: Bus, shutdown: Shutdown, server: EmbeddedServer | None = None
 ) -> None:
-    """Run the named agents until SIGTERM or SIGINT (or the embedded server dies), then let each
-    finish its cycle."""
+    """Run the named agents until a stop is requested (or the embedded server dies)."""
     runners = [make_runner(name, config, bus) for name in names]
-    stopping = asyncio.Event()
-
-    def stop() -> None:
-        if not stopping.is_set():
-            log.info("stopping: finishing the current cycle and flushing")
-        stopping.set()
-        for runner in runners:
-            runner.stop()
-
-    stop_on_signals(stop)
+    shutdown.started(*(runner.stop for runner in runners))
     if names:
         log.info("running agents %s as host %r", ", ".join(names), config.agents.resolved_hostname())
     agents = [asyncio.create_task(runner.run()) for runner in runners]
-    watchers: list[asyncio.Task[object]] = [asyncio.create_task(stopping.wait())]
+    watchers: list[asyncio.Task[object]] = [asyncio.create_task(shutdown.requested.wait())]
     if server is not None:
         watchers.append(asyncio.create_task(server.wait()))
     await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
-    server_died = server is not None and not stopping.is_set() and not server.running
-    stop()
+    server_died = server is not None and not shutdown.requested.is_set() and not server.running
+    for runner in runners:
+        runner.stop()
     await asyncio.gather(*agents)
     for watcher in watchers:
         watcher.cancel()
@@ -112,15 +130,24 @@ async def run_until_stopped(
         raise ServerError(f"the embedded nats-server exited unexpectedly; see {server.log_file}")
 
 
+async def _until_stopped(component: str, config: Config, names: list[str], *, embedded: bool) -> None:
+    shutdown = Shutdown()
+    try:
+        async with open_bus(config, component, embedded=embedded) as (bus, server):
+            await run_until_stopped(config, names, bus, shutdown, server)
+    except asyncio.CancelledError:
+        if not shutdown.requested.is_set():
+            raise
+        log.info("stopped during start-up")
+
+
 async def up(config: Config) -> None:
     """The whole stack in one process."""
     names = [name for name in AGENT_NAMES if getattr(config.agents, name).enabled]
-    async with open_bus(config, "jarvis-monitor up", embedded=wants_embedded_server(config)) as (bus, server):
-        await run_until_stopped(config, names, bus, server)
+    await _until_stopped("jarvis-monitor up", config, names, embedded=wants_embedded_server(config))
 
 
 async def agent(config: Config, name: str) -> None:
     """One agent on its own, against the configured NATS (waiting for it if it is not up yet)."""
     make_collector(name, config)  # an unknown name fails before connecting
-    async with open_bus(config, f"jarvis-monitor agent {name}", embedded=False) as (bus, _):
-        await run_until_stopped(config, [name], bus)
+    await _until_stopped(f"jarvis-monitor agent {name}", config, [name], embedded=False)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from typing import TextIO
 
+from nats.aio.msg import Msg
+
+from bus.connection import connect
 from bus.events import (
     Alert,
     Event,
-    EventDecodeError,
     HealthEvent,
     Heartbeat,
     MetricBatch,
@@ -19,9 +23,11 @@ from bus.events import (
     Sample,
     any_event,
 )
+from jarvis_monitor.config import Config
 
 # Names come from the outside world; a terminal must never receive their control characters.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_C1 = re.compile(r"[\x80-\x9f]")
 HEADLINE_METRICS = ("cpu.percent", "mem.percent", "disk.percent", "load.1")
 MAX_SAMPLES_SHOWN = 6
 
@@ -33,7 +39,10 @@ def clean(text: str, limit: int = 80) -> str:
 
 
 def _clock(ts: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ts))
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(ts))
+    except (OverflowError, OSError, ValueError):  # a timestamp no calendar holds
+        return "??:??:??"
 
 
 def _sample(sample: Sample) -> str:
@@ -94,12 +103,41 @@ class TailPrinter:
         self.received += 1
         try:
             event = any_event.decode(data, subject)
-        except EventDecodeError as exc:
+            # JSON may carry raw C1 controls inside strings; escaped, the line stays valid JSON
+            line = _C1.sub(_escape, data.decode("utf-8")) if self.raw_json else describe(event)
+        except Exception as exc:  # whatever a payload holds, tail keeps going and counts it
             self.rejected += 1
             print(f"rejected: {clean(str(exc), 300)}", file=self.err)
             return
-        if self.raw_json:
-            print(data.decode("utf-8"), file=self.out)
-        else:
-            print(describe(event), file=self.out)
+        print(line, file=self.out)
         self.out.flush()
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match[0]):04x}"
+
+
+async def tail(config: Config, subject: str | None, raw_json: bool, count: int | None) -> None:
+    """Print events until interrupted or `count` messages have arrived."""
+    bus = await connect(config.bus, "jarvis-monitor tail")
+    printer = TailPrinter(raw_json=raw_json)
+    done = asyncio.Event()
+
+    async def on_message(msg: Msg) -> None:
+        printer.handle(msg.subject, msg.data)
+        if count is not None and printer.received >= count:
+            done.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, done.set)
+    subject = subject or bus.subjects.everything
+    try:
+        await bus.nc.subscribe(subject, cb=on_message)
+        await bus.nc.flush()
+        print(f"watching {subject} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        await done.wait()
+    finally:
+        await bus.close()
+        if printer.rejected:
+            print(f"{printer.received} messages, {printer.rejected} rejected", file=sys.stderr)

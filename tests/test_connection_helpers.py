@@ -18,11 +18,12 @@ from bus.connection import (
     Credentials,
     configured_urls,
     reconnect_delay,
-    redact_url,
     resolve_credentials,
     server_urls,
     tls_context,
 )
+from bus.redact import redact_text, redact_url
+from bus.units import dec_hook
 
 # ---------------------------------------------------------------- redact_url
 
@@ -34,7 +35,9 @@ from bus.connection import (
         ("tls://agent:pa%40ss@nats.example:4443", "pa%40ss", "tls://***@nats.example:4443"),
         ("nats://tok3n@127.0.0.1:4222", "tok3n", "nats://***@127.0.0.1:4222"),
         ("nats://jarvis:p@ss:w0rd@host:4222", "p@ss:w0rd", "nats://***@host:4222"),
-        ("jarvis:s3cret@host:4222", "s3cret", "nats://***@host:4222"),
+        ("jarvis:s3cret@host:4222", "s3cret", "***@host:4222"),
+        ("nats://jarvis:s3c#ret@127.0.0.1:4222", "s3c#ret", "nats://***@127.0.0.1:4222"),
+        ("nats://jarvis:a/b?c@[::1]:4222", "a/b?c", "nats://***@[::1]:4222"),
         ("ws://u:s3cret@host", "s3cret", "ws://***@host"),
     ],
 )
@@ -267,3 +270,19 @@ def test_tls_context_refuses_a_key_that_does_not_match_the_certificate(
     tls = TLSConfig(cert_file=str(cert_file), key_file=str(key_file))
     with pytest.raises(BusConfigError, match=r"^bus\.tls"):
         tls_context(BusConfig(tls=tls))
+
+
+def test_redact_text_masks_every_url_with_user_info_in_an_error_message() -> None:
+    text = "ClientConnectorError: https://admin:hunter2@db.local/x and nats://tok@h:4222 failed"
+    assert redact_text(text) == "ClientConnectorError: https://***@db.local/x and nats://***@h:4222 failed"
+
+
+@pytest.mark.parametrize("url", ["not a url", "http://h:4222", "nats://:4222", "nats://h:port", "nats://h 2"])
+def test_urls_that_name_no_nats_server_are_refused_by_check_config(url: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match="invalid NATS URL"):
+        msgspec.convert({"servers": [url]}, BusConfig, dec_hook=dec_hook)
+
+
+def test_a_bad_jarvis_nats_url_is_a_config_error_not_an_endless_wait() -> None:
+    with pytest.raises(BusConfigError, match="JARVIS_NATS_URL: invalid NATS URL"):
+        configured_urls(BusConfig(), {"JARVIS_NATS_URL": "nats://ok:4222,foo bar"})

@@ -507,3 +507,25 @@ def test_config_refuses_an_interval_under_100ms() -> None:
 def test_config_refuses_unknown_keys() -> None:
     with pytest.raises(msgspec.ValidationError, match="unknown field `intervall`"):
         convert({"intervall": "10s"})
+
+
+async def test_credentials_in_a_collector_error_reach_neither_the_bus_nor_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception quoting a URL with a password is reported with the user info masked."""
+    _, publisher, _ = await run_scripted([ConnectionError("GET https://admin:hunter2@db.local/ failed")])
+
+    (event,) = publisher.assert_published(f"{PREFIX}.health.{HOST}.fake.{COLLECTOR_TARGET}", HealthEvent)
+    assert isinstance(event, HealthEvent)
+    assert "https://***@db.local/" in event.detail
+    assert "hunter2" not in event.detail
+    assert "hunter2" not in caplog.text
+    assert "https://***@db.local/" in caplog.text
+
+
+async def test_a_batch_says_the_period_it_stands_for_during_and_after_the_warmup() -> None:
+    config = AgentConfig(interval=Duration(INTERVAL), warmup=Duration(2))
+    _, publisher, _ = await run_scripted([0.1] * 7, config=config)
+
+    batches = publisher.assert_published(f"{PREFIX}.metrics.*", MetricBatch, count=7)
+    assert [b.interval for b in batches if isinstance(b, MetricBatch)] == [2, 2, 2, 2, 2, 10, 10]

@@ -42,8 +42,15 @@ def test_parse_error_shows_how_to_write_a_duration() -> None:
 
 
 def test_negative_duration_is_refused() -> None:
-    with pytest.raises(ValueError, match="negative"):
+    with pytest.raises(ValueError, match="between 0s and 3650d"):
         Duration(-1)
+
+
+def test_a_duration_beyond_ten_years_is_refused() -> None:
+    """NATS cannot keep anything that long; check-config must say so, not the server at start."""
+    with pytest.raises(ValueError, match="between 0s and 3650d"):
+        Duration.parse("99999999999999d")
+    assert Duration.parse("3650d").seconds == 3650 * 86400
 
 
 @pytest.mark.parametrize(

