@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 
 from bus.connection import connect
 from bus.events import (
+    SCHEMA_VERSION,
     Alert,
     Event,
     HealthEvent,
@@ -86,7 +87,9 @@ def describe(event: Event) -> str:
             body = f"{event.status.upper()} {where} {len(event.alerts)} alert(s)"
     ts: float = event.starts_at if isinstance(event, Alert) else event.ts
     kind = type(event).__struct_config__.tag
-    return f"{_clock(ts)} {kind!s:<12} {body}"
+    # a newer agent may send fields this tool does not know: say so rather than hide it
+    newer = f"  [schema v{event.v}, newer than this tool]" if event.v > SCHEMA_VERSION else ""
+    return f"{_clock(ts)} {kind!s:<12} {body}{newer}"
 
 
 @dataclass

@@ -85,3 +85,9 @@ def test_every_undecodable_payload_is_counted_and_printing_goes_on(payload: byte
     assert tail.rejected == 1
     assert err.getvalue().startswith("rejected: undecodable payload on 'jarvis.x'")
     assert "heartbeat" in out.getvalue()
+
+
+def test_an_event_from_a_newer_schema_is_shown_and_flagged() -> None:
+    line = describe(Heartbeat(v=2, host="h", agent="a", version="9", interval=10, ts=0.0))
+    assert line.endswith("[schema v2, newer than this tool]")
+    assert "[schema" not in describe(Heartbeat(host="h", agent="a", version="9", interval=10, ts=0.0))

@@ -20,8 +20,8 @@ from bus.events import Heartbeat, Sample, heartbeat
 from bus.jetstream import provision, stream_name
 from bus.server import EmbeddedServer, ServerConfig, free_port
 from bus.units import Duration
+from tests.conftest import nats_server_binary, wait_until
 
-from ..conftest import nats_server_binary
 from .test_cli import cli_env, write_config
 
 pytestmark = pytest.mark.integration
@@ -104,19 +104,12 @@ class AgentUnderOutage:
             await asyncio.sleep(0.2)
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_heartbeats_published_during_an_outage_arrive_after_restart(
     tmp_path: Path, prefix: str
 ) -> None:
     """The server restarts under a running agent: it reconnects and the outage's heartbeats are stored."""
     async with AgentUnderOutage(tmp_path, prefix, interval=0.2, reconnect_buffer=2 * 1024**2) as agent:
-        await until(lambda: agent.runner.cycles >= 3)
+        await wait_until(lambda: agent.runner.cycles >= 3)
         await agent.server.stop()
         outage_start = time.time()
         await asyncio.sleep(2)  # the outage itself
@@ -138,7 +131,7 @@ async def test_a_full_buffer_during_an_outage_is_counted_in_the_next_heartbeat(
     """Publishes that do not fit the reconnect buffer are dropped, and the heartbeat after says how many."""
     async with AgentUnderOutage(tmp_path, prefix, interval=0.1, reconnect_buffer=600) as agent:
         await agent.server.stop()
-        await until(lambda: agent.bus.stats.dropped >= 5)
+        await wait_until(lambda: agent.bus.stats.dropped >= 5)
         await agent.restart_server()
 
         await agent.heartbeats_until(lambda beats: bool(beats) and beats[-1].dropped >= 5)

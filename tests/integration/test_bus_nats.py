@@ -17,10 +17,10 @@ import trustme
 from bus.config import BusConfig, CappedStreamConfig, StreamConfig, StreamsConfig, TLSConfig
 from bus.connection import Bus, BusUnavailableError, connect
 from bus.events import Alert, HealthEvent, MetricBatch, Sample, encode, health_event, metric_batch
-from bus.jetstream import FAMILIES, KV_BUCKETS, bucket_name, provision, stream_name
+from bus.jetstream import FAMILIES, KV_BUCKETS, ProvisioningError, bucket_name, provision, stream_name
 from bus.server import EmbeddedServer, ServerConfig, free_port
 from bus.units import Duration
-from tests.conftest import nats_server_binary
+from tests.conftest import nats_server_binary, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +39,6 @@ def small_streams(**overrides: StreamConfig) -> StreamsConfig:
     }
     limits.update(overrides)
     return msgspec.structs.replace(StreamsConfig(), **limits)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll `condition` until it holds, failing the test after `timeout` seconds."""
-
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def assert_round_trip(bus: Bus) -> None:
@@ -548,3 +538,19 @@ async def test_publishes_buffered_during_an_outage_arrive_after_reconnect(
         assert bus.stats.dropped == bus.stats.errors == 0
     finally:
         await asyncio.wait_for(bus.close(timeout=1), timeout=10)
+
+
+async def test_one_refused_stream_does_not_leave_the_others_missing(bus: Bus, prefix: str) -> None:
+    """A stream the server refuses is reported; every other stream and bucket is still made."""
+    js = bus.nc.jetstream()
+    await js.add_stream(name=f"squatter_{prefix}", subjects=[f"{prefix}.health.>"])
+
+    with pytest.raises(ProvisioningError) as info:
+        await provision(js, bus.subjects, small_streams())
+
+    assert len(info.value.failures) == 1
+    assert info.value.failures[0].startswith(f"stream {stream_name(prefix, 'health')}:")
+    for family in ("metrics", "heartbeat", "alerts", "notifications"):
+        await js.stream_info(stream_name(prefix, family))
+    for bucket in KV_BUCKETS:
+        await js.key_value(bucket_name(prefix, bucket))

@@ -26,8 +26,7 @@ from bus.events import Heartbeat, MetricBatch, any_event
 from bus.server import INSTALL_HINT, EmbeddedServer, free_port
 from jarvis_monitor.cli import main
 from jarvis_monitor.config import Config, parse_config
-
-from ..conftest import nats_server_binary
+from tests.conftest import nats_server_binary
 
 pytestmark = pytest.mark.integration
 
