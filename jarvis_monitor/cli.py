@@ -137,7 +137,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     if path.exists() and not args.force:
         print(f"jarvis-monitor: error: {path} exists; use --force to overwrite it", file=sys.stderr)
         return EXIT_FAILURE
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"jarvis-monitor: error: cannot write {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
     print(f"wrote {path}; check it with: jarvis-monitor check-config {path}")
     return EXIT_OK
 
