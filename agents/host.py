@@ -215,7 +215,8 @@ class HostCollector:
         found = []
         for part in psutil.disk_partitions(all=bool(wanted)):
             key = part.mountpoint if wanted else part.device
-            if key in seen or (part.mountpoint not in wanted if wanted else part.fstype in ignored):
+            unwanted = part.mountpoint not in wanted if wanted else part.fstype in ignored
+            if unwanted or key in seen:
                 continue
             seen.add(key)
             found.append((part.mountpoint, part.device, part.fstype))

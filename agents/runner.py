@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Protocol
+from typing import Annotated, Protocol, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -23,6 +23,7 @@ from bus.redact import redact_text
 from bus.units import Duration
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Health target for the agent's own collection; the underscore keeps it apart from check names.
 COLLECTOR_TARGET = "_collector"
@@ -186,12 +187,28 @@ class AgentRunner:
             return True
         if seconds <= 0:
             return False
-        sleeper = asyncio.ensure_future(self._sleep(seconds))
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
-        for task in (sleeper, stopper):
-            task.cancel()
+        await self._unless_stopped(self._sleep(seconds))
         return self._stopping.is_set()
+
+    async def _unless_stopped(
+        self, work: Awaitable[T], timeout: float | None = None
+    ) -> asyncio.Future[T] | None:
+        """Run `work` until it is done (its finished future), or until `timeout` passes or a stop
+        is requested (None: `work` was cancelled)."""
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait(
+                (task, stopper), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopper.cancel()
+        if task in done:
+            return task
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        return None
 
     async def run(self) -> None:
         """Collect every interval until `stop()`; never raises for a failing collector or bus."""
@@ -258,20 +275,10 @@ class AgentRunner:
 
     async def _collect(self, timeout: float) -> Collection:
         """The collector's result, unless it overruns `timeout` or a stop is requested first."""
-        collecting = asyncio.ensure_future(self.collector.collect())
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        try:
-            done, _ = await asyncio.wait(
-                (collecting, stopper), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            stopper.cancel()
-        if collecting in done:
-            return collecting.result()
-        collecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await collecting
-        raise _Stopped if stopper in done else _Overran
+        finished = await self._unless_stopped(self.collector.collect(), timeout)
+        if finished is not None:
+            return finished.result()
+        raise _Stopped if self._stopping.is_set() else _Overran
 
     def heartbeat(self, ts: float) -> Heartbeat:
         """A heartbeat carrying the counts of everything lost since the agent started."""

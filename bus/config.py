@@ -21,12 +21,13 @@ def validate_url(url: str) -> str:
     """Return `url` if it names a NATS server (`nats://host:4222`), else raise ValueError."""
     parts = urlsplit(url if "://" in url else f"nats://{url}")
     try:
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        parts.port  # noqa: B018 - a port that is not a number raises here
+        host = parts.hostname
     except ValueError:
-        parts = parts._replace(netloc="")
-    if parts.scheme not in URL_SCHEMES or not parts.hostname or re.search(r"\s", url):
+        host = None
+    if parts.scheme not in URL_SCHEMES or not host or re.search(r"\s", url):
         raise ValueError(
-            f"servers: invalid NATS URL {redact_url(url)!r}: write it as nats://host:4222 "
+            f"invalid NATS URL {redact_url(url)!r}: write it as nats://host:4222 "
             f"(schemes: {', '.join(URL_SCHEMES)})"
         )
     return url
@@ -170,6 +171,9 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)
         for url in self.servers:
-            validate_url(url)
+            try:
+                validate_url(url)
+            except ValueError as exc:
+                raise ValueError(f"servers: {exc}") from None
         if self.password_file and not self.user:
             raise ValueError("password_file needs user")

@@ -40,7 +40,7 @@ def configured_urls(config: BusConfig, environ: Mapping[str, str] = os.environ) 
         try:
             return [validate_url(url) for url in urls]
         except ValueError as exc:
-            raise BusConfigError(f"JARVIS_NATS_URL: {str(exc).removeprefix('servers: ')}") from None
+            raise BusConfigError(f"JARVIS_NATS_URL: {exc}") from None
     return list(config.servers)
 
 
