@@ -8,7 +8,9 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from agents.container import ContainerAgentConfig
 from agents.host import HostAgentConfig
+from agents.probe import ProbeAgentConfig
 
 
 class AgentsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -20,6 +22,12 @@ class AgentsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
         ),
     ] = None
     host: Annotated[HostAgentConfig, Meta(description="the host agent (psutil)")] = HostAgentConfig()
+    container: Annotated[ContainerAgentConfig, Meta(description="the container agent (Docker engine)")] = (
+        ContainerAgentConfig()
+    )
+    probe: Annotated[ProbeAgentConfig, Meta(description="the probe agent (HTTP, TCP, Prometheus)")] = (
+        ProbeAgentConfig()
+    )
 
     def resolved_hostname(self) -> str:
         return self.hostname or socket.gethostname()

@@ -85,6 +85,8 @@ class Check:
     status: Status
     latency: float | None = None
     detail: str = ""
+    event: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,6 +103,17 @@ class Collector(Protocol):
     name: str
 
     async def collect(self) -> Collection: ...
+
+
+Emit = Callable[[Check], Awaitable[None]]
+
+
+class Watcher(Protocol):
+    """A collector that also follows a stream (Docker events, logs) and reports what happens at once."""
+
+    async def watch(self, emit: Emit) -> None:
+        """Run until cancelled, calling `emit` for each thing that must not wait for the next cycle."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -212,6 +225,30 @@ class AgentRunner:
 
     async def run(self) -> None:
         """Collect every interval until `stop()`; never raises for a failing collector or bus."""
+        watcher = asyncio.create_task(self._watch()) if hasattr(self.collector, "watch") else None
+        try:
+            await self._run_cycles()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    async def _watch(self) -> None:
+        """The collector's own stream; a watcher that fails is logged, and the cycles go on."""
+        watch = getattr(self.collector, "watch")  # noqa: B009 - the Watcher protocol is optional
+        try:
+            await watch(self.emit)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("%s agent: watcher failed: %s", self.agent, redact_text(repr(exc)))
+
+    async def emit(self, check: Check) -> None:
+        """Publish one check now, outside the cycle."""
+        await self._publish_check(check, self.wall_clock())
+
+    async def _run_cycles(self) -> None:
         interval = self.config.interval.seconds
         schedule = Schedule(self.clock(), interval, self.config.warmup.seconds)
         tick = 0
@@ -303,6 +340,8 @@ class AgentRunner:
             latency=check.latency,
             detail=check.detail,
             ts=ts,
+            event=check.event,
+            labels=check.labels,
         )
         await self.publisher.publish(
             self.publisher.subjects.health(self.host, self.agent, check.target), event

@@ -14,7 +14,7 @@ SCHEMA_VERSION = 1
 
 Status = Literal["ok", "warning", "critical", "unknown"]
 Severity = Literal["critical", "warning", "info"]
-AlertStatus = Literal["firing", "resolved"]
+AlertStatus = Literal["pending", "firing", "resolved"]
 NotificationStatus = Literal["firing", "resolved", "reminder"]
 
 
@@ -57,6 +57,10 @@ class HealthEvent(_Event, frozen=True, kw_only=True, tag="health"):
     latency: float | None = None
     detail: str = ""
     ts: float
+    # what happened, for an event rather than a periodic check: die, oom, start, deployed, ...
+    event: str | None = None
+    # context of the target (image, container id, URL, ...) for rules and messages
+    labels: dict[str, str] = {}
 
 
 class Heartbeat(_Event, frozen=True, kw_only=True, tag="heartbeat"):
@@ -84,6 +88,10 @@ class Alert(_Event, frozen=True, kw_only=True, tag="alert"):
     value: float | None = None
     starts_at: float
     ends_at: float | None = None
+    description: str = ""
+    threshold: float | None = None
+    # the series changes state too often: notified once as flapping, then quiet until stable
+    flapping: bool = False
 
 
 class Notification(_Event, frozen=True, kw_only=True, tag="notification"):

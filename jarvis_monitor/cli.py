@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-import nats.errors
-
-from bus.connection import BusConfigError, BusUnavailableError
 from bus.events import json_schema
-from bus.server import ServerError
-from jarvis_monitor import __version__, stack
+from jarvis_monitor import __version__, evaluator_cli, report_cli, slack_cli, stack
+from jarvis_monitor.commands import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, run_async
 from jarvis_monitor.config import ConfigError, load_config
 from jarvis_monitor.docs import render_events_doc
 from jarvis_monitor.tail import tail
@@ -25,7 +20,8 @@ from jarvis_monitor.template import render_config
 
 log = logging.getLogger("jarvis_monitor")
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+# Each part's own subcommands; each module's `register` adds parsers that set `handler`.
+EXTENSIONS = (evaluator_cli, slack_cli, report_cli)
 DEFAULT_INIT_PATH = "jarvis-monitor.toml"
 
 
@@ -79,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument(
         "--markdown", action="store_true", help="print the event reference (docs/events.md) instead"
     )
+    for extension in EXTENSIONS:
+        extension.register(commands)
     return parser
 
 
@@ -88,26 +86,6 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-
-
-def _run(coro: Coroutine[Any, Any, None]) -> int:
-    try:
-        asyncio.run(coro)
-    except (ServerError, BusUnavailableError, BusConfigError) as exc:
-        print(f"jarvis-monitor: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except nats.errors.BadSubjectError:
-        print(
-            "jarvis-monitor: error: invalid subject filter (tokens separated by '.', no spaces)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
-    except OSError as exc:  # the machine refused something (a directory, a file): one line, no traceback
-        print(f"jarvis-monitor: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        pass
-    return EXIT_OK
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -172,10 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # tail's output is the point; its connection chatter is not
     quiet = "warning" if args.command == "tail" else config.log_level
     setup_logging(args.log_level or quiet)
+    if getattr(args, "handler", None) is not None:
+        code: int = args.handler(args, config)
+        return code
     if args.command == "up":
-        return _run(stack.up(config))
+        return run_async(stack.up(config))
     if args.command == "agent":
-        return _run(stack.agent(config, args.name))
+        return run_async(stack.agent(config, args.name))
     if args.command == "tail":
-        return _run(tail(config, args.subject, args.json, args.count))
+        return run_async(tail(config, args.subject, args.json, args.count))
     raise AssertionError(f"unhandled command {args.command}")

@@ -17,6 +17,8 @@ from bus.config import BusConfig
 from bus.connection import BusConfigError, resolve_credentials, tls_context
 from bus.server import ServerConfig
 from bus.units import dec_hook
+from evaluator.config import EvaluatorConfig
+from sinks.config import SinksConfig
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -38,6 +40,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         Meta(description="the embedded nats-server `up` starts when bus.servers is empty"),
     ] = ServerConfig()
     agents: Annotated[AgentsConfig, Meta(description="the agents")] = AgentsConfig()
+    evaluator: Annotated[EvaluatorConfig, Meta(description="rules, routes, silences and inhibition")] = (
+        EvaluatorConfig()
+    )
+    sinks: Annotated[SinksConfig, Meta(description="where alerts and reports go")] = SinksConfig()
 
     def resolved_data_dir(self, environ: Mapping[str, str] = os.environ) -> Path:
         if self.data_dir:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from typing import Any
 
@@ -32,7 +33,14 @@ def toml_value(value: Any) -> str:
         return json.dumps(value)  # JSON string escapes are valid in TOML basic strings
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # structs and tables: an inline table
+        items = (f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + ", ".join(items) + " }" if value else "{}"
     raise TypeError(f"no TOML literal for {value!r}")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def _unwrap(tp: inspect.Type) -> tuple[inspect.Type, dict[str, Any]]:

@@ -1,0 +1,46 @@
+"""What every subcommand shares: exit codes, running a coroutine with one-line errors, registration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import nats.errors
+
+from bus.connection import BusConfigError, BusUnavailableError
+from bus.server import ServerError
+
+if TYPE_CHECKING:
+    from jarvis_monitor.config import Config
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+# A subcommand that needs the loaded config: `set_defaults(handler=...)` on its parser.
+Handler = Callable[[argparse.Namespace, "Config"], int]
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def error(message: str) -> None:
+    print(f"jarvis-monitor: error: {message}", file=sys.stderr)
+
+
+def run_async(coro: Coroutine[Any, Any, int | None]) -> int:
+    """Run `coro`; the usual failures (no NATS, no server, a refused file) are one line and exit 1."""
+    try:
+        code = asyncio.run(coro)
+    except (ServerError, BusUnavailableError, BusConfigError) as exc:
+        error(str(exc))
+        return EXIT_FAILURE
+    except nats.errors.BadSubjectError:
+        error("invalid subject filter (tokens separated by '.', no spaces)")
+        return EXIT_FAILURE
+    except OSError as exc:  # the machine refused something (a directory, a file): one line, no traceback
+        error(str(exc))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK if code is None else code

@@ -1,0 +1,12 @@
+"""The report sink's subcommands: sink report, report."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jarvis_monitor.commands import Subparsers
+
+
+def register(commands: Subparsers) -> None:
+    """Add this part's subcommands to `commands`."""

@@ -1,0 +1,1 @@
+"""The report sink: hourly rollups in SQLite and the daily post-go-live report (jinja2)."""
