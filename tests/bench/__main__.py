@@ -1,8 +1,13 @@
-"""Benchmarks: `python -m tests.bench`. Ratios against a baseline measured in the same run."""
+"""Benchmarks: `python -m tests.bench [PART ...]`. Ratios against a baseline measured in the same run.
+
+Parts: host (this module), and one module per part (`tests/bench/<part>.py`), each with
+`async def run()` returning rows of (measure, result, target).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import statistics
@@ -101,7 +106,10 @@ async def agent_rss(url: str) -> float:
         os.unlink(config.name)
 
 
-async def main() -> None:
+PARTS = ("host", "container", "probe", "evaluator_engine", "evaluator_service", "report")
+
+
+async def host() -> None:
     median, p95 = await host_cycle_cpu()
     batch = await sample_batch()
     with tempfile.TemporaryDirectory() as data:
@@ -137,5 +145,20 @@ def encode_cost_us(batch: MetricBatch, repeat: int = 100_000) -> float:
     return (time.perf_counter() - start) / repeat * 1e6
 
 
+async def main(parts: list[str]) -> None:
+    for part in parts:
+        print(f"## {part}", flush=True)
+        if part == "host":
+            await host()
+            continue
+        module = importlib.import_module(f"tests.bench.{part}")
+        for measure, result, target in await module.run():
+            print(f"{measure:<48} {result:<32} (target: {target})", flush=True)
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    chosen = sys.argv[1:] or list(PARTS)
+    unknown = sorted(set(chosen) - set(PARTS))
+    if unknown:
+        sys.exit(f"unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
+    asyncio.run(main(chosen))
