@@ -1,0 +1,176 @@
+"""Request rate, error ratio and latency quantiles between two scrapes of a Prometheus `/metrics` page.
+
+Pure logic, no I/O: parsing is prometheus_client's, the arithmetic follows PromQL's `increase()`
+(counter resets) and `histogram_quantile()` (linear interpolation inside a bucket).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
+
+# A series by its labels, sorted, so that two scrapes of the same series compare equal.
+SeriesKey = tuple[tuple[str, str], ...]
+# A histogram bucket series: its labels other than `le`, and its upper bound.
+BucketKey = tuple[SeriesKey, float]
+K = TypeVar("K")
+
+QUANTILES = (0.5, 0.95, 0.99)
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """The series one scrape found: the request counter's and the duration histogram's buckets."""
+
+    requests: dict[SeriesKey, float] = field(default_factory=dict)
+    buckets: dict[BucketKey, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IntervalStats:
+    """What happened between two scrapes; None where there was nothing to compute it from."""
+
+    requests_per_second: float | None
+    error_ratio: float | None
+    latency: dict[float, float]  # quantile -> seconds, only the quantiles that have a value
+
+
+def _key(labels: Mapping[str, str]) -> SeriesKey:
+    return tuple(sorted(labels.items()))
+
+
+def _base_name(name: str, suffix: str) -> str:
+    return name[: -len(suffix)] if name.endswith(suffix) else name
+
+
+def parse_scrape(text: str, requests_metric: str, duration_metric: str) -> Scrape:
+    """The request counter and duration buckets in a text exposition; ValueError if it is malformed.
+
+    Names may be given with or without their `_total` / `_bucket` suffix. Without a request
+    counter on the page, the histogram's `_count` series stand in for it (one per request too).
+    """
+    counter = _base_name(requests_metric, "_total")
+    histogram = _base_name(duration_metric, "_bucket")
+    counter_names = {counter, f"{counter}_total"}
+    requests: dict[SeriesKey, float] = {}
+    counts: dict[SeriesKey, float] = {}
+    buckets: dict[BucketKey, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in counter_names:
+                requests[_key(sample.labels)] = sample.value
+            elif sample.name == f"{histogram}_count":
+                counts[_key(sample.labels)] = sample.value
+            elif sample.name == f"{histogram}_bucket":
+                bound = _bound(sample.labels)
+                if bound is not None:  # PromQL ignores buckets without a usable `le` too
+                    others = {name: value for name, value in sample.labels.items() if name != "le"}
+                    buckets[_key(others), bound] = sample.value
+    return Scrape(requests=requests or counts, buckets=buckets)
+
+
+def _bound(labels: Mapping[str, str]) -> float | None:
+    """A bucket's upper bound (`le`); None when it is missing or not a number."""
+    try:
+        return float(labels["le"])
+    except (KeyError, ValueError):
+        return None
+
+
+def increase(previous: float, current: float) -> float:
+    """A counter's increase between two readings; one that went down was reset, so all of it is new."""
+    return current - previous if current >= previous else current
+
+
+def increases(previous: Mapping[K, float], current: Mapping[K, float]) -> dict[K, float]:
+    """The increase of every series in `current`.
+
+    A series absent from `previous` appeared between the two scrapes (prometheus_client
+    creates a labelled series at its first increment), so it counts from zero: the first 5xx
+    of a process is an error, not a baseline.
+    """
+    return {key: increase(previous.get(key, 0.0), value) for key, value in current.items()}
+
+
+def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float:
+    """The q-quantile of cumulative (upper bound, count) buckets, as PromQL's `histogram_quantile`.
+
+    NaN when there is nothing to compute from: fewer than two buckets, no +Inf bucket, no
+    observations. A quantile in the +Inf bucket is the highest finite upper bound; inside a
+    bucket it is interpolated linearly, from 0 for the first bucket when its bound is above 0.
+    """
+    if math.isnan(q):
+        return math.nan
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    merged: dict[float, float] = {}
+    for bound, count in buckets:  # the same bound twice (from two series) is one bucket
+        merged[bound] = merged.get(bound, 0.0) + count
+    ordered = sorted(merged.items())
+    if len(ordered) < 2 or not math.isinf(ordered[-1][0]) or ordered[-1][0] < 0:
+        return math.nan
+    bounds = [bound for bound, _ in ordered]
+    counts = []
+    highest = 0.0
+    for _, count in ordered:  # cumulative counts never fall; scraping races can make them seem to
+        highest = max(highest, count)
+        counts.append(highest)
+    observations = counts[-1]
+    if observations == 0 or math.isnan(observations):
+        return math.nan
+    rank = q * observations
+    b = next(i for i, count in enumerate(counts) if count >= rank)
+    if b == len(bounds) - 1:
+        return bounds[-2]
+    if b == 0 and bounds[0] <= 0:
+        return bounds[0]
+    start, end, count = 0.0, bounds[b], counts[b]
+    if b > 0:
+        start = bounds[b - 1]
+        count -= counts[b - 1]
+        rank -= counts[b - 1]
+    return start + (end - start) * (rank / count)
+
+
+def _is_error(key: SeriesKey, status_labels: Sequence[str]) -> bool | None:
+    """Whether a series counts 5xx responses, by the first status label it has; None without one."""
+    labels = dict(key)
+    for name in status_labels:
+        if name in labels:
+            return labels[name].startswith("5")
+    return None
+
+
+def interval_stats(
+    previous: Scrape,
+    current: Scrape,
+    elapsed: float,
+    status_labels: Sequence[str] = ("status", "code"),
+    quantiles: Sequence[float] = QUANTILES,
+) -> IntervalStats:
+    """Rate, 5xx share and latency quantiles over the `elapsed` seconds between two scrapes."""
+    if elapsed <= 0:
+        return IntervalStats(None, None, {})
+    requests = increases(previous.requests, current.requests)
+    total = sum(requests.values())
+    rate = total / elapsed if requests else None
+    kinds = {key: _is_error(key, status_labels) for key in requests}
+    errors = sum(value for key, value in requests.items() if kinds[key])
+    has_status = any(kind is not None for kind in kinds.values())
+    error_ratio = errors / total if total > 0 and has_status else None
+
+    per_bound: dict[float, float] = {}
+    for (_, bound), value in increases(previous.buckets, current.buckets).items():
+        per_bound[bound] = per_bound.get(bound, 0.0) + value  # sum by (le)
+    latency = {}
+    for q in quantiles:
+        value = histogram_quantile(q, per_bound.items())
+        if math.isfinite(value):
+            latency[q] = value
+    return IntervalStats(rate, error_ratio, latency)
