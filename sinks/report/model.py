@@ -1,0 +1,630 @@
+"""The report's data: pure functions from stored rollups to the figures every output shows.
+
+`load_inputs` is the only part that reads the store; `build_report` is pure, so each figure is
+tested against a known answer with no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+
+from sinks.report.config import ReportSinkConfig, ServiceSLA
+from sinks.report.rollups import HOUR, HealthHour, Incident, MetricHour, RollupStore, hour_of
+from sinks.report.sketch import RELATIVE_ERROR, Sketch, decode_sketch
+
+REPORT_VERSION = 1
+PROBE_AGENT = "probe"
+CONTAINER_AGENT = "container"
+HOST_METRICS = ("cpu.percent", "mem.percent", "disk.percent")
+HTTP_METRICS = (
+    "http.requests_per_second",
+    "http.error_ratio",
+    "http.latency_p50_seconds",
+    "http.latency_p95_seconds",
+    "http.latency_seconds",
+)
+CONTAINER_PREFIX = "container."
+CONTAINER_CPU = "container.cpu.percent"
+CONTAINER_MEMORY = ("container.mem.percent", "container.memory.percent")
+
+PeriodKind = Literal["day", "week"]
+Level = Literal["critical", "warning", "info"]
+Standing = Literal["ok", "above baseline", "out of range", "no data"]
+
+
+class _Out(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class Period(_Out, frozen=True, kw_only=True):
+    kind: PeriodKind
+    label: str  # file stem: 2026-11-25, 2026-11-25-week
+    first_day: str
+    last_day: str
+    start: float
+    end: float
+    timezone: str
+
+    @property
+    def days(self) -> float:
+        return (self.end - self.start) / 86400
+
+
+class Stat(_Out, frozen=True, kw_only=True):
+    avg: float
+    p95: float
+    max: float
+
+
+class DiskHealth(_Out, frozen=True, kw_only=True):
+    mount: str
+    usage: Stat
+    last: float
+    growth_per_day: float | None  # percentage points per day over the trend window
+    days_to_full: float | None
+
+
+class HostHealth(_Out, frozen=True, kw_only=True):
+    host: str
+    cpu: Stat | None
+    memory: Stat | None
+    memory_hours_over: int  # hours whose average memory use exceeded advice.memory_percent
+    disks: list[DiskHealth]
+
+
+class ContainerHealth(_Out, frozen=True, kw_only=True):
+    host: str
+    container: str
+    unhealthy_minutes: float
+    restarts: int
+    availability_percent: float | None
+    cpu: Stat | None
+    memory: Stat | None
+
+
+class ServicePerformance(_Out, frozen=True, kw_only=True):
+    check: str
+    request_rate: float | None  # requests per second, average
+    error_rate_percent: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency: Standing
+    errors: Standing
+
+
+class SLAResult(_Out, frozen=True, kw_only=True):
+    service: str
+    checks: list[str]
+    availability_target: float
+    availability_percent: float | None
+    checks_total: int
+    checks_failed: int
+    latency_target_ms: float
+    latency_p95_ms: float | None
+    availability_met: bool | None
+    latency_met: bool | None
+    compliant: bool | None  # None: no data for this service
+
+
+class RuleCount(_Out, frozen=True, kw_only=True):
+    rule: str
+    incidents: int
+
+
+class AlertSummary(_Out, frozen=True, kw_only=True):
+    incidents: int
+    by_severity: dict[str, int]
+    resolved: int
+    open: int
+    resolve_seconds_mean: float | None
+    resolve_seconds_median: float | None
+    resolve_seconds_max: float | None
+    noisiest: list[RuleCount]
+
+
+class Recommendation(_Out, frozen=True, kw_only=True):
+    level: Level
+    kind: str
+    subject: str
+    text: str
+
+
+class Series(_Out, frozen=True, kw_only=True):
+    name: str
+    points: list[tuple[float, float]]  # (hour start, hourly average)
+
+
+class Chart(_Out, frozen=True, kw_only=True):
+    title: str
+    unit: str
+    series: list[Series]
+
+
+class Growth(_Out, frozen=True, kw_only=True):
+    host: str
+    metric: str
+    subject: str  # the mount for disks, "" otherwise
+    first_day_avg: float
+    last_day_avg: float
+    per_day: float
+    projected_30d: float
+    projected_90d: float
+    days_to_full: float | None
+
+
+class Summary(_Out, frozen=True, kw_only=True):
+    status: Literal["healthy", "degraded", "critical"]
+    availability_percent: float | None
+    incidents: int
+    critical_incidents: int
+    sla_breaches: int
+    hosts: int
+    containers: int
+
+
+class Report(_Out, frozen=True, kw_only=True):
+    v: int = REPORT_VERSION
+    generated_at: float
+    period: Period
+    percentile_relative_error: float = RELATIVE_ERROR
+    summary: Summary
+    hosts: list[HostHealth]
+    containers: list[ContainerHealth]
+    performance: list[ServicePerformance]
+    sla: list[SLAResult]
+    alerts: AlertSummary
+    recommendations: list[Recommendation]
+    charts: list[Chart]
+    growth: list[Growth]  # weekly reports only
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the store holds for one report: the period's rows and the trend window's."""
+
+    metrics: list[MetricHour]  # host, container and http metrics of the period
+    trend: list[MetricHour]  # host metrics of the trend window ending with the period
+    health: list[HealthHour]
+    incidents: list[Incident]
+
+
+# -- periods ---------------------------------------------------------------------------------
+
+
+def _midnight(day: dt.date, zone: dt.tzinfo) -> float:
+    return dt.datetime.combine(day, dt.time(), tzinfo=zone).timestamp()
+
+
+def make_period(kind: PeriodKind, last_day: dt.date, zone_name: str, zone: dt.tzinfo) -> Period:
+    """The day `last_day`, or the 7 days ending with it, from local midnight to local midnight."""
+    first_day = last_day - dt.timedelta(days=6 if kind == "week" else 0)
+    label = last_day.isoformat() + ("-week" if kind == "week" else "")
+    return Period(
+        kind=kind,
+        label=label,
+        first_day=first_day.isoformat(),
+        last_day=last_day.isoformat(),
+        start=_midnight(first_day, zone),
+        end=_midnight(last_day + dt.timedelta(days=1), zone),
+        timezone=zone_name,
+    )
+
+
+def load_inputs(store: RollupStore, period: Period, config: ReportSinkConfig) -> Inputs:
+    """Read what `build_report` needs for `period`."""
+    trend_start = min(period.start, period.end - config.advice.trend_window.seconds)
+    trend = store.metric_hours(trend_start, period.end, HOST_METRICS)
+    metrics = [row for row in trend if row.hour >= hour_of(period.start)]
+    metrics += store.metric_hours(period.start, period.end, HTTP_METRICS, (CONTAINER_PREFIX,))
+    return Inputs(
+        metrics=metrics,
+        trend=trend,
+        health=store.health_hours(period.start, period.end),
+        incidents=store.incidents(period.start, period.end),
+    )
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def stat_of(rows: Sequence[MetricHour]) -> Stat | None:
+    """Average, p95 and max over many hourly rollups (p95 merged from their sketches)."""
+    if not rows:
+        return None
+    count = sum(r.count for r in rows)
+    low, high = min(r.low for r in rows), max(r.high for r in rows)
+    sketch = Sketch()
+    for row in rows:
+        sketch.merge(decode_sketch(row.sketch))
+    p95 = sketch.quantile(0.95)
+    assert p95 is not None
+    return Stat(avg=sum(r.total for r in rows) / count, p95=min(max(p95, low), high), max=high)
+
+
+def quantile_of(rows: Iterable[MetricHour], q: float) -> float | None:
+    rows = list(rows)
+    if not rows:
+        return None
+    sketch = Sketch()
+    for row in rows:
+        sketch.merge(decode_sketch(row.sketch))
+    value = sketch.quantile(q)
+    assert value is not None
+    return min(max(value, min(r.low for r in rows)), max(r.high for r in rows))
+
+
+def mean_of(rows: Iterable[MetricHour]) -> float | None:
+    rows = list(rows)
+    count = sum(r.count for r in rows)
+    return sum(r.total for r in rows) / count if count else None
+
+
+def hourly(rows: Iterable[MetricHour]) -> list[tuple[float, float]]:
+    """(hour, average) points, series of the same hour (several devices of a mount) merged."""
+    totals: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for row in rows:
+        totals[row.hour][0] += row.total
+        totals[row.hour][1] += row.count
+    return [(float(hour), total / count) for hour, (total, count) in sorted(totals.items())]
+
+
+def slope_per_day(points: Sequence[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, value) points, per day; None for fewer than 3 points."""
+    if len(points) < 3:
+        return None
+    xs = [t for t, _ in points]
+    if max(xs) - min(xs) < 2 * HOUR:
+        return None
+    slope, _ = statistics.linear_regression(xs, [v for _, v in points])
+    return slope * 86400
+
+
+def days_to_full(last: float, per_day: float | None) -> float | None:
+    if per_day is None or per_day <= 0:
+        return None
+    return max(0.0, (100.0 - last) / per_day)
+
+
+def _group(rows: Iterable[MetricHour], key: Callable[[MetricHour], str]) -> dict[str, list[MetricHour]]:
+    groups: dict[str, list[MetricHour]] = defaultdict(list)
+    for row in rows:
+        groups[key(row)].append(row)
+    return dict(sorted(groups.items()))
+
+
+def _check_of(row: MetricHour, label_keys: Sequence[str]) -> str:
+    for key in label_keys:
+        if row.labels.get(key):
+            return row.labels[key]
+    return row.host
+
+
+# -- sections --------------------------------------------------------------------------------
+
+
+def host_health(inputs: Inputs, config: ReportSinkConfig) -> list[HostHealth]:
+    by_host: dict[str, dict[str, list[MetricHour]]] = defaultdict(lambda: defaultdict(list))
+    for row in inputs.metrics:
+        if row.metric in HOST_METRICS:
+            by_host[row.host][row.metric].append(row)
+    trend_disks = _group(
+        (r for r in inputs.trend if r.metric == "disk.percent"),
+        lambda r: f"{r.host}\0{r.labels.get('mount', '')}",
+    )
+    hosts = []
+    for host, metrics in sorted(by_host.items()):
+        memory_hours = hourly(metrics["mem.percent"])
+        disks = []
+        for mount, rows in _group(metrics["disk.percent"], lambda r: r.labels.get("mount", "")).items():
+            usage = stat_of(rows)
+            assert usage is not None
+            points = hourly(trend_disks.get(f"{host}\0{mount}", rows))
+            growth = slope_per_day(points)
+            last = points[-1][1]
+            disks.append(
+                DiskHealth(
+                    mount=mount,
+                    usage=usage,
+                    last=last,
+                    growth_per_day=growth,
+                    days_to_full=days_to_full(last, growth),
+                )
+            )
+        hosts.append(
+            HostHealth(
+                host=host,
+                cpu=stat_of(metrics["cpu.percent"]),
+                memory=stat_of(metrics["mem.percent"]),
+                memory_hours_over=sum(1 for _, v in memory_hours if v > config.advice.memory_percent),
+                disks=disks,
+            )
+        )
+    return hosts
+
+
+def _availability(up: int, down: int) -> float | None:
+    return 100.0 * up / (up + down) if up + down else None
+
+
+def container_health(inputs: Inputs) -> list[ContainerHealth]:
+    checks: dict[tuple[str, str], list[HealthHour]] = defaultdict(list)
+    for h in inputs.health:
+        if h.agent == CONTAINER_AGENT and not h.target.startswith("_"):
+            checks[(h.host, h.target)].append(h)
+    metrics: dict[tuple[str, str], list[MetricHour]] = defaultdict(list)
+    for row in inputs.metrics:
+        if row.metric.startswith(CONTAINER_PREFIX) and "container" in row.labels:
+            metrics[(row.host, row.labels["container"])].append(row)
+    result = []
+    for host, name in sorted(set(checks) | set(metrics)):
+        hours = checks.get((host, name), [])
+        rows = metrics.get((host, name), [])
+        result.append(
+            ContainerHealth(
+                host=host,
+                container=name,
+                unhealthy_minutes=sum(h.unhealthy_seconds for h in hours) / 60,
+                restarts=sum(h.restarts for h in hours),
+                availability_percent=_availability(sum(h.up for h in hours), sum(h.down for h in hours)),
+                cpu=stat_of([r for r in rows if r.metric == CONTAINER_CPU]),
+                memory=stat_of([r for r in rows if r.metric in CONTAINER_MEMORY]),
+            )
+        )
+    return result
+
+
+def _standing(value: float | None, baseline: float, acceptable: float) -> Standing:
+    if value is None:
+        return "no data"
+    if value <= baseline:
+        return "ok"
+    return "above baseline" if value <= acceptable else "out of range"
+
+
+def _either(reported: float | None, measured: Sequence[MetricHour], q: float) -> float | None:
+    """The service's own figure when it reports one, else the quantile of what the probe measured."""
+    return quantile_of(measured, q) if reported is None else reported
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def performance(inputs: Inputs, config: ReportSinkConfig) -> list[ServicePerformance]:
+    """Per check: the service's own figures (scraped) where present, else what the probe measured."""
+    rows = (r for r in inputs.metrics if r.metric in HTTP_METRICS)
+    base = config.baselines
+    result = []
+    for check, group in _group(rows, lambda r: _check_of(r, config.check_labels)).items():
+        by_metric = _group(group, lambda r: r.metric)
+        measured = by_metric.get("http.latency_seconds", [])
+        p50 = _either(mean_of(by_metric.get("http.latency_p50_seconds", [])), measured, 0.5)
+        p95 = _either(mean_of(by_metric.get("http.latency_p95_seconds", [])), measured, 0.95)
+        ratio = mean_of(by_metric.get("http.error_ratio", []))
+        errors = None if ratio is None else ratio * 100
+        result.append(
+            ServicePerformance(
+                check=check,
+                request_rate=mean_of(by_metric.get("http.requests_per_second", [])),
+                error_rate_percent=errors,
+                latency_p50_ms=_ms(p50),
+                latency_p95_ms=_ms(p95),
+                latency=_standing(p95, base.latency_p95.seconds, base.latency_p95_acceptable.seconds),
+                errors=_standing(errors, base.error_rate_percent, base.error_rate_acceptable_percent),
+            )
+        )
+    return result
+
+
+def sla_result(service: ServiceSLA, health: Sequence[HealthHour]) -> SLAResult:
+    hours = [h for h in health if h.agent == PROBE_AGENT and h.target in service.checks]
+    up, down = sum(h.up for h in hours), sum(h.down for h in hours)
+    latency = Sketch()
+    for h in hours:
+        latency.merge(decode_sketch(h.latency))
+    availability = _availability(up, down)
+    p95 = latency.quantile(0.95)
+    availability_met = None if availability is None else availability >= service.availability_percent
+    latency_met = None if p95 is None else p95 <= service.latency_p95.seconds
+    verdicts = [v for v in (availability_met, latency_met) if v is not None]
+    return SLAResult(
+        service=service.name,
+        checks=list(service.checks),
+        availability_target=service.availability_percent,
+        availability_percent=availability,
+        checks_total=up + down,
+        checks_failed=down,
+        latency_target_ms=service.latency_p95.seconds * 1000,
+        latency_p95_ms=_ms(p95),
+        availability_met=availability_met,
+        latency_met=latency_met,
+        compliant=all(verdicts) if verdicts else None,
+    )
+
+
+def alert_summary(incidents: Sequence[Incident]) -> AlertSummary:
+    by_rule: dict[str, int] = defaultdict(int)
+    by_severity = {"critical": 0, "warning": 0, "info": 0}
+    for incident in incidents:
+        by_rule[incident.rule] += 1
+        by_severity[incident.severity] = by_severity.get(incident.severity, 0) + 1
+    durations = [i.ends_at - i.starts_at for i in incidents if i.ends_at is not None]
+    noisiest = sorted(by_rule.items(), key=lambda item: (-item[1], item[0]))[:5]
+    return AlertSummary(
+        incidents=len(incidents),
+        by_severity=by_severity,
+        resolved=len(durations),
+        open=len(incidents) - len(durations),
+        resolve_seconds_mean=statistics.fmean(durations) if durations else None,
+        resolve_seconds_median=statistics.median(durations) if durations else None,
+        resolve_seconds_max=max(durations) if durations else None,
+        noisiest=[RuleCount(rule=rule, incidents=count) for rule, count in noisiest],
+    )
+
+
+def recommendations(
+    hosts: Sequence[HostHealth],
+    containers: Sequence[ContainerHealth],
+    services: Sequence[ServicePerformance],
+    sla: Sequence[SLAResult],
+    alerts: AlertSummary,
+    config: ReportSinkConfig,
+    days: float,
+) -> list[Recommendation]:
+    advice = config.advice
+    found: list[Recommendation] = []
+    for result in sla:
+        if result.compliant is False:
+            missed = []
+            if result.availability_met is False:
+                missed.append(
+                    f"availability {result.availability_percent:.3f}% < {result.availability_target}%"
+                )
+            if result.latency_met is False:
+                missed.append(
+                    f"p95 latency {result.latency_p95_ms:.0f} ms > {result.latency_target_ms:.0f} ms"
+                )
+            text = f"SLA breached: {'; '.join(missed)}. Find the cause before the next period."
+            found.append(Recommendation(level="critical", kind="sla", subject=result.service, text=text))
+    for host in hosts:
+        for disk in host.disks:
+            if disk.days_to_full is not None and disk.days_to_full < advice.disk_full_days:
+                level: Level = "critical" if disk.days_to_full < 7 else "warning"
+                text = (
+                    f"Disk {disk.mount} is {disk.last:.1f}% full and growing "
+                    f"{disk.growth_per_day:.2f} points a day: full in about {disk.days_to_full:.0f} days. "
+                    "Free space or grow the volume."
+                )
+                found.append(
+                    Recommendation(level=level, kind="disk", subject=f"{host.host} {disk.mount}", text=text)
+                )
+        if host.memory_hours_over >= advice.memory_hours * days:
+            text = (
+                f"Memory above {advice.memory_percent:.0f}% for {host.memory_hours_over} hours: sustained "
+                "pressure. Check for leaks, add memory or move services."
+            )
+            found.append(Recommendation(level="warning", kind="memory", subject=host.host, text=text))
+    for container in containers:
+        if container.restarts >= advice.restarts_per_day * days:
+            text = f"Restarted {container.restarts} times: look at its logs and exit codes."
+            subject = f"{container.host} {container.container}"
+            found.append(Recommendation(level="warning", kind="restarts", subject=subject, text=text))
+    for service in services:
+        if "out of range" in (service.latency, service.errors):
+            text = "Outside the acceptable range: " + ", ".join(
+                f"{what} {value}"
+                for what, value, standing in (
+                    ("p95 latency", f"{service.latency_p95_ms:.0f} ms", service.latency),
+                    ("error rate", f"{service.error_rate_percent:.2f}%", service.errors),
+                )
+                if standing == "out of range"
+            )
+            found.append(
+                Recommendation(level="warning", kind="performance", subject=service.check, text=text)
+            )
+    for rule in alerts.noisiest:
+        if rule.incidents >= advice.noisy_rule_per_day * days:
+            text = f"Fired {rule.incidents} times: tune its threshold, `for` duration or grouping."
+            found.append(Recommendation(level="info", kind="noisy-rule", subject=rule.rule, text=text))
+    order = {"critical": 0, "warning": 1, "info": 2}
+    return sorted(found, key=lambda r: order[r.level])
+
+
+def charts(inputs: Inputs) -> list[Chart]:
+    """Per host: hourly CPU, memory and disk use over the period."""
+    rows = [r for r in inputs.metrics if r.metric in HOST_METRICS]
+    result = []
+    for host, group in _group(rows, lambda r: r.host).items():
+        series = [
+            Series(name=name, points=hourly(r for r in group if r.metric == metric))
+            for name, metric in (("cpu", "cpu.percent"), ("memory", "mem.percent"))
+        ]
+        for mount, disk in _group(
+            (r for r in group if r.metric == "disk.percent"), lambda r: r.labels.get("mount", "")
+        ).items():
+            series.append(Series(name=f"disk {mount}", points=hourly(disk)))
+        result.append(Chart(title=host, unit="%", series=[s for s in series if s.points]))
+    return result
+
+
+def growth(inputs: Inputs, period: Period) -> list[Growth]:
+    """Weekly capacity planning: first and last day, daily growth and where it leads."""
+    rows = [r for r in inputs.metrics if r.metric in HOST_METRICS]
+    result = []
+    for key, group in _group(rows, lambda r: f"{r.host}\0{r.metric}\0{r.labels.get('mount', '')}").items():
+        host, metric, subject = key.split("\0")
+        points = hourly(group)
+        first = [v for t, v in points if t < period.start + 86400]
+        last = [v for t, v in points if t >= period.end - 86400]
+        per_day = slope_per_day(points)
+        if not first or not last or per_day is None:
+            continue
+        current = points[-1][1]
+        result.append(
+            Growth(
+                host=host,
+                metric=metric,
+                subject=subject,
+                first_day_avg=statistics.fmean(first),
+                last_day_avg=statistics.fmean(last),
+                per_day=per_day,
+                projected_30d=min(100.0, max(0.0, current + 30 * per_day)),
+                projected_90d=min(100.0, max(0.0, current + 90 * per_day)),
+                days_to_full=days_to_full(current, per_day) if metric == "disk.percent" else None,
+            )
+        )
+    return result
+
+
+def overall_availability(health: Sequence[HealthHour]) -> float | None:
+    """Probe checks when there are any (what users see), else every periodic check."""
+    probes = [h for h in health if h.agent == PROBE_AGENT]
+    hours = probes or [h for h in health if not h.target.startswith("_")]
+    return _availability(sum(h.up for h in hours), sum(h.down for h in hours))
+
+
+def build_report(inputs: Inputs, config: ReportSinkConfig, period: Period, generated_at: float) -> Report:
+    """Every section of the report from the stored rollups."""
+    hosts = host_health(inputs, config)
+    containers = container_health(inputs)
+    services = performance(inputs, config)
+    sla = [sla_result(service, inputs.health) for service in config.services]
+    alerts = alert_summary(inputs.incidents)
+    advice = recommendations(hosts, containers, services, sla, alerts, config, period.days)
+    levels = {r.level for r in advice}
+    status: Literal["healthy", "degraded", "critical"] = (
+        "critical"
+        if "critical" in levels
+        else "degraded"
+        if "warning" in levels or alerts.open
+        else "healthy"
+    )
+    summary = Summary(
+        status=status,
+        availability_percent=overall_availability(inputs.health),
+        incidents=alerts.incidents,
+        critical_incidents=alerts.by_severity.get("critical", 0),
+        sla_breaches=sum(1 for s in sla if s.compliant is False),
+        hosts=len(hosts),
+        containers=len(containers),
+    )
+    return Report(
+        generated_at=generated_at,
+        period=period,
+        summary=summary,
+        hosts=hosts,
+        containers=containers,
+        performance=services,
+        sla=sla,
+        alerts=alerts,
+        recommendations=advice,
+        charts=charts(inputs),
+        growth=growth(inputs, period) if period.kind == "week" else [],
+    )

@@ -1,0 +1,144 @@
+"""Writing a report: HTML (autoescaped, inline SVG), Markdown (escaped cells) and JSON; retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import jinja2
+import msgspec
+from markupsafe import Markup
+
+from sinks.report.charts import line_chart
+from sinks.report.config import ReportSinkConfig
+from sinks.report.model import Chart, PeriodKind, Report, build_report, load_inputs, make_period
+from sinks.report.rollups import RollupStore
+
+REPORTS_DIR = Path("reports") / "post-golive"
+SUFFIXES = (".html", ".md", ".json")
+NO_DATA = "\u2013"  # an en dash: no figure for this period
+_REPORT_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})(-week)?\.(html|md|json)")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
+
+
+def number(value: float | None, digits: int = 1, unit: str = "") -> str:
+    """A figure for people: fixed digits, a dash for no data."""
+    return NO_DATA if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return NO_DATA
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{seconds:.0f}s" if seconds < 60 else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def local_time(ts: float, zone: dt.tzinfo) -> str:
+    return dt.datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def md_cell(value: object) -> str:
+    """Text safe inside a Markdown table cell: no pipes, line breaks, markup or raw HTML."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _environment(autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("sinks.report", "templates"),
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(num=number, duration=duration, cell=md_cell)
+    return env
+
+
+_html = _environment(autoescape=True)
+_markdown = _environment(autoescape=False)
+
+
+def render_html(report: Report, zone: dt.tzinfo) -> str:
+    def svg(chart: Chart) -> Markup:
+        # line_chart escapes every text it draws, so its output is markup, not text
+        return Markup(line_chart(chart, report.period.start, report.period.end, zone))
+
+    return _html.get_template("report.html.j2").render(
+        report=report, svg=svg, when=lambda ts: local_time(ts, zone)
+    )
+
+
+def render_markdown(report: Report, zone: dt.tzinfo) -> str:
+    return _markdown.get_template("report.md.j2").render(report=report, when=lambda ts: local_time(ts, zone))
+
+
+def render_json(report: Report) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n"
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """A reader never sees half a report: write beside it, then rename over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: Report, out_dir: Path, zone: dt.tzinfo) -> list[Path]:
+    """Write `<out_dir>/reports/post-golive/<label>.html`, `.md` and `.json`; returns the paths."""
+    folder = out_dir / REPORTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = {
+        ".json": render_json(report),
+        ".md": render_markdown(report, zone).encode(),
+        ".html": render_html(report, zone).encode(),
+    }
+    paths = []
+    for suffix, data in outputs.items():
+        path = folder / f"{report.period.label}{suffix}"
+        _write_atomically(path, data)
+        paths.append(path)
+    return paths
+
+
+def produce(
+    store: RollupStore,
+    config: ReportSinkConfig,
+    kind: PeriodKind,
+    last_day: dt.date,
+    out_dir: Path,
+    now: float,
+) -> tuple[Report, list[Path]]:
+    """Build the report of the day (or the week ending with) `last_day` and write its files."""
+    period = make_period(kind, last_day, config.timezone, config.zone)
+    report = build_report(load_inputs(store, period, config), config, period, now)
+    return report, write_report(report, out_dir, config.zone)
+
+
+def prune_reports(out_dir: Path, today: dt.date, keep_days: float) -> list[Path]:
+    """Delete report files whose date is more than `keep_days` before `today`."""
+    folder = out_dir / REPORTS_DIR
+    if not folder.is_dir():
+        return []
+    oldest = today - dt.timedelta(days=keep_days)
+    deleted = []
+    for path in folder.iterdir():
+        match = _REPORT_NAME.fullmatch(path.name)
+        if match and dt.date.fromisoformat(match[1]) < oldest:
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+    return deleted

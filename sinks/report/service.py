@@ -1,0 +1,295 @@
+"""The report sink service: durable JetStream consumers into the rollup store, and the daily report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from bus.connection import Bus
+from bus.events import Alert, EventDecodeError, HealthEvent, MetricBatch, any_event
+from bus.jetstream import stream_name
+from sinks.report.config import WEEKDAYS, ReportSinkConfig
+from sinks.report.model import PeriodKind
+from sinks.report.render import produce, prune_reports
+from sinks.report.rollups import STORE_FILE, RollupStore
+
+log = logging.getLogger(__name__)
+
+# What each stream's consumer accepts; anything else on it is counted as malformed.
+FAMILIES: dict[str, type[MetricBatch] | type[HealthEvent] | type[Alert]] = {
+    "metrics": MetricBatch,
+    "health": HealthEvent,
+    "alerts": Alert,
+}
+FETCH_TIMEOUT = 1.0
+ACK_WAIT = 60.0
+RETRY_CAP = 30.0
+
+
+def next_daily_run(now: float, config: ReportSinkConfig) -> float:
+    """The first local `daily_at` strictly after `now`."""
+    zone = config.zone
+    hour, minute = config.daily_time
+    today = dt.datetime.fromtimestamp(now, zone).date()
+    for offset in (0, 1, 2):  # two days ahead covers any DST jump
+        day = today + dt.timedelta(days=offset)
+        at = dt.datetime.combine(day, dt.time(hour, minute), tzinfo=zone).timestamp()
+        if at > now:
+            return at
+    raise AssertionError("unreachable: a daily time always comes within two days")
+
+
+def reports_due(at: float, config: ReportSinkConfig) -> list[tuple[PeriodKind, dt.date]]:
+    """What the run at `at` writes: the day that just ended, and on `weekly_on` its week too."""
+    local = dt.datetime.fromtimestamp(at, config.zone).date()
+    yesterday = local - dt.timedelta(days=1)
+    due: list[tuple[PeriodKind, dt.date]] = [("day", yesterday)]
+    if config.weekly_on is not None and WEEKDAYS[local.weekday()] == config.weekly_on:
+        due.append(("week", yesterday))
+    return due
+
+
+def out_dir_of(config: ReportSinkConfig, data_dir: Path) -> Path:
+    """Where reports/post-golive/ lives: `out_dir` if set, else the data dir."""
+    return Path(config.out_dir).expanduser() if config.out_dir else data_dir
+
+
+@dataclass
+class SinkStats:
+    malformed: int = 0  # undecodable, or an event of the wrong kind for its stream
+    duplicates: int = 0  # redelivered messages already in the store
+    rejected: int = 0  # decoded but refused by the store
+    store_errors: int = 0
+    reports: int = 0
+    report_errors: int = 0
+
+
+class ReportSink:
+    """Consumes metrics, health and alerts into hourly rollups and writes the reports on schedule."""
+
+    def __init__(
+        self,
+        config: ReportSinkConfig,
+        bus: Bus,
+        data_dir: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.store_path = data_dir / STORE_FILE
+        self.out_dir = out_dir_of(config, data_dir)
+        self.clock = clock
+        self.stats = SinkStats()
+        self.store: RollupStore | None = None
+        self._stopped = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Consume and report until `stop()`; outages and bad messages are logged, never raised."""
+        self.store = RollupStore(
+            self.store_path,
+            health_gap=self.config.health_gap.seconds,
+            restart_events=self.config.restart_events,
+        )
+        log.info("report sink: rollups in %s, reports in %s", self.store_path, self.out_dir / "reports")
+        tasks = [asyncio.create_task(self._consume(family)) for family in FAMILIES]
+        tasks.append(asyncio.create_task(self._schedule()))
+        try:
+            await self._stopped.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.store.close()
+
+    # -- consuming -----------------------------------------------------------------------------
+
+    async def _subscribe(self, family: str) -> JetStreamContext.PullSubscription:
+        """A pull subscription on the family's stream, retried until the stream exists."""
+        stream = stream_name(self.bus.subjects.prefix, family)
+        subject = self.bus.subjects.family(family)
+        consumer = ConsumerConfig(
+            durable_name=self.config.durable,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.ALL,  # one ack per committed batch
+            ack_wait=ACK_WAIT,
+            max_ack_pending=max(10_000, 2 * self.config.batch_size),
+            filter_subject=subject,
+        )
+        js = self.bus.nc.jetstream()
+        attempt = 0
+        while True:
+            try:
+                return await js.pull_subscribe(
+                    subject, durable=self.config.durable, stream=stream, config=consumer
+                )
+            except (NotFoundError, nats.errors.Error, TimeoutError) as exc:
+                if attempt == 0:
+                    log.warning("report sink: cannot consume %s yet (%s); retrying", stream, exc)
+                attempt += 1
+                await asyncio.sleep(min(RETRY_CAP, 0.2 * 2**attempt))
+
+    async def _consume(self, family: str) -> None:
+        stream = stream_name(self.bus.subjects.prefix, family)
+        sub = await self._subscribe(family)
+        failures = 0
+        while not self._stopped.is_set():
+            try:
+                messages = await sub.fetch(self.config.batch_size, timeout=FETCH_TIMEOUT)
+            except TimeoutError:
+                continue
+            except nats.errors.Error as exc:  # an outage: the client reconnects, we wait
+                failures += 1
+                if failures == 1:
+                    log.warning("report sink: fetching from %s failed: %s", stream, exc)
+                await asyncio.sleep(min(RETRY_CAP, 0.2 * 2**failures))
+                continue
+            failures = 0
+            if messages and await self._ingest(family, stream, messages):
+                try:
+                    await messages[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+                except nats.errors.Error as exc:  # redelivered later and recognised as duplicates
+                    log.warning("report sink: ack on %s failed: %s", stream, exc)
+
+    def _decode(
+        self, family: str, stream: str, messages: list[Msg]
+    ) -> tuple[list[MetricBatch | HealthEvent | Alert], int]:
+        """The batch's new events and its last stream sequence; bad payloads counted and skipped."""
+        assert self.store is not None
+        expected = FAMILIES[family]
+        done = self.store.positions().get(stream, 0)
+        events: list[MetricBatch | HealthEvent | Alert] = []
+        last = done
+        for msg in messages:
+            seq = msg.metadata.sequence.stream
+            if seq <= done:
+                self.stats.duplicates += 1
+                continue
+            last = max(last, seq)
+            try:
+                event = any_event.decode(msg.data, msg.subject)
+            except EventDecodeError as exc:
+                self._malformed(str(exc))
+                continue
+            if not isinstance(event, expected):
+                self._malformed(f"a {type(event).__name__} on {msg.subject!r}, expected {expected.__name__}")
+                continue
+            events.append(event)
+        return events, last
+
+    def _malformed(self, reason: str) -> None:
+        self.stats.malformed += 1
+        if self.stats.malformed == 1 or self.stats.malformed % 1000 == 0:
+            log.warning(
+                "report sink: skipped %d malformed messages, latest: %s", self.stats.malformed, reason
+            )
+
+    async def _ingest(self, family: str, stream: str, messages: list[Msg]) -> bool:
+        """Commit the batch; True once it is in the store (only then may it be acked)."""
+        assert self.store is not None
+        events, last = self._decode(family, stream, messages)
+        failures = 0
+        while not self._stopped.is_set():
+            try:
+                self.store.ingest(events, {stream: last})
+                return True
+            except sqlite3.Error as exc:  # disk full, locked: keep the batch unacked and retry
+                self.stats.store_errors += 1
+                failures += 1
+                if failures == 1:
+                    log.error("report sink: cannot write %s: %s; retrying", self.store_path, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), min(RETRY_CAP, 0.2 * 2**failures))
+            except Exception:  # a bug on some event: find it, keep the rest
+                log.exception(
+                    "report sink: ingesting a batch from %s failed; retrying event by event", stream
+                )
+                self._ingest_one_by_one(events, stream, last)
+                return True
+        return False
+
+    def _ingest_one_by_one(
+        self, events: list[MetricBatch | HealthEvent | Alert], stream: str, last: int
+    ) -> None:
+        assert self.store is not None
+        for event in events:
+            try:
+                self.store.ingest([event])
+            except Exception as exc:
+                self.stats.rejected += 1
+                log.error("report sink: rejected a %s from %s: %s", type(event).__name__, stream, exc)
+        self.store.ingest([], {stream: last})
+
+    # -- reports -------------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        await self.catch_up()
+        while not self._stopped.is_set():
+            due = next_daily_run(self.clock(), self.config)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), max(0.0, due - self.clock()))
+                return
+            await self.daily(due)
+
+    async def catch_up(self) -> None:
+        """After a start past today's run time: write yesterday's report if it is missing."""
+        now = self.clock()
+        today_run = next_daily_run(now - 86400, self.config)
+        if today_run > now:
+            return
+        for kind, day in reports_due(today_run, self.config):
+            label = day.isoformat() + ("-week" if kind == "week" else "")
+            if not (self.out_dir / "reports" / "post-golive" / f"{label}.html").exists():
+                await self.write(kind, day)
+
+    async def daily(self, at: float) -> None:
+        """The run at `at`: reports of the day (and week) that just ended, then retention."""
+        for kind, day in reports_due(at, self.config):
+            await self.write(kind, day)
+        self.retain(at)
+
+    async def write(self, kind: PeriodKind, day: dt.date) -> list[Path]:
+        """Write one report from a reader of its own, off the event loop; failures are logged."""
+
+        def work() -> list[Path]:
+            store = RollupStore(self.store_path, readonly=True)
+            try:
+                return produce(store, self.config, kind, day, self.out_dir, self.clock())[1]
+            finally:
+                store.close()
+
+        try:
+            paths = await asyncio.to_thread(work)
+        except (OSError, sqlite3.Error) as exc:
+            self.stats.report_errors += 1
+            log.error("report sink: cannot write the %s report of %s: %s", kind, day, exc)
+            return []
+        self.stats.reports += 1
+        log.info("report sink: wrote %s", paths[-1])
+        return paths
+
+    def retain(self, now: float) -> None:
+        """Prune rollups and delete old reports, as configured."""
+        assert self.store is not None
+        try:
+            self.store.prune(now - self.config.rollup_retention.seconds)
+            today = dt.datetime.fromtimestamp(now, self.config.zone).date()
+            prune_reports(self.out_dir, today, self.config.report_retention.seconds / 86400)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("report sink: retention failed: %s", exc)
