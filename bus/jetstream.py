@@ -72,6 +72,25 @@ def stream_config(subjects: Subjects, streams: StreamsConfig, family: str) -> St
     )
 
 
+# Not in FAMILIES: only the sinks publish here, and they create it when they start.
+DEADLETTER_FAMILY = "deadletter"
+DEADLETTER_MAX_AGE = 30 * 86400.0
+
+
+def deadletter_stream_config(subjects: Subjects) -> StreamConfig:
+    """The stream keeping notifications that could not be delivered, for a person to replay."""
+    return StreamConfig(
+        name=stream_name(subjects.prefix, DEADLETTER_FAMILY),
+        subjects=[subjects.family(DEADLETTER_FAMILY)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=DEADLETTER_MAX_AGE,
+        max_bytes=-1,
+        duplicate_window=120.0,
+    )
+
+
 def _differs(current: StreamConfig, desired: StreamConfig) -> bool:
     return (
         sorted(current.subjects or []) != sorted(desired.subjects or [])

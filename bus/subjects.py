@@ -57,6 +57,10 @@ class Subjects:
     def notifications(self, route: str) -> str:
         return self._join("notifications", route)
 
+    def deadletter(self, route: str) -> str:
+        """Where undeliverable notifications are kept: `jarvis.deadletter.notifications.<route>`."""
+        return self._join("deadletter", "notifications", route)
+
     def family(self, family: str) -> str:
         """Wildcard over one family, e.g. `jarvis.metrics.>`."""
         return f"{self.prefix}.{family}.>"

@@ -1,12 +1,545 @@
-"""The Slack sink (slack-sdk): notifications from the bus, delivered once each, in order per group."""
+"""The Slack sink (slack-sdk): notifications from the bus, delivered once each, in order per group.
+
+A durable JetStream pull consumer with `max_ack_pending = 1` hands out one notification at a time,
+to this instance or any other sharing the consumer, so processing is strictly sequential: order
+per group (and overall) holds, and a notification stuck in retries holds back the ones after it
+until it is delivered or dead-lettered. A message is acked only after Slack accepted it, so a crash
+repeats at most that one message. In bot mode the message of each group lives in JetStream KV
+(`slack.thread.<hash>` in the state bucket), so any instance continues the same thread.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Annotated, TextIO, TypeVar
 
 import msgspec
+import nats.errors
 from msgspec import Meta
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from bus.connection import Bus
+from bus.events import Alert, EventDecodeError, Notification, notification
+from bus.jetstream import bucket_name, deadletter_stream_config, ensure_bucket, ensure_stream, stream_name
+from bus.units import Duration
+from sinks.slack_delivery import ChannelRateLimiter, Clock, DeliveryError, RetryPolicy, SystemClock
+from sinks.slack_format import FormatOptions, console_text, render, resolved_reply
+from sinks.slack_transport import MESSAGE_GONE, BotTransport, Posted, Transport, WebhookTransport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_URL = "https://slack.com/api/"
+_DURABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+T = TypeVar("T")
 
 
 class SlackSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     enabled: Annotated[bool, Meta(description="run the Slack sink in `up`")] = True
+    webhook_url_file: Annotated[
+        str | None,
+        Meta(
+            description="file holding an incoming webhook URL (or set SLACK_WEBHOOK_URL); "
+            "with neither a webhook nor a bot token, notifications are printed to the console",
+            examples=["/etc/jarvis-monitor/slack-webhook"],
+        ),
+    ] = None
+    bot_token_file: Annotated[
+        str | None,
+        Meta(
+            description="file holding a bot token (or set SLACK_BOT_TOKEN); bot mode posts one message "
+            "per group, threads its reminders and updates it on resolve; it wins over a webhook",
+            examples=["/etc/jarvis-monitor/slack-bot-token"],
+        ),
+    ] = None
+    channels: Annotated[
+        dict[str, str],
+        Meta(
+            description="bot mode: channel per notification route; `default` takes every other route",
+            examples=[{"default": "#alerts", "critical": "#oncall"}],
+        ),
+    ] = msgspec.field(default_factory=lambda: {"default": "#alerts"})
+    api_url: Annotated[str, Meta(description="base URL of Slack's Web API")] = DEFAULT_API_URL
+    runbook_url: Annotated[
+        str | None,
+        Meta(
+            description="link shown with each alert; `{rule}` is replaced by the rule's name",
+            examples=["https://wiki.example.com/runbook#{rule}"],
+        ),
+    ] = None
+    silence_duration: Annotated[
+        Duration, Meta(description="duration in the `jarvis-monitor silence add` command each message shows")
+    ] = Duration(2 * 3600)
+    min_interval: Annotated[
+        Duration, Meta(description="at most one message per this interval per channel (Slack's limit)")
+    ] = Duration(1)
+    timeout: Annotated[Duration, Meta(description="time allowed for one request to Slack")] = Duration(10)
+    max_attempts: Annotated[
+        int,
+        Meta(
+            ge=1, le=1000, description="attempts per notification before it goes to the dead-letter subject"
+        ),
+    ] = 8
+    initial_backoff: Annotated[
+        Duration, Meta(description="wait after the first failed attempt (5xx, network); doubles each time")
+    ] = Duration(1)
+    max_backoff: Annotated[Duration, Meta(description="cap of the wait between attempts")] = Duration(300)
+    reply_on_resolve: Annotated[
+        bool, Meta(description="bot mode: also post a short reply in the thread when a group resolves")
+    ] = True
+    durable: Annotated[
+        str, Meta(description="name of the JetStream consumer; sink instances sharing it share the work")
+    ] = "slack"
+    ack_wait: Annotated[
+        Duration, Meta(description="redelivery delay of a notification whose sink died while delivering it")
+    ] = Duration(30)
+    catch_up: Annotated[
+        Duration,
+        Meta(description="on the consumer's very first start, how far back notifications are delivered"),
+    ] = Duration(3600)
+
+    def __post_init__(self) -> None:
+        if "default" not in self.channels:
+            raise ValueError("channels needs a `default` channel for routes without their own")
+        if any(not channel.strip() for channel in self.channels.values()):
+            raise ValueError("channels: a channel name is empty")
+        if not self.api_url.startswith(("http://", "https://")):
+            raise ValueError(f"api_url: {self.api_url!r} is not an http(s) URL")
+        if not _DURABLE.fullmatch(self.durable):
+            raise ValueError("durable: use 1 to 64 letters, digits, '_' or '-'")
+        if self.max_backoff.seconds < self.initial_backoff.seconds:
+            raise ValueError("max_backoff is shorter than initial_backoff")
+        if self.timeout.seconds <= 0 or self.ack_wait.seconds < 1:
+            raise ValueError("timeout must be positive and ack_wait at least 1s")
+
+
+class SlackConfigError(ValueError):
+    """A Slack secret that cannot be used (unreadable file, not a URL); never shows the secret."""
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class SlackSecrets:
+    """The webhook URL or bot token, from files or the environment; repr never shows them."""
+
+    webhook_url: str | None = None
+    bot_token: str | None = None
+
+    @property
+    def mode(self) -> str:
+        return "bot" if self.bot_token else "webhook" if self.webhook_url else "console"
+
+    def __repr__(self) -> str:
+        return f"SlackSecrets(mode={self.mode!r})"
+
+
+def _read_secret(path: str, key: str) -> str:
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SlackConfigError(f"sinks.slack.{key}: cannot read {path}: {reason}") from None
+    if not value:
+        raise SlackConfigError(f"sinks.slack.{key}: {path} is empty")
+    return value
+
+
+def resolve_secrets(config: SlackSinkConfig, environ: Mapping[str, str] = os.environ) -> SlackSecrets:
+    """The webhook URL and bot token: a file named in the config wins over the environment."""
+    url = environ.get("SLACK_WEBHOOK_URL", "").strip() or None
+    if config.webhook_url_file:
+        url = _read_secret(config.webhook_url_file, "webhook_url_file")
+    token = environ.get("SLACK_BOT_TOKEN", "").strip() or None
+    if config.bot_token_file:
+        token = _read_secret(config.bot_token_file, "bot_token_file")
+    if url and not url.startswith(("https://", "http://")):
+        source = "webhook_url_file" if config.webhook_url_file else "SLACK_WEBHOOK_URL"
+        raise SlackConfigError(f"{source}: not an http(s) URL")
+    return SlackSecrets(webhook_url=url, bot_token=token)
+
+
+def make_transport(config: SlackSinkConfig, secrets: SlackSecrets) -> Transport | None:
+    """The transport for the configured mode; None means print to the console."""
+    api_url = config.api_url if config.api_url.endswith("/") else f"{config.api_url}/"
+    if secrets.bot_token:
+        return BotTransport(secrets.bot_token, dict(config.channels), api_url, config.timeout.seconds)
+    if secrets.webhook_url:
+        return WebhookTransport(secrets.webhook_url, config.timeout.seconds)
+    return None
+
+
+def format_options(config: SlackSinkConfig) -> FormatOptions:
+    return FormatOptions(runbook_url=config.runbook_url, silence_duration=str(config.silence_duration))
+
+
+def runbook_test_notification(host: str, now: float) -> Notification:
+    """The runbook's test notification: one info alert, sent by `jarvis-monitor notify-test`."""
+    alert = Alert(
+        fingerprint="notify-test",
+        rule="notify_test",
+        severity="info",
+        status="firing",
+        labels={"host": host},
+        summary="jarvis-monitor test notification",
+        starts_at=now,
+    )
+    return Notification(
+        id=f"notify-test-{now:.0f}",
+        group_key="notify-test",
+        route="default",
+        status="firing",
+        alerts=[alert],
+        ts=now,
+    )
+
+
+class ThreadRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """Bot mode: where a group's message is, and the id of the last notification delivered into it."""
+
+    channel: str
+    ts: str
+    resolved: bool = False
+    last_id: str = ""
+
+
+def thread_key(route: str, group_key: str) -> str:
+    """The KV key of a group's thread; hashed because group keys hold any characters."""
+    digest = hashlib.sha256(f"{route}\x00{group_key}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"slack.thread.{digest[:32]}"
+
+
+@dataclasses.dataclass
+class SinkStats:
+    delivered: int = 0
+    dead_lettered: int = 0
+    rejected: int = 0  # payloads that are no notification
+    repeats_skipped: int = 0  # redelivered after a crash, already in Slack (bot mode)
+    retries: int = 0
+
+
+class _Stopped(Exception):
+    """stop() was called while waiting."""
+
+
+class SlackSink:
+    """Delivers `<prefix>.notifications.>` to Slack (or the console) until stop()."""
+
+    def __init__(
+        self,
+        config: SlackSinkConfig,
+        bus: Bus,
+        environ: Mapping[str, str] = os.environ,
+        *,
+        clock: Clock | None = None,
+        out: TextIO | None = None,
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.secrets = resolve_secrets(config, environ)
+        self.clock: Clock = clock or SystemClock()
+        self.out = out
+        self.options = format_options(config)
+        self.limiter = ChannelRateLimiter(config.min_interval.seconds, self.clock)
+        self.policy = RetryPolicy(
+            max_attempts=config.max_attempts,
+            initial_backoff=config.initial_backoff.seconds,
+            max_backoff=config.max_backoff.seconds,
+        )
+        self.stats = SinkStats()
+        self._stopping = asyncio.Event()
+        self._transport: Transport | None = None
+        self._kv: KeyValue | None = None
+
+    @property
+    def mode(self) -> str:
+        return self.secrets.mode
+
+    def stop(self) -> None:
+        """Stop after the current step; a notification not yet delivered stays unacked for later."""
+        self._stopping.set()
+
+    async def _until_stopped(self, awaitable: Awaitable[T]) -> T:
+        """Await `awaitable`, or cancel it and raise _Stopped as soon as stop() is called."""
+        task = asyncio.ensure_future(awaitable)
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise _Stopped
+        return task.result()
+
+    async def run(self) -> None:
+        """Consume and deliver until stop(); outages of NATS or Slack are waited out, never raised."""
+        self._transport = make_transport(self.config, self.secrets)
+        log.info("slack sink: delivering notifications in %s mode", self.mode)
+        try:
+            js = self.bus.nc.jetstream()
+            subscription = await self._until_stopped(self._prepare(js))
+            while not self._stopping.is_set():
+                messages = await self._until_stopped(self._fetch(subscription))
+                for msg in messages:
+                    await self._until_stopped(self._process(js, msg))
+        except _Stopped:
+            pass
+        finally:
+            if self._transport is not None:
+                await self._transport.close()
+            log.info(
+                "slack sink stopped: %d delivered, %d dead-lettered, %d rejected",
+                self.stats.delivered,
+                self.stats.dead_lettered,
+                self.stats.rejected,
+            )
+
+    # --- the bus -------------------------------------------------------------------------------
+
+    async def _prepare(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
+        """Dead-letter stream, KV bucket and consumer; retried until NATS has them (or stop())."""
+        attempt = 0
+        while True:
+            try:
+                await ensure_stream(js, deadletter_stream_config(self.bus.subjects))
+                if self.mode == "bot":
+                    bucket = bucket_name(self.bus.subjects.prefix, "state")
+                    await ensure_bucket(js, bucket, "evaluator state, and the sinks' Slack threads")
+                    self._kv = await js.key_value(bucket)
+                stream = stream_name(self.bus.subjects.prefix, "notifications")
+                await self._ensure_consumer(js, stream)
+                return await js.pull_subscribe_bind(durable=self.config.durable, stream=stream)
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                attempt += 1
+                if attempt == 1:
+                    log.warning("slack sink: waiting for JetStream (%s)", exc or type(exc).__name__)
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+
+    async def _ensure_consumer(self, js: JetStreamContext, stream: str) -> None:
+        ack_wait = self.config.ack_wait.seconds
+        try:
+            info = await js.consumer_info(stream, self.config.durable)
+        except NotFoundError:
+            start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
+                seconds=self.config.catch_up.seconds
+            )
+            desired = ConsumerConfig(
+                durable_name=self.config.durable,
+                filter_subject=self.bus.subjects.family("notifications"),
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ack_wait,
+                max_ack_pending=1,  # one at a time: strict order, across instances too
+                max_deliver=-1,  # the sink bounds attempts itself, then dead-letters
+                deliver_policy=DeliverPolicy.BY_START_TIME,
+                opt_start_time=start,
+            )
+            await js.add_consumer(stream, desired)
+            return
+        current = info.config
+        if round(current.ack_wait or 0) != round(ack_wait) or current.max_ack_pending != 1:
+            await js.add_consumer(stream, dataclasses.replace(current, ack_wait=ack_wait, max_ack_pending=1))
+
+    async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
+        try:
+            return await subscription.fetch(1, timeout=5)
+        except TimeoutError:
+            return []
+        except nats.errors.Error as exc:  # disconnected: the client reconnects, we wait and retry
+            log.debug("slack sink: fetch failed: %s", exc)
+            await asyncio.sleep(1)
+            return []
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        """Tell JetStream we are still working on `msg`, so a long retry is not redelivered meanwhile."""
+        while True:
+            await asyncio.sleep(max(0.5, self.config.ack_wait.seconds / 3))
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+
+    async def _process(self, js: JetStreamContext, msg: Msg) -> None:
+        """Deliver one message, or dead-letter it; then ack. Nothing from the bus raises out of here."""
+        keep_alive = asyncio.create_task(self._keep_alive(msg))
+        try:
+            try:
+                item = notification.decode(msg.data, msg.subject)
+            except EventDecodeError as exc:
+                self.stats.rejected += 1
+                route = msg.subject.rsplit(".", 1)[-1]
+                log.warning("slack sink: rejected %s", exc)
+                await self._dead_letter(js, msg, route, "not a notification", attempts=0)
+            else:
+                try:
+                    await self._deliver(item)
+                    self.stats.delivered += 1
+                except DeliveryError as error:
+                    self.stats.dead_lettered += 1
+                    log.error(
+                        "slack sink: gave up on notification %r (route %r, group %r) after %d attempts: %s; "
+                        "kept on %s",
+                        item.id,
+                        item.route,
+                        item.group_key,
+                        error.attempts,
+                        error.reason,
+                        self.bus.subjects.deadletter(item.route),
+                    )
+                    await self._dead_letter(js, msg, item.route, error.reason, error.attempts)
+            try:
+                await msg.ack_sync(timeout=5)
+            except (nats.errors.Error, TimeoutError) as exc:  # redelivered later: at most one repeat
+                log.warning("slack sink: ack failed, the notification may be repeated once: %s", exc)
+        finally:
+            keep_alive.cancel()
+
+    async def _dead_letter(
+        self, js: JetStreamContext, msg: Msg, route: str, reason: str, attempts: int
+    ) -> None:
+        """Keep the original payload on the dead-letter subject; waits for NATS rather than lose it."""
+        seq = msg.metadata.sequence.stream
+        headers = {
+            "Nats-Msg-Id": f"slack-deadletter-{self.config.durable}-{seq}",
+            "Jarvis-Dead-Letter-Reason": reason[:500],
+            "Jarvis-Dead-Letter-Attempts": str(attempts),
+            "Jarvis-Original-Subject": msg.subject,
+        }
+        subject = self.bus.subjects.deadletter(route)
+        attempt = 0
+        while True:
+            try:
+                await js.publish(subject, msg.data, headers=headers)
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                attempt += 1
+                if attempt == 1:
+                    log.warning("slack sink: cannot publish to %s yet: %s", subject, exc)
+                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+
+    async def _load(self, key: str) -> ThreadRecord | None:
+        assert self._kv is not None
+        try:
+            entry = await self._kv.get(key)
+        except KeyNotFoundError:
+            return None
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("slack sink: thread state unavailable, posting a new message: %s", exc)
+            return None
+        try:
+            return msgspec.json.decode(entry.value or b"", type=ThreadRecord)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    async def _save(self, key: str, record: ThreadRecord) -> None:
+        assert self._kv is not None
+        try:
+            await self._kv.put(key, msgspec.json.encode(record))
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("slack sink: could not store the thread, later updates start a new one: %s", exc)
+
+    # --- Slack ---------------------------------------------------------------------------------
+
+    async def _send(self, channel: str, call: Callable[[], Awaitable[T]]) -> T:
+        """One Slack call under the channel's rate limit, retried by the policy; raises when it gives up."""
+        attempt = 0
+        while True:
+            attempt += 1
+            await self.limiter.acquire(channel)
+            try:
+                return await call()
+            except DeliveryError as error:
+                error.attempts = attempt
+                delay = self.policy.delay_after(attempt, error)
+                if delay is None:
+                    raise
+                self.stats.retries += 1
+                log.warning(
+                    "slack sink: %s (attempt %d of %d), next in %.1fs",
+                    error.reason,
+                    attempt,
+                    self.policy.max_attempts,
+                    delay,
+                )
+                if error.retry_after is not None:
+                    self.limiter.pause(channel, delay)
+                else:
+                    await self.clock.sleep(delay)
+
+    async def _deliver(self, item: Notification) -> None:
+        transport = self._transport
+        if transport is None:
+            out = self.out or sys.stdout
+            out.write(console_text(item, self.options) + "\n")
+            out.flush()
+            return
+        channel = transport.channel_for(item.route)
+        message = render(item, self.options)
+        if transport.mode != "bot":
+            await self._send(channel, lambda: transport.post(channel, message))
+            return
+        key = thread_key(item.route, item.group_key)
+        record = await self._load(key)
+        if record is not None and record.last_id == item.id:
+            self.stats.repeats_skipped += 1  # Slack has it; only the ack was lost
+            return
+        if record is None or record.resolved:
+            posted = await self._send(channel, lambda: transport.post(channel, message))
+            record = self._record(posted, resolved=item.status == "resolved", last_id=item.id)
+        elif item.status == "resolved":
+            record = await self._resolve(transport, channel, record, item)
+        else:
+            record = await self._reply(transport, channel, record, item)
+        if record is not None:
+            await self._save(key, record)
+
+    @staticmethod
+    def _record(posted: Posted, *, resolved: bool, last_id: str) -> ThreadRecord | None:
+        if posted.ts is None:
+            return None
+        return ThreadRecord(channel=posted.channel, ts=posted.ts, resolved=resolved, last_id=last_id)
+
+    async def _reply(
+        self, transport: Transport, channel: str, record: ThreadRecord, item: Notification
+    ) -> ThreadRecord | None:
+        """A reminder or a change of a firing group: into the group's thread."""
+        message = render(item, self.options)
+        try:
+            await self._send(channel, lambda: transport.post(record.channel, message, thread_ts=record.ts))
+        except DeliveryError as error:
+            if error.reason not in MESSAGE_GONE:
+                raise
+            posted = await self._send(channel, lambda: transport.post(channel, message))  # thread deleted
+            return self._record(posted, resolved=False, last_id=item.id)
+        return dataclasses.replace(record, last_id=item.id)
+
+    async def _resolve(
+        self, transport: Transport, channel: str, record: ThreadRecord, item: Notification
+    ) -> ThreadRecord | None:
+        """Resolved: the group's message is updated to show it, plus a short reply in its thread."""
+        message = render(item, self.options)
+        try:
+            await self._send(channel, lambda: transport.update(record.channel, record.ts, message))
+        except DeliveryError as error:
+            if error.reason not in MESSAGE_GONE:
+                raise
+            posted = await self._send(channel, lambda: transport.post(channel, message))
+            return self._record(posted, resolved=True, last_id=item.id)
+        if self.config.reply_on_resolve:
+            reply = resolved_reply(item)
+            try:
+                await self._send(channel, lambda: transport.post(record.channel, reply, thread_ts=record.ts))
+            except DeliveryError as error:  # the message itself shows the resolve already
+                log.warning("slack sink: resolved reply not posted: %s", error.reason)
+        return dataclasses.replace(record, resolved=True, last_id=item.id)

@@ -1,0 +1,291 @@
+"""Notifications as Slack messages (Block Kit, mrkdwn) and as console text: pure, no I/O.
+
+Every value that comes from outside (labels, summaries, group keys) is escaped for mrkdwn, so a
+container named `<!channel>` shows as text and pings nobody, and every text and block list is cut
+to Slack's limits with "+N more".
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from bus.events import Alert, Notification
+
+# Slack's limits (https://docs.slack.dev/reference/block-kit/blocks).
+MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3000
+MAX_HEADER_TEXT = 150
+MAX_MESSAGE_TEXT = 40000
+MAX_SILENCE_COMMANDS = 3
+
+SEVERITY_EMOJI = {"critical": "🔴", "warning": "⚠️", "info": "\u2139\ufe0f"}  # information source
+SEVERITY_COLOR = {"critical": "#d0021b", "warning": "#f2a900", "info": "#439fe0"}
+SEVERITY_ORDER = ("critical", "warning", "info")
+RESOLVED_EMOJI = "✅"
+RESOLVED_COLOR = "#2eb67d"
+FLAPPING_MARK = "🔁 flapping"
+REMINDER_MARK = "⏰ reminder"
+
+# Labels that name what a group is about, in the order they make a title (`web01 disk_full`).
+TITLE_LABELS = ("host", "container", "target", "service", "rule")
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape(text: str) -> str:
+    """Text safe inside mrkdwn: `&`, `<` and `>` become entities, so no link or mention is made."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def fit(raw: str, limit: int) -> str:
+    """`raw` escaped and cut to at most `limit` characters, ending in "… +N more" when cut.
+
+    The cut is made on the raw text, so an entity such as `&amp;` is never split in half.
+    """
+    escaped = escape(raw)
+    if len(escaped) <= limit:
+        return escaped
+    keep = limit
+    while keep > 0:
+        suffix = f"… +{len(raw) - keep} more"
+        text = escape(raw[:keep]) + suffix
+        if len(text) <= limit:
+            return text
+        keep -= max(1, len(text) - limit)
+    return escape(raw)[: max(0, limit)]
+
+
+def console_safe(text: str) -> str:
+    """Text safe for a terminal: control characters (escape sequences) become `?`."""
+    return _CONTROL.sub("?", text)
+
+
+def number(value: float) -> str:
+    """A value as people read it: `93.2`, `0.0031`, `1,234,567`."""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def utc_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+def alert_labels(alert: Alert) -> dict[str, str]:
+    """An alert's labels with its rule and severity, as silences and routes match them."""
+    return {**alert.labels, "rule": alert.rule, "severity": alert.severity}
+
+
+def common_labels(alerts: Sequence[Alert]) -> dict[str, str]:
+    """The labels every alert of the group shares."""
+    if not alerts:
+        return {}
+    first, *rest = (alert_labels(a) for a in alerts)
+    return {k: v for k, v in first.items() if all(other.get(k) == v for other in rest)}
+
+
+def group_title_labels(alerts: Sequence[Alert]) -> list[tuple[str, str]]:
+    """The shared labels that say what the group is about, e.g. [("host", "web01")]."""
+    common = common_labels(alerts)
+    return [(name, common[name]) for name in TITLE_LABELS if name in common]
+
+
+def silence_command(matchers: Sequence[tuple[str, str]], duration: str) -> str:
+    """The `jarvis-monitor silence add` command for these label matchers, quoted for a POSIX shell."""
+    words = ["jarvis-monitor", "silence", "add"]
+    words += [shlex.quote(f"{name}={value}") for name, value in matchers]
+    words += ["--for", shlex.quote(duration), "--comment", shlex.quote("investigating")]
+    return " ".join(words)
+
+
+def silence_commands(alerts: Sequence[Alert], duration: str) -> list[str]:
+    """One command for the whole group when it shares a host, rule, ...; else one per alert."""
+    shared = group_title_labels(alerts)
+    if shared:
+        return [silence_command(shared, duration)]
+    commands: list[str] = []
+    for alert in alerts:
+        labels = alert_labels(alert)
+        command = silence_command([(n, labels[n]) for n in TITLE_LABELS if n in labels], duration)
+        if command not in commands:
+            commands.append(command)
+    return commands
+
+
+def runbook_link(template: str | None, rule: str) -> str | None:
+    """The runbook URL for a rule: `{rule}` in the configured URL becomes the rule's name."""
+    if not template:
+        return None
+    return template.replace("{rule}", quote(rule, safe=""))
+
+
+@dataclass(frozen=True)
+class FormatOptions:
+    """What the formatting takes from config."""
+
+    runbook_url: str | None = None
+    silence_duration: str = "2h"
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    """What is sent to Slack: fallback text (notifications, screen readers) and a coloured attachment."""
+
+    text: str
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+
+    def payload(self) -> dict[str, Any]:
+        return {"text": self.text, "attachments": self.attachments}
+
+
+def firing(notification: Notification) -> list[Alert]:
+    return [a for a in notification.alerts if a.status != "resolved"]
+
+
+def worst_severity(alerts: Sequence[Alert]) -> str:
+    present = {a.severity for a in alerts}
+    return next((s for s in SEVERITY_ORDER if s in present), "info")
+
+
+def title(notification: Notification) -> str:
+    """`[FIRING:3] web01`, `[RESOLVED] web01`, unescaped (plain text)."""
+    shared = group_title_labels(notification.alerts)
+    about = " ".join(value for _, value in shared) or notification.group_key or notification.route
+    if notification.status == "resolved":
+        return f"[RESOLVED] {about}"
+    return f"[FIRING:{len(firing(notification))}] {about}"
+
+
+def headline(notification: Notification) -> str:
+    """The title with its severity emoji, and the reminder mark when it is one (unescaped)."""
+    if notification.status == "resolved":
+        return f"{RESOLVED_EMOJI} {title(notification)}"
+    emoji = SEVERITY_EMOJI.get(worst_severity(firing(notification) or notification.alerts), "")
+    line = f"{emoji} {title(notification)}"
+    return f"{line} · {REMINDER_MARK}" if notification.status == "reminder" else line
+
+
+def alert_text(alert: Alert, shared: set[str], options: FormatOptions) -> str:
+    """The mrkdwn of one alert: emoji, rule, summary, value, threshold, since, labels, runbook.
+
+    Each outside text has its own share of the section's 3000 characters.
+    """
+    emoji = RESOLVED_EMOJI if alert.status == "resolved" else SEVERITY_EMOJI.get(alert.severity, "")
+    first = f"{emoji} *{fit(alert.rule, 150)}*"
+    if alert.summary:
+        first += f" {fit(alert.summary, 700)}"
+    facts = []
+    if alert.value is not None:
+        facts.append(f"value *{number(alert.value)}*")
+    if alert.threshold is not None:
+        facts.append(f"threshold {number(alert.threshold)}")
+    facts.append(f"since {utc_time(alert.starts_at)}")
+    if alert.status == "resolved" and alert.ends_at is not None:
+        facts.append(f"resolved {utc_time(alert.ends_at)}")
+    if alert.flapping:
+        facts.append(FLAPPING_MARK)
+    link = runbook_link(options.runbook_url, alert.rule)
+    if link:
+        facts.append(f"<{escape(link)}|runbook>")
+    lines = [first, " · ".join(facts)]
+    extra = {k: v for k, v in alert.labels.items() if k not in shared and k not in ("agent", "severity")}
+    if extra:
+        lines.append(
+            fit_markup(" ".join(f"`{escape(k)}={escape(v)}`" for k, v in sorted(extra.items())), 600)
+        )
+    if alert.description:
+        lines.append(fit(alert.description, 700))
+    return fit_markup("\n".join(lines), MAX_SECTION_TEXT)
+
+
+def section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def blocks(notification: Notification, options: FormatOptions) -> list[dict[str, Any]]:
+    """The Block Kit blocks: header, one section per alert (cut with "+N more"), silence, context."""
+    header = {
+        "type": "header",
+        "text": {"type": "plain_text", "text": fit(headline(notification), MAX_HEADER_TEXT), "emoji": True},
+    }
+    tail: list[dict[str, Any]] = []
+    if notification.status != "resolved":
+        commands = silence_commands(firing(notification) or notification.alerts, options.silence_duration)
+        shown = [f"`{escape(c)}`" for c in commands[:MAX_SILENCE_COMMANDS]]
+        if len(commands) > MAX_SILENCE_COMMANDS:
+            shown.append(f"+{len(commands) - MAX_SILENCE_COMMANDS} more")
+        tail.append(section(fit_markup("To silence: " + "\n".join(shown), MAX_SECTION_TEXT)))
+    context = f"route `{escape(notification.route)}` · group `{escape(notification.group_key)}`"
+    tail.append({"type": "context", "elements": [{"type": "mrkdwn", "text": fit_markup(context, 3000)}]})
+
+    shared = {name for name, _ in group_title_labels(notification.alerts)}
+    alerts = [section(alert_text(a, shared, options)) for a in notification.alerts]
+    room = MAX_BLOCKS - 1 - len(tail)
+    if len(alerts) > room:
+        hidden = len(alerts) - (room - 1)
+        alerts = [*alerts[: room - 1], section(f"+{hidden} more alerts")]
+    return [header, *alerts, *tail]
+
+
+def fit_markup(markup: str, limit: int) -> str:
+    """Already-escaped mrkdwn cut to `limit`; only our own short markup can be that long."""
+    if len(markup) <= limit:
+        return markup
+    cut = markup[: limit - 20]
+    cut = cut[: cut.rfind("&")] if cut.rfind("&") > cut.rfind(";") else cut  # no half entity
+    return f"{cut}… +{len(markup) - len(cut)} more"
+
+
+def fallback_text(notification: Notification) -> str:
+    """The message's `text`: shown in notifications and by clients that cannot show blocks."""
+    return fit(headline(notification), MAX_MESSAGE_TEXT)
+
+
+def colour(notification: Notification) -> str:
+    if notification.status == "resolved":
+        return RESOLVED_COLOR
+    return SEVERITY_COLOR.get(worst_severity(firing(notification) or notification.alerts), "#888888")
+
+
+def render(notification: Notification, options: FormatOptions) -> SlackMessage:
+    """The whole Slack message for a notification."""
+    return SlackMessage(
+        text=fallback_text(notification),
+        attachments=[{"color": colour(notification), "blocks": blocks(notification, options)}],
+    )
+
+
+def resolved_reply(notification: Notification) -> SlackMessage:
+    """The short thread reply posted when a group resolves."""
+    count = len(notification.alerts)
+    noun = "alert" if count == 1 else "alerts"
+    return SlackMessage(text=f"{RESOLVED_EMOJI} resolved: {count} {noun}")
+
+
+def console_text(notification: Notification, options: FormatOptions) -> str:
+    """A readable multi-line rendering for the console, when no Slack is configured."""
+    lines = [f"{console_safe(headline(notification))}  (route {console_safe(notification.route)})"]
+    for alert in notification.alerts:
+        emoji = RESOLVED_EMOJI if alert.status == "resolved" else SEVERITY_EMOJI.get(alert.severity, "")
+        facts = [f"since {utc_time(alert.starts_at)}"]
+        if alert.value is not None:
+            facts.insert(0, f"value {number(alert.value)}")
+        if alert.threshold is not None:
+            facts.insert(1, f"threshold {number(alert.threshold)}")
+        if alert.flapping:
+            facts.append(FLAPPING_MARK)
+        lines.append(
+            f"  {emoji} {console_safe(alert.rule)}: {console_safe(alert.summary)} ({', '.join(facts)})"
+        )
+    if notification.status != "resolved":
+        for command in silence_commands(
+            firing(notification) or notification.alerts, options.silence_duration
+        ):
+            lines.append(f"  silence: {console_safe(command)}")
+    return "\n".join(lines)
