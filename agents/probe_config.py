@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -227,18 +228,19 @@ class ProbeAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_
         super().__post_init__()
         self._check_names()
         deadline = self.deadline
-        for table, check in self.all_checks():
-            where = f"{table} {check.name!r}"
+        for where, check in self.all_checks():
             timeout = self.timeout_of(check)
             if timeout > deadline:
+                limit = "timeout" if self.timeout else "interval"
                 raise ValueError(
-                    f"{where}: timeout {Duration(timeout)} leaves no time to publish within the "
-                    f"probe's {Duration(self.budget)} {'timeout' if self.timeout else 'interval'}; "
-                    f"use at most {Duration(deadline)}"
+                    f"{where} ({check.name}): timeout {Duration(timeout)} leaves no time to publish "
+                    f"within the probe's {Duration(self.budget)} {limit}; use at most {Duration(deadline)}"
                 )
             warn = getattr(check, "warn_latency", None)
             if warn is not None and warn.seconds >= timeout:
-                raise ValueError(f"{where}: warn_latency {warn} must be shorter than its timeout")
+                raise ValueError(
+                    f"{where} ({check.name}): warn_latency {warn} must be shorter than its timeout"
+                )
 
     def _check_names(self) -> None:
         """Names are unique, and stay unique as subject tokens ('a.b' and 'a_b' would share one)."""
@@ -256,12 +258,16 @@ class ProbeAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_
                 )
 
     def all_checks(self) -> list[tuple[str, AnyCheck]]:
-        """(table, check) for every configured check, in config order."""
-        tables: tuple[
-            tuple[str, list[HttpCheck] | list[TcpCheck] | list[ScrapeTarget] | list[PromQLQuery]], ...
+        """(key path, check) of every configured check, in config order: ("http[0]", HttpCheck(...))."""
+        tables: dict[str, Sequence[AnyCheck]] = {
+            "http": self.http,
+            "tcp": self.tcp,
+            "scrape": self.scrape,
+            "promql": self.promql,
+        }
+        return [
+            (f"{table}[{i}]", check) for table, checks in tables.items() for i, check in enumerate(checks)
         ]
-        tables = (("http", self.http), ("tcp", self.tcp), ("scrape", self.scrape), ("promql", self.promql))
-        return [(table, check) for table, checks in tables for check in checks]
 
     @property
     def budget(self) -> float:
