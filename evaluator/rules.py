@@ -1,0 +1,288 @@
+"""Rules compiled for evaluation: matchers, conditions, templates; and the built-in defaults."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Callable, Mapping
+
+from bus.units import Duration
+from evaluator.config import (
+    EvaluatorConfig,
+    InhibitRule,
+    Matcher,
+    Rule,
+    compile_regex,
+    template_fields,
+)
+
+# Database checks by name: "postgres", "db", "database-main", "postgres:5432" (not "feedback").
+DATABASE_CHECK = r"(?i)(postgres|postgresql|database|db)([-_.:].*)?"
+COLLECTOR_TARGET = "_collector"  # an agent's own collection health (agents/runner.py)
+HEALTH_STATUS = ("ok", "warning", "critical", "unknown")
+
+
+def _m(name: str, op: str, value: str) -> Matcher:
+    return Matcher(name=name, op=op, value=value)  # type: ignore[arg-type]
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule(
+        name="disk_usage_high",
+        metric="disk.percent",
+        threshold=85,
+        clear_threshold=80,
+        for_=Duration(300),
+        severity="critical",
+        summary="disk {mount} on {host} is {value:.0f}% full",
+        description="Above 85% for 5 minutes; resolves below 80%. Free space or grow the volume.",
+    ),
+    Rule(
+        name="memory_usage_high",
+        metric="mem.percent",
+        threshold=85,
+        clear_threshold=80,
+        for_=Duration(300),
+        severity="warning",
+        summary="memory on {host} is {value:.0f}% used",
+        description="Above 85% for 5 minutes; resolves below 80%.",
+    ),
+    Rule(
+        name="cpu_usage_high",
+        metric="cpu.percent",
+        threshold=90,
+        clear_threshold=85,
+        for_=Duration(300),
+        severity="warning",
+        summary="CPU on {host} is {value:.0f}% busy",
+        description="Above 90% for 5 minutes; resolves below 85%.",
+    ),
+    Rule(
+        name="http_error_rate_high",
+        metric="http.error_ratio",
+        threshold=0.05,
+        for_=Duration(300),
+        severity="warning",
+        summary="{check}: {value:.1%} of requests fail",
+        description="More than 5% of requests answered 5xx for 5 minutes.",
+    ),
+    Rule(
+        name="http_latency_p95_high",
+        metric="http.latency_p95_seconds",
+        threshold=2,
+        for_=Duration(300),
+        severity="warning",
+        summary="{check}: P95 latency {value:.2f}s",
+        description="P95 latency above 2 s for 5 minutes.",
+    ),
+    Rule(
+        name="performance_degradation",
+        metric="http.latency_p95_seconds",
+        threshold=0.5,
+        for_=Duration(900),
+        severity="info",
+        summary="{check}: P95 latency {value:.2f}s, above its 500 ms baseline",
+        description="P95 latency above the 500 ms baseline for 15 minutes.",
+    ),
+    Rule(
+        name="container_unhealthy",
+        kind="health",
+        matchers=[_m("agent", "=", "container"), _m("target", "!=", COLLECTOR_TARGET)],
+        status=["critical"],
+        for_=Duration(60),
+        severity="warning",
+        summary="container {target} on {host} is unhealthy",
+        description="{detail}",
+    ),
+    Rule(
+        name="service_down",
+        kind="health",
+        matchers=[
+            _m("agent", "=", "probe"),
+            _m("target", "!=", COLLECTOR_TARGET),
+            _m("target", "!~", DATABASE_CHECK),
+        ],
+        status=["critical"],
+        for_=Duration(60),
+        severity="critical",
+        summary="{target} is down",
+        description="{detail}",
+        labels={"check": "{target}"},
+    ),
+    Rule(
+        name="database_unreachable",
+        kind="health",
+        matchers=[_m("agent", "=", "probe"), _m("target", "=~", DATABASE_CHECK)],
+        status=["critical"],
+        for_=Duration(60),
+        severity="critical",
+        summary="database unreachable: {target}",
+        description="{detail}",
+        labels={"check": "{target}"},
+    ),
+    Rule(
+        name="agent_down",
+        kind="heartbeat",
+        op=">=",
+        threshold=3,
+        severity="critical",
+        summary="{agent} agent on {host} is silent",
+        description="No heartbeat for {value:.1f} intervals (3 make it down).",
+    ),
+    Rule(
+        name="container_deployed",
+        kind="health",
+        matchers=[_m("agent", "=", "container")],
+        status=[],
+        events=["deployed"],
+        keep_firing_for=Duration(600),
+        severity="info",
+        summary="{target} on {host} deployed with image {image}",
+        send_resolved=False,
+    ),
+)
+
+DEFAULT_INHIBIT_RULES: tuple[InhibitRule, ...] = (
+    InhibitRule(
+        source_matchers=[_m("rule", "=", "agent_down")],
+        target_matchers=[_m("rule", "!=", "agent_down")],
+        equal=["host"],
+    ),
+    InhibitRule(
+        source_matchers=[_m("rule", "=~", "service_down|database_unreachable")],
+        target_matchers=[
+            _m("rule", "=~", "http_error_rate_high|http_latency_p95_high|performance_degradation")
+        ],
+        equal=["host", "check"],
+    ),
+)
+
+
+def effective_rules(config: EvaluatorConfig) -> list[Rule]:
+    """The defaults (if on) with user rules replacing them by name, then the user's new rules."""
+    user = {rule.name: rule for rule in config.rules}
+    rules = [user.pop(rule.name, rule) for rule in DEFAULT_RULES] if config.default_rules else []
+    return rules + list(user.values())
+
+
+def effective_inhibit_rules(config: EvaluatorConfig) -> list[InhibitRule]:
+    defaults = list(DEFAULT_INHIBIT_RULES) if config.default_inhibit_rules else []
+    return defaults + list(config.inhibit_rules)
+
+
+class TemplateError(Exception):
+    """A template could not be rendered; `missing` names an absent label, if that was why."""
+
+    def __init__(self, reason: str, missing: str | None = None) -> None:
+        super().__init__(reason)
+        self.missing = missing
+
+
+class Template:
+    """A str.format template restricted to plain names (validated by the config)."""
+
+    __slots__ = ("_parts", "text")
+
+    def __init__(self, text: str, what: str) -> None:
+        template_fields(text, what)
+        self.text = text
+        self._parts = list(string.Formatter().parse(text))
+
+    def render(self, context: Mapping[str, object]) -> str:
+        out = []
+        for literal, field, spec, conversion in self._parts:
+            out.append(literal)
+            if field is None:
+                continue
+            if field not in context:
+                raise TemplateError(f"missing label {field!r}", missing=field)
+            value = context[field]
+            if conversion == "r":
+                value = repr(value)
+            elif conversion == "s":
+                value = str(value)
+            try:
+                out.append(format(value, spec or ""))
+            except (TypeError, ValueError) as exc:
+                raise TemplateError(f"cannot format {field!r} ({value!r}) as {spec!r}: {exc}") from None
+        return "".join(out)
+
+
+def comparator(op: str, threshold: float) -> Callable[[float], bool]:
+    """`value op threshold` as one fast bound method (threshold.__lt__ for >, etc.)."""
+    t = float(threshold)
+    methods = {">": t.__lt__, ">=": t.__le__, "<": t.__gt__, "<=": t.__ge__, "==": t.__eq__, "!=": t.__ne__}
+    return methods[op]
+
+
+# How a compiled matcher reads its label: from the host, the agent, or the labels mapping.
+_HOST, _AGENT, _LABELS = 0, 1, 2
+
+
+class CompiledRule:
+    """A rule ready for the hot path: matchers, condition and templates prepared once."""
+
+    __slots__ = (
+        "description",
+        "events",
+        "for_seconds",
+        "keep_firing_seconds",
+        "kind",
+        "label_templates",
+        "matchers",
+        "metric",
+        "name",
+        "rule",
+        "severity",
+        "statuses",
+        "still_holds",
+        "summary",
+        "test",
+        "threshold",
+    )
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.name = rule.name
+        self.kind = rule.kind
+        self.metric = rule.metric
+        self.severity = rule.severity
+        self.threshold = rule.threshold
+        self.for_seconds = rule.for_.seconds
+        self.keep_firing_seconds = rule.keep_firing_for.seconds
+        self.test = comparator(rule.op, rule.threshold) if rule.threshold is not None else None
+        self.still_holds = None
+        if rule.clear_threshold is not None:  # hysteresis: hold until past the clear threshold
+            self.still_holds = comparator(">=" if rule.op in (">", ">=") else "<=", rule.clear_threshold)
+        self.statuses = frozenset(rule.status) if rule.status else None
+        self.events = frozenset(rule.events) if rule.events else None
+        self.matchers = [
+            (
+                {"host": _HOST, "agent": _AGENT}.get(m.name, _LABELS),
+                m.name,
+                m.op,
+                m.value,
+                compile_regex(m.value) if m.op in ("=~", "!~") else None,
+            )
+            for m in rule.matchers
+        ]
+        self.summary = Template(rule.summary or _generic_summary(rule), "summary")
+        self.description = Template(rule.description, "description")
+        self.label_templates = [(key, Template(value, f"label {key}")) for key, value in rule.labels.items()]
+
+    def matches(self, host: str, agent: str, labels: Mapping[str, str]) -> bool:
+        for where, name, op, value, regex in self.matchers:
+            actual = host if where == _HOST else agent if where == _AGENT else labels.get(name, "")
+            if regex is None:
+                if (actual == value) != (op == "="):
+                    return False
+            elif (regex.fullmatch(actual) is not None) != (op == "=~"):
+                return False
+        return True
+
+
+def _generic_summary(rule: Rule) -> str:
+    if rule.kind == "metrics":
+        return f"{{rule}} on {{host}}: {rule.metric} is {{value}} ({rule.op} {{threshold}})"
+    if rule.kind == "health":
+        return "{rule}: {target} on {host} is {status}"
+    return "{rule}: {agent} agent on {host} silent for {value:.1f} intervals"
