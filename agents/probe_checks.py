@@ -254,7 +254,8 @@ async def promql_query(
     server = display_url(query.server)
     endpoint = query.server.rstrip("/") + "/api/v1/query"
     # Prometheus stops evaluating at its own timeout too, and says so, instead of being cut off.
-    params = {"query": query.query, "timeout": f"{max(timeout - 0.2, 0.1):.3f}s"}
+    # (Prometheus durations are whole numbers with a unit: "4800ms", not "4.8s".)
+    params = {"query": query.query, "timeout": f"{max(round((timeout - 0.2) * 1000), 100)}ms"}
     labels = {"server": server}
     started = time.perf_counter()
     try:
