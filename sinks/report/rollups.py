@@ -236,7 +236,9 @@ class RollupStore:
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
-            self._hot.clear()  # may hold what was just rolled back
+            # the caches may hold what was just rolled back
+            self._series.clear()
+            self._hot.clear()
             self._last.clear()
             raise
         for name in ("samples", "metric_batches", "health_events", "alerts"):
@@ -424,14 +426,16 @@ class RollupStore:
         rows = self._db.execute(
             "SELECT s.host, s.agent, s.metric, s.labels, m.hour, m.count, m.sum, m.min, m.max, m.sketch "
             "FROM metric_hour m JOIN series s ON s.id = m.series "
-            f"WHERE m.hour >= ? AND m.hour < ? AND ({' OR '.join(conditions)}) ORDER BY m.hour",
+            f"WHERE m.hour >= ? AND m.hour < ? AND ({' OR '.join(conditions)}) "
+            "ORDER BY m.hour, s.host, s.agent, s.metric, s.labels",
             (hour_of(start), end, *metrics, *like),
         )
         return [MetricHour(row[0], row[1], row[2], _labels_decoder.decode(row[3]), *row[4:]) for row in rows]
 
     def health_hours(self, start: float, end: float) -> list[HealthHour]:
         rows = self._db.execute(
-            "SELECT * FROM health_hour WHERE hour >= ? AND hour < ? ORDER BY hour", (hour_of(start), end)
+            "SELECT * FROM health_hour WHERE hour >= ? AND hour < ? ORDER BY hour, host, agent, target",
+            (hour_of(start), end),
         )
         return [HealthHour(*row) for row in rows]
 

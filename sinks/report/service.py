@@ -100,13 +100,20 @@ class ReportSink:
     def stop(self) -> None:
         self._stopped.set()
 
+    def open(self) -> RollupStore:
+        """Open (or create) the rollup store; `run` does this first."""
+        if self.store is None:
+            self.store = RollupStore(
+                self.store_path,
+                health_gap=self.config.health_gap.seconds,
+                restart_events=self.config.restart_events,
+            )
+        return self.store
+
     async def run(self) -> None:
         """Consume and report until `stop()`; outages and bad messages are logged, never raised."""
-        self.store = RollupStore(
-            self.store_path,
-            health_gap=self.config.health_gap.seconds,
-            restart_events=self.config.restart_events,
-        )
+        self.open()
+        assert self.store is not None
         log.info("report sink: rollups in %s, reports in %s", self.store_path, self.out_dir / "reports")
         tasks = [asyncio.create_task(self._consume(family)) for family in FAMILIES]
         tasks.append(asyncio.create_task(self._schedule()))
@@ -117,6 +124,7 @@ class ReportSink:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.store.close()
+            self.store = None
 
     # -- consuming -----------------------------------------------------------------------------
 
