@@ -1,9 +1,564 @@
-"""The container agent (aiodocker): every container's state, health and resources, Docker events, logs."""
+"""The container agent (aiodocker): every container's state, health and resources, Docker events, logs.
+
+Each cycle lists every container (running or not), inspects them and reads one-shot stats of the
+running ones, at most `concurrency` requests at once. `watch` follows the engine's event stream
+and the logs of the selected containers, publishing at once; when the engine goes away it
+reports target `docker` critical, retries with capped exponential backoff and resumes the
+stream where it left off.
+"""
 
 from __future__ import annotations
 
-from agents.runner import AgentConfig
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import aiodocker
+import aiohttp
+import msgspec
+from msgspec import Meta
+
+from agents.container_events import Deployments, deployed_check, event_check
+from agents.container_logs import LineSplitter, LogTally, compile_patterns, is_watched
+from agents.container_state import (
+    ContainerInfo,
+    container_name,
+    container_status,
+    fleet_counts,
+    parse_inspect,
+    sample_labels,
+)
+from agents.container_stats import StatsMeter
+from agents.container_streams import StatsStreams
+from agents.metrics import MetricSpec, catalog
+from agents.runner import AgentConfig, Check, Collection, Emit
+from bus.events import Sample, Status
+from bus.redact import redact_text
+from bus.units import Duration
+
+log = logging.getLogger(__name__)
+
+DOCKER_TARGET = "docker"  # health target of the engine itself
+LOG_TARGET = "log:{name}"  # health target of a container's log, apart from its state
+STREAM_FRESH = 3.0  # a streamed reading older than this (the engine sends one a second) is stale
+PRIME_DELAY = 0.5  # the first cycle reads stats twice this far apart, so CPU and rates show at once
+RETRY_FIRST = 0.5  # first wait before reconnecting to the engine
+SPLIT_LIMIT = 64 * 1024  # longest log line held in memory; the rest of it is skipped
+
+_LABELS = ("container", "image", "service", "project")
+METRICS = catalog(
+    MetricSpec("containers.running", "containers", "containers running"),
+    MetricSpec("containers.paused", "containers", "containers paused"),
+    MetricSpec("containers.restarting", "containers", "containers being restarted by their restart policy"),
+    MetricSpec("containers.stopped", "containers", "containers created, exited, dead or being removed"),
+    MetricSpec("containers.unhealthy", "containers", "containers whose health check fails"),
+    MetricSpec("container.running", "boolean", "1 while the container runs, else 0", _LABELS),
+    MetricSpec(
+        "container.healthy",
+        "boolean",
+        "1 when the health check passes, 0 when it fails or is still starting; "
+        "absent for containers without a health check",
+        _LABELS,
+    ),
+    MetricSpec("container.restart_count", "restarts", "restarts by the restart policy", _LABELS),
+    MetricSpec("container.exit_code", "code", "exit code of the last run (0 while running)", _LABELS),
+    MetricSpec(
+        "container.uptime_seconds", "seconds", "time since the container started; 0 when not running", _LABELS
+    ),
+    MetricSpec(
+        "container.cpu.percent",
+        "percent",
+        "CPU used since the last cycle as `docker stats` shows it: 100 is one core busy",
+        _LABELS,
+    ),
+    MetricSpec("container.mem.used_bytes", "bytes", "memory used, less the reclaimable page cache", _LABELS),
+    MetricSpec(
+        "container.mem.limit_bytes", "bytes", "memory limit (the host's memory when unlimited)", _LABELS
+    ),
+    MetricSpec("container.mem.percent", "percent", "memory used as a share of the limit", _LABELS),
+    MetricSpec(
+        "container.net.recv_bytes_per_second", "bytes/s", "bytes received on all its interfaces", _LABELS
+    ),
+    MetricSpec("container.net.sent_bytes_per_second", "bytes/s", "bytes sent on all its interfaces", _LABELS),
+    MetricSpec("container.blkio.read_bytes_per_second", "bytes/s", "bytes read from block devices", _LABELS),
+    MetricSpec(
+        "container.blkio.write_bytes_per_second", "bytes/s", "bytes written to block devices", _LABELS
+    ),
+    MetricSpec("container.pids", "processes", "processes and threads in the container", _LABELS),
+    MetricSpec(
+        "container.log.errors", "lines", "log lines matching the error patterns since the last cycle", _LABELS
+    ),
+    MetricSpec(
+        "container.log.warnings",
+        "lines",
+        "log lines matching the warning patterns (and no error pattern) since the last cycle",
+        _LABELS,
+    ),
+)
+
+
+class LogWatchConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Which container logs are followed, and which lines count as errors and warnings."""
+
+    containers: Annotated[
+        list[str],
+        Meta(
+            description="container names (shell patterns) whose log is followed",
+            examples=[["backend", "jarvis-*"]],
+        ),
+    ] = msgspec.field(default_factory=list)
+    labels: Annotated[
+        list[str],
+        Meta(
+            description="also follow containers carrying any of these labels (`key` or `key=value`)",
+            examples=[["jarvis.logs=true"]],
+        ),
+    ] = msgspec.field(default_factory=list)
+    errors: Annotated[
+        list[str],
+        Meta(description="regular expressions; a line matching any is an error line (case matters)"),
+    ] = msgspec.field(default_factory=lambda: ["ERROR", "CRITICAL", "Traceback"])
+    warnings: Annotated[
+        list[str],
+        Meta(description="regular expressions; a line matching any (and no error pattern) is a warning line"),
+    ] = msgspec.field(default_factory=lambda: ["WARN", "WARNING"])
+    keep_lines: Annotated[
+        int, Meta(ge=0, le=100, description="last matching lines quoted in the log health event")
+    ] = 5
+    line_length: Annotated[
+        int, Meta(ge=20, le=10_000, description="quoted lines are cut to this many characters")
+    ] = 200
+
+    def __post_init__(self) -> None:
+        compile_patterns(self.errors, "errors")
+        compile_patterns(self.warnings, "warnings")
 
 
 class ContainerAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
+    docker_url: Annotated[
+        str | None,
+        Meta(
+            description="Docker engine address; unset: DOCKER_HOST, else the local unix socket",
+            examples=["unix:///var/run/docker.sock"],
+        ),
+    ] = None
+    filter_labels: Annotated[
+        list[str],
+        Meta(
+            description="watch only containers carrying all of these labels (`key` or `key=value`); "
+            "empty: every container",
+            examples=[["com.docker.compose.project=jarvis"]],
+        ),
+    ] = msgspec.field(default_factory=list)
+    concurrency: Annotated[
+        int, Meta(ge=1, le=256, description="Docker API requests (inspect, stats) in flight at once")
+    ] = 64
+    request_timeout: Annotated[
+        Duration, Meta(description="a Docker API request still unanswered after this has failed")
+    ] = Duration(5)
+    retry_max: Annotated[
+        Duration,
+        Meta(description="longest wait between attempts to reach an unreachable Docker engine"),
+    ] = Duration(30)
+    logs: Annotated[LogWatchConfig, Meta(description="log watching")] = LogWatchConfig()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.request_timeout.seconds <= 0:
+            raise ValueError("request_timeout must be more than 0s")
+        if self.retry_max.seconds < RETRY_FIRST:
+            raise ValueError(f"retry_max must be at least {RETRY_FIRST:g}s")
+
+
+# What a Docker engine that is down, restarting or hung raises.
+ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
+
+
+class EngineDown(Exception):
+    """The Docker engine cannot be reached; the message says why."""
+
+
+def engine_error(exc: BaseException) -> str:
+    """One line on a failed engine request, with any credentials in URLs masked."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer within the request timeout"
+    text = exc.message if isinstance(exc, aiodocker.DockerError) else str(exc)
+    return redact_text(text or type(exc).__name__)
+
+
+@dataclass
+class Backoff:
+    """Waits between reconnection attempts: doubling from `first` up to `maximum`."""
+
+    first: float
+    maximum: float
+    _next: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        self._next = self.first
+
+    def next(self) -> float:
+        wait, self._next = self._next, min(self._next * 2, self.maximum)
+        return wait
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+@dataclass
+class _Watched:
+    """One container whose log is followed: its tally survives restarts and recreation."""
+
+    tally: LogTally
+    labels: dict[str, str]
+
+
+def _since(ns: int) -> str:
+    """Docker's `since` parameter from nanoseconds since the epoch."""
+    return f"{ns // 10**9}.{ns % 10**9:09d}"
+
+
+class ContainerCollector:
+    """Collects every container's state and resources; `watch` follows events and logs."""
+
+    name = "container"
+
+    def __init__(
+        self,
+        config: ContainerAgentConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self._sleep = sleep
+        self._docker: aiodocker.Docker | None = None
+        self._stream_docker: aiodocker.Docker | None = None  # its own connection pool
+        self._streams = StatsStreams(clock)
+        self._engine_version: str | None = None
+        self._bound = asyncio.Semaphore(config.concurrency)
+        self._meter = StatsMeter()
+        self._deployments = Deployments()
+        self._primed = False
+        logs = config.logs
+        self._errors = compile_patterns(logs.errors, "errors")
+        self._warnings = compile_patterns(logs.warnings, "warnings")
+        self._watched: dict[str, _Watched] = {}  # by container name
+        self._followers: dict[str, asyncio.Task[None]] = {}  # by container id
+        self._watching_since: float | None = None  # wall time `watch` started; None: not watching
+        self._engine_up: bool | None = None  # as the watcher last reported it
+        self._last_event_ns = 0
+
+    # engine access -------------------------------------------------------------------------
+
+    def _client(self) -> aiodocker.Docker:
+        if self._docker is None:
+            timeout = aiohttp.ClientTimeout(total=self.config.request_timeout.seconds)
+            try:
+                self._docker = aiodocker.Docker(url=self.config.docker_url, timeout=timeout)
+            except ValueError as exc:  # no DOCKER_HOST and no socket: nothing to connect to
+                raise EngineDown(str(exc)) from None
+        return self._docker
+
+    def _stream_client(self) -> aiodocker.Docker:
+        if self._stream_docker is None:
+            self._stream_docker = aiodocker.Docker(url=self.config.docker_url)
+        return self._stream_docker
+
+    async def _version(self, docker: aiodocker.Docker) -> str:
+        """The engine's version, asked once per connection (an engine restart may upgrade it)."""
+        if self._engine_version is None:
+            version = await docker.version()
+            self._engine_version = (
+                f"Docker engine {version.get('Version', '?')} (API {version.get('ApiVersion', '?')})"
+            )
+        return self._engine_version
+
+    async def close(self) -> None:
+        """Stop following logs and stats streams and close the engine connections."""
+        for task in list(self._followers.values()):
+            task.cancel()
+        for task in list(self._followers.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._streams.close()
+        for client in (self._docker, self._stream_docker):
+            if client is not None:
+                await client.close()
+        self._docker = self._stream_docker = None
+
+    def _filters(self, **more: list[str]) -> str:
+        filters = dict(more)
+        if self.config.filter_labels:
+            filters["label"] = list(self.config.filter_labels)
+        return json.dumps(filters)
+
+    # the cycle -----------------------------------------------------------------------------
+
+    async def collect(self) -> Collection:
+        started = self.clock()
+        try:
+            docker = self._client()
+            listed = await docker.containers.list(all=True, filters=self._filters())
+            engine = await self._version(docker)
+        except (EngineDown, *ENGINE_ERRORS) as exc:
+            self._engine_version = None
+            reason = str(exc) if isinstance(exc, EngineDown) else engine_error(exc)
+            return Collection(
+                checks=[Check(DOCKER_TARGET, "critical", detail=f"Docker engine unreachable: {reason}")]
+            )
+        latency = round(self.clock() - started, 4)
+        inspected = await asyncio.gather(*(self._inspect(docker, entry) for entry in listed))
+        infos = [info for info in inspected if isinstance(info, ContainerInfo)]
+        stats = await self._stats(docker, [info for info in infos if info.running])
+        collection = Collection(
+            checks=[Check(DOCKER_TARGET, "ok", latency=latency, detail=f"{engine} reachable")]
+        )
+        collection.checks += [check for check in inspected if isinstance(check, Check)]
+        for info in infos:
+            self._add_container(collection, info, stats.get(info.id))
+        collection.samples += [Sample(name, value) for name, value in fleet_counts(infos).items()]
+        self._add_logs(collection, infos)
+        return collection
+
+    async def _inspect(
+        self, docker: aiodocker.Docker, entry: aiodocker.containers.DockerContainer
+    ) -> ContainerInfo | Check | None:
+        """The container's state; a Check with status unknown when it cannot be read, None when gone."""
+        names = entry["Names"] if "Names" in entry else None  # noqa: SIM401 - no get() on it
+        name = container_name(names[0] if names else entry.id[:12])
+        try:
+            async with self._bound:
+                return parse_inspect(await docker.containers.container(entry.id).show())
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:  # removed since it was listed
+                return None
+            reason = engine_error(exc)
+        except ENGINE_ERRORS as exc:
+            reason = engine_error(exc)
+        image = entry["Image"] if "Image" in entry else ""  # noqa: SIM401 - no get() on it
+        labels = {"image": str(image), "id": entry.id[:12]}
+        return Check(name, "unknown", detail=f"could not inspect: {reason}", labels=labels)
+
+    async def _stats(
+        self, docker: aiodocker.Docker, running: list[ContainerInfo]
+    ) -> dict[str, dict[str, float]]:
+        """CPU, memory, I/O and PIDs of each running container, by id: from its open stream when
+        the watcher runs, else one-shot (the first time twice, so CPU and rates show at once)."""
+        if self._watching_since is not None:
+            self._streams.follow(self._stream_client(), [info.id for info in running])
+        raw = {info.id: latest for info in running if (latest := self._streams.latest(info.id, STREAM_FRESH))}
+        missing = [info.id for info in running if info.id not in raw]
+        if missing and not self._primed and self._watching_since is None:
+            for container_id, stats in (await self._read_one_shot(docker, missing)).items():
+                self._meter.update(container_id, stats)
+            await self._sleep(PRIME_DELAY)
+        self._primed = True
+        raw.update(await self._read_one_shot(docker, missing))
+        self._meter.retain(raw)
+        return {container_id: self._meter.update(container_id, stats) for container_id, stats in raw.items()}
+
+    async def _read_one_shot(
+        self, docker: aiodocker.Docker, container_ids: list[str]
+    ) -> dict[str, dict[str, Any]]:
+        async def read(container_id: str) -> Any:
+            try:
+                async with self._bound:
+                    # aiodocker has no one-shot flag; without it the engine waits ~2s for a second reading
+                    return await docker._query_json(
+                        f"containers/{container_id}/stats", params={"stream": "false", "one-shot": "true"}
+                    )
+            except ENGINE_ERRORS as exc:
+                log.debug("container agent: no stats for %s: %s", container_id[:12], engine_error(exc))
+                return None
+
+        read_all = await asyncio.gather(*(read(container_id) for container_id in container_ids))
+        return {
+            cid: stats for cid, stats in zip(container_ids, read_all, strict=True) if isinstance(stats, dict)
+        }
+
+    def _add_container(
+        self, collection: Collection, info: ContainerInfo, stats: Mapping[str, float] | None
+    ) -> None:
+        labels = info.sample_labels()
+        values: dict[str, float] = {
+            "container.running": float(info.running),
+            "container.restart_count": float(info.restart_count),
+            "container.exit_code": float(info.exit_code),
+            "container.uptime_seconds": (
+                round(max(0.0, self.wall_clock() - info.started_at), 1)
+                if info.running and info.started_at
+                else 0.0
+            ),
+        }
+        if info.health in ("healthy", "unhealthy", "starting"):
+            values["container.healthy"] = float(info.health == "healthy")
+        values.update(stats or {})
+        collection.samples += [Sample(name, value, labels) for name, value in values.items()]
+        status, detail = container_status(info)
+        collection.checks.append(Check(info.name, status, detail=detail, labels=info.check_labels()))
+        previous = self._deployments.observe(info.name, info.id, info.image)
+        if previous is not None:  # recreated while the event stream was not looking
+            collection.checks.append(deployed_check(info.name, info.id, info.image, previous))
+
+    # logs ----------------------------------------------------------------------------------
+
+    def _log_watched(self, name: str, labels: Mapping[str, str]) -> bool:
+        return is_watched(name, labels, self.config.logs.containers, self.config.logs.labels)
+
+    def _add_logs(self, collection: Collection, infos: list[ContainerInfo]) -> None:
+        """Per-interval log counts and a log health event for every watched container."""
+        if self._watching_since is None:
+            return
+        present = {info.name: info for info in infos}
+        for info in infos:
+            if info.running and self._log_watched(info.name, info.labels):
+                self._follow(
+                    info.id, info.name, info.sample_labels(), max(self._watching_since, info.started_at or 0)
+                )
+        for name, watched in list(self._watched.items()):
+            summary = watched.tally.drain()
+            collection.samples.append(Sample("container.log.errors", float(summary.errors), watched.labels))
+            collection.samples.append(
+                Sample("container.log.warnings", float(summary.warnings), watched.labels)
+            )
+            status: Status = "warning" if summary.errors else "ok"
+            event = "log" if summary.errors or summary.warnings else None
+            collection.checks.append(
+                Check(
+                    LOG_TARGET.format(name=name),
+                    status,
+                    detail=summary.detail(),
+                    event=event,
+                    labels={"container": name},
+                )
+            )
+            if name not in present:  # removed: its last counts are out, stop tallying
+                del self._watched[name]
+
+    def _follow(self, container_id: str, name: str, labels: dict[str, str], since: float) -> None:
+        """Follow a container's log from `since` (wall time), unless it is followed already."""
+        if container_id in self._followers or self._docker is None:
+            return
+        watched = self._watched.get(name)
+        if watched is None:
+            logs = self.config.logs
+            tally = LogTally(self._errors, self._warnings, logs.keep_lines, logs.line_length)
+            watched = self._watched[name] = _Watched(tally, labels)
+        watched.labels = labels
+        task = asyncio.create_task(self._read_log(self._docker, container_id, watched.tally, since))
+        self._followers[container_id] = task
+        task.add_done_callback(lambda _: self._followers.pop(container_id, None))
+
+    async def _read_log(
+        self, docker: aiodocker.Docker, container_id: str, tally: LogTally, since: float
+    ) -> None:
+        """Count matching lines until the container stops (the engine then ends the stream)."""
+        splitter = LineSplitter(SPLIT_LIMIT)
+        container = docker.containers.container(container_id)
+        try:
+            async for chunk in container.log(stdout=True, stderr=True, follow=True, since=f"{since:.6f}"):
+                for line in splitter.feed(chunk):
+                    tally.add(line)
+            for line in splitter.flush():
+                tally.add(line)
+        except ENGINE_ERRORS as exc:
+            log.info(
+                "container agent: log of %s no longer followed: %s", container_id[:12], engine_error(exc)
+            )
+
+    # the event stream ----------------------------------------------------------------------
+
+    async def watch(self, emit: Emit) -> None:
+        """Publish container events as they happen and follow logs, until cancelled; never raises."""
+        self._watching_since = self.wall_clock()
+        backoff = Backoff(RETRY_FIRST, self.config.retry_max.seconds)
+        try:
+            while True:
+                try:
+                    docker = self._client()
+                    engine = await self._version(docker)
+                except (EngineDown, *ENGINE_ERRORS) as exc:
+                    self._engine_version = None
+                    reason = str(exc) if isinstance(exc, EngineDown) else engine_error(exc)
+                    await self._report_engine(emit, False, f"Docker engine unreachable: {reason}")
+                    await self._sleep(backoff.next())
+                    continue
+                await self._report_engine(emit, True, f"{engine} reachable, following its events")
+                connected = self.clock()
+                reason = await self._follow_events(docker, emit)
+                self._engine_version = None
+                if self.clock() - connected > self.config.retry_max.seconds:
+                    backoff.reset()  # a long healthy stream: the next outage starts afresh
+                await self._report_engine(emit, False, f"Docker engine event stream lost: {reason}")
+                await self._sleep(backoff.next())
+        finally:
+            self._watching_since = None
+            await self.close()
+
+    async def _report_engine(self, emit: Emit, up: bool, detail: str) -> None:
+        """Publish the engine's reachability when it changes."""
+        if self._engine_up is up:
+            return
+        self._engine_up = up
+        (log.info if up else log.error)("container agent: %s", detail)
+        await emit(
+            Check(
+                DOCKER_TARGET,
+                "ok" if up else "critical",
+                detail=detail,
+                event="connected" if up else "disconnected",
+            )
+        )
+
+    async def _follow_events(self, docker: aiodocker.Docker, emit: Emit) -> str:
+        """Publish each container event until the stream ends; why it ended.
+
+        After an outage the stream resumes from the last event seen, so what happened while the
+        agent was cut off (within what the engine still remembers) is published late, not lost.
+        """
+        params: dict[str, Any] = {"filters": self._filters(type=["container"])}
+        if self._last_event_ns:
+            params["since"] = _since(self._last_event_ns)
+        subscriber = docker.events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
+        reader = asyncio.create_task(docker.events.run(**params))
+        try:
+            while (event := await subscriber.get()) is not None:
+                await self._on_event(event, emit)
+            await reader
+            return "the engine closed it"
+        except ENGINE_ERRORS as exc:
+            return engine_error(exc)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *ENGINE_ERRORS):
+                await reader
+
+    async def _on_event(self, event: Mapping[str, Any], emit: Emit) -> None:
+        stamp = event.get("timeNano")
+        if isinstance(stamp, int):
+            if stamp <= self._last_event_ns:  # replayed after a reconnect: published already
+                return
+            self._last_event_ns = stamp
+        check = event_check(event, self._deployments)
+        if check is not None:
+            await emit(check)
+        actor = event.get("Actor") or {}
+        attributes = actor.get("Attributes") or {}
+        name = str(attributes.get("name") or "")
+        if (
+            event.get("Action") == "start"
+            and self._watching_since is not None
+            and self._log_watched(name, attributes)
+        ):
+            labels = sample_labels(name, str(attributes.get("image", "")), attributes)
+            since = stamp / 1e9 if isinstance(stamp, int) else self.wall_clock()
+            self._follow(str(actor.get("ID") or ""), name, labels, since)
