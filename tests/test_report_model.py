@@ -171,15 +171,13 @@ def test_weekly_report_projects_growth(tmp_path: Path) -> None:
     assert disk.per_day == pytest.approx(0.5)
     assert disk.first_day_avg == pytest.approx(40 + 0.5 * 11.5 / 24)
     assert disk.last_day_avg == pytest.approx(40 + 0.5 * (144 + 11.5) / 24)
-    assert (disk.projected_30d, disk.projected_90d) == (
-        pytest.approx(current + 15),
-        pytest.approx(current + 45),
-    )
+    assert [disk.projected_30d, disk.projected_90d] == pytest.approx([current + 15, current + 45])
     assert disk.days_to_full == pytest.approx((100 - current) / 0.5)
     logs = growth[("db01", "disk.percent", "/logs")]
     assert logs.projected_90d == 100  # capped: a disk cannot be fuller than full
     memory = growth[("db01", "mem.percent", "")]
-    assert (memory.per_day, memory.days_to_full) == (pytest.approx(0, abs=1e-9), None)
+    assert memory.per_day == pytest.approx(0, abs=1e-9)
+    assert memory.days_to_full is None
     assert "Growth and capacity planning" in paths[2].read_text()
 
 

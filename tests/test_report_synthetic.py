@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bus.events import Alert, HealthEvent, MetricBatch, Sample
+from bus.events import Alert, HealthEvent, MetricBatch, Sample, Status
 from sinks.report.rollups import HealthHour, MetricHour, RollupStore
 from sinks.report.sketch import RELATIVE_ERROR, Sketch, decode_sketch, encode_sketch
 
@@ -48,12 +48,13 @@ def _probe_events() -> list[ReportEvent]:
     events: list[ReportEvent] = []
     for minute in range(MINUTES):
         ts = T0 + 60 * minute + 1
-        backend = "critical" if minute in BACKEND_DOWN_MINUTES else "ok"
-        for target, status, latency in (
+        backend: Status = "critical" if minute in BACKEND_DOWN_MINUTES else "ok"
+        checks: tuple[tuple[str, Status, float], ...] = (
             ("backend", backend, 0.05 + (minute % 20) * 0.005),
             ("frontend", "ok", 0.2),
             ("postgres", "ok", 0.01),
-        ):
+        )
+        for target, status, latency in checks:
             events.append(
                 HealthEvent(
                     host="probe01", agent="probe", target=target, status=status, latency=latency, ts=ts
@@ -81,10 +82,11 @@ def _container_events() -> list[ReportEvent]:
     events: list[ReportEvent] = []
     for minute in range(MINUTES):
         ts = T0 + 60 * minute + 2
-        status = "critical" if 600 <= minute < 630 else "ok"
+        status: Status = "critical" if 600 <= minute < 630 else "ok"
         events.append(HealthEvent(host="web01", agent="container", target="api", status=status, ts=ts))
         if minute in (900, 960):
-            for offset, event, state in ((10, "die", "critical"), (40, "start", "ok")):
+            spells: tuple[tuple[int, str, Status], ...] = ((10, "die", "critical"), (40, "start", "ok"))
+            for offset, event, state in spells:
                 events.append(
                     HealthEvent(
                         host="web01",

@@ -517,18 +517,15 @@ def recommendations(
             subject = f"{container.host} {container.container}"
             found.append(Recommendation(level="warning", kind="restarts", subject=subject, text=text))
     for service in services:
-        if "out of range" in (service.latency, service.errors):
-            text = "Outside the acceptable range: " + ", ".join(
-                f"{what} {value}"
-                for what, value, standing in (
-                    ("p95 latency", f"{service.latency_p95_ms:.0f} ms", service.latency),
-                    ("error rate", f"{service.error_rate_percent:.2f}%", service.errors),
-                )
-                if standing == "out of range"
-            )
-            found.append(
-                Recommendation(level="warning", kind="performance", subject=service.check, text=text)
-            )
+        out = []
+        if service.latency == "out of range":
+            out.append(f"p95 latency {service.latency_p95_ms:.0f} ms")
+        if service.errors == "out of range":
+            out.append(f"error rate {service.error_rate_percent:.2f}%")
+        if out:
+            text = f"Outside the acceptable range: {', '.join(out)}."
+            subject = service.check
+            found.append(Recommendation(level="warning", kind="performance", subject=subject, text=text))
     for rule in alerts.noisiest:
         if rule.incidents >= advice.noisy_rule_per_day * days:
             text = f"Fired {rule.incidents} times: tune its threshold, `for` duration or grouping."
