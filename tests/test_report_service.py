@@ -1,0 +1,141 @@
+"""The report sink's schedule, catch-up and retention, with an injected clock; its config checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import cast
+
+import msgspec
+import pytest
+
+from bus.connection import Bus
+from bus.units import dec_hook
+from sinks.report.config import ReportSinkConfig
+from sinks.report.rollups import STORE_FILE, RollupStore
+from sinks.report.service import ReportSink, next_daily_run, reports_due
+from tests.test_report_synthetic import T0, fill, synthetic_day
+
+UTC = dt.UTC
+
+
+def ts(year: int, month: int, day: int, hour: int, minute: int, zone: dt.tzinfo = UTC) -> float:
+    return dt.datetime(year, month, day, hour, minute, tzinfo=zone).timestamp()
+
+
+def test_the_daily_run_is_the_next_local_daily_at() -> None:
+    config = ReportSinkConfig()
+    assert next_daily_run(ts(2026, 11, 25, 23, 0), config) == ts(2026, 11, 26, 0, 5)
+    assert next_daily_run(ts(2026, 11, 26, 0, 5), config) == ts(2026, 11, 27, 0, 5)
+    berlin = ReportSinkConfig(timezone="Europe/Berlin", daily_at="06:30")
+    zone = berlin.zone
+    assert next_daily_run(ts(2026, 3, 28, 12, 0), berlin) == ts(2026, 3, 29, 6, 30, zone=zone)
+    # the night clocks go forward: still 06:30 local, 23 hours after the previous run
+    assert (
+        next_daily_run(ts(2026, 3, 29, 6, 30, zone=zone), berlin) - ts(2026, 3, 29, 6, 30, zone=zone) == 86400
+    )
+
+
+def test_the_run_writes_the_day_that_ended_and_on_monday_its_week() -> None:
+    config = ReportSinkConfig()
+    assert reports_due(ts(2026, 11, 26, 0, 5), config) == [("day", dt.date(2026, 11, 25))]
+    monday = ts(2026, 11, 30, 0, 5)
+    assert reports_due(monday, config) == [("day", dt.date(2026, 11, 29)), ("week", dt.date(2026, 11, 29))]
+    assert reports_due(monday, ReportSinkConfig(weekly_on=None)) == [("day", dt.date(2026, 11, 29))]
+
+
+def _sink(tmp_path: Path, now: list[float], **config: object) -> ReportSink:
+    settings = msgspec.convert(config, ReportSinkConfig, dec_hook=dec_hook)
+    # daily(), catch_up() and retain() work on the store and the files only: no bus needed
+    return ReportSink(settings, cast("Bus", None), tmp_path, clock=lambda: now[0])
+
+
+async def test_the_daily_run_writes_the_report_and_applies_retention(tmp_path: Path) -> None:
+    now = [T0 + 86400 + 300]
+    sink = _sink(tmp_path, now)
+    store = sink.open()
+    fill(store, synthetic_day())
+    old = tmp_path / "reports" / "post-golive" / "2026-08-01.html"
+    old.parent.mkdir(parents=True)
+    old.write_text("old")
+    await sink.daily(now[0])
+    written = tmp_path / "reports" / "post-golive" / "2026-11-25.json"
+    report = json.loads(written.read_text())
+    assert report["generated_at"] == now[0]
+    assert report["hosts"][0]["cpu"]["avg"] == pytest.approx(29.5)
+    assert not old.exists()
+    assert store.metric_hours(T0, T0 + 86400, ["cpu.percent"])  # 30 days of rollups kept
+    now[0] += 31 * 86400
+    await sink.daily(now[0])
+    assert store.metric_hours(0, now[0], ["cpu.percent"]) == []
+    assert store.incidents(0, now[0])[0].fingerprint == "a4"  # still open, so kept
+    assert sink.stats.reports == 2
+
+
+async def test_a_sink_started_after_the_run_time_writes_the_missing_report(tmp_path: Path) -> None:
+    now = [T0 + 86400 + 3600]
+    sink = _sink(tmp_path, now, out_dir=str(tmp_path / "out"))
+    fill(sink.open(), synthetic_day())
+    await sink.catch_up()
+    assert (tmp_path / "out" / "reports" / "post-golive" / "2026-11-25.html").exists()
+    await sink.catch_up()
+    assert sink.stats.reports == 1  # present already: not written again
+
+
+async def test_a_sink_started_before_the_run_time_leaves_that_day_to_the_schedule(tmp_path: Path) -> None:
+    sink = _sink(tmp_path, [T0 + 86400 + 60])  # 00:01, the run is at 00:05
+    sink.open()
+    await sink.catch_up()
+    written = sorted(p.name for p in (tmp_path / "reports" / "post-golive").iterdir())
+    assert written == ["2026-11-24.html", "2026-11-24.json", "2026-11-24.md"]  # the last run that was due
+
+
+async def test_an_unwritable_report_dir_is_counted_not_raised(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    sink = _sink(tmp_path, [T0 + 86400 + 300], out_dir=str(blocker))
+    sink.open()
+    assert await sink.write("day", dt.date(2026, 11, 25)) == []
+    assert sink.stats.report_errors == 1
+
+
+def test_store_lives_in_the_data_dir(tmp_path: Path) -> None:
+    sink = _sink(tmp_path, [0.0])
+    assert sink.store_path == tmp_path / "report" / "rollups.sqlite3" == tmp_path / STORE_FILE
+    assert isinstance(sink.open(), RollupStore)
+    assert sink.out_dir == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"daily_at": "24:00"}, "daily_at '24:00' is not a time HH:MM"),
+        ({"timezone": "Mars/Olympus"}, "timezone 'Mars/Olympus' is not a known IANA time zone"),
+        ({"weekly_on": "someday"}, "Invalid enum value 'someday'"),
+        (
+            {"services": [{"name": "x", "checks": [], "availability_percent": 99, "latency_p95": "1s"}]},
+            "names no checks",
+        ),
+        (
+            {"services": [{"name": "x", "checks": ["a"], "availability_percent": 101, "latency_p95": "1s"}]},
+            "<= 100",
+        ),
+        ({"report_retention": "90"}, "invalid duration"),
+    ],
+)
+def test_a_bad_report_config_is_refused_with_a_clear_message(table: dict[str, object], message: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=message.replace("(", r"\(")):
+        msgspec.convert(table, ReportSinkConfig, dec_hook=dec_hook)
+
+
+def test_default_slas_are_the_runbooks() -> None:
+    services = {
+        s.name: (s.availability_percent, s.latency_p95.seconds * 1000) for s in ReportSinkConfig().services
+    }
+    assert services == {
+        "backend": (99.9, 200),
+        "frontend": (99.9, 500),
+        "ollama": (99.5, 3000),
+        "database": (99.95, 50),
+    }
