@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 
@@ -30,7 +31,6 @@ from agents.probe_checks import (
 from agents.probe_config import (
     AnyCheck,
     HttpCheck,
-    HttpSettings,
     ProbeAgentConfig,
     PromQLQuery,
     ScrapeTarget,
@@ -118,11 +118,14 @@ class ProbeCollector:
         self.clock = clock
         self._environ = environ
         self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
         self._scrapes: dict[str, tuple[Scrape, float]] = {}  # the previous scrape of each target
 
     def _session_in_loop(self) -> aiohttp.ClientSession:
         """The one session, made on first use inside the running loop (aiohttp binds it there)."""
-        if self._session is None or self._session.closed:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            self._session_loop = loop  # a session of a finished loop cannot be used, nor closed
             self._session = aiohttp.ClientSession(
                 # A fresh connection per check: what a new visitor would get, and no stale
                 # keep-alive connection closed by the server between cycles to report as down.
@@ -149,13 +152,15 @@ class ProbeCollector:
         collection = Collection()
         if not tasks:
             return collection
-        done, pending = await asyncio.wait(tasks, timeout=self.config.deadline)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=self.config.deadline)
+        finally:  # also when the run loop abandons this collection: no check may outlive it
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         for task, check in tasks.items():
-            done_in_time = task in done
-            outcome = task.result() if done_in_time else Outcome(self._cut_off(check, check.name in started))
+            cut_off = task not in done
+            outcome = Outcome(self._cut_off(check, check.name in started)) if cut_off else task.result()
             collection.checks.append(outcome.check)
             collection.samples += outcome.samples
         return collection
@@ -183,21 +188,18 @@ class ProbeCollector:
             except HeaderError as exc:
                 return Outcome(Check(check.name, "unknown", detail=str(exc)))
             except Exception as exc:  # a bug in one check must not cost the others their results
-                log.exception("probe check %r failed", check.name)
+                log.error("probe check %r failed: %s", check.name, redact_text(traceback.format_exc()))
                 return Outcome(Check(check.name, "unknown", detail=f"check failed: {redact_text(repr(exc))}"))
 
     async def _dispatch(self, check: AnyCheck, session: aiohttp.ClientSession, timeout: float) -> Outcome:
         if isinstance(check, TcpCheck):
             return await tcp_check(check, timeout)
-        headers = self._headers(check)
+        headers = resolve_headers(check, self._environ)
         if isinstance(check, HttpCheck):
             return await http_check(session, check, headers, timeout)
         if isinstance(check, PromQLQuery):
             return await promql_query(session, check, headers, timeout)
         return await self._scrape(check, session, headers, timeout)
-
-    def _headers(self, settings: HttpSettings) -> dict[str, str]:
-        return resolve_headers(settings, self._environ)
 
     async def _scrape(
         self, target: ScrapeTarget, session: aiohttp.ClientSession, headers: dict[str, str], timeout: float

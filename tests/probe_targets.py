@@ -53,6 +53,7 @@ class Targets:
         self.metrics = MetricsApp()
         self.release = asyncio.Event()  # the hung route answers only once this is set
         self.hung_requests = 0
+        self.hung_abandoned = 0  # hung requests whose client went away
         self.seen_headers: list[dict[str, str]] = []
         self.base = ""
 
@@ -79,7 +80,11 @@ class Targets:
 
     async def _hang(self, request: web.Request) -> web.Response:
         self.hung_requests += 1
-        await self.release.wait()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:  # aiohttp cancels the handler when the client disconnects
+            self.hung_abandoned += 1
+            raise
         return web.Response(text="too late")
 
     async def _metrics(self, request: web.Request) -> web.Response:

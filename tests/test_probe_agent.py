@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,7 @@ from agents.probe_checks import PromQLError, display_url, parse_promql_response
 from agents.runner import Check, Collection
 from bus.events import Sample
 from bus.units import dec_hook
+from tests.conftest import wait_until
 from tests.probe_targets import Targets, closed_port, running_targets
 
 
@@ -236,6 +238,19 @@ async def test_checks_the_deadline_cuts_off_say_so_whether_started_or_still_wait
         "unknown",
         "not checked: all 1 slots stayed busy until the cycle's 0.9s deadline; raise concurrency",
     )
+
+
+async def test_an_abandoned_collection_leaves_no_request_behind(targets: Targets) -> None:
+    """The run loop cancels a collection on stop or overrun: its requests are dropped with it."""
+    collector = ProbeCollector(config(http=[{"name": "hung", "url": targets.url("/hang")}]))
+    try:
+        collecting = asyncio.create_task(collector.collect())
+        await wait_until(lambda: targets.hung_requests == 1)
+        collecting.cancel()
+        await wait_until(lambda: targets.hung_abandoned == 1)
+        assert collecting.cancelled()
+    finally:
+        await collector.close()
 
 
 async def test_the_session_is_reused_across_cycles_and_reopened_after_close(targets: Targets) -> None:
