@@ -30,6 +30,7 @@ RESERVED_LABELS = ("rule", "severity")
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_:-]*")
 _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 
 
@@ -81,7 +82,7 @@ def template_fields(template: str, what: str) -> list[str]:
     for _, field, spec, conversion in parsed:
         if field is None:
             continue
-        if not _LABEL.fullmatch(field):
+        if not _IDENTIFIER.fullmatch(field):
             raise ValueError(
                 f"invalid {what} template {template!r}: {{{field}}} is not a plain name "
                 "(write {label} or {value:.1f}; attributes and indexes are not allowed)"

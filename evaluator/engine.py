@@ -446,30 +446,34 @@ class Engine:
             deadlines.append(series.last_true + rule.keep_firing_seconds)
         if rule.kind == "heartbeat":
             if series.state != FIRING:
-                deadlines.append(series.last_seen + (rule.threshold or 0.0) * series.interval)
+                deadlines.append(self._heartbeat_deadline(rule, series))
             deadlines.append(series.last_seen + self.config.forget_agents_after.seconds)
         elif rule.events is None or series.state == INACTIVE:  # event rules: keep_firing_for
             deadlines.append(series.last_seen + self._stale_after(series))
-        return min(deadlines)
+        return min(deadlines, default=None)
+
+    @staticmethod
+    def _heartbeat_deadline(rule: CompiledRule, series: Series) -> float:
+        return series.last_seen + (rule.threshold or 0.0) * series.interval
 
     def _check_series(self, series: Series, now: float) -> None:
         """A series' timer is due: fire, resolve, go stale, miss a heartbeat, or be forgotten."""
         rule = self._rules.get(series.rule)
         if rule is None:
             return
-        silent_for = now - series.last_seen
+        # Deadlines and these checks add the same floats, so a due timer always finds its work due.
         if rule.kind == "heartbeat":
-            if silent_for >= self.config.forget_agents_after.seconds:
+            if now >= series.last_seen + self.config.forget_agents_after.seconds:
                 self._forget(rule, series, now)
                 return
-            missed = silent_for / series.interval
-            series.value = round(missed, 3)
+            series.value = round((now - series.last_seen) / series.interval, 3)
             if series.state == FIRING:
                 self._reschedule(rule, series)
-            else:
-                self._step(rule, series, bool(rule.test(missed)), now)  # type: ignore[misc]
+            else:  # > and >= alike: missing from the deadline on
+                self._step(rule, series, now >= self._heartbeat_deadline(rule, series), now)
             return
-        if silent_for >= self._stale_after(series) and (rule.events is None or series.state == INACTIVE):
+        stale = now >= series.last_seen + self._stale_after(series)
+        if stale and (rule.events is None or series.state == INACTIVE):
             self._forget(rule, series, now)
             return
         if series.state == PENDING and now >= series.active_at + rule.for_seconds:
