@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -99,15 +100,15 @@ class Targets:
 
 
 @contextlib.asynccontextmanager
-async def running_targets() -> AsyncIterator[Targets]:
-    """The targets served on a free loopback port until the block ends."""
+async def running_targets(tls: ssl.SSLContext | None = None) -> AsyncIterator[Targets]:
+    """The targets served on a free loopback port until the block ends; over HTTPS with `tls`."""
     targets = Targets()
     runner = web.AppRunner(targets.app(), handler_cancellation=True)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1]
-    targets.base = f"http://127.0.0.1:{port}"
+    targets.base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
         yield targets
     finally:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import pytest
+import trustme
 
 from agents.probe import METRICS, ProbeAgentConfig, ProbeCollector
 from agents.probe_checks import PromQLError, display_url, parse_promql_response
@@ -163,6 +165,26 @@ async def test_credentials_and_query_strings_never_reach_labels_or_details(targe
     (sample,) = samples_named(collection, "http.latency_seconds")
     assert sample.labels["url"] == targets.url("/fail").replace("http://", "http://***@")
     assert display_url("https://u:p@h:1/a/b?token=x#frag") == "https://***@h:1/a/b"
+
+
+async def test_an_untrusted_certificate_is_critical_unless_tls_verification_is_off() -> None:
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(server_tls)  # signed by a CA nobody trusts
+    async with running_targets(tls=server_tls) as https:
+        collection = await collect(
+            config(
+                http=[
+                    {"name": "verified", "url": https.url("/health")},
+                    {"name": "unverified", "url": https.url("/health"), "verify_tls": False},
+                ]
+            )
+        )
+    checks = checks_by_target(collection)
+
+    assert checks["verified"].status == "critical"
+    assert checks["verified"].detail.startswith("TLS certificate not accepted: ")
+    assert "certificate verify failed" in checks["verified"].detail
+    assert checks["unverified"].status == "ok"
 
 
 # TCP -------------------------------------------------------------------------------------------
