@@ -59,8 +59,12 @@ def resolve_headers(settings: HttpSettings, environ: Mapping[str, str]) -> dict[
     return headers
 
 
+_URL_QUERY = re.compile(r"""(\w+://[^\s?#'"]*)[?#][^\s'"]*""")
+
+
 def _short(text: str, limit: int = MAX_DETAIL) -> str:
-    text = redact_text(text.strip())
+    """Outside text fit for a detail: no URL credentials or query strings, at most `limit` long."""
+    text = _URL_QUERY.sub(r"\1", redact_text(text.strip()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -13,7 +13,7 @@ import pytest
 import trustme
 
 from agents.probe import METRICS, ProbeAgentConfig, ProbeCollector
-from agents.probe_checks import PromQLError, display_url, parse_promql_response
+from agents.probe_checks import PromQLError, display_url, failure_reason, parse_promql_response
 from agents.runner import Check, Collection
 from bus.events import Sample
 from bus.units import dec_hook
@@ -165,6 +165,8 @@ async def test_credentials_and_query_strings_never_reach_labels_or_details(targe
     (sample,) = samples_named(collection, "http.latency_seconds")
     assert sample.labels["url"] == targets.url("/fail").replace("http://", "http://***@")
     assert display_url("https://u:p@h:1/a/b?token=x#frag") == "https://***@h:1/a/b"
+    error = RuntimeError("redirect to https://u:p@h/x?token=s3cret failed")
+    assert failure_reason(error, 1.0) == "request failed: redirect to https://***@h/x failed"
 
 
 async def test_an_untrusted_certificate_is_critical_unless_tls_verification_is_off() -> None:
