@@ -242,7 +242,37 @@ class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
         return []
 
 
-class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+def _check_route_name(name: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"route name {name!r} must be letters, digits, _ or - (a subject token)")
+
+
+class Consolidation(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a route batches alerts into notifications (Alertmanager's grouping and timers)."""
+
+    group_by: Annotated[
+        list[str], Meta(description="alerts with equal values of these labels share a notification")
+    ] = msgspec.field(default_factory=lambda: ["host"])
+    group_wait: Annotated[
+        Duration, Meta(description="wait this long after a new group's first alert, to batch its siblings")
+    ] = Duration(30)
+    group_interval: Annotated[
+        Duration, Meta(description="changes to a group already notified are batched this long")
+    ] = Duration(300)
+    repeat_interval: Annotated[
+        Duration, Meta(description="remind of an unchanged firing group after this long")
+    ] = Duration(4 * 3600)
+    send_resolved: Annotated[bool, Meta(description="notify when alerts resolve")] = True
+
+    def __post_init__(self) -> None:
+        for label in self.group_by:
+            if not _LABEL.fullmatch(label):
+                raise ValueError(f"invalid group_by label {label!r}")
+        if self.repeat_interval.seconds <= 0 or self.group_interval.seconds <= 0:
+            raise ValueError("group_interval and repeat_interval must be > 0s")
+
+
+class Route(Consolidation, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Where matching alerts go, and how they are consolidated (Alertmanager's route)."""
 
     name: Annotated[
@@ -260,31 +290,33 @@ class Route(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
             examples=[[{"name": "host", "op": "=~", "value": "db.*"}]],
         ),
     ] = []
-    group_by: Annotated[
-        list[str], Meta(description="alerts with equal values of these labels share a notification")
-    ] = msgspec.field(default_factory=lambda: ["host"])
-    group_wait: Annotated[
-        Duration, Meta(description="wait this long after a new group's first alert, to batch its siblings")
-    ] = Duration(30)
-    group_interval: Annotated[
-        Duration, Meta(description="changes to a group already notified are batched this long")
-    ] = Duration(300)
-    repeat_interval: Annotated[
-        Duration, Meta(description="remind of an unchanged firing group after this long")
-    ] = Duration(4 * 3600)
-    send_resolved: Annotated[bool, Meta(description="notify when alerts resolve")] = True
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name):
-            raise ValueError(f"route name {self.name!r} must be letters, digits, _ or - (a subject token)")
+        _check_route_name(self.name)
         for severity in self.severity:
             if severity not in SEVERITIES:
                 raise ValueError(f"route {self.name!r}: unknown severity {severity!r}")
-        for label in self.group_by:
-            if not _LABEL.fullmatch(label):
-                raise ValueError(f"route {self.name!r}: invalid group_by label {label!r}")
-        if self.repeat_interval.seconds <= 0 or self.group_interval.seconds <= 0:
-            raise ValueError(f"route {self.name!r}: group_interval and repeat_interval must be > 0s")
+        try:
+            super().__post_init__()
+        except ValueError as exc:
+            raise ValueError(f"route {self.name!r}: {exc}") from None
+
+
+class DefaultRoute(Consolidation, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The route of every alert no other route takes."""
+
+    name: Annotated[str, Meta(description="route name: the subject token of jarvis.notifications.<name>")] = (
+        "default"
+    )
+    receiver: Annotated[str, Meta(description="Slack channel of this route")] = "#alerts"
+
+    def __post_init__(self) -> None:
+        _check_route_name(self.name)
+        super().__post_init__()
+
+    def as_route(self) -> Route:
+        settings = msgspec.structs.asdict(self)
+        return Route(**settings)
 
 
 class InhibitRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -379,10 +411,6 @@ class FlappingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
             raise ValueError("flapping: need 0 <= low < high <= 100")
 
 
-def _default_route() -> Route:
-    return Route(name="default", receiver="#alerts")
-
-
 class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     enabled: Annotated[bool, Meta(description="run the evaluator in `up`")] = True
     default_rules: Annotated[
@@ -407,9 +435,9 @@ class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
             examples=[[{"name": "critical", "receiver": "#oncall", "severity": ["critical"]}]],
         ),
     ] = []
-    default_route: Annotated[
-        Route, Meta(description="route of alerts no other route takes (no matchers, no severity)")
-    ] = msgspec.field(default_factory=_default_route)
+    default_route: Annotated[DefaultRoute, Meta(description="route of the alerts no other route takes")] = (
+        msgspec.field(default_factory=DefaultRoute)
+    )
     default_inhibit_rules: Annotated[
         bool,
         Meta(
@@ -459,8 +487,6 @@ class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         duplicates = sorted({name for name in route_names if route_names.count(name) > 1})
         if duplicates:
             raise ValueError(f"duplicate route names: {', '.join(duplicates)}")
-        if self.default_route.matchers or self.default_route.severity:
-            raise ValueError("default_route takes every remaining alert: no matchers or severity")
         windows = [window.name for window in self.maintenance_windows]
         duplicates = sorted({name for name in windows if windows.count(name) > 1})
         if duplicates:

@@ -161,7 +161,8 @@ class Engine:
             r for r in self._rules.values() if r.kind == "heartbeat" and r.name != MAINTENANCE_RULE
         ]
         self._routes = {route.name: route for route in config.routes}
-        self._routes[config.default_route.name] = config.default_route
+        self._default_route = config.default_route.as_route()
+        self._routes[self._default_route.name] = self._default_route
         self._inhibitor = Inhibitor(effective_inhibit_rules(config))
         self._windows = {window.name: window for window in config.maintenance_windows}
         self._by_fp: dict[str, Series] = {}
@@ -547,11 +548,11 @@ class Engine:
     # --- grouping and notifications ----------------------------------------------------
 
     def _route(self, name: str) -> Route:
-        return self._routes.get(name, self.config.default_route)
+        return self._routes.get(name, self._default_route)
 
     def _to_group(self, series: Series, alert: Alert, now: float, force: bool = False) -> None:
         if not series.group:
-            route = select_route(self.config.routes, self.config.default_route, series.labels)
+            route = select_route(self.config.routes, self._default_route, series.labels)
             key, labels, missing = group_key(route, series.labels)
             for name in missing:
                 if series.rule != MAINTENANCE_RULE:

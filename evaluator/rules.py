@@ -18,7 +18,6 @@ from evaluator.config import (
 # Database checks by name: "postgres", "db", "database-main", "postgres:5432" (not "feedback").
 DATABASE_CHECK = r"(?i)(postgres|postgresql|database|db)([-_.:].*)?"
 COLLECTOR_TARGET = "_collector"  # an agent's own collection health (agents/runner.py)
-HEALTH_STATUS = ("ok", "warning", "critical", "unknown")
 
 
 def _m(name: str, op: str, value: str) -> Matcher:

@@ -8,7 +8,15 @@ from zoneinfo import ZoneInfo
 
 from bus.events import Notification
 from bus.units import Duration
-from evaluator.config import EvaluatorConfig, InhibitRule, MaintenanceWindow, Matcher, Route, Rule
+from evaluator.config import (
+    DefaultRoute,
+    EvaluatorConfig,
+    InhibitRule,
+    MaintenanceWindow,
+    Matcher,
+    Route,
+    Rule,
+)
 from evaluator.silences import Silence, parse_matcher
 from evaluator.testing import Driver, health, heartbeat, metrics, only_rules
 
@@ -45,7 +53,7 @@ def test_hosts_are_grouped_apart_and_group_by_can_merge_them() -> None:
         'default:{host="web01"}',
         'default:{host="web02"}',
     ]
-    route = Route(name="default", receiver="#ops", group_by=["rule"])
+    route = DefaultRoute(receiver="#ops", group_by=["rule"])
     merged = Driver(only_rules(CPU, default_route=route))
     merged.at(0, metrics("web01", {"cpu.percent": 95}), metrics("web02", {"cpu.percent": 95}))
     merged.at(100)
@@ -87,7 +95,7 @@ def test_resolved_alerts_are_notified_and_send_resolved_false_keeps_quiet() -> N
         (30, 'default:{host="web01"}', "firing", [("cpu", "firing")]),
         (330, 'default:{host="web01"}', "resolved", [("cpu", "resolved")]),
     ]
-    quiet = Driver(only_rules(CPU, default_route=Route(name="default", receiver="#x", send_resolved=False)))
+    quiet = Driver(only_rules(CPU, default_route=DefaultRoute(receiver="#x", send_resolved=False)))
     quiet.at(0, metrics("web01", {"cpu.percent": 95}))
     quiet.at(100, metrics("web01", {"cpu.percent": 5}))
     quiet.at(5 * HOUR)
@@ -351,8 +359,7 @@ def test_flapping_between_groups_flushes_never_loses_the_final_state() -> None:
 
 
 def test_send_resolved_of_a_route_and_default_route_settings_are_used() -> None:
-    route = Route(
-        name="default",
+    route = DefaultRoute(
         receiver="#x",
         group_wait=Duration(5),
         group_interval=Duration(60),
