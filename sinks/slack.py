@@ -43,6 +43,7 @@ from sinks.slack_transport import MESSAGE_GONE, BotTransport, Posted, Transport,
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://slack.com/api/"
+BUG_RETRY = Duration(60)
 _DURABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 T = TypeVar("T")
 
@@ -267,7 +268,8 @@ class SlackSink:
         return self.secrets.mode
 
     def stop(self) -> None:
-        """Stop after the current step; a notification not yet delivered stays unacked for later."""
+        """Stop soon: a request to Slack in flight may finish (within `timeout`); an undelivered
+        notification is handed back to JetStream for the next instance."""
         self._stopping.set()
 
     async def _until_stopped(self, awaitable: Awaitable[T]) -> T:
@@ -289,16 +291,20 @@ class SlackSink:
         """Consume and deliver until stop(); outages of NATS or Slack are waited out, never raised."""
         self._transport = make_transport(self.config, self.secrets)
         log.info("slack sink: delivering notifications in %s mode", self.mode)
+        subscription: JetStreamContext.PullSubscription | None = None
         try:
             js = self.bus.nc.jetstream()
             subscription = await self._until_stopped(self._prepare(js))
             while not self._stopping.is_set():
                 messages = await self._until_stopped(self._fetch(subscription))
                 for msg in messages:
-                    await self._until_stopped(self._process(js, msg))
+                    await self._handle(js, msg)
         except _Stopped:
             pass
         finally:
+            if subscription is not None:  # else its open pull request would take the next message
+                with contextlib.suppress(nats.errors.Error):
+                    await subscription.unsubscribe()
             if self._transport is not None:
                 await self._transport.close()
             log.info(
@@ -369,6 +375,34 @@ class SlackSink:
             await asyncio.sleep(max(0.5, self.config.ack_wait.seconds / 3))
             with contextlib.suppress(nats.errors.Error):
                 await msg.in_progress()
+
+    async def _handle(self, js: JetStreamContext, msg: Msg) -> None:
+        """Process one message; on stop(), a request in flight may finish, then the message is handed back."""
+        task = asyncio.ensure_future(self._process_safely(js, msg))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task.done():
+            return
+        done, _ = await asyncio.wait({task}, timeout=self.config.timeout.seconds + 1)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak()  # to the next instance at once, not after ack_wait
+        raise _Stopped
+
+    async def _process_safely(self, js: JetStreamContext, msg: Msg) -> None:
+        """A bug met by one message is logged and the message retried later, never a dead sink."""
+        try:
+            await self._process(js, msg)
+        except Exception:
+            log.exception("slack sink: unexpected error, the notification is retried in %s", BUG_RETRY)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=BUG_RETRY.seconds)
 
     async def _process(self, js: JetStreamContext, msg: Msg) -> None:
         """Deliver one message, or dead-letter it; then ack. Nothing from the bus raises out of here."""
@@ -522,7 +556,7 @@ class SlackSink:
                 raise
             posted = await self._send(channel, lambda: transport.post(channel, message))  # thread deleted
             return self._record(posted, resolved=False, last_id=item.id)
-        return dataclasses.replace(record, last_id=item.id)
+        return msgspec.structs.replace(record, last_id=item.id)
 
     async def _resolve(
         self, transport: Transport, channel: str, record: ThreadRecord, item: Notification
@@ -542,4 +576,4 @@ class SlackSink:
                 await self._send(channel, lambda: transport.post(record.channel, reply, thread_ts=record.ts))
             except DeliveryError as error:  # the message itself shows the resolve already
                 log.warning("slack sink: resolved reply not posted: %s", error.reason)
-        return dataclasses.replace(record, resolved=True, last_id=item.id)
+        return msgspec.structs.replace(record, resolved=True, last_id=item.id)

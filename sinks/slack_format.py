@@ -51,14 +51,19 @@ def fit(raw: str, limit: int) -> str:
     escaped = escape(raw)
     if len(escaped) <= limit:
         return escaped
-    keep = limit
-    while keep > 0:
-        suffix = f"… +{len(raw) - keep} more"
-        text = escape(raw[:keep]) + suffix
-        if len(text) <= limit:
-            return text
-        keep -= max(1, len(text) - limit)
-    return escape(raw)[: max(0, limit)]
+
+    def cut(keep: int) -> str:
+        return f"{escape(raw[:keep])}… +{len(raw) - keep} more"
+
+    low, high = 0, len(raw)  # the longest raw prefix that fits, by bisection
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(cut(middle)) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    text = cut(low)
+    return text if len(text) <= limit else "…"
 
 
 def console_safe(text: str) -> str:

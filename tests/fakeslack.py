@@ -108,7 +108,7 @@ class FakeSlack:
         app.router.add_post(WEBHOOK_PATH, self._webhook)
         app.router.add_post("/api/chat.postMessage", self._post_message)
         app.router.add_post("/api/chat.update", self._update)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.1, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
@@ -201,6 +201,22 @@ class FakeSlack:
 
     def replies(self, ts: str) -> list[Message]:
         return [m for m in self.messages.values() if m.thread_ts == ts]
+
+
+@dataclass
+class FakeClock:
+    """The sink's clock in tests: time moves only when someone sleeps, and every sleep is recorded."""
+
+    now: float = 1000.0
+    sleeps: list[float] = field(default_factory=list)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
 
 
 def channel_id(name: str) -> str:
