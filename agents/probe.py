@@ -17,28 +17,10 @@ from importlib.metadata import PackageNotFoundError, version
 import aiohttp
 
 from agents.metrics import MetricSpec, catalog
-from agents.probe_checks import (
-    HeaderError,
-    Outcome,
-    display_url,
-    failure_reason,
-    fetch_text,
-    http_check,
-    promql_query,
-    resolve_headers,
-    tcp_check,
-)
-from agents.probe_config import (
-    AnyCheck,
-    HttpCheck,
-    ProbeAgentConfig,
-    PromQLQuery,
-    ScrapeTarget,
-    TcpCheck,
-)
-from agents.promscrape import Scrape, interval_stats, parse_scrape
+from agents.probe_checks import HeaderError, Outcome, http_check, promql_query, resolve_headers, tcp_check
+from agents.probe_config import AnyCheck, HttpCheck, ProbeAgentConfig, PromQLQuery, TcpCheck
+from agents.probe_scrape import ScrapeTracker
 from agents.runner import Check, Collection
-from bus.events import Sample
 from bus.redact import redact_text
 
 __all__ = ["METRICS", "ProbeAgentConfig", "ProbeCollector"]
@@ -91,12 +73,6 @@ METRICS = catalog(
     ),
 )
 
-QUANTILE_METRICS = {
-    0.5: "http.latency_p50_seconds",
-    0.95: "http.latency_p95_seconds",
-    0.99: "http.latency_p99_seconds",
-}
-
 try:
     USER_AGENT = f"jarvis-monitor-probe/{version('jarvis-monitor')}"
 except PackageNotFoundError:  # a source tree that was never installed
@@ -119,7 +95,7 @@ class ProbeCollector:
         self._environ = environ
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
-        self._scrapes: dict[str, tuple[Scrape, float]] = {}  # the previous scrape of each target
+        self._scrapes = ScrapeTracker(clock)
 
     def _session_in_loop(self) -> aiohttp.ClientSession:
         """The one session, made on first use inside the running loop (aiohttp binds it there)."""
@@ -199,58 +175,4 @@ class ProbeCollector:
             return await http_check(session, check, headers, timeout)
         if isinstance(check, PromQLQuery):
             return await promql_query(session, check, headers, timeout)
-        return await self._scrape(check, session, headers, timeout)
-
-    async def _scrape(
-        self, target: ScrapeTarget, session: aiohttp.ClientSession, headers: dict[str, str], timeout: float
-    ) -> Outcome:
-        """Read the metrics page; from the second scrape on, publish what happened in between."""
-        labels = {"url": display_url(target.url)}
-        begun = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout):
-                status, text = await fetch_text(session, target.url, headers, target.verify_tls)
-        except Exception as exc:
-            reason = failure_reason(exc, timeout)
-            return Outcome(Check(target.name, "critical", time.perf_counter() - begun, reason, labels=labels))
-        latency = time.perf_counter() - begun
-        now = self.clock()
-        if status != 200:
-            return Outcome(
-                Check(
-                    target.name, "critical", latency, f"status {status} from the metrics page", labels=labels
-                )
-            )
-        try:
-            scrape = parse_scrape(text, target.requests_metric, target.duration_metric)
-        except ValueError as exc:
-            detail = f"the metrics page is not in Prometheus text format: {redact_text(str(exc))[:200]}"
-            return Outcome(Check(target.name, "critical", latency, detail, labels=labels))
-        if not scrape.requests and not scrape.buckets:
-            detail = f"neither {target.requests_metric} nor {target.duration_metric} is on the metrics page"
-            return Outcome(Check(target.name, "warning", latency, detail, labels=labels))
-        previous = self._scrapes.get(target.name)
-        self._scrapes[target.name] = (scrape, now)
-        if previous is None:
-            return Outcome(
-                Check(target.name, "ok", latency, "first scrape: rates from the next one", labels=labels)
-            )
-        samples = self._interval_samples(target, previous, scrape, now)
-        summary = ", ".join(f"{s.name.removeprefix('http.')} {s.value:g}" for s in samples) or "no traffic"
-        return Outcome(Check(target.name, "ok", latency, summary, labels=labels), samples)
-
-    def _interval_samples(
-        self, target: ScrapeTarget, previous: tuple[Scrape, float], scrape: Scrape, now: float
-    ) -> list[Sample]:
-        stats = interval_stats(
-            previous[0], scrape, now - previous[1], target.status_labels, tuple(QUANTILE_METRICS)
-        )
-        labels = {"check": target.name}
-        samples = []
-        if stats.requests_per_second is not None:
-            samples.append(Sample("http.requests_per_second", round(stats.requests_per_second, 6), labels))
-        if stats.error_ratio is not None:
-            samples.append(Sample("http.error_ratio", round(stats.error_ratio, 6), labels))
-        for quantile, seconds in stats.latency.items():
-            samples.append(Sample(QUANTILE_METRICS[quantile], round(seconds, 6), labels))
-        return samples
+        return await self._scrapes.check(session, check, headers, timeout)

@@ -62,7 +62,7 @@ def resolve_headers(settings: HttpSettings, environ: Mapping[str, str]) -> dict[
 _URL_QUERY = re.compile(r"""(\w+://[^\s?#'"]*)[?#][^\s'"]*""")
 
 
-def _short(text: str, limit: int = MAX_DETAIL) -> str:
+def short_detail(text: str, limit: int = MAX_DETAIL) -> str:
     """Outside text fit for a detail: no URL credentials or query strings, at most `limit` long."""
     text = _URL_QUERY.sub(r"\1", redact_text(text.strip()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -73,14 +73,14 @@ def failure_reason(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"timed out after {timeout:g}s"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.SSLCertVerificationError):
-        return f"TLS certificate not accepted: {_short(str(exc))}"
+        return f"TLS certificate not accepted: {short_detail(str(exc))}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, aiohttp.ClientConnectorError | OSError):
-        return f"cannot connect: {_short(str(exc))}"
-    return f"request failed: {_short(str(exc) or type(exc).__name__)}"
+        return f"cannot connect: {short_detail(str(exc))}"
+    return f"request failed: {short_detail(str(exc) or type(exc).__name__)}"
 
 
 def _expected(check: HttpCheck) -> str:
@@ -109,10 +109,13 @@ def judge_response(check: HttpCheck, status: int, body: str, latency: float) -> 
     if check.body_contains is not None and check.body_contains not in body:
         return (
             "critical",
-            f"status {status} but the body does not contain {_short(check.body_contains, 80)!r}",
+            f"status {status} but the body does not contain {short_detail(check.body_contains, 80)!r}",
         )
     if check.body_regex is not None and not re.search(check.body_regex, body):
-        return "critical", f"status {status} but the body does not match {_short(check.body_regex, 80)!r}"
+        return (
+            "critical",
+            f"status {status} but the body does not match {short_detail(check.body_regex, 80)!r}",
+        )
     if check.warn_latency is not None and latency > check.warn_latency.seconds:
         return "warning", f"status {status} but slow: {latency:.3f}s (warning above {check.warn_latency})"
     return "ok", f"status {status} in {latency:.3f}s"
@@ -221,14 +224,14 @@ def parse_promql_response(http_status: int, body: bytes) -> list[tuple[dict[str,
     except msgspec.DecodeError:
         raise PromQLError(
             f"HTTP {http_status}, not a Prometheus API response: "
-            f"{_short(body.decode(errors='replace'), 120)!r}"
+            f"{short_detail(body.decode(errors='replace'), 120)!r}"
         ) from None
     except msgspec.ValidationError as exc:
         raise PromQLError(f"HTTP {http_status}, unexpected Prometheus API response: {exc}") from None
     if response.status != "success" or response.data is None:
         kind = f"{response.error_type}: " if response.error_type else ""
         raise PromQLError(
-            f"Prometheus refused the query (HTTP {http_status}): {kind}{_short(response.error)}"
+            f"Prometheus refused the query (HTTP {http_status}): {kind}{short_detail(response.error)}"
         )
     data = response.data
     try:
