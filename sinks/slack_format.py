@@ -101,10 +101,26 @@ def group_title_labels(alerts: Sequence[Alert]) -> list[tuple[str, str]]:
     return [(name, common[name]) for name in TITLE_LABELS if name in common]
 
 
+def matcher(name: str, value: str) -> str:
+    """`name=value` as `silence add` parses it back to exactly `value`.
+
+    The parser trims blanks, reads `=~` as a regex and strips surrounding quotes, so such values
+    are wrapped in double quotes, which it removes again.
+    """
+    if (
+        not value
+        or value != value.strip()
+        or value[0] == "~"
+        or (len(value) >= 2 and value[0] == value[-1] in "\"'")
+    ):
+        return f'{name}="{value}"'
+    return f"{name}={value}"
+
+
 def silence_command(matchers: Sequence[tuple[str, str]], duration: str) -> str:
     """The `jarvis-monitor silence add` command for these label matchers, quoted for a POSIX shell."""
     words = ["jarvis-monitor", "silence", "add"]
-    words += [shlex.quote(f"{name}={value}") for name, value in matchers]
+    words += [shlex.quote(matcher(name, value)) for name, value in matchers]
     words += ["--for", shlex.quote(duration), "--comment", shlex.quote("investigating")]
     return " ".join(words)
 
@@ -199,7 +215,9 @@ def alert_text(alert: Alert, shared: set[str], options: FormatOptions) -> str:
     if link:
         facts.append(f"<{escape(link)}|runbook>")
     lines = [first, " · ".join(facts)]
-    extra = {k: v for k, v in alert.labels.items() if k not in shared and k not in ("agent", "severity")}
+    extra = {
+        k: v for k, v in alert.labels.items() if k not in shared and k not in ("agent", "severity", "rule")
+    }
     if extra:
         lines.append(
             fit_markup(" ".join(f"`{escape(k)}={escape(v)}`" for k, v in sorted(extra.items())), 600)

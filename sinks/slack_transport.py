@@ -11,6 +11,7 @@ import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
@@ -95,7 +96,8 @@ class WebhookTransport:
         self._client = AsyncWebhookClient(
             url, timeout=math.ceil(timeout), session=self._session, logger=_sdk_log, retry_handlers=[]
         )
-        self._scrub = _Scrubber(url)
+        path = urlsplit(url).path  # the secret part, should an error quote it without the host
+        self._scrub = _Scrubber(url, path if len(path) > 8 else "")
 
     def channel_for(self, route: str) -> str:
         return "webhook"

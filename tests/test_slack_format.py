@@ -7,6 +7,7 @@ import shlex
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -133,6 +134,16 @@ def test_the_silence_command_is_quoted_for_a_posix_shell() -> None:
         "--for 2h --comment investigating"
     )
     assert shlex.split(command)[3:5] == [f"host={host}", "rule=disk_full"]
+
+
+@pytest.mark.parametrize("value", ["web01", "~web", " padded ", "", '"quoted"', "a=b", "x'y"])
+def test_the_silence_command_matches_the_exact_value(value: str) -> None:
+    """The evaluator's matcher parser reads back exactly the label value the alert had."""
+    from evaluator.silences import parse_matcher
+
+    command = silence_command([("host", value)], "2h")
+    parsed = parse_matcher(shlex.split(command)[3])
+    assert (parsed.name, parsed.op, parsed.value) == ("host", "=", value)
 
 
 def test_the_silence_command_is_escaped_for_mrkdwn_and_reads_back_exactly() -> None:

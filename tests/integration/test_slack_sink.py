@@ -434,3 +434,29 @@ async def test_a_sink_killed_mid_delivery_loses_nothing_and_repeats_at_most_one(
 
 def _titles(count: int) -> set[str]:
     return {f"🔴 [FIRING:3] web{n:02}" for n in range(1, count + 1)}
+
+
+def test_an_unreadable_token_file_is_a_config_error_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jarvis_monitor.cli import main
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[sinks.slack]\nbot_token_file = "{tmp_path / "missing"}"\n', encoding="utf-8")
+    assert main(["-c", str(config), "sink", "slack"]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(f"cannot read {tmp_path / 'missing'}: No such file or directory")
+    )
+
+
+def test_notify_test_without_slack_says_what_to_set(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jarvis_monitor.cli import main
+
+    for name in ("SLACK_WEBHOOK_URL", "SLACK_BOT_TOKEN", "JARVIS_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["notify-test"]) == 1
+    assert "no Slack configured: set SLACK_WEBHOOK_URL or SLACK_BOT_TOKEN" in capsys.readouterr().err
