@@ -36,6 +36,7 @@ FAMILIES: dict[str, type[MetricBatch] | type[HealthEvent] | type[Alert]] = {
 }
 FETCH_TIMEOUT = 1.0
 ACK_WAIT = 60.0
+STOP_GRACE = 5.0
 RETRY_CAP = 30.0
 
 
@@ -115,14 +116,17 @@ class ReportSink:
         self.open()
         assert self.store is not None
         log.info("report sink: rollups in %s, reports in %s", self.store_path, self.out_dir / "reports")
-        tasks = [asyncio.create_task(self._consume(family)) for family in FAMILIES]
-        tasks.append(asyncio.create_task(self._schedule()))
+        consumers = [asyncio.create_task(self._consume(family)) for family in FAMILIES]
+        schedule = asyncio.create_task(self._schedule())
         try:
             await self._stopped.wait()
+            # a fetch in flight finishes and its batch is committed and acked: cancelling it would
+            # leave messages delivered to nobody until ack_wait, holding up the next start
+            await asyncio.wait(consumers, timeout=FETCH_TIMEOUT + STOP_GRACE)
         finally:
-            for task in tasks:
+            for task in (*consumers, schedule):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*consumers, schedule, return_exceptions=True)
             self.store.close()
             self.store = None
 
@@ -135,9 +139,13 @@ class ReportSink:
         consumer = ConsumerConfig(
             durable_name=self.config.durable,
             deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.ALL,  # one ack per committed batch
+            # One batch in flight, acknowledged by one ack once committed. With no more pending
+            # than a batch, messages come in stream order even after a crash (the lost batch is
+            # redelivered before anything newer), so the committed stream position is an exact
+            # test for "already in the store".
+            ack_policy=AckPolicy.ALL,
             ack_wait=ACK_WAIT,
-            max_ack_pending=max(10_000, 2 * self.config.batch_size),
+            max_ack_pending=self.config.batch_size,
             filter_subject=subject,
         )
         js = self.bus.nc.jetstream()

@@ -1,0 +1,179 @@
+"""The report sink against a real nats-server: durable consumers into rollups, then `report`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from bus.config import StreamsConfig
+from bus.connection import Bus
+from bus.events import Alert, Heartbeat, MetricBatch, encode
+from bus.jetstream import provision, stream_name
+from jarvis_monitor import report_cli
+from jarvis_monitor.config import Config
+from sinks.report.config import ReportSinkConfig
+from sinks.report.service import ReportSink
+from tests.conftest import wait_until
+from tests.test_report_synthetic import T0, ReportEvent, synthetic_day
+
+SECTIONS = (
+    "summary",
+    "system-health",
+    "container-health",
+    "performance",
+    "sla",
+    "alerts",
+    "recommendations",
+    "trends",
+)
+
+
+def subject_of(bus: Bus, event: ReportEvent) -> str:
+    if isinstance(event, MetricBatch):
+        return bus.subjects.metrics(event.host, event.agent)
+    if isinstance(event, Alert):
+        return bus.subjects.alerts(event.severity, event.labels.get("host", ""), event.rule)
+    return bus.subjects.health(event.host, event.agent, event.target)
+
+
+async def publish(bus: Bus, events: Sequence[ReportEvent]) -> None:
+    js = bus.nc.jetstream()
+    for chunk in range(0, len(events), 500):
+        acks = [js.publish(subject_of(bus, e), encode(e)) for e in events[chunk : chunk + 500]]
+        await asyncio.gather(*acks)
+
+
+@pytest.fixture
+async def streams(bus: Bus) -> AsyncIterator[Bus]:
+    await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
+    yield bus
+
+
+class Running:
+    """A sink running in a task, stopped and awaited on exit."""
+
+    def __init__(self, bus: Bus, data_dir: Path) -> None:
+        self.sink = ReportSink(ReportSinkConfig(batch_size=400), bus, data_dir, clock=lambda: T0 + 3600)
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ReportSink:
+        self.task = asyncio.create_task(self.sink.run())
+        await wait_until(lambda: self.sink.store is not None)
+        return self.sink
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.sink.stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 10)
+
+
+def ingested(sink: ReportSink) -> tuple[int, int, int]:
+    stats = sink.store.stats if sink.store else None
+    return (stats.metric_batches, stats.health_events, stats.alerts) if stats else (0, 0, 0)
+
+
+def expected(events: Sequence[ReportEvent]) -> tuple[int, int, int]:
+    batches = sum(isinstance(e, MetricBatch) for e in events)
+    alerts = sum(isinstance(e, Alert) for e in events)
+    return batches, len(events) - batches - alerts, alerts
+
+
+def write_report(data_dir: Path, *argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    report_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", *argv])
+    code: int = args.handler(args, Config(data_dir=str(data_dir)))
+    return code
+
+
+async def test_published_events_reach_the_rollups_and_the_report_has_every_section(
+    streams: Bus, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bus = streams
+    events = synthetic_day()
+    await publish(bus, events)
+    await bus.nc.publish(bus.subjects.metrics("web01", "host"), b"{not json")
+    heartbeat = Heartbeat(host="web01", agent="host", version="1", interval=10, ts=T0)
+    await bus.nc.publish(bus.subjects.metrics("web01", "host"), encode(heartbeat))
+    async with Running(bus, data_dir) as sink:
+        await wait_until(lambda: ingested(sink) == expected(events) and sink.stats.malformed == 2, timeout=60)
+    assert write_report(data_dir, "--date", "2026-11-25") == 0
+    folder = data_dir / "reports" / "post-golive"
+    assert {"2026-11-25.html", "2026-11-25.json", "2026-11-25.md"} <= {p.name for p in folder.iterdir()}
+    report = json.loads((folder / "2026-11-25.json").read_text())
+    assert report["hosts"][0]["cpu"]["avg"] == pytest.approx(29.5)
+    assert report["containers"][0]["restarts"] == 2
+    assert report["alerts"]["incidents"] == 16
+    page = (folder / "2026-11-25.html").read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in page
+    assert "<svg" in page
+    assert "status critical, availability 99.954%, 16 incidents, 1 SLA breaches" in capsys.readouterr().out
+
+
+async def test_a_restarted_sink_continues_where_it_stopped_without_counting_twice(
+    streams: Bus, data_dir: Path
+) -> None:
+    bus = streams
+    events = synthetic_day()
+    half = len(events) // 2
+    await publish(bus, events[:half])
+    async with Running(bus, data_dir) as sink:
+        await wait_until(lambda: ingested(sink) == expected(events[:half]), timeout=60)
+    await publish(bus, events[half:])
+    async with Running(bus, data_dir) as sink:
+        await wait_until(lambda: ingested(sink) == expected(events[half:]), timeout=60)
+        store = sink.store
+        assert store is not None
+        rows = store.metric_hours(T0, T0 + 86400, ["cpu.percent"])
+        assert sum(r.count for r in rows) == 1440
+
+
+async def test_redelivered_messages_are_recognised_and_not_counted_again(
+    streams: Bus, data_dir: Path
+) -> None:
+    bus = streams
+    events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:300]
+    await publish(bus, events)
+    async with Running(bus, data_dir) as sink:
+        await wait_until(lambda: ingested(sink)[0] == 300, timeout=30)
+    # as if every ack had been lost: a consumer that starts over from the first message
+    await bus.nc.jetstream().delete_consumer(stream_name(bus.subjects.prefix, "metrics"), "report")
+    async with Running(bus, data_dir) as sink:
+        await wait_until(lambda: sink.stats.duplicates == 300, timeout=30)
+        assert sink.store is not None
+        assert sink.store.stats.metric_batches == 0
+        rows = sink.store.metric_hours(T0, T0 + 86400, ["cpu.percent"])
+        assert sum(r.count for r in rows) == 300
+
+
+async def test_the_sink_waits_for_streams_that_do_not_exist_yet(bus: Bus, data_dir: Path) -> None:
+    events = [e for e in synthetic_day() if isinstance(e, MetricBatch)][:10]
+    async with Running(bus, data_dir) as sink:
+        await asyncio.sleep(0)  # the consumers find no stream and retry
+        await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
+        await publish(bus, events)
+        await wait_until(lambda: ingested(sink)[0] == 10, timeout=30)
+
+
+def test_report_without_a_store_writes_an_empty_report(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        write_report(data_dir, "--period", "week", "--date", "2026-11-25", "--out", str(data_dir / "o")) == 0
+    )
+    assert (data_dir / "o" / "reports" / "post-golive" / "2026-11-25-week.html").exists()
+    assert "no rollups at" in capsys.readouterr().err
+
+
+def test_report_refuses_a_bad_date(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    report_cli.register(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["report", "--date", "25.11.2026"])
+    assert "invalid date '25.11.2026': write it as YYYY-MM-DD" in capsys.readouterr().err
