@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -49,9 +49,9 @@ async def publish(bus: Bus, events: Sequence[ReportEvent]) -> None:
 
 
 @pytest.fixture
-async def streams(bus: Bus) -> AsyncIterator[Bus]:
+async def streams(bus: Bus) -> Bus:
     await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
-    yield bus
+    return bus
 
 
 class Running:
