@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://slack.com/api/"
 BUG_RETRY = Duration(60)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DURABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 T = TypeVar("T")
 
@@ -446,7 +447,7 @@ class SlackSink:
         seq = msg.metadata.sequence.stream
         headers = {
             "Nats-Msg-Id": f"slack-deadletter-{self.config.durable}-{seq}",
-            "Jarvis-Dead-Letter-Reason": reason[:500],
+            "Jarvis-Dead-Letter-Reason": _CONTROL.sub(" ", reason)[:500],  # a header is one line
             "Jarvis-Dead-Letter-Attempts": str(attempts),
             "Jarvis-Original-Subject": msg.subject,
         }

@@ -208,13 +208,14 @@ async def test_webhook_mode_sends_a_firing_then_a_resolved_message(streams: Bus,
 
 
 async def test_reminders_continue_the_thread_after_a_restart(streams: Bus, slack: FakeSlack) -> None:
-    """The thread lives in KV: a new sink instance replies in the thread the first one started."""
+    """What was published while the sink was down arrives; the thread lives in KV, so the new
+    instance replies in the thread the first one started."""
     async with running(SlackSink(bot_config(slack), streams, BOT_ENV, clock=FakeClock())):
         await publish(streams, notification("firing", 1))
         await wait_until(lambda: len(slack.accepted()) == 1)
+    await publish(streams, notification("reminder", 2))  # while no sink runs
+    await publish(streams, notification("firing", 3, host="db01", route="critical"))
     async with running(SlackSink(bot_config(slack), streams, BOT_ENV, clock=FakeClock())):
-        await publish(streams, notification("reminder", 2))
-        await publish(streams, notification("firing", 3, host="db01", route="critical"))
         await wait_until(lambda: len(slack.accepted()) == 3)
     first, second = slack.top_level()
     (reminder,) = slack.replies(first.ts)
@@ -233,6 +234,17 @@ async def test_a_group_that_fires_again_after_resolving_gets_a_new_message(
         await wait_until(lambda: len(slack.accepted()) == 3)
     assert [r.method for r in slack.accepted()] == ["chat.postMessage", "chat.update", "chat.postMessage"]
     assert [m.payload["text"] for m in slack.top_level()] == ["✅ [RESOLVED] web01", "🔴 [FIRING:3] web01"]
+
+
+async def test_a_deleted_message_is_posted_anew_on_resolve(streams: Bus, slack: FakeSlack) -> None:
+    async with running(SlackSink(bot_config(slack), streams, BOT_ENV, clock=FakeClock())):
+        await publish(streams, notification("firing", 1))
+        await wait_until(lambda: len(slack.accepted()) == 1)
+        slack.messages.clear()  # someone deleted it in Slack
+        await publish(streams, notification("resolved", 2))
+        await wait_until(lambda: len(slack.accepted()) == 2)
+    assert [r.method for r in slack.requests] == ["chat.postMessage", "chat.update", "chat.postMessage"]
+    assert [m.payload["text"] for m in slack.top_level()] == ["✅ [RESOLVED] web01"]
 
 
 async def test_429_is_honoured_with_its_retry_after(streams: Bus, slack: FakeSlack) -> None:
@@ -321,10 +333,11 @@ async def test_slack_down_for_a_while_then_back_delivers_everything_in_order(
     )
     env = {"SLACK_WEBHOOK_URL": slack.webhook_url}
     await slack.stop()
-    async with running(SlackSink(config, streams, env)):
+    sink = SlackSink(config, streams, env)
+    async with running(sink):
         for number in range(1, 6):
             await publish(streams, notification("firing", number, host=f"web{number:02}"))
-        await asyncio.sleep(0.5)  # the outage: the sink keeps retrying against a closed port
+        await wait_until(lambda: sink.stats.retries >= 3)  # refused, again and again
         slack.default = SERVER_ERROR
         await slack.start()
         await wait_until(lambda: len(slack.requests) >= 3)
