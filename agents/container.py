@@ -56,13 +56,13 @@ METRICS = catalog(
     MetricSpec("containers.paused", "containers", "containers paused"),
     MetricSpec("containers.restarting", "containers", "containers being restarted by their restart policy"),
     MetricSpec("containers.stopped", "containers", "containers created, exited, dead or being removed"),
-    MetricSpec("containers.unhealthy", "containers", "containers whose health check fails"),
+    MetricSpec("containers.unhealthy", "containers", "running containers whose health check fails"),
     MetricSpec("container.running", "boolean", "1 while the container runs, else 0", _LABELS),
     MetricSpec(
         "container.healthy",
         "boolean",
         "1 when the health check passes, 0 when it fails or is still starting; "
-        "absent for containers without a health check",
+        "absent for containers without a health check or not running",
         _LABELS,
     ),
     MetricSpec("container.restart_count", "restarts", "restarts by the restart policy", _LABELS),
@@ -399,7 +399,7 @@ class ContainerCollector:
                 else 0.0
             ),
         }
-        if info.health in ("healthy", "unhealthy", "starting"):
+        if info.running and info.health in ("healthy", "unhealthy", "starting"):
             values["container.healthy"] = float(info.health == "healthy")
         values.update(stats or {})
         collection.samples += [Sample(name, value, labels) for name, value in values.items()]

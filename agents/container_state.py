@@ -141,11 +141,11 @@ def container_status(info: ContainerInfo) -> tuple[Status, str]:
 
 
 def fleet_counts(infos: Iterable[ContainerInfo]) -> dict[str, float]:
-    """How many containers are running, paused, restarting, stopped, and unhealthy."""
+    """How many containers are running, paused, restarting, stopped, and running but unhealthy."""
     counts = dict.fromkeys(("running", "paused", "restarting", "stopped", "unhealthy"), 0.0)
     for info in infos:
         key = info.state if info.state in ("running", "paused", "restarting") else "stopped"
         counts[key] += 1
-        if info.health == "unhealthy":
+        if info.running and info.health == "unhealthy":  # a stopped one keeps its last verdict
             counts["unhealthy"] += 1
     return {f"containers.{key}": value for key, value in counts.items()}

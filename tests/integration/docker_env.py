@@ -149,3 +149,51 @@ async def containers() -> AsyncIterator[Containers]:
         yield made
     finally:
         await made.remove_all()
+
+
+class EngineProxy:
+    """A unix socket that forwards to the real engine, and can go down and come back like a
+    restarting dockerd: `stop()` refuses new connections and cuts the open ones."""
+
+    def __init__(self, path: Path, engine: str = "/var/run/docker.sock") -> None:
+        self.path = path
+        self.engine = engine
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.path}"
+
+    async def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._forward, path=str(self.path))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            engine_reader, engine_writer = await asyncio.open_unix_connection(self.engine)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, engine_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, engine_writer), pipe(engine_reader, writer))
+        self._writers -= {writer, engine_writer}
