@@ -238,14 +238,14 @@ def blocks(notification: Notification, options: FormatOptions) -> list[dict[str,
         "text": {"type": "plain_text", "text": fit(headline(notification), MAX_HEADER_TEXT), "emoji": True},
     }
     tail: list[dict[str, Any]] = []
-    if notification.status != "resolved":
-        commands = silence_commands(firing(notification) or notification.alerts, options.silence_duration)
+    commands = silence_commands(firing(notification) or notification.alerts, options.silence_duration)
+    if notification.status != "resolved" and commands:
         shown = [f"`{escape(c)}`" for c in commands[:MAX_SILENCE_COMMANDS]]
         if len(commands) > MAX_SILENCE_COMMANDS:
             shown.append(f"+{len(commands) - MAX_SILENCE_COMMANDS} more")
         tail.append(section(fit_markup("To silence: " + "\n".join(shown), MAX_SECTION_TEXT)))
-    context = f"route `{escape(notification.route)}` · group `{escape(notification.group_key)}`"
-    tail.append({"type": "context", "elements": [{"type": "mrkdwn", "text": fit_markup(context, 3000)}]})
+    context = f"route `{fit(notification.route, 200)}` · group `{fit(notification.group_key, 2000)}`"
+    tail.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
 
     shared = {name for name, _ in group_title_labels(notification.alerts)}
     alerts = [section(alert_text(a, shared, options)) for a in notification.alerts]
