@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import shutil
 import subprocess
 import tarfile
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -128,10 +126,6 @@ class Containers:
         return await docker(
             "run", "-d", "--network", "none", "--label", self.label, "--name", name, *options, image, *command
         )
-
-    async def inspect(self, name: str) -> dict[str, Any]:
-        data: list[dict[str, Any]] = json.loads(await docker("inspect", name))
-        return data[0]
 
     async def remove_all(self) -> None:
         ids = (await docker("ps", "-aq", "--filter", f"label={self.label}")).split()
