@@ -42,7 +42,7 @@ def test_the_run_writes_the_day_that_ended_and_on_monday_its_week() -> None:
     assert reports_due(ts(2026, 11, 26, 0, 5), config) == [("day", dt.date(2026, 11, 25))]
     monday = ts(2026, 11, 30, 0, 5)
     assert reports_due(monday, config) == [("day", dt.date(2026, 11, 29)), ("week", dt.date(2026, 11, 29))]
-    assert reports_due(monday, ReportSinkConfig(weekly_on=None)) == [("day", dt.date(2026, 11, 29))]
+    assert reports_due(monday, ReportSinkConfig(weekly_on="never")) == [("day", dt.date(2026, 11, 29))]
 
 
 def _sink(tmp_path: Path, now: list[float], **config: object) -> ReportSink:

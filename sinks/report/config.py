@@ -111,8 +111,8 @@ class ReportSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         str, Meta(description="IANA time zone of days, weeks and daily_at", examples=["Europe/Berlin"])
     ] = "UTC"
     weekly_on: Annotated[
-        Weekday | None,
-        Meta(description="day whose daily run also writes the report of the 7 days before; unset: never"),
+        Weekday | Literal["never"],
+        Meta(description='day whose daily run also writes the report of the 7 days before, or "never"'),
     ] = "monday"
     report_retention: Annotated[Duration, Meta(description="reports older than this are deleted")] = Duration(
         90 * 86400

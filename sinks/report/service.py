@@ -58,7 +58,7 @@ def reports_due(at: float, config: ReportSinkConfig) -> list[tuple[PeriodKind, d
     local = dt.datetime.fromtimestamp(at, config.zone).date()
     yesterday = local - dt.timedelta(days=1)
     due: list[tuple[PeriodKind, dt.date]] = [("day", yesterday)]
-    if config.weekly_on is not None and WEEKDAYS[local.weekday()] == config.weekly_on:
+    if WEEKDAYS[local.weekday()] == config.weekly_on:
         due.append(("week", yesterday))
     return due
 

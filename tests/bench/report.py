@@ -76,7 +76,7 @@ async def sink_consume(url: str, data_dir: Path) -> float:
     """Messages per second into the rollups through the report sink."""
     bus = await connect(BusConfig(prefix=PREFIX), "bench", servers=[url])
     sink = ReportSink(
-        ReportSinkConfig(batch_size=BATCH, weekly_on=None), bus, data_dir, clock=lambda: T0 + 60
+        ReportSinkConfig(batch_size=BATCH, weekly_on="never"), bus, data_dir, clock=lambda: T0 + 60
     )
     start = time.perf_counter()
     task = asyncio.create_task(sink.run())
