@@ -272,7 +272,26 @@ class Consolidation(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             raise ValueError("group_interval and repeat_interval must be > 0s")
 
 
-class Route(Consolidation, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class DefaultRoute(Consolidation, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The route of every alert no other route takes."""
+
+    name: Annotated[str, Meta(description="route name: the subject token of jarvis.notifications.<name>")] = (
+        "default"
+    )
+    receiver: Annotated[str, Meta(description="Slack channel of this route")] = "#alerts"
+
+    def __post_init__(self) -> None:
+        _check_route_name(self.name)
+        super().__post_init__()
+
+    def as_route(self) -> Route:
+        """This route as a Route with no matchers: it takes whatever reaches it."""
+        if isinstance(self, Route):
+            return self
+        return Route(**msgspec.structs.asdict(self))
+
+
+class Route(DefaultRoute, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Where matching alerts go, and how they are consolidated (Alertmanager's route)."""
 
     name: Annotated[
@@ -297,26 +316,9 @@ class Route(Consolidation, frozen=True, forbid_unknown_fields=True, kw_only=True
             if severity not in SEVERITIES:
                 raise ValueError(f"route {self.name!r}: unknown severity {severity!r}")
         try:
-            super().__post_init__()
+            Consolidation.__post_init__(self)
         except ValueError as exc:
             raise ValueError(f"route {self.name!r}: {exc}") from None
-
-
-class DefaultRoute(Consolidation, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """The route of every alert no other route takes."""
-
-    name: Annotated[str, Meta(description="route name: the subject token of jarvis.notifications.<name>")] = (
-        "default"
-    )
-    receiver: Annotated[str, Meta(description="Slack channel of this route")] = "#alerts"
-
-    def __post_init__(self) -> None:
-        _check_route_name(self.name)
-        super().__post_init__()
-
-    def as_route(self) -> Route:
-        settings = msgspec.structs.asdict(self)
-        return Route(**settings)
 
 
 class InhibitRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -483,6 +485,10 @@ class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"duplicate rule names: {', '.join(duplicates)}")
+        if isinstance(self.default_route, Route) and (
+            self.default_route.matchers or self.default_route.severity
+        ):
+            raise ValueError("default_route takes every remaining alert: no matchers or severity")
         route_names = [route.name for route in self.routes] + [self.default_route.name]
         duplicates = sorted({name for name in route_names if route_names.count(name) > 1})
         if duplicates:

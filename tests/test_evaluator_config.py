@@ -115,6 +115,8 @@ def test_structs_built_in_code_are_validated_too() -> None:
         Rule(name="x", metric="m", threshold=1, op="=>")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="duplicate rule names"):
         EvaluatorConfig(rules=[Rule(name="x", metric="m", threshold=1)] * 2)
+    with pytest.raises(ValueError, match="no matchers or severity"):
+        EvaluatorConfig(default_route=Route(name="default", receiver="#x", severity=["critical"]))
     with pytest.raises(ValueError, match="route 'ops': invalid group_by label 'a b'"):
         Route(name="ops", receiver="#x", group_by=["a b"])
 
