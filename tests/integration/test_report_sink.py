@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
+import sqlite3
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,9 +18,11 @@ from bus.config import StreamsConfig
 from bus.connection import Bus
 from bus.events import Alert, Heartbeat, MetricBatch, encode
 from bus.jetstream import provision, stream_name
+from bus.server import EmbeddedServer
 from jarvis_monitor import report_cli
 from jarvis_monitor.config import Config
 from sinks.report.config import ReportSinkConfig
+from sinks.report.rollups import STORE_FILE, RollupStore
 from sinks.report.service import ReportSink
 from tests.conftest import wait_until
 from tests.test_report_synthetic import T0, ReportEvent, synthetic_day
@@ -177,3 +183,47 @@ def test_report_refuses_a_bad_date(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parser.parse_args(["report", "--date", "25.11.2026"])
     assert "invalid date '25.11.2026': write it as YYYY-MM-DD" in capsys.readouterr().err
+
+
+def stored_batches(data_dir: Path) -> int:
+    path = data_dir / STORE_FILE
+    if not path.exists():
+        return 0
+    store = RollupStore(path, readonly=True)
+    try:
+        return sum(r.count for r in store.metric_hours(T0, T0 + 86400, ["cpu.percent"]))
+    except sqlite3.OperationalError:  # created but the schema not yet committed
+        return 0
+    finally:
+        store.close()
+
+
+async def test_sink_report_command_consumes_until_sigterm_and_report_writes_the_files(
+    nats_server: EmbeddedServer, bus: Bus, prefix: str, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    config = tmp_path / "jarvis.toml"
+    config.write_text(f'data_dir = "{data_dir}"\n[bus]\nprefix = "{prefix}"\n')
+    env = {**os.environ, "JARVIS_NATS_URL": nats_server.url}
+    command = [sys.executable, "-m", "jarvis_monitor", "-c", str(config)]
+    process = await asyncio.create_subprocess_exec(
+        *command, "sink-report", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:120]
+        await wait_until(lambda: (data_dir / STORE_FILE).exists(), timeout=30)
+        await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())  # as the sink did
+        await publish(bus, events)
+        await wait_until(lambda: stored_batches(data_dir) == 120, timeout=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode()
+    report = await asyncio.create_subprocess_exec(
+        *command, "report", "--date", "2026-11-25", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(report.communicate(), 60)
+    assert report.returncode == 0
+    assert str(data_dir / "reports" / "post-golive" / "2026-11-25.html") in out.decode()
+    written = json.loads((data_dir / "reports" / "post-golive" / "2026-11-25.json").read_text())
+    assert written["hosts"][0]["cpu"]["avg"] == pytest.approx(29.5)
