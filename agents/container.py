@@ -1,10 +1,13 @@
 """The container agent (aiodocker): every container's state, health and resources, Docker events, logs.
 
-Each cycle lists every container (running or not), inspects them and reads one-shot stats of the
-running ones, at most `concurrency` requests at once. `watch` follows the engine's event stream
-and the logs of the selected containers, publishing at once; when the engine goes away it
-reports target `docker` critical, retries with capped exponential backoff and resumes the
-stream where it left off.
+Each cycle lists every container (running or not) and inspects them, at most `concurrency`
+requests at once, and publishes per container a health check (target: its name; statuses in
+`container_status`) and its samples; stats come from a stream kept open per running container
+while the watcher runs, else from one-shot requests. `watch` publishes container events at once
+(statuses in `container_events`), follows the logs of the selected containers (counts as metrics,
+the last matching lines in a check on target `log:<name>`, warning when error lines were seen),
+and when the engine goes away reports target `docker` critical, retries with capped
+exponential backoff and resumes the event stream where it left off.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ from bus.units import Duration
 log = logging.getLogger(__name__)
 
 DOCKER_TARGET = "docker"  # health target of the engine itself
+# Actions asked of the engine's event stream; the others (exec_start of every health check, ...)
+# are never sent. health_status matches "health_status: <status>" (the engine matches it fuzzily).
+WATCHED_EVENTS = ("create", "start", "restart", "die", "oom", "stop", "destroy", "health_status")
 LOG_TARGET = "log:{name}"  # health target of a container's log, apart from its state
 STREAM_FRESH = 3.0  # a streamed reading older than this (the engine sends one a second) is stale
 PRIME_DELAY = 0.5  # the first cycle reads stats twice this far apart, so CPU and rates show at once
@@ -255,7 +261,8 @@ class ContainerCollector:
         self._followers: dict[str, asyncio.Task[None]] = {}  # by container id
         self._watching_since: float | None = None  # wall time `watch` started; None: not watching
         self._engine_up: bool | None = None  # as the watcher last reported it
-        self._last_event_ns = 0
+        self._last_event_ns = 0  # engine time of the last event published
+        self._resume_ns = 0  # where a new event stream starts: the last event, or the first connection
 
     # engine access -------------------------------------------------------------------------
 
@@ -525,9 +532,10 @@ class ContainerCollector:
         After an outage the stream resumes from the last event seen, so what happened while the
         agent was cut off (within what the engine still remembers) is published late, not lost.
         """
-        params: dict[str, Any] = {"filters": self._filters(type=["container"])}
-        if self._last_event_ns:
-            params["since"] = _since(self._last_event_ns)
+        params: dict[str, Any] = {"filters": self._filters(type=["container"], event=list(WATCHED_EVENTS))}
+        if self._resume_ns:
+            params["since"] = _since(self._resume_ns)
+        self._resume_ns = self._resume_ns or int(self.wall_clock() * 1e9)
         subscriber = docker.events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
         reader = asyncio.create_task(docker.events.run(**params))
         try:
@@ -547,7 +555,7 @@ class ContainerCollector:
         if isinstance(stamp, int):
             if stamp <= self._last_event_ns:  # replayed after a reconnect: published already
                 return
-            self._last_event_ns = stamp
+            self._last_event_ns = self._resume_ns = stamp
         check = event_check(event, self._deployments)
         if check is not None:
             await emit(check)

@@ -222,7 +222,7 @@ async def test_matching_log_lines_are_counted_per_interval_and_quoted_and_a_rest
     def errors(c: Collection, name: str) -> float:
         return sample(c, "container.log.errors", name) or 0
 
-    async with watching(collector):
+    async with watching(collector) as events:
         await collector.collect()  # starts the followers
         first = await collect_until(collector, lambda c: errors(c, by_name) >= 3 and errors(c, by_label) >= 3)
         await docker("restart", "-t", "0", by_name)
@@ -239,6 +239,7 @@ async def test_matching_log_lines_are_counted_per_interval_and_quoted_and_a_rest
     assert "ERROR db down at postgres://***@db/x" in lines[1:]
     assert "s3cret" not in log_check.detail
     assert errors(after, by_name) >= 3
+    assert [c.status for c in events.find(by_name, "restart")] == ["warning"]
 
 
 # the acceptance check, through a real nats-server ------------------------------------------------
@@ -384,26 +385,32 @@ async def test_unreachable_engine_is_a_critical_docker_event_with_backoff_and_no
     assert (reported.target, reported.status, reported.event) == (DOCKER_TARGET, "critical", "disconnected")
 
 
-async def test_engine_restart_is_reported_and_the_event_stream_picks_up_again(
+async def test_engine_restart_is_reported_and_events_missed_meanwhile_are_published_late(
     containers: Containers, tmp_path: Path
 ) -> None:
     proxy = EngineProxy(tmp_path / "engine.sock")
     await proxy.start()
     collector = ContainerCollector(config(containers, docker_url=proxy.url, retry_max=Duration(1)))
+    before, during, after = containers.name("before"), containers.name("during"), containers.name("after")
     try:
         async with watching(collector) as events:
+            await containers.run("before", "sleep", "600")
+            await wait_until(lambda: bool(events.find(before, "start")), timeout=10)
             await proxy.stop()
             await wait_until(lambda: bool(events.find(DOCKER_TARGET, "disconnected")), timeout=10)
             outage = await collector.collect()
+            await containers.run("during", "sh", "-c", "exit 5")  # while the agent is cut off
             await proxy.start()
             await wait_until(lambda: len(events.find(DOCKER_TARGET, "connected")) == 2, timeout=10)
+            await wait_until(lambda: bool(events.find(during, "die")), timeout=10)
             await containers.run("after", "sleep", "600")
-            await wait_until(lambda: bool(events.find(containers.name("after"), "start")), timeout=10)
+            await wait_until(lambda: bool(events.find(after, "start")), timeout=10)
             back = await collector.collect()
     finally:
         await proxy.stop()
 
     assert [c.status for c in events.find(DOCKER_TARGET)] == ["ok", "critical", "ok"]
     assert [c.status for c in outage.checks] == ["critical"]
-    assert check_of(back, containers.name("after")) is not None
-    assert sample(back, "container.running", containers.name("after")) == 1
+    assert [c.detail for c in events.find(during, "die")] == ["died with exit code 5"]
+    assert len(events.find(before, "start")) == 1  # resumed after the last event: no repeats
+    assert sample(back, "container.running", after) == 1
