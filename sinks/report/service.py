@@ -97,6 +97,8 @@ class ReportSink:
         self.stats = SinkStats()
         self.store: RollupStore | None = None
         self._stopped = asyncio.Event()
+        # SQLite work runs in a thread, so `up`'s agents keep their timing; one at a time
+        self._store_lock = asyncio.Lock()
 
     def stop(self) -> None:
         self._stopped.set()
@@ -218,27 +220,30 @@ class ReportSink:
 
     async def _ingest(self, family: str, stream: str, messages: list[Msg]) -> bool:
         """Commit the batch; True once it is in the store (only then may it be acked)."""
-        assert self.store is not None
-        events, last = self._decode(family, stream, messages)
+        store = self.store
+        assert store is not None
         failures = 0
-        while not self._stopped.is_set():
-            try:
-                self.store.ingest(events, {stream: last})
-                return True
-            except sqlite3.Error as exc:  # disk full, locked: keep the batch unacked and retry
-                self.stats.store_errors += 1
-                failures += 1
-                if failures == 1:
-                    log.error("report sink: cannot write %s: %s; retrying", self.store_path, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), min(RETRY_CAP, 0.2 * 2**failures))
-            except Exception:  # a bug on some event: find it, keep the rest
-                log.exception(
-                    "report sink: ingesting a batch from %s failed; retrying event by event", stream
-                )
-                self._ingest_one_by_one(events, stream, last)
-                return True
-        return False
+        async with self._store_lock:
+            events, last = self._decode(family, stream, messages)
+            while True:  # at least once, even when stopping: a fetched batch is finished
+                try:
+                    await asyncio.to_thread(store.ingest, events, {stream: last})
+                    return True
+                except sqlite3.Error as exc:  # disk full, locked: keep the batch unacked and retry
+                    self.stats.store_errors += 1
+                    failures += 1
+                    if failures == 1:
+                        log.error("report sink: cannot write %s: %s; retrying", self.store_path, exc)
+                    if self._stopped.is_set():
+                        return False
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopped.wait(), min(RETRY_CAP, 0.2 * 2**failures))
+                except Exception:  # a bug on some event: find it, keep the rest
+                    log.exception(
+                        "report sink: ingesting a batch from %s failed; retrying event by event", stream
+                    )
+                    await asyncio.to_thread(self._ingest_one_by_one, events, stream, last)
+                    return True
 
     def _ingest_one_by_one(
         self, events: list[MetricBatch | HealthEvent | Alert], stream: str, last: int
@@ -278,7 +283,7 @@ class ReportSink:
         """The run at `at`: reports of the day (and week) that just ended, then retention."""
         for kind, day in reports_due(at, self.config):
             await self.write(kind, day)
-        self.retain(at)
+        await self.retain(at)
 
     async def write(self, kind: PeriodKind, day: dt.date) -> list[Path]:
         """Write one report from a reader of its own, off the event loop; failures are logged."""
@@ -300,12 +305,14 @@ class ReportSink:
         log.info("report sink: wrote %s", paths[-1])
         return paths
 
-    def retain(self, now: float) -> None:
+    async def retain(self, now: float) -> None:
         """Prune rollups and delete old reports, as configured."""
-        assert self.store is not None
+        store = self.store
+        assert store is not None
+        today = dt.datetime.fromtimestamp(now, self.config.zone).date()
         try:
-            self.store.prune(now - self.config.rollup_retention.seconds)
-            today = dt.datetime.fromtimestamp(now, self.config.zone).date()
+            async with self._store_lock:
+                await asyncio.to_thread(store.prune, now - self.config.rollup_retention.seconds)
             prune_reports(self.out_dir, today, self.config.report_retention.seconds / 86400)
         except (OSError, sqlite3.Error) as exc:
             log.error("report sink: retention failed: %s", exc)

@@ -11,6 +11,7 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -227,3 +228,49 @@ async def test_sink_report_command_consumes_until_sigterm_and_report_writes_the_
     assert str(data_dir / "reports" / "post-golive" / "2026-11-25.html") in out.decode()
     written = json.loads((data_dir / "reports" / "post-golive" / "2026-11-25.json").read_text())
     assert written["hosts"][0]["cpu"]["avg"] == pytest.approx(29.5)
+
+
+async def test_a_failing_store_keeps_the_batch_and_retries_until_it_is_written(
+    streams: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus = streams
+    events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:50]
+    running = Running(bus, data_dir)
+    store = running.sink.open()
+    real_ingest = store.ingest
+    failures = [2]
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        real_ingest(*args, **kwargs)
+
+    monkeypatch.setattr(store, "ingest", disk_full)
+    await publish(bus, events)
+    async with running as sink:
+        await wait_until(lambda: store.stats.metric_batches == 50, timeout=30)
+        assert sink.stats.store_errors == 2
+        rows = store.metric_hours(T0, T0 + 86400, ["cpu.percent"])
+        assert sum(r.count for r in rows) == 50
+
+
+async def test_an_event_the_store_cannot_take_is_rejected_and_the_rest_kept(
+    streams: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus = streams
+    events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:20]
+    running = Running(bus, data_dir)
+    store = running.sink.open()
+    real_ingest = store.ingest
+
+    def choke_on_minute_7(batch: Sequence[ReportEvent], positions: Any = None) -> None:
+        if any(isinstance(e, MetricBatch) and e.ts == T0 + 7 * 60 for e in batch):
+            raise ValueError("a bug")
+        real_ingest(batch, positions)
+
+    monkeypatch.setattr(store, "ingest", choke_on_minute_7)
+    await publish(bus, events)
+    async with running as sink:
+        await wait_until(lambda: store.stats.metric_batches == 19 and sink.stats.rejected == 1, timeout=30)
+        assert store.positions()[stream_name(bus.subjects.prefix, "metrics")] == 20
