@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -82,7 +83,7 @@ class EngineStats(msgspec.Struct, kw_only=True):
         reasons[reason] = reasons.get(reason, 0) + 1
 
 
-class Series(msgspec.Struct, kw_only=True):
+class Series(msgspec.Struct, kw_only=True, array_like=True):
     """The state of one (rule, series)."""
 
     rule: str
@@ -110,7 +111,7 @@ class Series(msgspec.Struct, kw_only=True):
     alert: Alert | None = None  # the latest Alert emitted
 
 
-class _Snapshot(msgspec.Struct, kw_only=True):
+class _Snapshot(msgspec.Struct, kw_only=True, array_like=True):
     version: int
     input_time: float  # the latest `now` of observe/set_silences: timers never run before it
     series: list[Series]
@@ -756,7 +757,7 @@ class Engine:
     # --- persistence ------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole state, msgpack-encoded with msgspec."""
+        """The whole state: msgpack-encoded with msgspec, then zlib-compressed (labels repeat a lot)."""
         state = _Snapshot(
             version=SNAPSHOT_VERSION,
             input_time=self._input_time,
@@ -772,12 +773,15 @@ class Engine:
             notifications=self._notifications,
             stats=self.stats,
         )
-        return _snapshot_encoder.encode(state)
+        return zlib.compress(_snapshot_encoder.encode(state), 1)
 
     @classmethod
     def restore(cls, config: EvaluatorConfig, data: bytes, now: float) -> Engine:
         """An engine continuing from a snapshot; series of rules no longer configured resolve."""
-        state = _snapshot_decoder.decode(data)
+        try:
+            state = _snapshot_decoder.decode(zlib.decompress(data))
+        except (zlib.error, msgspec.DecodeError) as exc:
+            raise ValueError(f"unreadable evaluator snapshot: {exc}") from None
         if state.version != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {state.version} is not {SNAPSHOT_VERSION}")
         engine = cls.__new__(cls)

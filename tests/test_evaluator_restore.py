@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
+import msgspec
 import pytest
 
 from bus.events import HealthEvent, Heartbeat, MetricBatch
 from bus.units import Duration
 from evaluator.config import EvaluatorConfig, MaintenanceWindow, Rule
-from evaluator.engine import Engine
+from evaluator.engine import Engine, _Snapshot
 from evaluator.silences import Silence, parse_matcher
 from evaluator.testing import Driver, health, heartbeat, metrics, only_rules
 
@@ -119,13 +121,13 @@ def test_a_rule_removed_from_the_config_resolves_its_alerts_on_restore() -> None
     assert [n.status for n in restored.drain().notifications] == ["resolved"]
 
 
-def test_a_snapshot_of_another_version_is_refused() -> None:
-    import msgspec
-
-    from evaluator.engine import _Snapshot
-
+def test_a_snapshot_of_another_version_or_garbage_is_refused_clearly() -> None:
     engine = Engine(EvaluatorConfig(), 0)
-    data = msgspec.msgpack.decode(engine.snapshot(), type=_Snapshot)
+    data = msgspec.msgpack.decode(zlib.decompress(engine.snapshot()), type=_Snapshot)
     data.version = 99
     with pytest.raises(ValueError, match="snapshot version 99"):
-        Engine.restore(EvaluatorConfig(), msgspec.msgpack.encode(data), 0)
+        Engine.restore(EvaluatorConfig(), zlib.compress(msgspec.msgpack.encode(data)), 0)
+    with pytest.raises(ValueError, match="unreadable evaluator snapshot"):
+        Engine.restore(EvaluatorConfig(), b"garbage", 0)
+    with pytest.raises(ValueError, match="unreadable evaluator snapshot"):
+        Engine.restore(EvaluatorConfig(), zlib.compress(b"\x93\x01"), 0)
