@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bus.events import MetricBatch, Sample
+from bus.events import HealthEvent, MetricBatch, Sample
 from sinks.report.config import ReportSinkConfig
 from sinks.report.render import produce
 from sinks.report.rollups import RollupStore
@@ -75,6 +75,18 @@ def test_container_unhealthy_minutes_and_restarts(day_report: dict[str, Any]) ->
     assert container["restarts"] == 2
     assert container["availability_percent"] == pytest.approx(100 * 1410 / 1440)
     assert container["cpu"]["avg"] == pytest.approx(5.0)
+
+
+def test_the_engine_and_log_checks_are_not_containers(tmp_path: Path) -> None:
+    store = RollupStore(tmp_path / "r.sqlite3")
+    store.ingest(
+        [
+            HealthEvent(host="h", agent="container", target=target, status="critical", ts=T0 + n)
+            for n, target in enumerate(["docker", "log:api", "_collector", "api", "api"])
+        ]
+    )
+    report, _ = produce(store, ReportSinkConfig(), "day", DAY, tmp_path, NOW)
+    assert [c.container for c in report.containers] == ["api"]
 
 
 def test_performance_against_baselines(day_report: dict[str, Any]) -> None:

@@ -33,6 +33,9 @@ HTTP_METRICS = (
 CONTAINER_PREFIX = "container."
 CONTAINER_CPU = "container.cpu.percent"
 CONTAINER_MEMORY = ("container.mem.percent", "container.memory.percent")
+# The container agent's health targets that are not containers: the engine, and each
+# container's log ("log:<name>"). Docker names never hold ":", so no container is lost.
+ENGINE_TARGET = "docker"
 
 PeriodKind = Literal["day", "week"]
 Level = Literal["critical", "warning", "info"]
@@ -353,10 +356,14 @@ def _availability(up: int, down: int) -> float | None:
     return 100.0 * up / (up + down) if up + down else None
 
 
+def is_container(target: str) -> bool:
+    return target != ENGINE_TARGET and ":" not in target and not target.startswith("_")
+
+
 def container_health(inputs: Inputs) -> list[ContainerHealth]:
     checks: dict[tuple[str, str], list[HealthHour]] = defaultdict(list)
     for h in inputs.health:
-        if h.agent == CONTAINER_AGENT and not h.target.startswith("_"):
+        if h.agent == CONTAINER_AGENT and is_container(h.target):
             checks[(h.host, h.target)].append(h)
     metrics: dict[tuple[str, str], list[MetricHour]] = defaultdict(list)
     for row in inputs.metrics:
