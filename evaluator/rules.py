@@ -18,6 +18,7 @@ from evaluator.config import (
 # Database checks by name: "postgres", "db", "database-main", "postgres:5432" (not "feedback").
 DATABASE_CHECK = r"(?i)(postgres|postgresql|database|db)([-_.:].*)?"
 COLLECTOR_TARGET = "_collector"  # an agent's own collection health (agents/runner.py)
+DOCKER_TARGET = "docker"  # the container agent's check of the Docker engine (agents/container.py)
 
 
 def _m(name: str, op: str, value: str) -> Matcher:
@@ -85,11 +86,21 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         name="container_unhealthy",
         kind="health",
-        matchers=[_m("agent", "=", "container"), _m("target", "!=", COLLECTOR_TARGET)],
+        matchers=[_m("agent", "=", "container"), _m("target", "!~", f"{COLLECTOR_TARGET}|{DOCKER_TARGET}")],
         status=["critical"],
         for_=Duration(60),
         severity="warning",
-        summary="container {target} on {host} is unhealthy",
+        summary="container {target} on {host}: {detail}",
+        description="Unhealthy, restarting, dead, killed for lack of memory or exited with an error.",
+    ),
+    Rule(
+        name="docker_unreachable",
+        kind="health",
+        matchers=[_m("agent", "=", "container"), _m("target", "=", DOCKER_TARGET)],
+        status=["critical"],
+        for_=Duration(60),
+        severity="critical",
+        summary="Docker engine on {host} unreachable",
         description="{detail}",
     ),
     Rule(

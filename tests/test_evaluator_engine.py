@@ -180,16 +180,28 @@ def test_a_deployed_container_is_an_info_alert_that_resolves_by_itself_without_a
     assert notifications == []
 
 
-def test_an_unhealthy_container_warns_after_a_minute() -> None:
+def test_an_unhealthy_container_warns_after_a_minute_and_docker_itself_is_critical() -> None:
     driver = Driver(EvaluatorConfig())
     for t in (0, 30, 60):
-        driver.at(t, health("web01", "container", "api", "critical", labels={"image": "api:1"}))
-    assert [(a.rule, a.status) for a in driver.alerts] == [
-        ("container_unhealthy", "pending"),
-        ("container_unhealthy", "firing"),
+        driver.at(
+            t,
+            health(
+                "web01",
+                "container",
+                "api",
+                "critical",
+                labels={"image": "api:1"},
+                detail="running but unhealthy",
+            ),
+            health("web01", "container", "docker", "critical", detail="Docker engine unreachable: refused"),
+        )
+    assert [(a.rule, a.severity, a.status, a.summary) for a in driver.alerts if a.status == "firing"] == [
+        ("container_unhealthy", "warning", "firing", "container api on web01: running but unhealthy"),
+        ("docker_unreachable", "critical", "firing", "Docker engine on web01 unreachable"),
     ]
+    driver.take()
     driver.at(70, health("web01", "container", "api", "ok"))
-    assert driver.alerts[-1].status == "resolved"
+    assert [(a.rule, a.status) for a in driver.alerts] == [("container_unhealthy", "resolved")]
 
 
 def test_user_rules_override_defaults_by_name_and_defaults_can_be_turned_off() -> None:
