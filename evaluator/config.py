@@ -482,6 +482,8 @@ class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
 
     def __post_init__(self) -> None:
         names = [rule.name for rule in self.rules]
+        if "maintenance" in names:
+            raise ValueError("rule name 'maintenance' is reserved for the maintenance window announcements")
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"duplicate rule names: {', '.join(duplicates)}")

@@ -72,6 +72,7 @@ def test_a_rule_from_toml_like_data_with_for_and_matchers() -> None:
             {"rules": [{"name": "x", "metric": "m", "threshold": 1, "op": "=>"}]},
             "Invalid enum value '=>' - at `\\$.rules\\[0\\].op`",
         ),
+        ({"rules": [{"name": "maintenance", "metric": "m", "threshold": 1}]}, "reserved"),
         (
             {
                 "rules": [

@@ -312,3 +312,26 @@ def test_events_of_unrelated_kinds_and_names_change_nothing() -> None:
     )
     assert driver.alerts == []
     assert driver.engine.next_deadline() is None
+
+
+def test_extra_labels_and_the_runbook_url_are_on_the_alert() -> None:
+    rule = Rule(
+        name="disk",
+        metric="disk.percent",
+        threshold=85,
+        labels={"team": "storage", "where": "{host}:{mount}"},
+        runbook_url="https://runbook.example/disk",
+    )
+    driver = Driver(only_rules(rule))
+    driver.at(0, metrics("web01", [("disk.percent", 90, {"mount": "/data"})]))
+    (alert,) = driver.alerts
+    assert alert.labels == {
+        "mount": "/data",
+        "host": "web01",
+        "agent": "host",
+        "team": "storage",
+        "where": "web01:/data",
+        "runbook_url": "https://runbook.example/disk",
+        "rule": "disk",
+        "severity": "warning",
+    }
