@@ -103,6 +103,10 @@ async def run_sink(config: Config) -> None:
     try:
         async with open_bus(config, "jarvis-monitor report sink", embedded=False) as (bus, _):
             sink = ReportSink(config.sinks.report, bus, config.resolved_data_dir())
+            try:
+                sink.open()  # alone, a sink that cannot keep rollups is an error, not a quiet idle
+            except sqlite3.Error as exc:
+                raise OSError(f"cannot open {sink.store_path}: {exc}") from None
             shutdown.started(sink.stop)
             await sink.run()
     except asyncio.CancelledError:

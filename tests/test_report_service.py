@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from pathlib import Path
@@ -15,6 +16,7 @@ from bus.units import dec_hook
 from sinks.report.config import ReportSinkConfig
 from sinks.report.rollups import STORE_FILE, RollupStore
 from sinks.report.service import ReportSink, next_daily_run, reports_due
+from tests.conftest import wait_until
 from tests.test_report_synthetic import T0, fill, synthetic_day
 
 UTC = dt.UTC
@@ -139,3 +141,16 @@ def test_default_slas_are_the_runbooks() -> None:
         "ollama": (99.5, 3000),
         "database": (99.95, 50),
     }
+
+
+async def test_a_store_that_cannot_be_opened_idles_the_sink_until_stopped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    sink = ReportSink(ReportSinkConfig(), cast("Bus", None), blocker, clock=lambda: T0)
+    task = asyncio.create_task(sink.run())
+    await wait_until(lambda: "report sink: cannot open" in caplog.text)
+    assert not task.done()  # the rest of `up` keeps running
+    sink.stop()
+    await asyncio.wait_for(task, 5)

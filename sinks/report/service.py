@@ -23,7 +23,7 @@ from bus.events import Alert, EventDecodeError, HealthEvent, MetricBatch, any_ev
 from bus.jetstream import stream_name
 from sinks.report.config import WEEKDAYS, ReportSinkConfig
 from sinks.report.model import PeriodKind
-from sinks.report.render import produce, prune_reports
+from sinks.report.render import REPORTS_DIR, produce, prune_reports
 from sinks.report.rollups import STORE_FILE, RollupStore
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,12 @@ class ReportSink:
 
     async def run(self) -> None:
         """Consume and report until `stop()`; outages and bad messages are logged, never raised."""
-        self.open()
+        try:
+            self.open()
+        except (OSError, sqlite3.Error) as exc:  # the rest of `up` keeps running without reports
+            log.error("report sink: cannot open %s, no reports: %s", self.store_path, exc)
+            await self._stopped.wait()
+            return
         assert self.store is not None
         log.info("report sink: rollups in %s, reports in %s", self.store_path, self.out_dir / "reports")
         consumers = [asyncio.create_task(self._consume(family)) for family in FAMILIES]
@@ -276,7 +281,7 @@ class ReportSink:
             return
         for kind, day in reports_due(today_run, self.config):
             label = day.isoformat() + ("-week" if kind == "week" else "")
-            if not (self.out_dir / "reports" / "post-golive" / f"{label}.html").exists():
+            if not (self.out_dir / REPORTS_DIR / f"{label}.html").exists():
                 await self.write(kind, day)
 
     async def daily(self, at: float) -> None:
