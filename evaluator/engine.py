@@ -3,8 +3,8 @@
 Pure: no I/O, no asyncio, no clock of its own. Every method takes `now` (epoch seconds) and
 results come out of drain(). Timers (for, keep_firing_for, staleness, dead-man, group waits,
 silence and maintenance boundaries) live in one heap; tick(now) runs those due, each at its own
-deadline (never earlier than the latest `now` seen), so outputs do not depend on how often tick
-runs. Same snapshot + same calls = same outputs, ids included.
+deadline, so outputs do not depend on how often or how late tick runs (a restarted service
+catching up gives the same alerts, ids included). Same snapshot + same calls = same outputs.
 """
 
 from __future__ import annotations
@@ -106,14 +106,11 @@ class Series(msgspec.Struct, kw_only=True, array_like=True):
     flapping: bool = False
     acked: bool = False
     timer: float | None = None  # earliest deadline of this series in the heap
-    route: str = ""
-    group: str = ""
     alert: Alert | None = None  # the latest Alert emitted
 
 
 class _Snapshot(msgspec.Struct, kw_only=True, array_like=True):
     version: int
-    input_time: float  # the latest `now` of observe/set_silences: timers never run before it
     series: list[Series]
     groups: list[Group]
     timers: list[tuple[float, int, str]]
@@ -143,7 +140,6 @@ class Engine:
 
     def __init__(self, config: EvaluatorConfig, now: float) -> None:
         self._setup(config)
-        self._input_time = now
         for window in self._windows.values():
             self._update_window(window, now)
 
@@ -183,7 +179,6 @@ class Engine:
     def observe(self, event: MetricBatch | HealthEvent | Heartbeat, now: float) -> None:
         """Evaluate one event against every rule that can match it."""
         self.stats.events += 1
-        self._input_time = max(self._input_time, now)
         if isinstance(event, MetricBatch):
             self._observe_metrics(event, now)
         elif isinstance(event, HealthEvent):
@@ -499,31 +494,30 @@ class Engine:
         self._drop(series)
 
     def tick(self, now: float) -> None:
-        """Run every timer due by `now`, each at its own deadline (never before an input's time)."""
+        """Run every timer due by `now`, each at its own deadline: outputs do not depend on when tick runs."""
         timers = self._timers
         while timers and timers[0][0] <= now:
             deadline, kind, ref = heapq.heappop(timers)
-            at = max(deadline, self._input_time)
             if kind == _SERIES:
                 series = self._by_fp.get(ref)
                 if series is not None and series.timer == deadline:
                     series.timer = None
-                    self._check_series(series, at)
+                    self._check_series(series, deadline)
             elif kind == _GROUP:
                 group = self._groups.get(ref)
                 if group is not None and group.next_flush == deadline:
                     group.next_flush = None
-                    self._flush(group, at)
+                    self._flush(group, deadline)
             elif kind == _SILENCE:
                 if self._silence_timer == deadline:
                     self._silence_timer = None
-                    self._schedule_silences(at)
-                    self._mark_groups(at)
+                    self._schedule_silences(deadline)
+                    self._mark_groups(deadline)
             elif kind == _WINDOW and self._window_timers.get(ref) == deadline:
                 self._window_timers[ref] = None
                 window = self._windows.get(ref)
                 if window is not None:
-                    self._update_window(window, at)
+                    self._update_window(window, deadline)
 
     def next_deadline(self) -> float | None:
         """When tick() must run next; None when nothing is scheduled."""
@@ -552,19 +546,15 @@ class Engine:
         return self._routes.get(name, self._default_route)
 
     def _to_group(self, series: Series, alert: Alert, now: float, force: bool = False) -> None:
-        if not series.group:
-            route = select_route(self.config.routes, self._default_route, series.labels)
-            key, labels, missing = group_key(route, series.labels)
+        route = select_route(self.config.routes, self._default_route, series.labels)
+        key, labels, missing = group_key(route, series.labels)
+        if series.rule != MAINTENANCE_RULE:  # announcements belong to no host
             for name in missing:
-                if series.rule != MAINTENANCE_RULE:
-                    self.stats.count_unevaluable(series.rule, f"missing group_by label {name!r}")
-            series.route, series.group = route.name, key
-        group = self._groups.get(series.group)
+                self.stats.count_unevaluable(series.rule, f"missing group_by label {name!r}")
+        group = self._groups.get(key)
         if group is None:
-            route = self._route(series.route)
-            _, labels, _ = group_key(route, series.labels)
-            group = Group(key=series.group, route=route.name, labels=labels, created_at=now)
-            self._groups[series.group] = group
+            group = Group(key=key, route=route.name, labels=labels, created_at=now)
+            self._groups[key] = group
             self._schedule_group(group, now + route.group_wait.seconds)
         pinned = group.alerts.get(series.fingerprint)
         if not force and series.flapping and pinned is not None and pinned.flapping:
@@ -676,7 +666,6 @@ class Engine:
 
     def set_silences(self, silences: Sequence[Silence], now: float) -> None:
         """Replace the set of silences; groups re-check what they may notify."""
-        self._input_time = max(self._input_time, now)
         self._silences = list(silences)
         self._silence_timer = None
         self._schedule_silences(now)
@@ -760,7 +749,6 @@ class Engine:
         """The whole state: msgpack-encoded with msgspec, then zlib-compressed (labels repeat a lot)."""
         state = _Snapshot(
             version=SNAPSHOT_VERSION,
-            input_time=self._input_time,
             series=list(self._by_fp.values()),
             groups=list(self._groups.values()),
             timers=self._timers,
@@ -790,7 +778,6 @@ class Engine:
         return engine
 
     def _restore(self, state: _Snapshot, now: float) -> None:
-        self._input_time = state.input_time
         self.stats = state.stats
         self._timers = state.timers
         self._seq = state.seq
@@ -811,7 +798,6 @@ class Engine:
             states[series.key] = series
             if series.state == FIRING:
                 self._firing[series.fingerprint] = series
-        self._input_time = max(self._input_time, now)
         for series in orphans:  # its rule is gone from the config: resolve, never a zombie
             self._states[series.rule] = {series.key: series}
             self._rules[series.rule] = CompiledRule(_orphan_rule(series))

@@ -373,3 +373,11 @@ def test_send_resolved_of_a_route_and_default_route_settings_are_used() -> None:
         (605, "reminder"),
         (1205, "reminder"),
     ]
+
+
+def test_a_missing_group_by_label_is_counted_and_groups_as_empty() -> None:
+    driver = Driver(only_rules(CPU, default_route=DefaultRoute(group_by=["host", "team"])))
+    driver.at(0, metrics("web01", {"cpu.percent": 95}))
+    driver.at(100)
+    assert [n.group_key for n in driver.notifications] == ['default:{host="web01",team=""}']
+    assert driver.engine.stats.unevaluable == {"cpu": {"missing group_by label 'team'": 1}}

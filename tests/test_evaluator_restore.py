@@ -131,3 +131,21 @@ def test_a_snapshot_of_another_version_or_garbage_is_refused_clearly() -> None:
         Engine.restore(EvaluatorConfig(), b"garbage", 0)
     with pytest.raises(ValueError, match="unreadable evaluator snapshot"):
         Engine.restore(EvaluatorConfig(), zlib.compress(b"\x93\x01"), 0)
+
+
+def test_a_late_restart_catching_up_gives_the_same_alerts_and_notifications() -> None:
+    """Down from 20 s to 350 s: the timers run at their own deadlines, so ids and times match."""
+    config = only_rules(Rule(name="cpu", metric="cpu.percent", threshold=90, for_=Duration(60)))
+    punctual = Engine(config, 0)
+    punctual.observe(metrics("web01", {"cpu.percent": 95}, interval=600), 0)
+    for t in range(0, 401, 5):
+        punctual.tick(t)
+    late = Engine(config, 0)
+    late.observe(metrics("web01", {"cpu.percent": 95}, interval=600), 0)
+    late.tick(20)
+    restarted = Engine.restore(config, late.snapshot(), 350)
+    restarted.tick(400)
+    expected, got = punctual.drain(), restarted.drain()
+    assert [(a.status, a.starts_at) for a in got.alerts] == [("pending", 0), ("firing", 60)]
+    assert got == expected
+    assert [(n.id, n.ts) for n in got.notifications] == [(expected.notifications[0].id, 90)]
