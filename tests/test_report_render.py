@@ -65,6 +65,16 @@ def hostile_events() -> list[MetricBatch | HealthEvent | Alert]:
                 Sample("container.cpu.percent", 1.0, {"container": CHANNEL}),
             ],
         ),
+        *(
+            MetricBatch(
+                host="nul\x00host\nx",
+                agent="host",
+                ts=ts + 3600 * h,
+                interval=60,
+                samples=[Sample("disk.percent", 50.0 + h, {"mount": "/\x00"})],
+            )
+            for h in range(4)
+        ),
         HealthEvent(host=HOSTILE, agent="container", target=CHANNEL, status="critical", ts=ts),
         HealthEvent(host=HOSTILE, agent="container", target=CHANNEL, status="ok", ts=ts + 60),
         Alert(
@@ -114,7 +124,7 @@ def test_hostile_names_render_as_text_in_html(tmp_path: Path) -> None:
     tags = _tags(page)
     assert "script" not in tags.tags
     assert "img" not in tags.tags
-    assert tags.tags.count("svg") == 1  # only the chart: the mount's <svg onload> stayed text
+    assert tags.tags.count("svg") == 2  # only the charts: the mount's <svg onload> stayed text
     assert not [a for a in tags.attributes if a.startswith("on")]
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
     assert "&lt;!channel&gt;" in page
@@ -141,6 +151,15 @@ def test_markdown_cells_cannot_break_the_table(tmp_path: Path) -> None:
     assert performance.replace("\\|", "").count("|") == 8
     assert "a\\|b c" in performance
     assert "\\`tick\\` \\*star\\*" in performance
+
+
+def test_control_characters_never_reach_a_page(tmp_path: Path) -> None:
+    json_path, markdown, page = _write(tmp_path, hostile_events())
+    assert "\x00" not in page.read_text()
+    assert "\x00" not in markdown.read_text()
+    assert "nul\ufffdhost x" in markdown.read_text()
+    hosts = [h["host"] for h in json.loads(json_path.read_text())["hosts"]]
+    assert "nul\x00host\nx" in hosts  # the data keeps what was sent
 
 
 def test_md_cell_escapes_pipes_newlines_and_markup() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from xml.sax.saxutils import escape, quoteattr
 
@@ -10,6 +11,22 @@ from sinks.report.model import Chart
 
 WIDTH, HEIGHT = 640, 220
 LEFT, RIGHT, TOP, BOTTOM = 44, 150, 24, 28
+# Control characters are not text: invalid in XML, invisible or worse in a terminal or browser.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def printable(value: object) -> object:
+    """Strings with control characters shown as U+FFFD; markup and anything else unchanged."""
+    if isinstance(value, str) and not hasattr(value, "__html__"):
+        return _CONTROL.sub("\ufffd", value)
+    return value
+
+
+def _text(value: str) -> str:
+    """Escaped for SVG text content."""
+    return escape(str(printable(value)))
+
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -40,9 +57,9 @@ def line_chart(chart: Chart, start: float, end: float, zone: dt.tzinfo) -> str:
     label = f"{chart.title} ({chart.unit})"
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{WIDTH}" '
-        f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" aria-label={quoteattr(label)}>',
-        f"<title>{escape(label)}</title>",
-        f'<text x="{LEFT}" y="16" font-size="13" font-weight="bold">{escape(chart.title)}</text>',
+        f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" aria-label={quoteattr(str(printable(label)))}>',
+        f"<title>{_text(label)}</title>",
+        f'<text x="{LEFT}" y="16" font-size="13" font-weight="bold">{_text(chart.title)}</text>',
         f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#ccc"/>',
     ]
     for fraction in (0.0, 0.5, 1.0):
@@ -66,7 +83,7 @@ def line_chart(chart: Chart, start: float, end: float, zone: dt.tzinfo) -> str:
         parts.append(
             f'<rect x="{WIDTH - RIGHT + 10}" y="{legend_y - 8}" width="10" height="10" fill="{colour}"/>'
             f'<text x="{WIDTH - RIGHT + 24}" y="{legend_y + 1}" font-size="11">'
-            f"{escape(_short(series.name))}</text>"
+            f"{_text(_short(series.name))}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)

@@ -11,7 +11,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -239,20 +239,15 @@ def load_inputs(store: RollupStore, period: Period, config: ReportSinkConfig) ->
 
 def stat_of(rows: Sequence[MetricHour]) -> Stat | None:
     """Average, p95 and max over many hourly rollups (p95 merged from their sketches)."""
-    if not rows:
+    p95 = quantile_of(rows, 0.95)
+    if p95 is None:
         return None
-    count = sum(r.count for r in rows)
-    low, high = min(r.low for r in rows), max(r.high for r in rows)
-    sketch = Sketch()
-    for row in rows:
-        sketch.merge(decode_sketch(row.sketch))
-    p95 = sketch.quantile(0.95)
-    assert p95 is not None
-    return Stat(avg=sum(r.total for r in rows) / count, p95=min(max(p95, low), high), max=high)
+    average = sum(r.total for r in rows) / sum(r.count for r in rows)
+    return Stat(avg=average, p95=p95, max=max(r.high for r in rows))
 
 
-def quantile_of(rows: Iterable[MetricHour], q: float) -> float | None:
-    rows = list(rows)
+def quantile_of(rows: Sequence[MetricHour], q: float) -> float | None:
+    """The q-quantile of every value the rollups saw, kept within their min and max."""
     if not rows:
         return None
     sketch = Sketch()
@@ -295,8 +290,11 @@ def days_to_full(last: float, per_day: float | None) -> float | None:
     return max(0.0, (100.0 - last) / per_day)
 
 
-def _group(rows: Iterable[MetricHour], key: Callable[[MetricHour], str]) -> dict[str, list[MetricHour]]:
-    groups: dict[str, list[MetricHour]] = defaultdict(list)
+K = TypeVar("K", str, tuple[str, ...])
+
+
+def _group(rows: Iterable[MetricHour], key: Callable[[MetricHour], K]) -> dict[K, list[MetricHour]]:
+    groups: dict[K, list[MetricHour]] = defaultdict(list)
     for row in rows:
         groups[key(row)].append(row)
     return dict(sorted(groups.items()))
@@ -319,7 +317,7 @@ def host_health(inputs: Inputs, config: ReportSinkConfig) -> list[HostHealth]:
             by_host[row.host][row.metric].append(row)
     trend_disks = _group(
         (r for r in inputs.trend if r.metric == "disk.percent"),
-        lambda r: f"{r.host}\0{r.labels.get('mount', '')}",
+        lambda r: (r.host, r.labels.get("mount", "")),
     )
     hosts = []
     for host, metrics in sorted(by_host.items()):
@@ -328,7 +326,7 @@ def host_health(inputs: Inputs, config: ReportSinkConfig) -> list[HostHealth]:
         for mount, rows in _group(metrics["disk.percent"], lambda r: r.labels.get("mount", "")).items():
             usage = stat_of(rows)
             assert usage is not None
-            points = hourly(trend_disks.get(f"{host}\0{mount}", rows))
+            points = hourly(trend_disks.get((host, mount), rows))
             growth = slope_per_day(points)
             last = points[-1][1]
             disks.append(
@@ -562,8 +560,9 @@ def growth(inputs: Inputs, period: Period) -> list[Growth]:
     """Weekly capacity planning: first and last day, daily growth and where it leads."""
     rows = [r for r in inputs.metrics if r.metric in HOST_METRICS]
     result = []
-    for key, group in _group(rows, lambda r: f"{r.host}\0{r.metric}\0{r.labels.get('mount', '')}").items():
-        host, metric, subject = key.split("\0")
+    for (host, metric, subject), group in _group(
+        rows, lambda r: (r.host, r.metric, r.labels.get("mount", ""))
+    ).items():
         points = hourly(group)
         first = [v for t, v in points if t < period.start + 86400]
         last = [v for t, v in points if t >= period.end - 86400]

@@ -12,7 +12,7 @@ import jinja2
 import msgspec
 from markupsafe import Markup
 
-from sinks.report.charts import line_chart
+from sinks.report.charts import line_chart, printable
 from sinks.report.config import ReportSinkConfig
 from sinks.report.model import Chart, PeriodKind, Report, build_report, load_inputs, make_period
 from sinks.report.rollups import RollupStore
@@ -45,7 +45,7 @@ def local_time(ts: float, zone: dt.tzinfo) -> str:
 
 def md_cell(value: object) -> str:
     """Text safe inside a Markdown table cell: no pipes, line breaks, markup or raw HTML."""
-    text = " ".join(str(value).split())
+    text = " ".join(str(printable(value)).split())
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _MD_SPECIAL.sub(r"\\\1", text)
 
@@ -58,6 +58,7 @@ def _environment(autoescape: bool) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        finalize=printable,
     )
     env.filters.update(num=number, duration=duration, cell=md_cell)
     return env

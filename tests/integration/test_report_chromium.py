@@ -87,8 +87,8 @@ def test_the_report_loads_without_console_errors_and_shows_its_charts(
     for section in (*SECTIONS, "growth"):
         assert f'<section id="{section}">' in dom
     assert (
-        dom.count('<svg xmlns="http://www.w3.org/2000/svg" class="chart"') == 2
-    )  # web01 and the hostile host
+        dom.count('<svg xmlns="http://www.w3.org/2000/svg" class="chart"') == 3
+    )  # web01 and the two hostile hosts
     assert dom.count("<polyline") >= 4
     assert "<script>" not in dom
 
