@@ -224,10 +224,18 @@ async def test_matching_log_lines_are_counted_per_interval_and_quoted_and_a_rest
 
     async with watching(collector) as events:
         await collector.collect()  # starts the followers
-        first = await collect_until(collector, lambda c: errors(c, by_name) >= 3 and errors(c, by_label) >= 3)
+        first = await collect_until(
+            collector,
+            lambda c: (
+                min(
+                    errors(c, by_name), errors(c, by_label), sample(c, "container.log.warnings", by_name) or 0
+                )
+                > 0
+            ),
+        )
         await docker("restart", "-t", "0", by_name)
         await collector.collect()  # drains what came before the restart
-        after = await collect_until(collector, lambda c: errors(c, by_name) >= 3)
+        after = await collect_until(collector, lambda c: errors(c, by_name) > 0)
 
     assert sample(first, "container.log.errors", containers.name("quiet")) is None
     warnings = sample(first, "container.log.warnings", by_name) or 0
@@ -238,7 +246,7 @@ async def test_matching_log_lines_are_counted_per_interval_and_quoted_and_a_rest
     assert len(lines) == 3  # the counts, then the last two matching lines
     assert "ERROR db down at postgres://***@db/x" in lines[1:]
     assert "s3cret" not in log_check.detail
-    assert errors(after, by_name) >= 3
+    assert errors(after, by_name) > 0  # followed again after the restart
     assert [c.status for c in events.find(by_name, "restart")] == ["warning"]
 
 
