@@ -87,10 +87,24 @@ async def test_a_sink_started_after_the_run_time_writes_the_missing_report(tmp_p
 
 async def test_a_sink_started_before_the_run_time_leaves_that_day_to_the_schedule(tmp_path: Path) -> None:
     sink = _sink(tmp_path, [T0 + 86400 + 60])  # 00:01, the run is at 00:05
+    store = sink.open()
+    store.ingest(synthetic_day()[:10])  # data from the 25th only
+    await sink.catch_up()
+    assert sink.stats.reports == 0  # the last run due wrote the 24th, when there was no data yet
+    sink.clock = lambda: T0 + 2 * 86400 + 60  # a day later, the run of the 26th was missed
+    await sink.catch_up()
+    assert sorted(p.name for p in (tmp_path / "reports" / "post-golive").iterdir()) == [
+        "2026-11-25.html",
+        "2026-11-25.json",
+        "2026-11-25.md",
+    ]
+
+
+async def test_a_fresh_install_writes_no_empty_report(tmp_path: Path) -> None:
+    sink = _sink(tmp_path, [T0 + 86400 + 3600])
     sink.open()
     await sink.catch_up()
-    written = sorted(p.name for p in (tmp_path / "reports" / "post-golive").iterdir())
-    assert written == ["2026-11-24.html", "2026-11-24.json", "2026-11-24.md"]  # the last run that was due
+    assert sink.stats.reports == 0
 
 
 async def test_an_unwritable_report_dir_is_counted_not_raised(tmp_path: Path) -> None:

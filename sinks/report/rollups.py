@@ -154,7 +154,6 @@ class IngestStats:
     metric_batches: int = 0
     health_events: int = 0
     alerts: int = 0
-    transactions: int = 0
 
 
 SeriesKey = tuple[str, str, str, tuple[tuple[str, str], ...]]
@@ -246,7 +245,6 @@ class RollupStore:
             raise
         for name in ("samples", "metric_batches", "health_events", "alerts"):
             setattr(self.stats, name, getattr(self.stats, name) + getattr(counts, name))
-        self.stats.transactions += 1
 
     def _series_id(self, key: SeriesKey) -> int:
         found = self._series.get(key)
@@ -434,6 +432,14 @@ class RollupStore:
             (hour_of(start), end, *metrics, *like),
         )
         return [MetricHour(row[0], row[1], row[2], _labels_decoder.decode(row[3]), *row[4:]) for row in rows]
+
+    def first_hour(self) -> int | None:
+        """The earliest hour holding any metric or health rollup."""
+        row = self._db.execute(
+            "SELECT min(hour) FROM (SELECT min(hour) AS hour FROM metric_hour "
+            "UNION ALL SELECT min(hour) FROM health_hour)"
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
 
     def health_hours(self, start: float, end: float) -> list[HealthHour]:
         rows = self._db.execute(

@@ -22,7 +22,7 @@ from bus.connection import Bus
 from bus.events import Alert, EventDecodeError, HealthEvent, MetricBatch, any_event
 from bus.jetstream import stream_name
 from sinks.report.config import WEEKDAYS, ReportSinkConfig
-from sinks.report.model import PeriodKind
+from sinks.report.model import PeriodKind, make_period
 from sinks.report.render import REPORTS_DIR, produce, prune_reports
 from sinks.report.rollups import STORE_FILE, RollupStore
 
@@ -274,14 +274,23 @@ class ReportSink:
             await self.daily(due)
 
     async def catch_up(self) -> None:
-        """After a start past today's run time: write yesterday's report if it is missing."""
+        """After a start past the last run time: write what that run would have, if missing.
+
+        Only for periods the store has data from, so a fresh install writes no empty report.
+        """
+        store = self.store
+        assert store is not None
         now = self.clock()
-        today_run = next_daily_run(now - 86400, self.config)
-        if today_run > now:
+        last_run = next_daily_run(now - 86400, self.config)
+        if last_run > now:
             return
-        for kind, day in reports_due(today_run, self.config):
-            label = day.isoformat() + ("-week" if kind == "week" else "")
-            if not (self.out_dir / REPORTS_DIR / f"{label}.html").exists():
+        async with self._store_lock:
+            first = await asyncio.to_thread(store.first_hour)
+        for kind, day in reports_due(last_run, self.config):
+            period = make_period(kind, day, self.config.timezone, self.config.zone)
+            if first is None or first >= period.end:
+                continue
+            if not (self.out_dir / REPORTS_DIR / f"{period.label}.html").exists():
                 await self.write(kind, day)
 
     async def daily(self, at: float) -> None:
