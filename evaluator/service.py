@@ -1,0 +1,592 @@
+"""The evaluator service: JetStream in, the pure engine in the middle, alerts and notifications out.
+
+Each window of input messages goes: observe -> drain -> publish outputs with Nats-Msg-Id (PubAcks
+awaited) -> save the engine snapshot to KV -> ack the inputs. Killed at any point, a restart
+restores the last snapshot, gets the unacked inputs again, makes the same outputs with the same
+ids, and the streams' duplicate window drops what was already published. One evaluator runs per
+prefix (the durable consumers are shared, so a second one would split the input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from bus.connection import Bus
+from bus.events import (
+    Alert,
+    EventDecodeError,
+    HealthEvent,
+    Heartbeat,
+    MetricBatch,
+    encode,
+    health_event,
+    heartbeat,
+    metric_batch,
+)
+from bus.jetstream import stream_name
+from evaluator.config import EvaluatorConfig
+from evaluator.engine import Engine, Output
+from evaluator.silences import Silence
+from evaluator.store import (
+    ACK_PREFIX,
+    SILENCE_PREFIX,
+    SILENCE_RETENTION,
+    AckRecord,
+    ActiveAlerts,
+    SavedState,
+    StoreError,
+    decode_ack,
+    decode_silence,
+    open_buckets,
+)
+
+log = logging.getLogger(__name__)
+
+DURABLE = "evaluator"
+# A new evaluator starts this far back, so agents that are already running are known at once.
+LOOKBACK = 300.0
+FETCH_BATCH = 500
+# Fetched but not yet evaluated messages per input stream, before its fetcher waits.
+BUFFER_LIMIT = 4 * FETCH_BATCH
+ACK_WAIT = 300.0
+MAX_ACK_PENDING = 200_000
+TICK_EVERY = 1.0
+ACTIVE_EVERY = 1.0
+ACTIVE_REFRESH = 30.0
+HOUSEKEEPING_EVERY = 60.0
+# An ack whose alert is gone is kept this long (an evaluator catching up may not know it yet).
+ACK_RETENTION = 3600.0
+PUBLISH_TIMEOUT = 5.0
+PUBLISH_CONCURRENCY = 256
+MAX_BACKOFF = 5.0
+
+Input = MetricBatch | HealthEvent | Heartbeat
+
+
+@dataclass
+class ServiceStats:
+    """Counters of what the service did, for logs and tests."""
+
+    received: int = 0
+    evaluated: int = 0
+    undecodable: int = 0
+    failed: int = 0  # the engine raised on an event: a bug, logged with its traceback
+    redelivered: int = 0  # already in the saved state, skipped
+    alerts: int = 0
+    notifications: int = 0
+    publish_retries: int = 0
+    snapshots: int = 0
+    snapshot_bytes: int = 0
+
+
+@dataclass
+class _Message:
+    ts: float
+    seq: int
+    msg: Msg
+
+
+@dataclass
+class _Feed:
+    """One input stream: a durable pull consumer fetched in the background into a buffer."""
+
+    family: str
+    decode: Callable[[bytes, str], Input]
+    sub: JetStreamContext.PullSubscription
+    wake: asyncio.Event
+    buffer: deque[_Message] = field(default_factory=deque)
+    # messages the server still holds after the last fetch; None until the first fetch answered
+    pending: int | None = None
+    last_ts: float = -math.inf
+    space: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, connected: Callable[[], bool]) -> None:
+        """Fetch until cancelled; an outage is waited out, never raised."""
+        self.space.set()
+        failures = 0
+        while True:
+            await self.space.wait()
+            try:
+                msgs = await self.sub.fetch(FETCH_BATCH, timeout=TICK_EVERY)
+            except TimeoutError:
+                if connected():  # nothing new; during an outage we do not know that
+                    self.pending = 0
+                    self.wake.set()
+                continue
+            except (nats.errors.Error, OSError) as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("evaluator: fetching %s failed, retrying: %s", self.family, exc)
+                await asyncio.sleep(min(MAX_BACKOFF, 0.1 * 2**failures))
+                continue
+            failures = 0
+            for msg in msgs:
+                meta = msg.metadata
+                ts = meta.timestamp.timestamp()
+                self.buffer.append(_Message(ts, meta.sequence.stream, msg))
+                self.last_ts = ts
+                self.pending = meta.num_pending
+            if len(self.buffer) >= BUFFER_LIMIT:
+                self.space.clear()
+            self.wake.set()
+
+    @property
+    def behind(self) -> bool:
+        return self.pending is None or self.pending > 0
+
+
+class _Stopped(Exception):
+    """A stop was requested while outputs could not be published: the window is abandoned."""
+
+
+class EvaluatorService:
+    """Runs the engine on the bus until `stop()`; never raises for a bad message or an outage."""
+
+    def __init__(
+        self,
+        config: EvaluatorConfig,
+        bus: Bus,
+        *,
+        clock: Callable[[], float] = time.time,
+        batch_window: float = 0.2,
+        max_batch: int = 5000,
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.clock = clock
+        self.batch_window = batch_window
+        self.max_batch = max_batch
+        self.stats = ServiceStats()
+        self.ready = asyncio.Event()  # consumers made and state restored
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._js = bus.nc.jetstream()
+        self._feeds: list[_Feed] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cursors: dict[str, int] = {}
+        self._engine: Engine | None = None
+        self._engine_now = -math.inf
+        self._silences: dict[str, Silence] = {}
+        self._silences_changed = False
+        self._acks: dict[str, AckRecord] = {}
+        self._acks_to_apply: list[AckRecord] = []
+        self._active_written: bytes | None = None
+        self._active_at = -math.inf
+        self._housekeeping_at = -math.inf
+        self._last_tick = -math.inf
+
+    @property
+    def engine(self) -> Engine:
+        assert self._engine is not None, "the engine exists once run() has started"
+        return self._engine
+
+    @property
+    def silences(self) -> list[Silence]:
+        """The silences the engine was given (expired ones too, until they are deleted)."""
+        return list(self._silences.values())
+
+    def stop(self) -> None:
+        """Finish the window in progress (unless its outputs cannot be published) and return."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            if await self._start():
+                await self._loop()
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._tasks.clear()
+
+    # --- start-up -------------------------------------------------------------------------
+
+    async def _start(self) -> bool:
+        """Open the buckets and consumers and restore the state; False if stopped meanwhile."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                self._state, self._silence_store = await open_buckets(self._js, self.bus.subjects.prefix)
+                await self._restore()
+                feeds = [await self._subscribe(family, decode) for family, decode in _INPUTS.items()]
+                await self._load_silences()
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                failures += 1
+                log.warning("evaluator: cannot start yet (%s), retrying", exc)
+                await self._sleep(min(MAX_BACKOFF, 0.2 * 2**failures))
+                continue
+            self._feeds = feeds
+            connected = lambda: self.bus.nc.is_connected  # noqa: E731
+            self._tasks = [asyncio.create_task(feed.run(connected)) for feed in feeds]
+            self._tasks.append(asyncio.create_task(self._watch_silences()))
+            self.ready.set()
+            return True
+        return False
+
+    async def _subscribe(self, family: str, decode: Callable[[bytes, str], Input]) -> _Feed:
+        """A durable consumer that resumes right after the last message the saved state includes.
+
+        Made afresh at every start: the messages a killed evaluator had fetched but not acked
+        would otherwise wait out ack_wait before their redelivery.
+        """
+        stream = stream_name(self.bus.subjects.prefix, family)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self._js.delete_consumer(stream, DURABLE)
+        config = ConsumerConfig(
+            durable_name=DURABLE,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=ACK_WAIT,
+            max_ack_pending=MAX_ACK_PENDING,
+        )
+        cursor = self._cursors.get(family)
+        if cursor is None:  # never evaluated this stream: start with the recent past
+            config.deliver_policy = DeliverPolicy.BY_START_TIME
+            config.opt_start_time = datetime.datetime.fromtimestamp(self.clock() - LOOKBACK, datetime.UTC)
+        else:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = cursor + 1
+        sub = await self._js.pull_subscribe(
+            self.bus.subjects.family(family), durable=DURABLE, stream=stream, config=config
+        )
+        return _Feed(family=family, decode=decode, sub=sub, wake=self._wake)
+
+    async def _restore(self) -> None:
+        now = self.clock()
+        try:
+            saved = await self._state.load()
+        except StoreError as exc:  # better to start afresh than to stop evaluating
+            log.error("evaluator: saved state unusable, starting with an empty state: %s", exc)
+            saved = None
+        if saved is None:
+            self._engine = Engine(self.config, now)
+            self._cursors = {}
+            log.info("evaluator: no saved state, starting afresh")
+            return
+        try:
+            self._engine = Engine.restore(self.config, saved.engine, now)
+        except ValueError as exc:  # e.g. written by an incompatible version
+            log.error("evaluator: saved state unusable, starting with an empty state: %s", exc)
+            self._engine = Engine(self.config, now)
+            self._cursors = {}
+            return
+        self._cursors = dict(saved.cursors)
+        log.info("evaluator: state restored (%d bytes)", len(saved.engine))
+
+    async def _load_silences(self) -> None:
+        kv = self._silence_store.kv
+        self._silences = {s.id: s for s in await self._silence_store.silences()}
+        self._silences_changed = True
+        self._acks = {}
+        for key in await self._silence_store._keys(ACK_PREFIX):
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                record = decode_ack((await kv.get(key)).value or b"")
+                if record is not None:
+                    self._acks[record.fingerprint] = record
+        self._acks_to_apply = list(self._acks.values())
+
+    # --- silences and acks from KV ----------------------------------------------------------
+
+    async def _watch_silences(self) -> None:
+        """Follow the silences bucket, so a silence or ack from any machine applies within a second."""
+        kv = self._silence_store.kv
+        while True:
+            try:
+                watcher = await kv.watchall()
+                async for entry in watcher:
+                    if entry is not None:
+                        self._on_entry(entry.key, entry.value or b"", entry.operation)
+            except asyncio.CancelledError:
+                raise
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                log.warning("evaluator: watching silences failed, retrying: %s", exc)
+                await asyncio.sleep(1.0)
+
+    def _on_entry(self, key: str, value: bytes, operation: str | None) -> None:
+        deleted = operation in ("DEL", "PURGE")
+        if key.startswith(SILENCE_PREFIX):
+            silence_id = key[len(SILENCE_PREFIX) :]
+            silence = None if deleted else decode_silence(value)
+            if silence is None:
+                changed = self._silences.pop(silence_id, None) is not None
+            else:
+                changed = self._silences.get(silence_id) != silence
+                self._silences[silence_id] = silence
+            if changed:
+                self._silences_changed = True
+                self._wake.set()
+        elif key.startswith(ACK_PREFIX):
+            fingerprint = key[len(ACK_PREFIX) :]
+            record = None if deleted else decode_ack(value)
+            if record is None:
+                self._acks.pop(fingerprint, None)
+            elif self._acks.get(fingerprint) != record:
+                self._acks[fingerprint] = record
+                self._acks_to_apply.append(record)
+                self._wake.set()
+
+    def _apply_external(self, now: float) -> bool:
+        """Hand new silences and acks to the engine; True if anything changed."""
+        changed = False
+        if self._silences_changed:
+            self._silences_changed = False
+            self.engine.set_silences(list(self._silences.values()), now)
+            changed = True
+        if self._acks_to_apply:
+            records, self._acks_to_apply = self._acks_to_apply, []
+            since = {a.fingerprint: a.since for a in self.engine.active(now) if not a.acked}
+            for record in records:
+                # An ack made before this alert started belongs to an earlier alert of the series.
+                if record.fingerprint in since and since[record.fingerprint] <= record.at:
+                    changed |= self.engine.ack(record.fingerprint, now)
+        return changed
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        """Wall-clock time, but never before the latest input (another machine's clock may lag)."""
+        return max(self.clock(), self._engine_now)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _wait_for_wake(self, timeout: float) -> None:
+        if timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        else:
+            await asyncio.sleep(0)  # the fetchers must run even when timers are due back to back
+        self._wake.clear()
+
+    def _timeout(self) -> float:
+        """Seconds until the engine has a timer due, at most a tick interval."""
+        wait = TICK_EVERY - (self.clock() - self._last_tick)
+        deadline = self.engine.next_deadline()
+        if deadline is not None and self._caught_up():  # else the next input moves time on
+            wait = min(wait, deadline - self.clock())
+        return max(0.0, wait)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            await self._wait_for_wake(self._timeout())
+            processed: dict[str, Msg] = {}
+            changed = self._apply_external(self._now())
+            count = self._observe_ready(processed)
+            if count:  # more may follow: fill the window, so snapshots stay cheap
+                window_end = loop.time() + self.batch_window
+                while count < self.max_batch and not self._stopping.is_set():
+                    remaining = window_end - loop.time()
+                    if remaining <= 0:
+                        break
+                    await self._wait_for_wake(remaining)
+                    count += self._observe_ready(processed)
+            changed |= self._tick()
+            try:
+                changed |= await self._publish(self.engine.drain())
+            except _Stopped:
+                log.warning("evaluator: stopped before its outputs were published; a restart redoes them")
+                return
+            if count or changed:
+                if not await self._commit(processed):
+                    return
+                log.debug("evaluator: window of %d messages committed, cursors %s", count, self._cursors)
+            await self._write_active()
+            await self._housekeeping()
+
+    def _observe_ready(self, processed: dict[str, Msg]) -> int:
+        """Evaluate the fetched messages no other stream can still precede, in time order."""
+        if any(feed.pending is None for feed in self._feeds):
+            return 0
+        horizon = min((feed.last_ts for feed in self._feeds if feed.behind), default=math.inf)
+        ready: list[tuple[float, int, int, _Message]] = []
+        for index, feed in enumerate(self._feeds):
+            buffer = feed.buffer
+            while buffer and buffer[0].ts <= horizon:
+                message = buffer.popleft()
+                ready.append((message.ts, index, message.seq, message))
+            if len(buffer) < BUFFER_LIMIT:
+                feed.space.set()
+        if len(self._feeds) > 1:
+            ready.sort(key=lambda item: item[:3])
+        for _, index, _, message in ready:
+            feed = self._feeds[index]
+            processed[feed.family] = message.msg
+            self._evaluate(feed, message)
+        return len(ready)
+
+    def _evaluate(self, feed: _Feed, message: _Message) -> None:
+        self.stats.received += 1
+        if message.seq <= self._cursors.get(feed.family, 0):
+            self.stats.redelivered += 1
+            return
+        self._cursors[feed.family] = message.seq
+        msg = message.msg
+        try:
+            event = feed.decode(msg.data, msg.subject)
+        except EventDecodeError as exc:
+            self.stats.undecodable += 1
+            if _worth_logging(self.stats.undecodable):
+                log.warning("evaluator: %s (%d skipped so far)", exc, self.stats.undecodable)
+            return
+        # the stream's timestamp, so a redelivery after a crash replays identically
+        now = max(message.ts, self._engine_now)
+        engine = self.engine
+        try:
+            deadline = engine.next_deadline()
+            if deadline is not None and deadline <= now:
+                engine.tick(now)
+            engine.observe(event, now)
+        except Exception:
+            self.stats.failed += 1
+            log.exception("evaluator: the engine failed on %s (seq %d)", msg.subject, message.seq)
+            return
+        self._engine_now = now
+        self.stats.evaluated += 1
+
+    def _caught_up(self) -> bool:
+        return self.bus.nc.is_connected and not any(feed.behind or feed.buffer for feed in self._feeds)
+
+    def _tick(self) -> bool:
+        """Run due timers; at wall-clock time only once every input is evaluated. True if due."""
+        now = self._now() if self._caught_up() else self._engine_now
+        if now == -math.inf:  # nothing evaluated yet and the inputs not fetched: no time to tick at
+            self._last_tick = self.clock()
+            return False
+        deadline = self.engine.next_deadline()
+        due = deadline is not None and deadline <= now
+        if due or self.clock() - self._last_tick >= TICK_EVERY:
+            self.engine.tick(now)
+            self._last_tick = self.clock()
+        return due
+
+    async def _publish(self, output: Output) -> bool:
+        """Publish every output through JetStream, retrying until each PubAck arrives."""
+        subjects = self.bus.subjects
+        items: list[tuple[str, bytes, str]] = []
+        for alert in output.alerts:
+            subject = subjects.alerts(alert.severity, alert.labels.get("host", ""), alert.rule)
+            items.append((subject, encode(alert), alert_msg_id(alert)))
+        for notification in output.notifications:
+            items.append((subjects.notifications(notification.route), encode(notification), notification.id))
+        for start in range(0, len(items), PUBLISH_CONCURRENCY):
+            chunk = items[start : start + PUBLISH_CONCURRENCY]
+            await asyncio.gather(*(self._publish_one(*item) for item in chunk))
+        self.stats.alerts += len(output.alerts)
+        self.stats.notifications += len(output.notifications)
+        return bool(items)
+
+    async def _publish_one(self, subject: str, payload: bytes, msg_id: str) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._js.publish(
+                    subject, payload, timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": msg_id}
+                )
+                return
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                failures += 1
+                self.stats.publish_retries += 1
+                if _worth_logging(failures):
+                    log.warning("evaluator: publishing to %s failed (%s), retrying", subject, exc)
+            if self._stopping.is_set():
+                raise _Stopped
+            await self._sleep(min(MAX_BACKOFF, 0.1 * 2**failures))
+
+    async def _commit(self, processed: dict[str, Msg]) -> bool:
+        """Save the state, then ack the window's inputs; False if stopped before it was saved."""
+        failures = 0
+        while True:
+            try:
+                snapshot = self.engine.snapshot()
+                await self._state.save(SavedState(engine=snapshot, cursors=self._cursors))
+                break
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                failures += 1
+                if _worth_logging(failures):
+                    log.warning("evaluator: saving the state failed (%s), retrying", exc)
+            if self._stopping.is_set():
+                return False
+            await self._sleep(min(MAX_BACKOFF, 0.1 * 2**failures))
+        self.stats.snapshots += 1
+        self.stats.snapshot_bytes = len(snapshot)
+        for msg in processed.values():  # ack policy "all": the last one acks the window
+            with contextlib.suppress(nats.errors.Error, OSError):  # redelivered, then skipped
+                await msg.ack()
+        return True
+
+    async def _write_active(self) -> None:
+        """The active alerts for `jarvis-monitor alerts`, at most once a second."""
+        wall = self.clock()
+        if wall - self._active_at < ACTIVE_EVERY:
+            return
+        now = self._now()
+        alerts = self.engine.active(now)
+        encoded = msgspec.json.encode(alerts)
+        if encoded == self._active_written and wall - self._active_at < ACTIVE_REFRESH:
+            return
+        try:
+            await self._state.save_active(ActiveAlerts(ts=now, alerts=alerts))
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            log.warning("evaluator: writing the active alerts failed: %s", exc)
+            return
+        self._active_written = encoded
+        self._active_at = wall
+
+    async def _housekeeping(self) -> None:
+        """Delete silences expired long ago and acks of alerts that are gone."""
+        wall = self.clock()
+        if wall - self._housekeeping_at < HOUSEKEEPING_EVERY:
+            return
+        self._housekeeping_at = wall
+        active = {a.fingerprint for a in self.engine.active(self._now())}
+        keys = [
+            SILENCE_PREFIX + s.id for s in self._silences.values() if s.ends_at < wall - SILENCE_RETENTION
+        ]
+        keys += [
+            ACK_PREFIX + r.fingerprint
+            for r in self._acks.values()
+            if r.fingerprint not in active and r.at < wall - ACK_RETENTION
+        ]
+        for key in keys:
+            try:
+                await self._silence_store.delete(key)
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                log.warning("evaluator: cannot delete %s: %s", key, exc)
+                return
+
+
+_INPUTS: dict[str, Callable[[bytes, str], Input]] = {
+    "metrics": metric_batch.decode,
+    "health": health_event.decode,
+    "heartbeat": heartbeat.decode,
+}
+
+
+def alert_msg_id(alert: Alert) -> str:
+    """The Nats-Msg-Id of an alert: one per (fingerprint, status, flapping, start or end)."""
+    at = alert.ends_at if alert.status == "resolved" and alert.ends_at is not None else alert.starts_at
+    flapping = ":flapping" if alert.flapping else ""
+    return f"{alert.fingerprint}:{alert.status}{flapping}:{at!r}"
+
+
+def _worth_logging(count: int) -> bool:
+    """1, 2, ..., 10, 20, ..., 100, 200, ...: a repeating problem is logged, not flooded."""
+    return count < 10 or count % 10 ** int(math.log10(count)) == 0

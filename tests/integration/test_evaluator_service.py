@@ -1,0 +1,482 @@
+"""The evaluator service through a real nats-server: alerts, notifications, silences, dead-man,
+garbage, and SIGKILL-and-restart with nothing lost and nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from nats.js.api import DeliverPolicy
+
+from bus.config import BusConfig
+from bus.connection import Bus, connect
+from bus.events import Alert, Heartbeat, MetricBatch, Notification, Sample, alert, notification
+from bus.jetstream import provision
+from bus.server import EmbeddedServer
+from bus.units import Duration
+from evaluator.config import EvaluatorConfig, Route, Rule
+from evaluator.service import EvaluatorService
+from evaluator.store import SavedState, StateStore, StoreError, open_buckets
+from tests.conftest import wait_until
+
+GROUP_WAIT, REPEAT = 1.0, 3.0
+FOR = 2.0
+HEARTBEAT_EVERY = 0.3
+DISK_RULE = "disk_usage_high"
+# Long enough for a restart in the middle of a scenario, short enough for a test.
+TIMEOUT = 30.0
+
+
+def evaluator_config() -> EvaluatorConfig:
+    """Built-in rules, with integration-test timings instead of the runbook's minutes."""
+    return EvaluatorConfig(
+        rules=[
+            Rule(
+                name=DISK_RULE,
+                metric="disk.percent",
+                threshold=85,
+                clear_threshold=80,
+                for_=Duration(FOR),
+                severity="critical",
+                summary="disk {mount} on {host} is {value:.0f}% full",
+            )
+        ],
+        default_route=Route(
+            name="default",
+            receiver="#alerts",
+            group_wait=Duration(GROUP_WAIT),
+            group_interval=Duration(GROUP_WAIT),
+            repeat_interval=Duration(REPEAT),
+        ),
+    )
+
+
+CONFIG_TOML = f"""
+log_level = "debug"
+[bus]
+servers = ["{{url}}"]
+prefix = "{{prefix}}"
+[agents.host]
+enabled = false
+[evaluator.default_route]
+name = "default"
+receiver = "#alerts"
+group_wait = "{GROUP_WAIT:g}s"
+group_interval = "{GROUP_WAIT:g}s"
+repeat_interval = "{REPEAT:g}s"
+[[evaluator.rules]]
+name = "{DISK_RULE}"
+metric = "disk.percent"
+threshold = 85
+clear_threshold = 80
+for = "{FOR:g}s"
+severity = "critical"
+"""
+
+
+def write_config(path: Path, url: str, prefix: str) -> Path:
+    path.write_text(CONFIG_TOML.format(url=url, prefix=prefix))
+    return path
+
+
+@dataclass
+class Recorder:
+    """Everything the alert and notification streams hold (stored messages, not core publishes:
+    a repeat the stream deduplicated is not seen here)."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    notifications: list[Notification] = field(default_factory=list)
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def on(cls, bus: Bus) -> AsyncIterator[Recorder]:
+        recorder = cls()
+        js = bus.nc.jetstream()
+
+        async def on_alert(msg: object) -> None:
+            recorder.alerts.append(alert.decode(msg.data))  # type: ignore[attr-defined]
+
+        async def on_notification(msg: object) -> None:
+            recorder.notifications.append(notification.decode(msg.data))  # type: ignore[attr-defined]
+
+        subs = [
+            await js.subscribe(
+                bus.subjects.family("alerts"),
+                cb=on_alert,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+            ),
+            await js.subscribe(
+                bus.subjects.family("notifications"),
+                cb=on_notification,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+            ),
+        ]
+        try:
+            yield recorder
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()
+
+    def alerts_of(self, host: str, rule: str | None = None) -> list[Alert]:
+        return [a for a in self.alerts if a.labels.get("host") == host and rule in (None, a.rule)]
+
+    def notified(self, host: str, status: str | None = None) -> list[Notification]:
+        return [
+            n
+            for n in self.notifications
+            if any(a.labels.get("host") == host for a in n.alerts) and status in (None, n.status)
+        ]
+
+    async def wait_for(self, condition: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:
+        try:
+            await wait_until(lambda: bool(condition()), timeout)
+        except TimeoutError:
+            pytest.fail(
+                f"timed out waiting for {what}; alerts {self.alerts}; notifications {self.notifications}"
+            )
+
+    def assert_nothing_twice(self) -> None:
+        ids = [n.id for n in self.notifications]
+        assert len(ids) == len(set(ids)), f"notification ids repeat: {ids}"
+
+
+class Agent:
+    """A fake agent publishing disk usage and heartbeats, as AgentRunner does."""
+
+    def __init__(self, bus: Bus, host: str, disk: float = 50.0) -> None:
+        self.bus = bus
+        self.host = host
+        self.disk = disk
+        self.beating = True
+        self.beats = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def publish_once(self) -> None:
+        subjects, now = self.bus.subjects, time.time()
+        batch = MetricBatch(
+            host=self.host,
+            agent="host",
+            ts=now,
+            interval=HEARTBEAT_EVERY,
+            samples=[Sample("disk.percent", self.disk, {"mount": "/"})],
+        )
+        await self.bus.publish(subjects.metrics(self.host, "host"), batch)
+        beat = Heartbeat(host=self.host, agent="host", version="test", interval=HEARTBEAT_EVERY, ts=now)
+        await self.bus.publish(subjects.heartbeat(self.host, "host"), beat)
+        self.beats += 1
+
+    async def _run(self) -> None:
+        while self.beating:
+            await self.publish_once()
+            await asyncio.sleep(HEARTBEAT_EVERY)  # the agent's own schedule
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        self.beating = False
+        if self._task is not None:
+            await self._task
+
+
+async def provisioned(bus: Bus) -> None:
+    await provision(bus.nc.jetstream(), bus.subjects, BusConfig().streams)
+
+
+# --- the evaluator in-process, or as a process that can be killed --------------------------------
+
+Restart = Callable[[], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def service_in_process(bus: Bus) -> AsyncIterator[EvaluatorService]:
+    service = EvaluatorService(evaluator_config(), bus)
+    task = asyncio.create_task(service.run())
+    await asyncio.wait_for(service.ready.wait(), TIMEOUT)
+    try:
+        yield service
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, TIMEOUT)
+
+
+class EvaluatorProcess:
+    """`jarvis-monitor evaluator` as a child process, killed with SIGKILL and restarted."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.kills = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "jarvis_monitor", "-c", str(self.config), "evaluator"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={k: v for k, v in os.environ.items() if k != "JARVIS_NATS_URL"},
+            )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        self.kills += 1
+
+    async def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def service_process(tmp_path: Path, url: str, prefix: str) -> AsyncIterator[EvaluatorProcess]:
+    process = EvaluatorProcess(
+        write_config(tmp_path / "jarvis.toml", url, prefix), tmp_path / "evaluator.log"
+    )
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        sys.stderr.write(process.log.read_text(errors="replace")[-20000:])
+
+
+async def no_restart() -> None:
+    return None
+
+
+# --- scenarios, each run in-process and with SIGKILLs in the middle ------------------------------
+
+
+async def breach_lifecycle(bus: Bus, recorder: Recorder, restart: Restart) -> None:
+    """Pending, firing, one notification after group_wait, a reminder after repeat_interval,
+    resolved when the metric returns."""
+    agent = Agent(bus, "web01", disk=95.0)
+    agent.start()
+    try:
+        await recorder.wait_for(lambda: recorder.alerts_of("web01", DISK_RULE), "the pending alert")
+        await restart()  # in the middle of `for`
+        await recorder.wait_for(lambda: recorder.notified("web01", "firing"), "the firing notification")
+        await restart()  # between the notification and the reminder
+        await recorder.wait_for(
+            lambda: recorder.notified("web01", "reminder"), "a reminder", TIMEOUT + REPEAT
+        )
+        agent.disk = 40.0
+        await restart()  # while it resolves
+        await recorder.wait_for(lambda: recorder.notified("web01", "resolved"), "the resolved notification")
+    finally:
+        await agent.stop()
+
+    statuses = [a.status for a in recorder.alerts_of("web01", DISK_RULE)]
+    assert statuses == ["pending", "firing", "resolved"], statuses
+    firing = recorder.notified("web01", "firing")
+    assert len(firing) == 1, firing
+    assert [a.rule for a in firing[0].alerts] == [DISK_RULE]
+    assert firing[0].ts - firing[0].alerts[0].starts_at >= GROUP_WAIT - 1e-6
+    reminders = recorder.notified("web01", "reminder")
+    times = [firing[0].ts, *(r.ts for r in reminders)]
+    assert all(later - earlier >= REPEAT - 1e-6 for earlier, later in itertools.pairwise(times)), times
+    assert len(recorder.notified("web01", "resolved")) == 1
+    recorder.assert_nothing_twice()
+
+
+async def heartbeat_gone(bus: Bus, recorder: Recorder, restart: Restart) -> None:
+    """The agent stops: one agent-down alert, and its breach is inhibited, never notified."""
+    agent = Agent(bus, "web04", disk=50.0)
+    agent.start()
+    await recorder.wait_for(lambda: agent.beats >= 5, "a few heartbeats")
+    agent.disk = 95.0
+    await agent.publish_once()  # a breach in its very last batch
+    await agent.stop()
+    await restart()  # while the evaluator counts missing heartbeats
+    await recorder.wait_for(lambda: recorder.notified("web04", "firing"), "the agent-down notification")
+    await recorder.wait_for(lambda: recorder.notified("web04", "reminder"), "a reminder", TIMEOUT + REPEAT)
+
+    down = recorder.alerts_of("web04", "agent_down")
+    assert [a.status for a in down] == ["firing"], down
+    notified_rules = {a.rule for n in recorder.notified("web04") for a in n.alerts}
+    assert notified_rules == {"agent_down"}, notified_rules
+    recorder.assert_nothing_twice()
+
+
+async def silenced(
+    bus: Bus, recorder: Recorder, restart: Restart, silence: Callable[[str], Awaitable[None]]
+) -> None:
+    """A silenced host is never notified; a host without a silence is, in the same time."""
+    await silence("web02")
+    await restart()  # the silence must survive it
+    quiet, loud = Agent(bus, "web02", disk=95.0), Agent(bus, "web03", disk=95.0)
+    quiet.start()
+    loud.start()
+    try:
+        await recorder.wait_for(
+            lambda: recorder.notified("web03", "reminder"), "web03's reminder", TIMEOUT + REPEAT
+        )
+    finally:
+        await quiet.stop()
+        await loud.stop()
+    assert [a.status for a in recorder.alerts_of("web02", DISK_RULE)][:2] == ["pending", "firing"]
+    assert recorder.notified("web02") == []
+    recorder.assert_nothing_twice()
+
+
+async def cli_silence(config_path: Path, host: str) -> None:
+    from jarvis_monitor.cli import main
+
+    code = await asyncio.to_thread(
+        main, ["-c", str(config_path), "silence", "add", f"host={host}", "--for", "1h", "--comment", "test"]
+    )
+    assert code == 0
+
+
+# --- in-process -----------------------------------------------------------------------------------
+
+
+async def test_breach_pending_firing_notified_reminded_resolved(bus: Bus) -> None:
+    await provisioned(bus)
+    async with Recorder.on(bus) as recorder, service_in_process(bus):
+        await breach_lifecycle(bus, recorder, no_restart)
+
+
+async def test_agent_down_is_the_only_alert_notified_for_its_host(bus: Bus) -> None:
+    await provisioned(bus)
+    async with Recorder.on(bus) as recorder, service_in_process(bus):
+        await heartbeat_gone(bus, recorder, no_restart)
+
+
+async def test_silence_from_the_cli_mutes_notifications(
+    bus: Bus, nats_server: EmbeddedServer, prefix: str, tmp_path: Path
+) -> None:
+    await provisioned(bus)
+    config_path = write_config(tmp_path / "jarvis.toml", nats_server.url, prefix)
+    async with Recorder.on(bus) as recorder, service_in_process(bus) as service:
+
+        async def silence(host: str) -> None:
+            await cli_silence(config_path, host)
+            await wait_until(lambda: bool(service.silences), 5)
+
+        await silenced(bus, recorder, no_restart, silence)
+
+
+async def test_garbage_payloads_are_counted_and_skipped(bus: Bus) -> None:
+    await provisioned(bus)
+    async with Recorder.on(bus) as recorder, service_in_process(bus) as service:
+        subjects = bus.subjects
+        for subject in (subjects.metrics("web05", "host"), subjects.heartbeat("web05", "host")):
+            await bus.nc.publish(subject, b"\x00not json")
+        await bus.nc.publish(subjects.health("web05", "probe", "api"), b'{"kind": "health"}')
+        await bus.nc.publish(subjects.metrics("web05", "host"), b'{"kind": "heartbeat", "v": 1}')
+        agent = Agent(bus, "web05", disk=95.0)
+        agent.start()
+        try:
+            await recorder.wait_for(
+                lambda: recorder.alerts_of("web05", DISK_RULE), "an alert after the garbage"
+            )
+        finally:
+            await agent.stop()
+        assert service.stats.undecodable == 4
+
+
+async def test_state_of_10000_series_survives_a_restart(bus: Bus) -> None:
+    """A snapshot too large for one KV value is chunked, and a new evaluator picks it up whole."""
+    await provisioned(bus)
+    now = time.time()
+    async with service_in_process(bus) as service:
+        for host in range(10):
+            samples = [Sample("disk.percent", 95.0, {"mount": f"/m{i}"}) for i in range(1000)]
+            batch = MetricBatch(host=f"h{host}", agent="host", ts=now, interval=10, samples=samples)
+            await bus.publish(bus.subjects.metrics(f"h{host}", "host"), batch)
+        await wait_until(lambda: service.stats.evaluated == 10 and service.stats.snapshots > 0, TIMEOUT)
+        await wait_until(lambda: len(service.engine.active(time.time())) == 10_000, TIMEOUT)
+        size = service.stats.snapshot_bytes
+    async with service_in_process(bus) as restarted:
+        assert len(restarted.engine.active(time.time())) == 10_000
+    print(f"snapshot of 10,000 series: {size} bytes")
+
+
+async def test_large_value_is_chunked_and_a_torn_write_keeps_the_previous_one(bus: Bus) -> None:
+    await provisioned(bus)
+    state, _ = await open_buckets(bus.nc.jetstream(), bus.subjects.prefix)
+    first = SavedState(engine=os.urandom(3_000_000), cursors={"metrics": 7})  # incompressible: 6 chunks
+    await state.save(first)
+    assert await state.load() == first
+    # a crash after the chunks of the next value but before its manifest: the first stays whole
+    for index in range(3):
+        await state.blobs.kv.put(f"snapshot.b.{index}", b"torn")
+    assert await StateStore(state.blobs.kv).load() == first
+    second = SavedState(engine=b"small", cursors={"metrics": 8})
+    await state.save(second)
+    assert await StateStore(state.blobs.kv).load() == second
+    await state.blobs.kv.put("snapshot.b.0", b"corrupted")
+    with pytest.raises(StoreError):
+        await StateStore(state.blobs.kv).load()
+
+
+# --- SIGKILL and restart --------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def observer(nats_server: EmbeddedServer, prefix: str) -> AsyncIterator[Bus]:
+    connection = await connect(BusConfig(prefix=prefix), "observer", servers=[nats_server.url])
+    await provisioned(connection)
+    yield connection
+    await connection.close()
+
+
+async def test_killed_during_a_breach_same_notifications_none_twice(
+    observer: Bus, nats_server: EmbeddedServer, prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        Recorder.on(observer) as recorder,
+        service_process(tmp_path, nats_server.url, prefix) as process,
+    ):
+        await breach_lifecycle(observer, recorder, process.restart)
+    assert process.kills == 3
+
+
+async def test_killed_while_an_agent_goes_down_same_notifications_none_twice(
+    observer: Bus, nats_server: EmbeddedServer, prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        Recorder.on(observer) as recorder,
+        service_process(tmp_path, nats_server.url, prefix) as process,
+    ):
+        await heartbeat_gone(observer, recorder, process.restart)
+    assert process.kills == 1
+
+
+async def test_killed_after_a_silence_still_silenced(
+    observer: Bus, nats_server: EmbeddedServer, prefix: str, tmp_path: Path
+) -> None:
+    async with (
+        Recorder.on(observer) as recorder,
+        service_process(tmp_path, nats_server.url, prefix) as process,
+    ):
+
+        async def silence(host: str) -> None:
+            await cli_silence(process.config, host)
+
+        await silenced(observer, recorder, process.restart, silence)
+    assert process.kills == 1
