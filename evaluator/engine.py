@@ -547,13 +547,13 @@ class Engine:
 
     def _to_group(self, series: Series, alert: Alert, now: float, force: bool = False) -> None:
         route = select_route(self.config.routes, self._default_route, series.labels)
-        key, labels, missing = group_key(route, series.labels)
+        key, missing = group_key(route, series.labels)
         if series.rule != MAINTENANCE_RULE:  # announcements belong to no host
             for name in missing:
                 self.stats.count_unevaluable(series.rule, f"missing group_by label {name!r}")
         group = self._groups.get(key)
         if group is None:
-            group = Group(key=key, route=route.name, labels=labels, created_at=now)
+            group = Group(key=key, route=route.name)
             self._groups[key] = group
             self._schedule_group(group, now + route.group_wait.seconds)
         pinned = group.alerts.get(series.fingerprint)
@@ -682,18 +682,18 @@ class Engine:
         if open_now != self._window_open.get(window.name, False):
             self._window_open[window.name] = open_now
             if window.announce:
-                self._announce(window, open_now, now)
+                self._announce(window.name, open_now, now)
             self._mark_groups(now)
         self._window_timers[window.name] = boundary
         if boundary is not None:
             self._push(boundary, _WINDOW, window.name)
 
-    def _announce(self, window: MaintenanceWindow, started: bool, now: float) -> None:
+    def _announce(self, window: str, started: bool, now: float) -> None:
         rule = self._rules[MAINTENANCE_RULE]
-        key: SeriesKey = ("", "", (("window", window.name),))
+        key: SeriesKey = ("", "", (("window", window),))
         series = self._states[MAINTENANCE_RULE].get(key)
         if series is None:
-            series = self._new_series(rule, key, {"window": window.name}, now)
+            series = self._new_series(rule, key, {"window": window}, now)
         series.status = "started" if started else "ended"
         series.last_seen = now
         if started and series.state != FIRING:
@@ -804,10 +804,8 @@ class Engine:
             self._forget(self._rules[series.rule], series, now)
             del self._rules[series.rule], self._states[series.rule]
         for name in [name for name in self._window_open if name not in self._windows]:
-            if self._window_open.pop(name):
-                self._announce(
-                    MaintenanceWindow(name=name, start="00:00", end="00:01"), started=False, now=now
-                )
+            if self._window_open.pop(name):  # a window removed from the config ends now
+                self._announce(name, started=False, now=now)
             self._window_timers.pop(name, None)
         for window in self._windows.values():
             if window.name not in self._window_timers:

@@ -18,8 +18,6 @@ class Group(msgspec.Struct, kw_only=True, array_like=True):
 
     key: str
     route: str
-    labels: dict[str, str]
-    created_at: float
     # latest Alert per fingerprint: firing, resolved (until flushed) or pinned as flapping
     alerts: dict[str, Alert] = {}
     # the visible firing alerts as of the last flush: fingerprint -> notified as flapping
@@ -39,12 +37,11 @@ def select_route(routes: Sequence[Route], default: Route, labels: Mapping[str, s
     return default
 
 
-def group_key(route: Route, labels: Mapping[str, str]) -> tuple[str, dict[str, str], list[str]]:
-    """(key, group labels, missing group_by labels) as in Alertmanager: route:{host="web01"}."""
+def group_key(route: Route, labels: Mapping[str, str]) -> tuple[str, list[str]]:
+    """(key, group_by labels missing from `labels`), as in Alertmanager: route:{host="web01"}."""
     missing = [name for name in route.group_by if name not in labels]
-    values = {name: labels.get(name, "") for name in route.group_by}
-    inner = ",".join(f"{name}={json.dumps(value)}" for name, value in sorted(values.items()))
-    return f"{route.name}:{{{inner}}}", values, missing
+    inner = ",".join(f"{name}={json.dumps(labels.get(name, ''))}" for name in sorted(route.group_by))
+    return f"{route.name}:{{{inner}}}", missing
 
 
 def notification_id(route: str, key: str, seq: int) -> str:

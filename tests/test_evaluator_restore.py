@@ -149,3 +149,14 @@ def test_a_late_restart_catching_up_gives_the_same_alerts_and_notifications() ->
     assert [(a.status, a.starts_at) for a in got.alerts] == [("pending", 0), ("firing", 60)]
     assert got == expected
     assert [(n.id, n.ts) for n in got.notifications] == [(expected.notifications[0].id, 90)]
+
+
+def test_a_window_removed_from_the_config_ends_on_restore() -> None:
+    window = MaintenanceWindow(name="always", start="00:00", end="23:59")
+    engine = Engine(only_rules(maintenance_windows=[window]), 60)
+    assert [(a.rule, a.status) for a in engine.drain().alerts] == [("maintenance", "firing")]
+    restored = Engine.restore(only_rules(), engine.snapshot(), 120)
+    assert [(a.rule, a.status, a.ends_at) for a in restored.drain().alerts] == [
+        ("maintenance", "resolved", 120)
+    ]
+    assert restored.active(120) == []
