@@ -119,6 +119,7 @@ def cmd_evaluator(args: argparse.Namespace, config: Config) -> int:
 EXIT_CODES: dict[Status, int] = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
 # Which state wins when several are combined (Icinga's order): critical, unknown, warning, ok.
 BADNESS: dict[Status, int] = {"ok": 0, "warning": 1, "unknown": 2, "critical": 3}
+HEADLINE_METRICS = ("cpu.percent", "mem.percent", "disk.percent")
 SEVERITY_STATUS: dict[str, Status] = {"critical": "critical", "warning": "warning", "info": "ok"}
 
 
@@ -128,6 +129,7 @@ class OnceResult:
 
     checks: list[HealthEvent]
     alerts: list[ActiveAlert]
+    metrics: list[MetricBatch]
 
     @property
     def status(self) -> Status:
@@ -176,6 +178,17 @@ async def collect_once(config: Config, now: float) -> list[MetricBatch | HealthE
                 )
             )
             continue
+        # the collection itself, so the table shows every agent that ran (rules skip this target)
+        events.append(
+            HealthEvent(
+                host=host,
+                agent=name,
+                target=COLLECTOR_TARGET,
+                status="ok",
+                detail=f"collected {len(outcome.samples)} samples, {len(outcome.checks)} checks",
+                ts=now,
+            )
+        )
         if outcome.samples:
             events.append(
                 MetricBatch(host=host, agent=name, ts=now, interval=interval, samples=outcome.samples)
@@ -207,12 +220,32 @@ def evaluate_once(
     engine.tick(now)
     alerts = [a for a in engine.active(now) if a.state == "firing"]
     checks = [e for e in events if isinstance(e, HealthEvent)]
-    return OnceResult(checks=checks, alerts=alerts)
+    metrics = [e for e in events if isinstance(e, MetricBatch)]
+    return OnceResult(checks=checks, alerts=alerts, metrics=metrics)
 
 
 async def run_once(config: Config) -> OnceResult:
     now = time.time()
     return evaluate_once(config.evaluator, await collect_once(config, now), now)
+
+
+def headline_perfdata(batches: Sequence[MetricBatch]) -> list[str]:
+    """Nagios performance data of the headline percentages: cpu=12.5% mem=40.2% 'disk_/'=71%."""
+    out = []
+    for batch in batches:
+        for sample in batch.samples:
+            if sample.name not in HEADLINE_METRICS:
+                continue
+            label = sample.name.split(".")[0]
+            if "mount" in sample.labels:
+                label = f"{label}_{sample.labels['mount']}"
+            label = clean(label, 40).replace("'", "_").replace("=", "_")
+            out.append(
+                f"'{label}'={sample.value:g}%"
+                if " " in label or "/" in label
+                else f"{label}={sample.value:g}%"
+            )
+    return out
 
 
 def render_once(result: OnceResult) -> str:
@@ -222,7 +255,11 @@ def render_once(result: OnceResult) -> str:
     problems = [f"{n} {s}" for s, n in counts.items() if n and s != "info"]
     summary = ", ".join(problems) or "no alerts"
     perf = " ".join(
-        [*(f"alerts_{s}={n}" for s, n in counts.items()), *(f"checks_{s}={n}" for s, n in failing.items())]
+        [
+            *(f"alerts_{s}={n}" for s, n in counts.items()),
+            *(f"checks_{s}={n}" for s, n in failing.items()),
+            *headline_perfdata(result.metrics),
+        ]
     )
     lines = [f"JARVIS {result.status.upper()} - {summary}; {len(result.checks)} checks | {perf}\n"]
     if result.checks:
