@@ -44,3 +44,15 @@ def run_async(coro: Coroutine[Any, Any, int | None]) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_OK if code is None else code
+
+
+def sink_commands(commands: Subparsers) -> Subparsers:
+    """The `sink` group's own subcommands (`sink slack`, `sink report`), created by whoever comes first."""
+    parser = commands.choices.get("sink")
+    if parser is None:
+        parser = commands.add_parser("sink", help="run one sink against the configured NATS")
+        parser.add_subparsers(dest="sink", required=True, metavar="SINK")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise AssertionError("the sink parser has no subcommands")

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 
+from agents.container import METRICS as CONTAINER_METRICS
 from agents.host import METRICS as HOST_METRICS
 from agents.metrics import MetricSpec
+from agents.probe import METRICS as PROBE_METRICS
 from bus.events import json_schema
 
-AGENT_METRICS: dict[str, dict[str, MetricSpec]] = {"host": HOST_METRICS}
+AGENT_METRICS: dict[str, dict[str, MetricSpec]] = {
+    "host": HOST_METRICS,
+    "container": CONTAINER_METRICS,
+    "probe": PROBE_METRICS,
+}
 
 SUBJECTS = """\
 | subject | payload (`kind`) | published |
@@ -18,6 +24,7 @@ SUBJECTS = """\
 | `jarvis.heartbeat.<host>.<agent>` | `Heartbeat` (`heartbeat`) | by each agent, every cycle |
 | `jarvis.alerts.<severity>.<host>.<rule>` | `Alert` (`alert`) | by the evaluator, on each state change |
 | `jarvis.notifications.<route>` | `Notification` (`notification`) | by the evaluator, after consolidation |
+| `jarvis.deadletter.notifications.<route>` | undelivered `Notification` | by the Slack sink, giving up |
 """
 
 

@@ -1,9 +1,8 @@
-"""The report sink's subcommands: `report` (write a report now) and `sink-report` (run the sink)."""
+"""The report sink's subcommands: `report` (write a report now) and `sink report` (run the sink)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import sqlite3
 import sys
@@ -11,13 +10,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jarvis_monitor.commands import EXIT_FAILURE, EXIT_OK, error, run_async
+from jarvis_monitor.commands import EXIT_FAILURE, EXIT_OK, error, run_async, sink_commands
 from sinks.report.model import Report
 from sinks.report.render import produce
 from sinks.report.rollups import STORE_FILE, RollupStore
 from sinks.report.service import ReportSink, out_dir_of
 
 if TYPE_CHECKING:
+    from bus.connection import Bus
     from jarvis_monitor.commands import Subparsers
     from jarvis_monitor.config import Config
 
@@ -48,8 +48,8 @@ def register(commands: Subparsers) -> None:
         "--out", metavar="DIR", help="write to DIR/reports/post-golive (default: sinks.report.out_dir)"
     )
     report.set_defaults(handler=cmd_report)
-    sink = commands.add_parser(
-        "sink-report", help="run the report sink: consume events and write the daily report"
+    sink = sink_commands(commands).add_parser(
+        "report", help="run the report sink: consume events and write the daily report"
     )
     sink.set_defaults(handler=cmd_sink_report)
 
@@ -95,24 +95,17 @@ def cmd_report(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-async def run_sink(config: Config) -> None:
-    """The report sink alone, against the configured NATS, until SIGTERM or Ctrl-C."""
-    from jarvis_monitor.stack import Shutdown, open_bus  # the stack imports every part: load it late
-
-    shutdown = Shutdown()
+def open_sink(config: Config, bus: Bus) -> ReportSink:
+    """The report sink, its store opened: run alone, a sink that cannot keep rollups is an error."""
+    sink = ReportSink(config.sinks.report, bus, config.resolved_data_dir())
     try:
-        async with open_bus(config, "jarvis-monitor report sink", embedded=False) as (bus, _):
-            sink = ReportSink(config.sinks.report, bus, config.resolved_data_dir())
-            try:
-                sink.open()  # alone, a sink that cannot keep rollups is an error, not a quiet idle
-            except sqlite3.Error as exc:
-                raise OSError(f"cannot open {sink.store_path}: {exc}") from None
-            shutdown.started(sink.stop)
-            await sink.run()
-    except asyncio.CancelledError:
-        if not shutdown.requested.is_set():
-            raise
+        sink.open()
+    except sqlite3.Error as exc:
+        raise OSError(f"cannot open {sink.store_path}: {exc}") from None
+    return sink
 
 
 def cmd_sink_report(args: argparse.Namespace, config: Config) -> int:
-    return run_async(run_sink(config))
+    from jarvis_monitor import stack  # the stack imports every part: load it late
+
+    return run_async(stack.service(config, "sink report", lambda bus: open_sink(config, bus)))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import time
 from typing import TYPE_CHECKING
 
-from jarvis_monitor.commands import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, error, run_async
-from jarvis_monitor.stack import Shutdown, open_bus
+from jarvis_monitor import stack
+from jarvis_monitor.commands import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, error, run_async, sink_commands
 from sinks.slack import (
     SlackConfigError,
     SlackSink,
@@ -27,18 +26,6 @@ if TYPE_CHECKING:
     from jarvis_monitor.config import Config
 
 
-def sink_commands(commands: Subparsers) -> Subparsers:
-    """The `sink` group's own subcommands (`sink slack`, `sink report`), created by whoever comes first."""
-    parser = commands.choices.get("sink")
-    if parser is None:
-        parser = commands.add_parser("sink", help="run one sink against the configured NATS")
-        parser.add_subparsers(dest="sink", required=True, metavar="SINK")
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise AssertionError("the sink parser has no subcommands")
-
-
 def register(commands: Subparsers) -> None:
     """Add this part's subcommands to `commands`."""
     slack = sink_commands(commands).add_parser(
@@ -51,26 +38,13 @@ def register(commands: Subparsers) -> None:
     notify.set_defaults(handler=cmd_notify_test)
 
 
-async def sink_slack(config: Config) -> None:
-    """The Slack sink on its own, against the configured NATS (waiting for it if it is not up yet)."""
-    shutdown = Shutdown()
-    try:
-        async with open_bus(config, "jarvis-monitor sink slack", embedded=False) as (bus, _):
-            sink = SlackSink(config.sinks.slack, bus)
-            shutdown.started(sink.stop)
-            await sink.run()
-    except asyncio.CancelledError:
-        if not shutdown.requested.is_set():
-            raise
-
-
 def cmd_sink_slack(args: argparse.Namespace, config: Config) -> int:
     try:
         resolve_secrets(config.sinks.slack)  # a bad secret file fails before connecting
     except SlackConfigError as exc:
         error(str(exc))
         return EXIT_CONFIG
-    return run_async(sink_slack(config))
+    return run_async(stack.service(config, "sink slack", lambda bus: SlackSink(config.sinks.slack, bus)))
 
 
 async def notify_test(config: SlackSinkConfig, host: str) -> int:

@@ -1,4 +1,5 @@
-"""Composing the running parts: the embedded server, the bus, JetStream and the agents."""
+"""Composing the running parts: the embedded server, the bus, JetStream, the agents, the evaluator
+and the sinks."""
 
 from __future__ import annotations
 
@@ -6,30 +7,63 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
 
+from agents.container import ContainerCollector
 from agents.host import HostCollector
+from agents.probe import ProbeCollector
 from agents.runner import AgentRunner, Collector
 from bus.connection import Bus, configured_urls, connect
 from bus.jetstream import provision
 from bus.server import EmbeddedServer, ServerError
+from evaluator.service import EvaluatorService
 from jarvis_monitor.config import Config
+from sinks.report.service import ReportSink
+from sinks.slack import SlackSink
 
 log = logging.getLogger(__name__)
 
-AGENT_NAMES = ("host",)
+AGENT_NAMES = ("host", "container", "probe")
 
 
 def make_collector(name: str, config: Config) -> Collector:
     """The collector of one agent, by its name on the command line."""
     if name == "host":
         return HostCollector(config.agents.host)
+    if name == "container":
+        return ContainerCollector(config.agents.container)
+    if name == "probe":
+        return ProbeCollector(config.agents.probe)
     raise ValueError(f"unknown agent {name!r}; known: {', '.join(AGENT_NAMES)}")
 
 
 def make_runner(name: str, config: Config, bus: Bus) -> AgentRunner:
     agent_config = getattr(config.agents, name)
     return AgentRunner(make_collector(name, config), bus, agent_config, config.agents.resolved_hostname())
+
+
+class Service(Protocol):
+    """A long-running part: an agent's run loop, the evaluator, a sink."""
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+ServiceFactory = Callable[[Bus], Service]
+
+
+def enabled_services(config: Config) -> list[ServiceFactory]:
+    """The evaluator and the sinks that `up` runs beside the agents."""
+    factories: list[ServiceFactory] = []
+    if config.evaluator.enabled:
+        factories.append(lambda bus: EvaluatorService(config.evaluator, bus))
+    if config.sinks.slack.enabled:
+        factories.append(lambda bus: SlackSink(config.sinks.slack, bus))
+    if config.sinks.report.enabled:
+        factories.append(lambda bus: ReportSink(config.sinks.report, bus, config.resolved_data_dir()))
+    return factories
 
 
 class Shutdown:
@@ -107,10 +141,16 @@ def wants_embedded_server(config: Config) -> bool:
 
 
 async def run_until_stopped(
-    config: Config, names: list[str], bus: Bus, shutdown: Shutdown, server: EmbeddedServer | None = None
+    config: Config,
+    names: list[str],
+    bus: Bus,
+    shutdown: Shutdown,
+    server: EmbeddedServer | None = None,
+    services: Sequence[Service] = (),
 ) -> None:
-    """Run the named agents until a stop is requested (or the embedded server dies)."""
-    runners = [make_runner(name, config, bus) for name in names]
+    """Run the named agents and `services` until a stop is requested (or the embedded server dies)."""
+    runners: list[Service] = [make_runner(name, config, bus) for name in names]
+    runners += services
     shutdown.started(*(runner.stop for runner in runners))
     if names:
         log.info("running agents %s as host %r", ", ".join(names), config.agents.resolved_hostname())
@@ -130,11 +170,19 @@ async def run_until_stopped(
         raise ServerError(f"the embedded nats-server exited unexpectedly; see {server.log_file}")
 
 
-async def _until_stopped(component: str, config: Config, names: list[str], *, embedded: bool) -> None:
+async def _until_stopped(
+    component: str,
+    config: Config,
+    names: list[str],
+    *,
+    embedded: bool,
+    services: Sequence[ServiceFactory] = (),
+) -> None:
     shutdown = Shutdown()
     try:
         async with open_bus(config, component, embedded=embedded) as (bus, server):
-            await run_until_stopped(config, names, bus, shutdown, server)
+            running = [make(bus) for make in services]
+            await run_until_stopped(config, names, bus, shutdown, server, running)
     except asyncio.CancelledError:
         if not shutdown.requested.is_set():
             raise
@@ -144,10 +192,21 @@ async def _until_stopped(component: str, config: Config, names: list[str], *, em
 async def up(config: Config) -> None:
     """The whole stack in one process."""
     names = [name for name in AGENT_NAMES if getattr(config.agents, name).enabled]
-    await _until_stopped("jarvis-monitor up", config, names, embedded=wants_embedded_server(config))
+    await _until_stopped(
+        "jarvis-monitor up",
+        config,
+        names,
+        embedded=wants_embedded_server(config),
+        services=enabled_services(config),
+    )
 
 
 async def agent(config: Config, name: str) -> None:
     """One agent on its own, against the configured NATS (waiting for it if it is not up yet)."""
     make_collector(name, config)  # an unknown name fails before connecting
     await _until_stopped(f"jarvis-monitor agent {name}", config, [name], embedded=False)
+
+
+async def service(config: Config, component: str, make: ServiceFactory) -> None:
+    """One service (the evaluator, a sink) on its own, against the configured NATS."""
+    await _until_stopped(f"jarvis-monitor {component}", config, [], embedded=False, services=[make])

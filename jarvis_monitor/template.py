@@ -72,6 +72,9 @@ def _render(struct: inspect.StructType, path: str, description: str, out: list[s
             example = extra.get("examples", [None])[0]
             lines.append(f"# {field.encode_name} = {toml_value(example) if example is not None else '...'}")
         else:
+            example = extra.get("examples", [None])[0]
+            if example is not None and default in ([], {}):  # an empty list shows what goes in it
+                lines.append(f"# for example: {field.encode_name} = {toml_value(example)}")
             lines.append(f"{field.encode_name} = {toml_value(default)}")
     if path and (lines or not tables):
         out.append("")

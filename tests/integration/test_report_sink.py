@@ -208,7 +208,7 @@ async def test_sink_report_command_consumes_until_sigterm_and_report_writes_the_
     env = {**os.environ, "JARVIS_NATS_URL": nats_server.url}
     command = [sys.executable, "-m", "jarvis_monitor", "-c", str(config)]
     process = await asyncio.create_subprocess_exec(
-        *command, "sink-report", env=env, stderr=asyncio.subprocess.PIPE
+        *command, "sink", "report", env=env, stderr=asyncio.subprocess.PIPE
     )
     try:
         events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:120]
