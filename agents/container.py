@@ -52,6 +52,9 @@ DOCKER_TARGET = "docker"  # health target of the engine itself
 WATCHED_EVENTS = ("create", "start", "restart", "die", "oom", "stop", "destroy", "health_status")
 LOG_TARGET = "log:{name}"  # health target of a container's log, apart from its state
 STREAM_FRESH = 3.0  # a streamed reading older than this (the engine sends one a second) is stale
+# A log is read from this long before its container's start: the process prints before the
+# engine stamps StartedAt or its start event. A restart's previous lines are kept out by resume_at.
+START_SLACK = 1.0
 PRIME_DELAY = 0.5  # the first cycle reads stats twice this far apart, so CPU and rates show at once
 RETRY_FIRST = 0.5  # first wait before reconnecting to the engine
 SPLIT_LIMIT = 64 * 1024  # longest log line held in memory; the rest of it is skipped
@@ -222,6 +225,9 @@ class _Watched:
 
     tally: LogTally
     labels: dict[str, str]
+    # wall time its last stream ended: following again after an engine outage starts there,
+    # so lines read before the outage are not counted twice
+    resume_at: float = 0.0
 
 
 def _since(ns: int) -> str:
@@ -263,6 +269,7 @@ class ContainerCollector:
         self._engine_up: bool | None = None  # as the watcher last reported it
         self._last_event_ns = 0  # engine time of the last event published
         self._resume_ns = 0  # where a new event stream starts: the last event, or the first connection
+        self.rejected_events = 0  # events from the engine that could not be understood
 
     # engine access -------------------------------------------------------------------------
 
@@ -428,9 +435,8 @@ class ContainerCollector:
         present = {info.name: info for info in infos}
         for info in infos:
             if info.running and self._log_watched(info.name, info.labels):
-                self._follow(
-                    info.id, info.name, info.sample_labels(), max(self._watching_since, info.started_at or 0)
-                )
+                started = (info.started_at or 0) - START_SLACK
+                self._follow(info.id, info.name, info.sample_labels(), max(self._watching_since, started))
         for name, watched in list(self._watched.items()):
             summary = watched.tally.drain()
             collection.samples.append(Sample("container.log.errors", float(summary.errors), watched.labels))
@@ -461,12 +467,13 @@ class ContainerCollector:
             tally = LogTally(self._errors, self._warnings, logs.keep_lines, logs.line_length)
             watched = self._watched[name] = _Watched(tally, labels)
         watched.labels = labels
-        task = asyncio.create_task(self._read_log(self._docker, container_id, watched.tally, since))
+        since = max(since, watched.resume_at)
+        task = asyncio.create_task(self._read_log(self._docker, container_id, watched, since))
         self._followers[container_id] = task
         task.add_done_callback(lambda _: self._followers.pop(container_id, None))
 
     async def _read_log(
-        self, docker: aiodocker.Docker, container_id: str, tally: LogTally, since: float
+        self, docker: aiodocker.Docker, container_id: str, watched: _Watched, since: float
     ) -> None:
         """Count matching lines until the container stops (the engine then ends the stream)."""
         splitter = LineSplitter(SPLIT_LIMIT)
@@ -474,13 +481,15 @@ class ContainerCollector:
         try:
             async for chunk in container.log(stdout=True, stderr=True, follow=True, since=f"{since:.6f}"):
                 for line in splitter.feed(chunk):
-                    tally.add(line)
+                    watched.tally.add(line)
             for line in splitter.flush():
-                tally.add(line)
+                watched.tally.add(line)
         except ENGINE_ERRORS as exc:
             log.info(
                 "container agent: log of %s no longer followed: %s", container_id[:12], engine_error(exc)
             )
+        finally:
+            watched.resume_at = self.wall_clock()
 
     # the event stream ----------------------------------------------------------------------
 
@@ -540,7 +549,11 @@ class ContainerCollector:
         reader = asyncio.create_task(docker.events.run(**params))
         try:
             while (event := await subscriber.get()) is not None:
-                await self._on_event(event, emit)
+                try:
+                    await self._on_event(event, emit)
+                except Exception:  # a malformed event is counted and skipped, never the end of the stream
+                    self.rejected_events += 1
+                    log.exception("container agent: Docker event skipped: %.200r", event)
             await reader
             return "the engine closed it"
         except ENGINE_ERRORS as exc:
@@ -568,5 +581,5 @@ class ContainerCollector:
             and self._log_watched(name, attributes)
         ):
             labels = sample_labels(name, str(attributes.get("image", "")), attributes)
-            since = stamp / 1e9 if isinstance(stamp, int) else self.wall_clock()
+            since = (stamp / 1e9 if isinstance(stamp, int) else self.wall_clock()) - START_SLACK
             self._follow(str(actor.get("ID") or ""), name, labels, since)

@@ -63,8 +63,10 @@ def event_check(event: Mapping[str, Any], deployments: Deployments) -> Check | N
     """The health event a Docker container event stands for, or None for one that is not news."""
     if event.get("Type", "container") != "container":
         return None
-    actor = event.get("Actor") or {}
-    attributes = actor.get("Attributes") or {}
+    actor = event.get("Actor")
+    actor = actor if isinstance(actor, dict) else {}
+    attributes = actor.get("Attributes")
+    attributes = attributes if isinstance(attributes, dict) else {}
     name = str(attributes.get("name") or "")
     actor_id = str(actor.get("ID") or event.get("id") or "")
     action = str(event.get("Action") or event.get("status") or "")

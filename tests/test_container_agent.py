@@ -390,6 +390,8 @@ def test_events_that_are_not_news_are_ignored() -> None:
     assert event_check({**event("start"), "Type": "network"}, deployments) is None
     assert event_check(event("create"), deployments) is None  # first sight of a name: no baseline
     assert event_check({"Action": "die"}, deployments) is None  # malformed: no actor
+    assert event_check({"Action": "die", "Actor": "x"}, deployments) is None
+    assert event_check({"Action": "die", "Actor": {"Attributes": ["name"]}}, deployments) is None
 
 
 def test_a_container_recreated_from_another_image_is_deployed_info() -> None:

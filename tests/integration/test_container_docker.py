@@ -398,12 +398,22 @@ async def test_engine_restart_is_reported_and_events_missed_meanwhile_are_publis
 ) -> None:
     proxy = EngineProxy(tmp_path / "engine.sock")
     await proxy.start()
-    collector = ContainerCollector(config(containers, docker_url=proxy.url, retry_max=Duration(1)))
+    talker = containers.name("talker")
+    logs = LogWatchConfig(containers=[talker])
+    collector = ContainerCollector(config(containers, docker_url=proxy.url, retry_max=Duration(1), logs=logs))
     before, during, after = containers.name("before"), containers.name("during"), containers.name("after")
+
+    def count(c: Collection, name: str) -> float:
+        return sample(c, name, talker) or 0
+
     try:
         async with watching(collector) as events:
             await containers.run("before", "sleep", "600")
+            await containers.run(
+                "talker", "sh", "-c", "echo ERROR once; while true; do echo WARNING; sleep 0.3; done"
+            )
             await wait_until(lambda: bool(events.find(before, "start")), timeout=10)
+            await collect_until(collector, lambda c: count(c, "container.log.errors") == 1)
             await proxy.stop()
             await wait_until(lambda: bool(events.find(DOCKER_TARGET, "disconnected")), timeout=10)
             outage = await collector.collect()
@@ -413,7 +423,9 @@ async def test_engine_restart_is_reported_and_events_missed_meanwhile_are_publis
             await wait_until(lambda: bool(events.find(during, "die")), timeout=10)
             await containers.run("after", "sleep", "600")
             await wait_until(lambda: bool(events.find(after, "start")), timeout=10)
-            back = await collector.collect()
+            cycles = [await collector.collect()]
+            # the log is followed again once new lines come in; the old ERROR must not count twice
+            cycles.append(await collect_until(collector, lambda c: count(c, "container.log.warnings") > 0))
     finally:
         await proxy.stop()
 
@@ -421,4 +433,5 @@ async def test_engine_restart_is_reported_and_events_missed_meanwhile_are_publis
     assert [c.status for c in outage.checks] == ["critical"]
     assert [c.detail for c in events.find(during, "die")] == ["died with exit code 5"]
     assert len(events.find(before, "start")) == 1  # resumed after the last event: no repeats
-    assert sample(back, "container.running", after) == 1
+    assert sample(cycles[0], "container.running", after) == 1
+    assert [count(c, "container.log.errors") for c in cycles] == [0, 0]
