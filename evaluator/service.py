@@ -3,8 +3,11 @@
 Each window of input messages goes: observe -> drain -> publish outputs with Nats-Msg-Id (PubAcks
 awaited) -> save the engine snapshot to KV -> ack the inputs. Killed at any point, a restart
 restores the last snapshot, gets the unacked inputs again, makes the same outputs with the same
-ids, and the streams' duplicate window drops what was already published. One evaluator runs per
-prefix (the durable consumers are shared, so a second one would split the input).
+ids, and the streams' duplicate window drops what was already published.
+
+One evaluator evaluates per prefix: it holds a lease in KV, renewed every few seconds; others
+stand by and take over when it stops, or when it stops renewing (at once if it was a process on
+the same machine that died).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from evaluator.store import (
     SILENCE_RETENTION,
     AckRecord,
     ActiveAlerts,
+    Lease,
+    LeaseRecord,
     SavedState,
     StoreError,
     decode_ack,
@@ -68,6 +73,7 @@ TICK_EVERY = 1.0
 ACTIVE_EVERY = 1.0
 ACTIVE_REFRESH = 30.0
 HOUSEKEEPING_EVERY = 60.0
+LEASE_RETRY = 1.0
 # An ack whose alert is gone is kept this long (an evaluator catching up may not know it yet).
 ACK_RETENTION = 3600.0
 PUBLISH_TIMEOUT = 5.0
@@ -199,6 +205,10 @@ class EvaluatorService:
         self._active_at = -math.inf
         self._housekeeping_at = -math.inf
         self._last_tick = -math.inf
+        self._lease: Lease
+        self._lease_lost = False
+        # the evaluator holding the lease while this one waits; None when this one evaluates
+        self.standing_by: LeaseRecord | None = None
 
     @property
     def engine(self) -> Engine:
@@ -216,16 +226,23 @@ class EvaluatorService:
         self._wake.set()
 
     async def run(self) -> None:
-        try:
-            if await self._start():
+        while True:
+            try:
+                if not await self._start():
+                    return
                 await self._loop()
-        finally:
-            for task in self._tasks:
-                task.cancel()
-            for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            self._tasks.clear()
+            finally:
+                for task in self._tasks:
+                    task.cancel()
+                for task in self._tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                self._tasks.clear()
+            if not self._lease_lost:
+                await self._lease.release()
+                return
+            self._lease_lost = False  # another evaluator took over: stand by until it stops
+            self.ready.clear()
 
     # --- start-up -------------------------------------------------------------------------
 
@@ -235,6 +252,8 @@ class EvaluatorService:
         while not self._stopping.is_set():
             try:
                 self._state, self._silence_store = await open_buckets(self._js, self.bus.subjects.prefix)
+                if not await self._take_lease():
+                    return False
                 await self._restore()
                 feeds = [await self._subscribe(family, decode) for family, decode in _INPUTS.items()]
                 await self._load_silences()
@@ -247,9 +266,39 @@ class EvaluatorService:
             connected = lambda: self.bus.nc.is_connected  # noqa: E731
             self._tasks = [asyncio.create_task(feed.run(connected)) for feed in feeds]
             self._tasks.append(asyncio.create_task(self._watch_silences()))
+            self._tasks.append(asyncio.create_task(self._renew_lease()))
+            self.standing_by = None
             self.ready.set()
             return True
         return False
+
+    async def _take_lease(self) -> bool:
+        """Wait until this evaluator holds the lease; False if stopped first."""
+        lease = Lease(self._state.blobs.kv, clock=self.clock)
+        while not self._stopping.is_set():
+            holder = await lease.acquire()
+            if holder is None:
+                self._lease = lease
+                return True
+            if self.standing_by is None:
+                log.info("evaluator: standing by while %s (pid %d) evaluates", holder.host, holder.pid)
+            self.standing_by = holder
+            await self._sleep(LEASE_RETRY)
+        return False
+
+    async def _renew_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease.ttl / 3)
+            try:
+                if await self._lease.renew():
+                    continue
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                log.warning("evaluator: renewing the lease failed, retrying: %s", exc)
+                continue
+            log.error("evaluator: another evaluator took over (this one missed its lease); standing by")
+            self._lease_lost = True
+            self._wake.set()
+            return
 
     async def _subscribe(self, family: str, decode: Callable[[bytes, str], Input]) -> _Feed:
         """A durable consumer that resumes right after the last message the saved state includes.
@@ -399,7 +448,7 @@ class EvaluatorService:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self._lease_lost:
             await self._wait_for_wake(self._timeout())
             processed: dict[str, Msg] = {}
             changed = self._apply_external(self._now())
@@ -549,6 +598,8 @@ class EvaluatorService:
         """Save the state, then ack the window's inputs; False if stopped before it was saved."""
         failures = 0
         while True:
+            if self._lease_lost:  # the state is another evaluator's to save now
+                return False
             try:
                 snapshot = self.engine.snapshot()
                 await self._state.save(SavedState(engine=snapshot, cursors=self._cursors))

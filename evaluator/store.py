@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
+import socket
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import msgspec
+import nats.errors
+import psutil
 from msgspec import Meta
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket
@@ -23,6 +29,9 @@ from evaluator.silences import Silence
 CHUNK_SIZE = 512 * 1024
 SNAPSHOT_KEY = "snapshot"
 ACTIVE_KEY = "active"
+LEASE_KEY = "lease"
+# An evaluator that stops renewing its lease loses it after this long.
+LEASE_TTL = 15.0
 SILENCE_PREFIX = "silence."
 ACK_PREFIX = "ack."
 # Expired silences stay listed (`silence list --all`) this long, as in Alertmanager.
@@ -246,6 +255,93 @@ class SilenceStore:
         except NoKeysError:
             return []
         return [key for key in keys if key.startswith(prefix)]
+
+
+class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """Who evaluates: a process on a host, until `expires_at` unless it renews."""
+
+    host: str
+    pid: int
+    started: float  # the process's start time: tells a reused pid from the holder
+    token: str
+    expires_at: float
+
+
+def _process_started(pid: int) -> float | None:
+    """When process `pid` of this machine started; None if there is no such process."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.Error:  # alive, but not ours to inspect
+        return -1.0
+
+
+class Lease:
+    """One evaluator per prefix: a KV record the holder renews; the others stand by.
+
+    A lease is free when it expired, or when its holder was a process of this machine that is
+    gone (a restart after SIGKILL takes over at once instead of waiting out the TTL).
+    """
+
+    def __init__(
+        self, kv: KeyValue, *, clock: Callable[[], float] = time.time, ttl: float = LEASE_TTL
+    ) -> None:
+        self.kv = kv
+        self.clock = clock
+        self.ttl = ttl
+        pid = os.getpid()
+        self.mine = LeaseRecord(
+            host=socket.gethostname(),
+            pid=pid,
+            started=_process_started(pid) or 0.0,
+            token=uuid.uuid4().hex,
+            expires_at=0.0,
+        )
+        self._revision = 0
+
+    def _free(self, holder: LeaseRecord) -> bool:
+        if holder.token == self.mine.token or holder.expires_at < self.clock():
+            return True
+        return holder.host == self.mine.host and _process_started(holder.pid) != holder.started
+
+    def _record(self) -> bytes:
+        record = msgspec.structs.replace(self.mine, expires_at=self.clock() + self.ttl)
+        return msgspec.json.encode(record)
+
+    async def acquire(self) -> LeaseRecord | None:
+        """Take the lease if it is free; else return who holds it."""
+        try:
+            entry = await self.kv.get(LEASE_KEY)
+        except KeyNotFoundError:
+            entry = None
+        holder = None
+        if entry is not None and entry.value:
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                holder = msgspec.json.decode(entry.value, type=LeaseRecord)
+        if holder is not None and not self._free(holder):
+            return holder
+        try:
+            if entry is None:
+                self._revision = await self.kv.create(LEASE_KEY, self._record())
+            else:
+                self._revision = await self.kv.update(LEASE_KEY, self._record(), last=entry.revision)
+        except KeyWrongLastSequenceError:  # another evaluator was quicker
+            return holder or self.mine
+        return None
+
+    async def renew(self) -> bool:
+        """Extend the lease; False if another evaluator has taken it."""
+        try:
+            self._revision = await self.kv.update(LEASE_KEY, self._record(), last=self._revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def release(self) -> None:
+        """Hand the lease over at once (a standby takes it within a second)."""
+        with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
+            await self.kv.delete(LEASE_KEY, last=self._revision)
 
 
 async def open_buckets(js: JetStreamContext, prefix: str) -> tuple[StateStore, SilenceStore]:

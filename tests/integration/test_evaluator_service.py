@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import pytest
 from nats.js.api import DeliverPolicy
 
@@ -26,7 +27,7 @@ from bus.server import EmbeddedServer
 from bus.units import Duration
 from evaluator.config import EvaluatorConfig, Route, Rule
 from evaluator.service import EvaluatorService
-from evaluator.store import SavedState, StateStore, StoreError, open_buckets
+from evaluator.store import LEASE_KEY, Lease, SavedState, StateStore, StoreError, open_buckets
 from tests.conftest import wait_until
 
 GROUP_WAIT, REPEAT = 1.0, 3.0
@@ -397,6 +398,57 @@ async def test_garbage_payloads_are_counted_and_skipped(bus: Bus) -> None:
         finally:
             await agent.stop()
         assert service.stats.undecodable == 4
+
+
+async def test_a_second_evaluator_stands_by_and_takes_over_when_the_first_stops(bus: Bus) -> None:
+    await provisioned(bus)
+    async with Recorder.on(bus) as recorder:
+        first = EvaluatorService(evaluator_config(), bus)
+        first_task = asyncio.create_task(first.run())
+        await asyncio.wait_for(first.ready.wait(), TIMEOUT)
+        second = EvaluatorService(evaluator_config(), bus)
+        second_task = asyncio.create_task(second.run())
+        try:
+            await wait_until(lambda: second.standing_by is not None, TIMEOUT)
+            assert second.standing_by is not None
+            assert second.standing_by.pid == os.getpid()
+            assert not second.ready.is_set()
+            first.stop()
+            await first_task
+            await asyncio.wait_for(second.ready.wait(), TIMEOUT)
+            agent = Agent(bus, "web08", disk=95.0)
+            agent.start()
+            try:
+                await recorder.wait_for(
+                    lambda: recorder.alerts_of("web08", DISK_RULE), "an alert from the second"
+                )
+            finally:
+                await agent.stop()
+        finally:
+            first.stop()
+            second.stop()
+            await asyncio.gather(first_task, second_task)
+
+
+async def test_lease_of_another_host_expires_and_of_a_dead_process_is_free_at_once(bus: Bus) -> None:
+    await provisioned(bus)
+    state, _ = await open_buckets(bus.nc.jetstream(), bus.subjects.prefix)
+    kv = state.blobs.kv
+    now = [1000.0]
+    lease = Lease(kv, clock=lambda: now[0])
+    elsewhere = msgspec.structs.replace(lease.mine, host="elsewhere", token="t", expires_at=1015.0)
+    await kv.put(LEASE_KEY, msgspec.json.encode(elsewhere))
+    assert await lease.acquire() == elsewhere
+    now[0] = 1016.0
+    assert await lease.acquire() is None
+    assert await lease.renew()
+
+    finished = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await finished.wait()
+    dead = msgspec.structs.replace(lease.mine, pid=finished.pid, token="t", expires_at=2000.0)
+    await kv.put(LEASE_KEY, msgspec.json.encode(dead))
+    assert not await lease.renew()  # someone else wrote the lease meanwhile
+    assert await Lease(kv, clock=lambda: now[0]).acquire() is None
 
 
 async def test_state_of_10000_series_survives_a_restart(bus: Bus) -> None:
