@@ -233,6 +233,12 @@ class AgentRunner:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            close = getattr(self.collector, "close", None)  # sessions, engine connections
+            if close is not None:
+                try:
+                    await close()
+                except Exception as exc:
+                    log.warning("%s agent: closing: %s", self.agent, redact_text(repr(exc)))
 
     async def _watch(self) -> None:
         """The collector's own stream; a watcher that fails is logged, and the cycles go on."""

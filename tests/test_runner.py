@@ -16,6 +16,7 @@ from agents.runner import (
     AgentRunner,
     Check,
     Collection,
+    Emit,
     Schedule,
 )
 from bus.events import HealthEvent, Heartbeat, MetricBatch, Sample
@@ -471,6 +472,37 @@ async def test_stop_before_run_returns_without_collecting() -> None:
 
     assert collector.starts == []
     assert publisher.published == []
+
+
+class WatchingCollector(ScriptedCollector):
+    """Also follows a stream: emits one check at once, then waits; records that it was closed."""
+
+    def __init__(self, clock: FakeClock, steps: list[Step]) -> None:
+        super().__init__(clock, steps)
+        self.emitted = asyncio.Event()
+        self.closed = 0
+
+    async def watch(self, emit: Emit) -> None:
+        await emit(Check("db", "critical", event="die", labels={"image": "postgres:16"}))
+        self.emitted.set()
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+async def test_a_watcher_publishes_at_once_and_the_collector_is_closed_when_run_returns() -> None:
+    collector = WatchingCollector(FakeClock(), [0.1, 0.1])
+    runner, publisher = make_runner(collector)
+
+    await asyncio.wait_for(runner.run(), timeout=5)
+
+    assert collector.emitted.is_set()
+    events = [event for _, event in publisher.published if isinstance(event, HealthEvent)]
+    assert [(e.target, e.status, e.event, e.labels) for e in events] == [
+        ("db", "critical", "die", {"image": "postgres:16"})
+    ]
+    assert collector.closed == 1
 
 
 # AgentConfig -----------------------------------------------------------------------------------
