@@ -199,6 +199,7 @@ class EvaluatorService:
         self._engine_now = -math.inf
         self._silences: dict[str, Silence] = {}
         self._silences_changed = False
+        self._given_silences: list[Silence] = []  # what the engine has, saved with its state
         self._acks: dict[str, AckRecord] = {}
         self._acks_to_apply: list[AckRecord] = []
         self._active_written: bytes | None = None
@@ -337,27 +338,35 @@ class EvaluatorService:
         except StoreError as exc:  # better to start afresh than to stop evaluating
             log.error("evaluator: saved state unusable, starting with an empty state: %s", exc)
             saved = None
-        if saved is None:
-            self._engine = Engine(self.config, now)
-            self._cursors = {}
-            log.info("evaluator: no saved state, starting afresh")
-            return
-        try:
-            self._engine = Engine.restore(self.config, saved.engine, now)
-        except ValueError as exc:  # e.g. written by an incompatible version
-            log.error("evaluator: saved state unusable, starting with an empty state: %s", exc)
-            self._engine = Engine(self.config, now)
-            self._cursors = {}
-            return
-        self._cursors = dict(saved.cursors)
-        log.info("evaluator: state restored (%d bytes)", len(saved.engine))
+        # The engine's time is its inputs' time: restored or fresh, it starts where its inputs
+        # start, never at the wall clock, or the backlog of heartbeats still to evaluate would
+        # look missing and every agent would seem down.
+        self._given_silences = []
+        if saved is not None:
+            start = saved.input_time if saved.input_time is not None else now - LOOKBACK
+            try:
+                self._engine = Engine.restore(self.config, saved.engine, start)
+            except ValueError as exc:  # e.g. written by an incompatible version
+                log.error("evaluator: saved state unusable, starting with an empty state: %s", exc)
+            else:
+                self._cursors = dict(saved.cursors)
+                self._engine_now = saved.input_time if saved.input_time is not None else -math.inf
+                self._given_silences = saved.silences
+                log.info("evaluator: state restored (%d bytes)", len(saved.engine))
+                return
+        self._engine = Engine(self.config, now - LOOKBACK)
+        self._cursors = {}
+        self._engine_now = -math.inf
+        log.info("evaluator: no saved state, starting afresh")
 
     async def _load_silences(self) -> None:
         kv = self._silence_store.kv
         self._silences = {s.id: s for s in await self._silence_store.silences()}
-        self._silences_changed = True
+        self._silences_changed = sorted(self._silences.values(), key=_by_id) != sorted(
+            self._given_silences, key=_by_id
+        )
         self._acks = {}
-        for key in await self._silence_store._keys(ACK_PREFIX):
+        for key in await self._silence_store.keys(ACK_PREFIX):
             with contextlib.suppress(nats.js.errors.KeyNotFoundError):
                 record = decode_ack((await kv.get(key)).value or b"")
                 if record is not None:
@@ -407,9 +416,11 @@ class EvaluatorService:
     def _apply_external(self, now: float) -> bool:
         """Hand new silences and acks to the engine; True if anything changed."""
         changed = False
-        if self._silences_changed:
+        # while catching up, the wall clock is ahead of the inputs: wait, as for timers
+        if self._silences_changed and self._caught_up():
             self._silences_changed = False
-            self.engine.set_silences(list(self._silences.values()), now)
+            self._given_silences = list(self._silences.values())
+            self.engine.set_silences(self._given_silences, now)
             changed = True
         if self._acks_to_apply:
             records, self._acks_to_apply = self._acks_to_apply, []
@@ -602,7 +613,13 @@ class EvaluatorService:
                 return False
             try:
                 snapshot = self.engine.snapshot()
-                await self._state.save(SavedState(engine=snapshot, cursors=self._cursors))
+                state = SavedState(
+                    engine=snapshot,
+                    cursors=self._cursors,
+                    input_time=self._engine_now if self._engine_now > -math.inf else None,
+                    silences=self._given_silences,
+                )
+                await self._state.save(state)
                 break
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 failures += 1
@@ -671,6 +688,10 @@ def alert_msg_id(alert: Alert) -> str:
     at = alert.ends_at if alert.status == "resolved" and alert.ends_at is not None else alert.starts_at
     flapping = ":flapping" if alert.flapping else ""
     return f"{alert.fingerprint}:{alert.status}{flapping}:{at!r}"
+
+
+def _by_id(silence: Silence) -> str:
+    return silence.id
 
 
 def _worth_logging(count: int) -> bool:

@@ -11,12 +11,11 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Literal
 
 import msgspec
 import nats.errors
 import psutil
-from msgspec import Meta
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
@@ -119,10 +118,13 @@ class BlobStore:
 
 
 class SavedState(msgspec.Struct, frozen=True, kw_only=True):
-    """The engine snapshot plus the last stream sequence it includes, per input stream."""
+    """The engine snapshot, the last stream sequence it includes per input stream, the time of
+    its latest input, and the silences it was given."""
 
     engine: bytes
     cursors: dict[str, int]
+    input_time: float | None = None
+    silences: list[Silence] = []
 
 
 class ActiveAlerts(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,7 +173,7 @@ class StateStore:
 class AckRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Someone acknowledged an alert: no reminders until it resolves."""
 
-    fingerprint: Annotated[str, Meta(description="the alert's fingerprint")]
+    fingerprint: str
     author: str
     at: float
 
@@ -216,7 +218,7 @@ class SilenceStore:
     async def silences(self) -> list[Silence]:
         """Every stored silence, expired ones included."""
         found = []
-        for key in await self._keys(SILENCE_PREFIX):
+        for key in await self.keys(SILENCE_PREFIX):
             try:
                 entry = await self.kv.get(key)
             except KeyNotFoundError:  # deleted meanwhile
@@ -249,7 +251,8 @@ class SilenceStore:
     async def delete(self, key: str) -> None:
         await self.kv.purge(key)
 
-    async def _keys(self, prefix: str) -> list[str]:
+    async def keys(self, prefix: str) -> list[str]:
+        """The stored keys starting with `prefix`."""
         try:
             keys = await self.kv.keys()
         except NoKeysError:
@@ -267,14 +270,22 @@ class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: float
 
 
-def _process_started(pid: int) -> float | None:
-    """When process `pid` of this machine started; None if there is no such process."""
+def _process_started(pid: int) -> float:
+    """When process `pid` of this machine started; 0.0 if there is no such process."""
     try:
         return psutil.Process(pid).create_time()
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
-    except psutil.Error:  # alive, but not ours to inspect
-        return -1.0
+        return 0.0
+
+
+def _still_running(pid: int, started: float) -> bool:
+    """Is the process that held a lease still running (and not a later one with its pid)?"""
+    try:
+        return psutil.Process(pid).create_time() == started
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.Error:  # alive, but not ours to inspect: assume it is the holder
+        return True
 
 
 class Lease:
@@ -294,7 +305,7 @@ class Lease:
         self.mine = LeaseRecord(
             host=socket.gethostname(),
             pid=pid,
-            started=_process_started(pid) or 0.0,
+            started=_process_started(pid),
             token=uuid.uuid4().hex,
             expires_at=0.0,
         )
@@ -303,7 +314,7 @@ class Lease:
     def _free(self, holder: LeaseRecord) -> bool:
         if holder.token == self.mine.token or holder.expires_at < self.clock():
             return True
-        return holder.host == self.mine.host and _process_started(holder.pid) != holder.started
+        return holder.host == self.mine.host and not _still_running(holder.pid, holder.started)
 
     def _record(self) -> bytes:
         record = msgspec.structs.replace(self.mine, expires_at=self.clock() + self.ttl)

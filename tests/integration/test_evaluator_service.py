@@ -27,6 +27,7 @@ from bus.server import EmbeddedServer
 from bus.units import Duration
 from evaluator.config import EvaluatorConfig, Route, Rule
 from evaluator.service import EvaluatorService
+from evaluator.silences import Silence, parse_matcher
 from evaluator.store import LEASE_KEY, Lease, SavedState, StateStore, StoreError, open_buckets
 from tests.conftest import wait_until
 
@@ -451,6 +452,29 @@ async def test_lease_of_another_host_expires_and_of_a_dead_process_is_free_at_on
     assert await Lease(kv, clock=lambda: now[0]).acquire() is None
 
 
+async def test_silences_expired_long_ago_are_deleted_recent_ones_kept(bus: Bus) -> None:
+    await provisioned(bus)
+    _, silences = await open_buckets(bus.nc.jetstream(), bus.subjects.prefix)
+    now = time.time()
+    matchers = [parse_matcher("host=web09")]
+    old = Silence(
+        id="old",
+        matchers=matchers,
+        starts_at=now - 8 * 86400,
+        ends_at=now - 6 * 86400,
+        author="a",
+        comment="",
+    )
+    recent = msgspec.structs.replace(old, id="recent", ends_at=now - 3600)
+    for silence in (old, recent):
+        await silences.add(silence)
+    async with service_in_process(bus):
+        deadline = time.monotonic() + TIMEOUT
+        while [s.id for s in await silences.silences()] != ["recent"]:
+            assert time.monotonic() < deadline, "the old silence was not deleted"
+            await asyncio.sleep(0.05)
+
+
 async def test_state_of_10000_series_survives_a_restart(bus: Bus) -> None:
     """A snapshot too large for one KV value is chunked, and a new evaluator picks it up whole."""
     await provisioned(bus)
@@ -517,6 +541,29 @@ async def test_killed_while_an_agent_goes_down_same_notifications_none_twice(
     ):
         await heartbeat_gone(observer, recorder, process.restart)
     assert process.kills == 1
+
+
+async def test_down_for_a_while_then_catching_up_raises_no_false_agent_down(
+    observer: Bus, nats_server: EmbeddedServer, prefix: str, tmp_path: Path
+) -> None:
+    """The backlog of heartbeats is evaluated at its own time, not the restart's."""
+    async with (
+        Recorder.on(observer) as recorder,
+        service_process(tmp_path, nats_server.url, prefix) as process,
+    ):
+        agent = Agent(observer, "web10", disk=50.0)
+        agent.start()
+        try:
+            await recorder.wait_for(lambda: agent.beats >= 5, "a few heartbeats")
+            process.kill()
+            beats = agent.beats
+            await recorder.wait_for(lambda: agent.beats >= beats + 10, "heartbeats while it is down")
+            process.start()
+            agent.disk = 95.0  # evaluated after the backlog: its alert shows the catch-up is done
+            await recorder.wait_for(lambda: recorder.alerts_of("web10", DISK_RULE), "the disk alert")
+        finally:
+            await agent.stop()
+    assert recorder.alerts_of("web10", "agent_down") == []
 
 
 async def test_killed_after_a_silence_still_silenced(
