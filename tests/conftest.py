@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import nats
 import pytest
 
 from bus.config import BusConfig
@@ -51,6 +52,30 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedSe
     asyncio.run(server.start())
     yield server
     asyncio.run(server.stop())
+
+
+async def _delete_streams(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            if info.config.name:
+                await js.delete_stream(info.config.name)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture(autouse=True)
+def _drop_streams_after_each_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Streams reserve their byte limits on the shared server: delete each test's, or the server fills up.
+
+    Every test has its own prefix, so no stream outlives the test that made it in any useful way.
+    """
+    yield
+    if "nats_server" in request.fixturenames:
+        server: EmbeddedServer = request.getfixturevalue("nats_server")
+        if server.running:
+            asyncio.run(_delete_streams(server.url))
 
 
 @pytest.fixture
