@@ -62,7 +62,9 @@ def register(commands: Subparsers) -> None:
     )
     once_parser.set_defaults(handler=cmd_once)
 
-    alerts = commands.add_parser("alerts", help="list active alerts: firing, pending, silenced, acked")
+    alerts = commands.add_parser(
+        "alerts", help="list active alerts: firing, pending, silenced, inhibited, acked"
+    )
     alerts.add_argument("--json", action="store_true", help="print the list as JSON")
     alerts.set_defaults(handler=cmd_alerts)
 

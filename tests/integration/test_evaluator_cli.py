@@ -101,6 +101,18 @@ def test_silence_add_refuses_bad_input_in_one_line(
     assert message in err
 
 
+@pytest.mark.parametrize("args", [["silence", "list"], ["alerts"], ["ack", "0123abcd"]])
+def test_without_nats_commands_fail_in_one_line(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "jarvis.toml"
+    config.write_text('[bus]\nservers = ["nats://127.0.0.1:1"]\nconnect_timeout = "1s"\n')
+    assert main(["-c", str(config), *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "cannot reach NATS" in err
+
+
 async def test_expire_and_ack_of_unknown_ids_say_so(
     config_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
