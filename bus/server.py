@@ -75,7 +75,12 @@ except (OSError, AttributeError):  # not Linux
 
 
 def _die_with_parent() -> None:
-    """In the child: have Linux send SIGTERM if we die, so a killed `up` leaves no server behind."""
+    """In the child: have Linux send SIGTERM if we die, so a killed `up` leaves no server behind.
+
+    Its own process group keeps a Ctrl-C in the terminal from stopping the server before `up` has
+    flushed its last events into it; `up` stops it last.
+    """
+    os.setpgid(0, 0)
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 

@@ -89,6 +89,19 @@ def test_the_engine_and_log_checks_are_not_containers(tmp_path: Path) -> None:
     assert [c.container for c in report.containers] == ["api"]
 
 
+def test_a_day_with_every_check_down_is_critical_however_quiet_the_rest(tmp_path: Path) -> None:
+    store = RollupStore(tmp_path / "r.sqlite3")
+    store.ingest(
+        [
+            HealthEvent(host="h", agent="probe", target="api", status="critical", ts=T0 + 60 * n)
+            for n in range(10)
+        ]
+    )
+    report, _ = produce(store, ReportSinkConfig(), "day", DAY, tmp_path, NOW)
+    assert report.summary.availability_percent == 0
+    assert report.summary.status == "critical"
+
+
 def test_performance_against_baselines(day_report: dict[str, Any]) -> None:
     services = {s["check"]: s for s in day_report["performance"]}
     assert list(services) == ["backend", "frontend", "ollama"]

@@ -602,16 +602,19 @@ def build_report(inputs: Inputs, config: ReportSinkConfig, period: Period, gener
     alerts = alert_summary(inputs.incidents)
     advice = recommendations(hosts, containers, services, sla, alerts, config, period.days)
     levels = {r.level for r in advice}
+    availability = overall_availability(inputs.health)
+    # availability under every SLA target is an outage, whatever else the day looked like
+    lowest_target = min((s.availability_percent for s in config.services), default=99.0)
     status: Literal["healthy", "degraded", "critical"] = (
         "critical"
-        if "critical" in levels
+        if "critical" in levels or (availability is not None and availability < lowest_target)
         else "degraded"
         if "warning" in levels or alerts.open
         else "healthy"
     )
     summary = Summary(
         status=status,
-        availability_percent=overall_availability(inputs.health),
+        availability_percent=availability,
         incidents=alerts.incidents,
         critical_incidents=alerts.by_severity.get("critical", 0),
         sla_breaches=sum(1 for s in sla if s.compliant is False),
