@@ -88,6 +88,12 @@ async def test_start_picks_a_free_port_and_returns_once_ready(start_server: Star
     assert "Server is ready" in server.log_file.read_text()
 
 
+async def test_a_ctrl_c_in_the_terminal_reaches_up_but_not_its_server(nats_server: EmbeddedServer) -> None:
+    # the terminal signals the foreground process group; `up` must stop the server itself, last
+    assert nats_server.process is not None
+    assert os.getpgid(nats_server.process.pid) != os.getpgrp()
+
+
 async def test_monitoring_port_serves_varz(start_server: StartServer) -> None:
     """With http_port set, Prometheus can scrape the embedded server's monitoring endpoint."""
     http_port = free_port()
