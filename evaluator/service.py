@@ -70,6 +70,8 @@ BUFFER_LIMIT = 4 * FETCH_BATCH
 ACK_WAIT = 300.0
 MAX_ACK_PENDING = 200_000
 TICK_EVERY = 1.0
+# Timers run this long after they are due, as messages stored before then may be in flight.
+TICK_LAG = 0.5
 ACTIVE_EVERY = 1.0
 ACTIVE_REFRESH = 30.0
 HOUSEKEEPING_EVERY = 60.0
@@ -129,11 +131,13 @@ class _Feed:
             try:
                 msgs = await self.sub.fetch(FETCH_BATCH, timeout=TICK_EVERY)
             except TimeoutError:
-                if connected():  # nothing new; during an outage we do not know that
-                    self.pending = 0
-                    self.wake.set()
+                # nothing new; during an outage we do not know that, and the server may still hold
+                # messages stored before it went away
+                self.pending = 0 if connected() else None
+                self.wake.set()
                 continue
             except (nats.errors.Error, OSError) as exc:
+                self.pending = None
                 failures += 1
                 if failures == 1:
                     log.warning("evaluator: fetching %s failed, retrying: %s", self.family, exc)
@@ -434,8 +438,8 @@ class EvaluatorService:
     # --- the loop ---------------------------------------------------------------------------
 
     def _now(self) -> float:
-        """Wall-clock time, but never before the latest input (another machine's clock may lag)."""
-        return max(self.clock(), self._engine_now)
+        """The wall clock less TICK_LAG, but never before the latest input (whose clock may lag)."""
+        return max(self.clock() - TICK_LAG, self._engine_now)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -454,7 +458,7 @@ class EvaluatorService:
         wait = TICK_EVERY - (self.clock() - self._last_tick)
         deadline = self.engine.next_deadline()
         if deadline is not None and self._caught_up():  # else the next input moves time on
-            wait = min(wait, deadline - self.clock())
+            wait = min(wait, deadline + TICK_LAG - self.clock())
         return max(0.0, wait)
 
     async def _loop(self) -> None:
@@ -539,7 +543,11 @@ class EvaluatorService:
         return self.bus.nc.is_connected and not any(feed.behind or feed.buffer for feed in self._feeds)
 
     def _tick(self) -> bool:
-        """Run due timers; at wall-clock time only once every input is evaluated. True if due."""
+        """Run due timers; at wall-clock time only once every input is evaluated. True if due.
+
+        The wall clock lags by TICK_LAG, so that a message stored just before a tick but fetched
+        just after it is still evaluated before the timers of that moment run.
+        """
         now = self._now() if self._caught_up() else self._engine_now
         if now == -math.inf:  # nothing evaluated yet and the inputs not fetched: no time to tick at
             self._last_tick = self.clock()

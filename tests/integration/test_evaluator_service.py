@@ -23,13 +23,13 @@ from bus.config import BusConfig
 from bus.connection import Bus, connect
 from bus.events import Alert, Heartbeat, MetricBatch, Notification, Sample, alert, notification
 from bus.jetstream import provision
-from bus.server import EmbeddedServer
+from bus.server import EmbeddedServer, ServerConfig, free_port
 from bus.units import Duration
 from evaluator.config import EvaluatorConfig, Route, Rule
 from evaluator.service import EvaluatorService
 from evaluator.silences import Silence, parse_matcher
 from evaluator.store import LEASE_KEY, Lease, SavedState, StateStore, StoreError, open_buckets
-from tests.conftest import wait_until
+from tests.conftest import nats_server_binary, wait_until
 
 GROUP_WAIT, REPEAT = 1.0, 3.0
 FOR = 2.0
@@ -473,6 +473,39 @@ async def test_silences_expired_long_ago_are_deleted_recent_ones_kept(bus: Bus) 
         while [s.id for s in await silences.silences()] != ["recent"]:
             assert time.monotonic() < deadline, "the old silence was not deleted"
             await asyncio.sleep(0.05)
+
+
+async def test_a_server_outage_delays_but_loses_nothing(tmp_path: Path, prefix: str) -> None:
+    """The server goes away while an alert is pending and comes back: the notification arrives."""
+    port = free_port()
+
+    def server() -> EmbeddedServer:
+        return EmbeddedServer(ServerConfig(port=port), tmp_path, nats_server_binary())
+
+    nats = server()
+    await nats.start()
+    observer = await connect(BusConfig(prefix=prefix), "observer", servers=[nats.url])
+    evaluator_bus = await connect(BusConfig(prefix=prefix), "evaluator", servers=[nats.url])
+    await provisioned(observer)
+    agent = Agent(observer, "web11", disk=95.0)
+    try:
+        async with Recorder.on(observer) as recorder, service_in_process(evaluator_bus) as service:
+            agent.start()
+            await recorder.wait_for(lambda: recorder.alerts_of("web11", DISK_RULE), "the pending alert")
+            await nats.stop()
+            outage = service.stats.snapshots
+            nats = server()
+            await nats.start()
+            await recorder.wait_for(lambda: recorder.notified("web11", "firing"), "the firing notification")
+            assert service.stats.snapshots > outage
+            await agent.stop()
+        recorder.assert_nothing_twice()
+        assert [a.status for a in recorder.alerts_of("web11", DISK_RULE)][:2] == ["pending", "firing"]
+    finally:
+        await agent.stop()
+        await evaluator_bus.close()
+        await observer.close()
+        await nats.stop()
 
 
 async def test_state_of_10000_series_survives_a_restart(bus: Bus) -> None:
