@@ -92,7 +92,7 @@ class ServiceStats:
     received: int = 0
     evaluated: int = 0
     undecodable: int = 0
-    failed: int = 0  # the engine raised on an event: a bug, logged with its traceback
+    failed: int = 0  # the engine raised on an event or a timer: a bug, logged with its traceback
     redelivered: int = 0  # already in the saved state, skipped
     alerts: int = 0
     notifications: int = 0
@@ -555,8 +555,12 @@ class EvaluatorService:
         deadline = self.engine.next_deadline()
         due = deadline is not None and deadline <= now
         if due or self.clock() - self._last_tick >= TICK_EVERY:
-            self.engine.tick(now)
             self._last_tick = self.clock()
+            try:
+                self.engine.tick(now)
+            except Exception:  # a bug in the engine: logged, and the service goes on
+                self.stats.failed += 1
+                log.exception("evaluator: the engine failed running its timers")
         return due
 
     async def _publish(self, output: Output) -> bool:
