@@ -464,10 +464,10 @@ class Engine:
                 self._forget(rule, series, now)
                 return
             series.value = round((now - series.last_seen) / series.interval, 3)
-            if series.state == FIRING:
-                self._reschedule(rule, series)
-            else:  # > and >= alike: missing from the deadline on
-                self._step(rule, series, now >= self._heartbeat_deadline(rule, series), now)
+            # > and >= alike: missing from the deadline on. A firing series is judged again too: a
+            # heartbeat older than the firing may have come in, and it must neither resolve the
+            # alert nor leave its timer due forever.
+            self._step(rule, series, now >= self._heartbeat_deadline(rule, series), now)
             return
         stale = now >= series.last_seen + self._stale_after(series)
         if stale and (rule.events is None or series.state == INACTIVE):

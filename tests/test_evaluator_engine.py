@@ -125,6 +125,20 @@ def test_heartbeat_missing_for_three_intervals_fires_agent_down_and_a_heartbeat_
     assert statuses(driver) == [("agent_down", "resolved", 50)]
 
 
+def test_a_heartbeat_older_than_the_agent_down_is_judged_once_and_never_hangs_the_timers() -> None:
+    driver = Driver(EvaluatorConfig())
+    driver.at(0, heartbeat("web01", interval=10))
+    driver.at(45)
+    assert statuses(driver) == [("agent_down", "firing", 30)]
+    driver.engine.observe(heartbeat("web01", interval=10), 20)  # late: sent before the firing
+    driver.at(46)  # alive at 20, so not yet missing at 30: the timer it left due runs once
+    assert statuses(driver) == [("agent_down", "resolved", 30)]
+    driver.at(55)  # three intervals after that heartbeat
+    assert statuses(driver) == [("agent_down", "firing", 50)]
+    driver.at(60, heartbeat("web01", interval=10))
+    assert statuses(driver) == [("agent_down", "resolved", 60)]
+
+
 def test_an_agent_never_seen_is_not_reported_down() -> None:
     driver = Driver(EvaluatorConfig())
     driver.at(10_000)
