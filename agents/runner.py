@@ -88,6 +88,19 @@ class Check:
     event: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
 
+    def to_event(self, host: str, agent: str, ts: float) -> HealthEvent:
+        return HealthEvent(
+            host=host,
+            agent=agent,
+            target=self.target,
+            status=self.status,
+            latency=self.latency,
+            detail=self.detail,
+            ts=ts,
+            event=self.event,
+            labels=self.labels,
+        )
+
 
 @dataclass
 class Collection:
@@ -338,17 +351,7 @@ class AgentRunner:
         )
 
     async def _publish_check(self, check: Check, ts: float) -> None:
-        event = HealthEvent(
-            host=self.host,
-            agent=self.agent,
-            target=check.target,
-            status=check.status,
-            latency=check.latency,
-            detail=check.detail,
-            ts=ts,
-            event=check.event,
-            labels=check.labels,
-        )
+        event = check.to_event(self.host, self.agent, ts)
         await self.publisher.publish(
             self.publisher.subjects.health(self.host, self.agent, check.target), event
         )

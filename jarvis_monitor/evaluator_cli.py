@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from agents.runner import COLLECTOR_TARGET, Collection
+from agents.runner import COLLECTOR_TARGET, Check, Collection
 from bus.connection import connect
 from bus.events import HealthEvent, MetricBatch, Status
 from bus.redact import redact_text
@@ -169,46 +169,17 @@ async def collect_once(config: Config, now: float) -> list[MetricBatch | HealthE
         interval = getattr(config.agents, name).interval.seconds
         if isinstance(outcome, BaseException):
             reason = "timed out" if isinstance(outcome, TimeoutError) else redact_text(repr(outcome))
-            events.append(
-                HealthEvent(
-                    host=host,
-                    agent=name,
-                    target=COLLECTOR_TARGET,
-                    status="unknown",
-                    detail=f"collection failed: {reason}",
-                    ts=now,
-                )
-            )
+            failed = Check(COLLECTOR_TARGET, "unknown", detail=f"collection failed: {reason}")
+            events.append(failed.to_event(host, name, now))
             continue
         # the collection itself, so the table shows every agent that ran (rules skip this target)
-        events.append(
-            HealthEvent(
-                host=host,
-                agent=name,
-                target=COLLECTOR_TARGET,
-                status="ok",
-                detail=f"collected {len(outcome.samples)} samples, {len(outcome.checks)} checks",
-                ts=now,
-            )
-        )
+        summary = f"collected {len(outcome.samples)} samples, {len(outcome.checks)} checks"
+        events.append(Check(COLLECTOR_TARGET, "ok", detail=summary).to_event(host, name, now))
         if outcome.samples:
             events.append(
                 MetricBatch(host=host, agent=name, ts=now, interval=interval, samples=outcome.samples)
             )
-        events += [
-            HealthEvent(
-                host=host,
-                agent=name,
-                target=check.target,
-                status=check.status,
-                latency=check.latency,
-                detail=check.detail,
-                ts=now,
-                event=check.event,
-                labels=check.labels,
-            )
-            for check in outcome.checks
-        ]
+        events += [check.to_event(host, name, now) for check in outcome.checks]
     return events
 
 
