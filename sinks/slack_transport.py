@@ -146,8 +146,11 @@ class BotTransport:
 
     def _error(self, exc: SlackApiError) -> DeliveryError:
         response = exc.response
-        status = response.status_code
-        data = response.data if isinstance(response.data, dict) else {}
+        # slack-sdk raises some errors (a JSON content type whose body is not JSON, as a proxy's
+        # error page may be) with aiohttp's response, which has `status` and no parsed data
+        status = int(getattr(response, "status_code", None) or getattr(response, "status", 0) or 0)
+        data = getattr(response, "data", None)
+        data = data if isinstance(data, dict) else {}
         code = str(data.get("error") or f"HTTP {status}")
         if status == 429 or code == "ratelimited":
             return DeliveryError(
