@@ -87,19 +87,32 @@ def _expected(check: HttpCheck) -> str:
     return ", ".join(map(str, check.expected_status)) if check.expected_status else "2xx or 3xx"
 
 
-async def _read_bytes(response: aiohttp.ClientResponse) -> bytes:
-    """The body, cut at MAX_BODY."""
+async def _read_upto(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body, at most `limit` bytes of it, and whether there was more."""
     chunks, size = [], 0
     async for chunk in response.content.iter_chunked(64 * 1024):
         chunks.append(chunk)
         size += len(chunk)
-        if size >= MAX_BODY:
-            break
-    return b"".join(chunks)[:MAX_BODY]
+        if size > limit:
+            return b"".join(chunks)[:limit], True
+    return b"".join(chunks), False
+
+
+async def _read_bytes(response: aiohttp.ClientResponse) -> bytes:
+    """The body, cut at MAX_BODY."""
+    return (await _read_upto(response, MAX_BODY))[0]
+
+
+def _text(data: bytes, charset: str | None) -> str:
+    """The body as text in its declared charset; one Python does not know is read as UTF-8."""
+    try:
+        return data.decode(charset or "utf-8", errors="replace")
+    except LookupError:
+        return data.decode("utf-8", errors="replace")
 
 
 async def _read_body(response: aiohttp.ClientResponse) -> str:
-    return (await _read_bytes(response)).decode(response.charset or "utf-8", errors="replace")
+    return _text(await _read_bytes(response), response.charset)
 
 
 def judge_response(check: HttpCheck, status: int, body: str, latency: float) -> tuple[Status, str]:
@@ -178,11 +191,13 @@ async def tcp_check(check: TcpCheck, timeout: float) -> Outcome:
 
 
 async def fetch_text(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], verify_tls: bool
-) -> tuple[int, str]:
-    """GET a page: its status and text (at most MAX_BODY bytes of it)."""
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], verify_tls: bool, limit: int
+) -> tuple[int, str | None]:
+    """GET a page: its status and text; None for a page larger than `limit` bytes, since any
+    part of it would be read wrong (a number cut short is another number)."""
     async with session.get(url, headers=headers, ssl=verify_tls) as response:
-        return response.status, await _read_body(response)
+        data, cut = await _read_upto(response, limit)
+        return response.status, None if cut else _text(data, response.charset)
 
 
 # PromQL --------------------------------------------------------------------------------------

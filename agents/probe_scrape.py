@@ -14,6 +14,7 @@ from agents.promscrape import Scrape, interval_stats, parse_scrape
 from agents.runner import Check
 from bus.events import Sample, Status
 
+MAX_PAGE = 10 * 1024 * 1024  # a larger metrics page is refused whole, never read in part
 QUANTILE_METRICS = {
     0.5: "http.latency_p50_seconds",
     0.95: "http.latency_p95_seconds",
@@ -41,14 +42,19 @@ class ScrapeTracker:
 
         try:
             async with asyncio.timeout(timeout):
-                status, text = await fetch_text(session, target.url, headers, target.verify_tls)
+                status, text = await fetch_text(session, target.url, headers, target.verify_tls, MAX_PAGE)
         except Exception as exc:
             return outcome("critical", failure_reason(exc, timeout))
         now = self.clock()
         if status != 200:
             return outcome("critical", f"status {status} from the metrics page")
+        if text is None:
+            return outcome("critical", f"the metrics page is larger than {MAX_PAGE:,} bytes; not read")
         try:
-            scrape = parse_scrape(text, target.requests_metric, target.duration_metric)
+            # off the event loop: a large page takes a quarter of a second a megabyte to parse
+            scrape = await asyncio.to_thread(
+                parse_scrape, text, target.requests_metric, target.duration_metric
+            )
         except ValueError as exc:
             return outcome(
                 "critical", f"the metrics page is not in Prometheus text format: {short_detail(str(exc))}"

@@ -56,6 +56,7 @@ class Targets:
         self.hung_requests = 0
         self.hung_abandoned = 0  # hung requests whose client went away
         self.seen_headers: list[dict[str, str]] = []
+        self.padded_total = 123456  # the request counter of /padded-metrics
         self.base = ""
 
     def app(self) -> web.Application:
@@ -67,6 +68,8 @@ class Targets:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/echo-headers", self._echo_headers)
         app.router.add_get("/page/{n}", self._healthy)
+        app.router.add_get("/padded-metrics", self._padded_metrics)
+        app.router.add_get("/odd-charset", self._odd_charset)
         return app
 
     async def _healthy(self, request: web.Request) -> web.Response:
@@ -90,6 +93,21 @@ class Targets:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.page(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _padded_metrics(self, request: web.Request) -> web.Response:
+        """A metrics page whose 1 MiB mark falls inside the digits of its request counter."""
+        tail = (
+            f'# TYPE jarvis_requests counter\njarvis_requests_total{{status="200"}} {self.padded_total}.0\n'
+        )
+        cut_after = tail.index("} ") + 5  # three digits of the value before 1 MiB
+        padding = 1024 * 1024 - cut_after - 3  # the comment line's "# " and newline
+        page = f"# {'x' * padding}\n{tail}"
+        return web.Response(text=page, content_type="text/plain")
+
+    async def _odd_charset(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=b'{"status":"ok"}', headers={"Content-Type": "application/json; charset=x-no-such-charset"}
+        )
 
     async def _echo_headers(self, request: web.Request) -> web.Response:
         self.seen_headers.append(dict(request.headers))

@@ -355,6 +355,46 @@ async def test_a_broken_metrics_page_is_critical_and_one_without_the_metrics_a_w
     )
 
 
+async def test_a_metrics_page_over_a_mebibyte_is_read_whole_not_cut_inside_a_number(
+    targets: Targets,
+) -> None:
+    """Cut at 1 MiB, the counter 123456 would read as 123 and its increase as nothing."""
+    clock = ManualClock()
+    collector = ProbeCollector(
+        config(scrape=[{"name": "padded", "url": targets.url("/padded-metrics")}]), clock=clock
+    )
+    try:
+        await collector.collect()
+        targets.padded_total += 10
+        clock.now += 10
+        second = await collector.collect()
+    finally:
+        await collector.close()
+    assert checks_by_target(second)["padded"].status == "ok"
+    assert {s.name: s.value for s in second.samples}["http.requests_per_second"] == pytest.approx(1.0)
+
+
+async def test_a_metrics_page_over_the_limit_is_critical_and_publishes_nothing(
+    targets: Targets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agents.probe_scrape.MAX_PAGE", 100_000)
+    collection = await collect(config(scrape=[{"name": "padded", "url": targets.url("/padded-metrics")}]))
+    check = checks_by_target(collection)["padded"]
+    assert (check.status, check.detail) == (
+        "critical",
+        "the metrics page is larger than 100,000 bytes; not read",
+    )
+    assert collection.samples == []
+
+
+async def test_a_charset_python_does_not_know_is_read_as_utf8_not_a_failure(targets: Targets) -> None:
+    collection = await collect(
+        config(http=[{"name": "odd", "url": targets.url("/odd-charset"), "body_contains": '"ok"'}])
+    )
+    check = checks_by_target(collection)["odd"]
+    assert check.status == "ok", check.detail
+
+
 # declarations ----------------------------------------------------------------------------------
 
 
