@@ -184,6 +184,7 @@ def test_reports_older_than_the_retention_are_deleted(tmp_path: Path) -> None:
         "2026-08-27.json",
         "notes.txt",
         "2026-11-25.html",
+        "2026-13-40.html",  # a report's shape but no date: left alone, and no error
     ]
     for name in names:
         (folder / name).write_text("x")
@@ -192,6 +193,7 @@ def test_reports_older_than_the_retention_are_deleted(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == [
         "2026-08-27.json",
         "2026-11-25.html",
+        "2026-13-40.html",
         "notes.txt",
     ]  # 90 days old: kept
 

@@ -6,13 +6,14 @@ import asyncio
 import datetime as dt
 import json
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import pytest
 
 from bus.connection import Bus
 from bus.units import dec_hook
+from sinks.report import render, service
 from sinks.report.config import ReportSinkConfig
 from sinks.report.rollups import STORE_FILE, RollupStore
 from sinks.report.service import ReportSink, next_daily_run, reports_due
@@ -114,6 +115,30 @@ async def test_an_unwritable_report_dir_is_counted_not_raised(tmp_path: Path) ->
     sink.open()
     assert await sink.write("day", dt.date(2026, 11, 25)) == []
     assert sink.stats.report_errors == 1
+
+
+async def test_a_report_that_fails_on_a_bug_is_logged_and_the_next_one_still_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unexpected error in one report must not end the schedule (its task would die unseen)."""
+    now = [T0 + 86400 + 300]
+    sink = _sink(tmp_path, now)
+    fill(sink.open(), synthetic_day())
+    real_produce = render.produce
+    calls = [0]
+
+    def broken_once(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise ZeroDivisionError("a bug in the model")
+        return real_produce(*args, **kwargs)
+
+    monkeypatch.setattr(service, "produce", broken_once)
+    assert await sink.write("day", dt.date(2026, 11, 25)) == []
+    assert sink.stats.report_errors == 1
+    assert "a bug in the model" in caplog.text
+    assert await sink.write("day", dt.date(2026, 11, 25))
+    assert sink.stats.reports == 1
 
 
 def test_store_lives_in_the_data_dir(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
 from xml.sax.saxutils import escape, quoteattr
 
 from sinks.report.model import Chart
@@ -95,7 +94,3 @@ def _number(value: float) -> str:
 
 def _short(name: str, limit: int = 20) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
-
-
-def charts_svg(charts: Sequence[Chart], start: float, end: float, zone: dt.tzinfo) -> list[str]:
-    return [line_chart(chart, start, end, zone) for chart in charts]

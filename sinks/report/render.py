@@ -18,7 +18,6 @@ from sinks.report.model import Chart, PeriodKind, Report, build_report, load_inp
 from sinks.report.rollups import RollupStore
 
 REPORTS_DIR = Path("reports") / "post-golive"
-SUFFIXES = (".html", ".md", ".json")
 NO_DATA = "\u2013"  # an en dash: no figure for this period
 _REPORT_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})(-week)?\.(html|md|json)")
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
@@ -139,7 +138,13 @@ def prune_reports(out_dir: Path, today: dt.date, keep_days: float) -> list[Path]
     deleted = []
     for path in folder.iterdir():
         match = _REPORT_NAME.fullmatch(path.name)
-        if match and dt.date.fromisoformat(match[1]) < oldest:
+        if not match:
+            continue
+        try:
+            day = dt.date.fromisoformat(match[1])
+        except ValueError:  # shaped like a report, but no date (2026-13-40.html): not ours
+            continue
+        if day < oldest:
             path.unlink(missing_ok=True)
             deleted.append(path)
     return deleted

@@ -34,6 +34,7 @@ FAMILIES: dict[str, type[MetricBatch] | type[HealthEvent] | type[Alert]] = {
     "health": HealthEvent,
     "alerts": Alert,
 }
+ReportEvent = MetricBatch | HealthEvent | Alert
 FETCH_TIMEOUT = 1.0
 ACK_WAIT = 60.0
 STOP_GRACE = 5.0
@@ -184,20 +185,24 @@ class ReportSink:
                 await asyncio.sleep(min(RETRY_CAP, 0.2 * 2**failures))
                 continue
             failures = 0
-            if messages and await self._ingest(family, stream, messages):
+            try:
+                ingested = bool(messages) and await self._ingest(family, stream, messages)
+            except Exception:  # a bug: the batch stays unacked and comes again, the consumer goes on
+                log.exception("report sink: a batch from %s could not be ingested", stream)
+                ingested = False
+            if ingested:
                 try:
                     await messages[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
                 except nats.errors.Error as exc:  # redelivered later and recognised as duplicates
                     log.warning("report sink: ack on %s failed: %s", stream, exc)
 
     def _decode(
-        self, family: str, stream: str, messages: list[Msg]
-    ) -> tuple[list[MetricBatch | HealthEvent | Alert], int]:
-        """The batch's new events and its last stream sequence; bad payloads counted and skipped."""
-        assert self.store is not None
+        self, family: str, messages: list[Msg], done: int
+    ) -> tuple[list[tuple[ReportEvent, int]], int]:
+        """The batch's new events with their stream sequences, and the batch's last sequence;
+        messages at or before `done` (in the store already) and bad payloads are counted and skipped."""
         expected = FAMILIES[family]
-        done = self.store.positions().get(stream, 0)
-        events: list[MetricBatch | HealthEvent | Alert] = []
+        events: list[tuple[ReportEvent, int]] = []
         last = done
         for msg in messages:
             seq = msg.metadata.sequence.stream
@@ -213,7 +218,7 @@ class ReportSink:
             if not isinstance(event, expected):
                 self._malformed(f"a {type(event).__name__} on {msg.subject!r}, expected {expected.__name__}")
                 continue
-            events.append(event)
+            events.append((event, seq))
         return events, last
 
     def _malformed(self, reason: str) -> None:
@@ -228,11 +233,15 @@ class ReportSink:
         store = self.store
         assert store is not None
         failures = 0
+        decoded: tuple[list[tuple[ReportEvent, int]], int] | None = None
         async with self._store_lock:
-            events, last = self._decode(family, stream, messages)
             while True:  # at least once, even when stopping: a fetched batch is finished
                 try:
-                    await asyncio.to_thread(store.ingest, events, {stream: last})
+                    if decoded is None:  # in the thread: the positions may wait on a locked database
+                        done = (await asyncio.to_thread(store.positions)).get(stream, 0)
+                        decoded = self._decode(family, messages, done)
+                    events, last = decoded
+                    await asyncio.to_thread(store.ingest, [event for event, _ in events], {stream: last})
                     return True
                 except sqlite3.Error as exc:  # disk full, locked: keep the batch unacked and retry
                     self.stats.store_errors += 1
@@ -244,28 +253,41 @@ class ReportSink:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopped.wait(), min(RETRY_CAP, 0.2 * 2**failures))
                 except Exception:  # a bug on some event: find it, keep the rest
+                    if decoded is None:
+                        raise
                     log.exception(
                         "report sink: ingesting a batch from %s failed; retrying event by event", stream
                     )
-                    await asyncio.to_thread(self._ingest_one_by_one, events, stream, last)
+                    try:
+                        await asyncio.to_thread(self._ingest_one_by_one, *decoded, stream)
+                    except sqlite3.Error as exc:  # unacked: redelivered, and what got in is known
+                        self.stats.store_errors += 1
+                        log.error("report sink: cannot write %s: %s", self.store_path, exc)
+                        return False
                     return True
 
-    def _ingest_one_by_one(
-        self, events: list[MetricBatch | HealthEvent | Alert], stream: str, last: int
-    ) -> None:
+    def _ingest_one_by_one(self, events: list[tuple[ReportEvent, int]], last: int, stream: str) -> None:
+        """Each event in a transaction of its own with its stream position, so that one the store
+        refuses is skipped and, should the store fail meanwhile, none is counted twice."""
         assert self.store is not None
-        for event in events:
+        for event, seq in events:
             try:
-                self.store.ingest([event])
+                self.store.ingest([event], {stream: seq})
+            except sqlite3.Error:
+                raise
             except Exception as exc:
                 self.stats.rejected += 1
                 log.error("report sink: rejected a %s from %s: %s", type(event).__name__, stream, exc)
+                self.store.ingest([], {stream: seq})
         self.store.ingest([], {stream: last})
 
     # -- reports -------------------------------------------------------------------------------
 
     async def _schedule(self) -> None:
-        await self.catch_up()
+        try:
+            await self.catch_up()
+        except (OSError, sqlite3.Error) as exc:
+            log.error("report sink: cannot look for missed reports: %s", exc)
         while not self._stopped.is_set():
             due = next_daily_run(self.clock(), self.config)
             with contextlib.suppress(TimeoutError):
@@ -315,6 +337,10 @@ class ReportSink:
             self.stats.report_errors += 1
             log.error("report sink: cannot write the %s report of %s: %s", kind, day, exc)
             return []
+        except Exception:  # a bug: logged, and the schedule goes on to the next report
+            self.stats.report_errors += 1
+            log.exception("report sink: the %s report of %s failed", kind, day)
+            return []
         self.stats.reports += 1
         log.info("report sink: wrote %s", paths[-1])
         return paths
@@ -327,6 +353,9 @@ class ReportSink:
         try:
             async with self._store_lock:
                 await asyncio.to_thread(store.prune, now - self.config.rollup_retention.seconds)
-            prune_reports(self.out_dir, today, self.config.report_retention.seconds / 86400)
+            keep_days = self.config.report_retention.seconds / 86400
+            await asyncio.to_thread(prune_reports, self.out_dir, today, keep_days)
         except (OSError, sqlite3.Error) as exc:
             log.error("report sink: retention failed: %s", exc)
+        except Exception:  # a bug: logged, and the schedule goes on
+            log.exception("report sink: retention failed")

@@ -26,18 +26,8 @@ from sinks.report.config import ReportSinkConfig
 from sinks.report.rollups import STORE_FILE, RollupStore
 from sinks.report.service import ReportSink
 from tests.conftest import wait_until
+from tests.test_report_render import SECTIONS
 from tests.test_report_synthetic import T0, ReportEvent, synthetic_day
-
-SECTIONS = (
-    "summary",
-    "system-health",
-    "container-health",
-    "performance",
-    "sla",
-    "alerts",
-    "recommendations",
-    "trends",
-)
 
 
 def subject_of(bus: Bus, event: ReportEvent) -> str:
@@ -159,10 +149,13 @@ async def test_redelivered_messages_are_recognised_and_not_counted_again(
         assert sum(r.count for r in rows) == 300
 
 
-async def test_the_sink_waits_for_streams_that_do_not_exist_yet(bus: Bus, data_dir: Path) -> None:
+async def test_the_sink_waits_for_streams_that_do_not_exist_yet(
+    bus: Bus, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     events = [e for e in synthetic_day() if isinstance(e, MetricBatch)][:10]
     async with Running(bus, data_dir) as sink:
-        await asyncio.sleep(0)  # the consumers find no stream and retry
+        # the consumers have found no stream and retry (not merely not yet looked)
+        await wait_until(lambda: "cannot consume" in caplog.text, timeout=10)
         await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
         await publish(bus, events)
         await wait_until(lambda: ingested(sink)[0] == 10, timeout=30)
@@ -253,6 +246,63 @@ async def test_a_failing_store_keeps_the_batch_and_retries_until_it_is_written(
         assert sink.stats.store_errors == 2
         rows = store.metric_hours(T0, T0 + 86400, ["cpu.percent"])
         assert sum(r.count for r in rows) == 50
+
+
+async def test_a_store_that_fails_reading_its_positions_is_retried_not_the_end_of_the_consumer(
+    streams: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus = streams
+    events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:50]
+    running = Running(bus, data_dir)
+    store = running.sink.open()
+    real_positions = store.positions
+    failures = [2]
+
+    def locked() -> dict[str, int]:
+        if failures[0]:
+            failures[0] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return real_positions()
+
+    monkeypatch.setattr(store, "positions", locked)
+    await publish(bus, events)
+    async with running as sink:
+        await wait_until(lambda: store.stats.metric_batches == 50, timeout=30)
+        assert sink.stats.store_errors == 2
+
+
+async def test_a_store_failing_while_skipping_a_bad_event_counts_nothing_twice(
+    streams: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Event by event, each commit carries its stream position: a redelivered batch resumes there."""
+    bus = streams
+    events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:20]
+    running = Running(bus, data_dir)
+    store = running.sink.open()
+    real_ingest = store.ingest
+    armed, disk_full = [False], [True]
+
+    def choke_on_minute_7_then_fail_once(batch: Sequence[ReportEvent], positions: Any = None) -> None:
+        if any(isinstance(e, MetricBatch) and e.ts == T0 + 7 * 60 for e in batch):
+            armed[0] = True
+            raise ValueError("a bug")
+        later = any(isinstance(e, MetricBatch) and e.ts > T0 + 7 * 60 for e in batch)
+        if armed[0] and disk_full[0] and later:  # the first event after the bad one, event by event
+            disk_full[0] = False
+            raise sqlite3.OperationalError("database or disk is full")
+        real_ingest(batch, positions)
+
+    monkeypatch.setattr(store, "ingest", choke_on_minute_7_then_fail_once)
+    monkeypatch.setattr("sinks.report.service.ACK_WAIT", 1.0)  # the unacked batch comes back soon
+    await publish(bus, events)
+    async with running:
+        await wait_until(lambda: store.stats.metric_batches == 19 and not disk_full[0], timeout=30)
+        await wait_until(
+            lambda: store.positions().get(stream_name(bus.subjects.prefix, "metrics")) == 20, timeout=30
+        )
+        rows = store.metric_hours(T0, T0 + 86400, ["cpu.percent"])
+        assert sum(r.count for r in rows) == 19
+        assert store.stats.metric_batches == 19
 
 
 async def test_an_event_the_store_cannot_take_is_rejected_and_the_rest_kept(
