@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
@@ -149,10 +150,14 @@ class Engine:
         self._rules = {rule.name: CompiledRule(rule) for rule in effective_rules(config)}
         self._rules[MAINTENANCE_RULE] = CompiledRule(_MAINTENANCE)
         self._states: dict[str, dict[SeriesKey, Series]] = {name: {} for name in self._rules}
-        self._metric_index: dict[str, list[tuple[CompiledRule, dict[SeriesKey, Series]]]] = {}
+        by_metric: dict[str, list[tuple[CompiledRule, dict[SeriesKey, Series]]]] = {}
         for rule in self._rules.values():
             if rule.kind == "metrics" and rule.metric:
-                self._metric_index.setdefault(rule.metric, []).append((rule, self._states[rule.name]))
+                by_metric.setdefault(rule.metric, []).append((rule, self._states[rule.name]))
+        self._metric_index = {metric: _MetricRules(rules) for metric, rules in by_metric.items()}
+        # (host, agent) -> metric -> how many series of that metric's rules exist: a sample no rule
+        # holds for and with no series on its host and metric has nothing to evaluate
+        self._live: dict[tuple[str, str], dict[str, int]] = {}
         self._health_rules = [r for r in self._rules.values() if r.kind == "health"]
         self._heartbeat_rules = [
             r for r in self._rules.values() if r.kind == "heartbeat" and r.name != MAINTENANCE_RULE
@@ -189,27 +194,40 @@ class Engine:
     def _observe_metrics(self, batch: MetricBatch, now: float) -> None:
         index = self._metric_index
         host, agent, interval = batch.host, batch.agent, batch.interval
+        live = self._live.get((host, agent))
         self.stats.samples += len(batch.samples)
         for sample in batch.samples:
-            candidates = index.get(sample.name)
-            if candidates is None:
+            name = sample.name
+            metric = index.get(name)
+            if metric is None:
                 continue
             value = sample.value
+            # The hot path: 97% of samples breach nothing and have no series to move on.
+            if metric.low < value < metric.high and (live is None or name not in live):
+                continue
             labels = sample.labels
             key: SeriesKey | None = None
-            for rule, states in candidates:
-                if rule.matchers and not rule.matches(host, agent, labels):
-                    continue
+            for rule, states in metric.rules:
                 holds = rule.test(value)  # type: ignore[misc]  # metrics rules always have a test
-                if not holds and not states:
-                    continue  # the common case: nothing breaches, nothing to resolve
-                if key is None:
-                    key = (host, agent, tuple(sorted(labels.items())) if labels else ())
-                series = states.get(key)
-                if series is None:
-                    if not holds:
+                if holds:
+                    if rule.matchers and not rule.matches(host, agent, labels):
                         continue
-                    series = self._new_series(rule, key, {**labels, "host": host, "agent": agent}, now)
+                    if key is None:
+                        key = (host, agent, _label_key(labels))
+                    series = states.get(key)
+                    if series is None:
+                        series = self._new_series(rule, key, {**labels, "host": host, "agent": agent}, now)
+                        live = self._live.get((host, agent))
+                else:
+                    if not states:
+                        continue  # nothing breaches, nothing to resolve
+                    if key is None:
+                        key = (host, agent, _label_key(labels))
+                    series = states.get(key)
+                    # a series exists only where the matchers matched, unless a restored state
+                    # predates a change of the rule: matched again, so such a series goes stale
+                    if series is None or (rule.matchers and not rule.matches(host, agent, labels)):
+                        continue
                 if series.state == FIRING and rule.still_holds is not None:
                     holds = rule.still_holds(value)
                 series.value = value
@@ -281,7 +299,22 @@ class Engine:
         series = Series(rule=rule.name, key=key, fingerprint=fp, labels=labels, last_seen=now)
         self._states[rule.name][key] = series
         self._by_fp[fp] = series
+        self._count_live(rule, key, 1)
         return series
+
+    def _count_live(self, rule: CompiledRule, key: SeriesKey, delta: int) -> None:
+        """Keep `_live` in step with the series of metrics rules (see `_observe_metrics`)."""
+        if rule.kind != "metrics" or not rule.metric:
+            return
+        host_agent = key[0], key[1]
+        metrics = self._live.setdefault(host_agent, {})
+        count = metrics.get(rule.metric, 0) + delta
+        if count > 0:
+            metrics[rule.metric] = count
+        else:
+            metrics.pop(rule.metric, None)
+            if not metrics:
+                del self._live[host_agent]
 
     def _step(self, rule: CompiledRule, series: Series, holds: bool, now: float) -> None:
         """One evaluation of a series whose condition does (not) hold at `now`."""
@@ -358,7 +391,8 @@ class Engine:
         return True
 
     def _drop(self, series: Series) -> None:
-        self._states[series.rule].pop(series.key, None)
+        if self._states[series.rule].pop(series.key, None) is not None:
+            self._count_live(self._rules[series.rule], series.key, -1)
         self._by_fp.pop(series.fingerprint, None)
 
     def _stop_flapping(self, series: Series, now: float) -> None:
@@ -796,6 +830,7 @@ class Engine:
                 orphans.append(series)
                 continue
             states[series.key] = series
+            self._count_live(self._rules[series.rule], series.key, 1)
             if series.state == FIRING:
                 self._firing[series.fingerprint] = series
         for series in orphans:  # its rule is gone from the config: resolve, never a zombie
@@ -821,6 +856,34 @@ def _orphan_rule(series: Series) -> Rule:
         severity=alert.severity if alert is not None else "info",
         summary=(alert.summary if alert is not None else series.rule).replace("{", "{{").replace("}", "}}"),
     )
+
+
+class _MetricRules:
+    """The rules of one metric, and the open interval of values none of them can hold for."""
+
+    __slots__ = ("high", "low", "rules")
+
+    def __init__(self, rules: list[tuple[CompiledRule, dict[SeriesKey, Series]]]) -> None:
+        self.rules = rules
+        # Conservative: a value at a bound, or any rule with == or !=, takes the full path.
+        self.low = -math.inf
+        self.high = math.inf
+        for rule, _ in rules:
+            threshold = float(rule.threshold or 0.0)
+            op = rule.rule.op
+            if op in (">", ">="):
+                self.high = min(self.high, threshold)
+            elif op in ("<", "<="):
+                self.low = max(self.low, threshold)
+            else:
+                self.low, self.high = math.inf, -math.inf
+
+
+def _label_key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The labels part of a series key: sorted, so the order they came in does not matter."""
+    if len(labels) < 2:
+        return tuple(labels.items())
+    return tuple(sorted(labels.items()))
 
 
 def _ordered(alerts: Iterable[Alert]) -> list[Alert]:

@@ -80,6 +80,7 @@ LEASE_RETRY = 1.0
 ACK_RETENTION = 3600.0
 PUBLISH_TIMEOUT = 5.0
 PUBLISH_CONCURRENCY = 1000
+ALERT_SUBJECTS_CACHED = 10_000
 MAX_BACKOFF = 5.0
 
 Input = MetricBatch | HealthEvent | Heartbeat
@@ -101,7 +102,7 @@ class ServiceStats:
     snapshot_bytes: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Message:
     ts: float
     seq: int
@@ -210,6 +211,7 @@ class EvaluatorService:
         self._active_at = -math.inf
         self._housekeeping_at = -math.inf
         self._last_tick = -math.inf
+        self._alert_subjects: dict[tuple[str, str, str], str] = {}
         self._lease: Lease
         self._lease_lost = False
         # the evaluator holding the lease while this one waits; None when this one evaluates
@@ -504,40 +506,41 @@ class EvaluatorService:
                 feed.space.set()
         if len(self._feeds) > 1:
             ready.sort(key=lambda item: item[:3])
+        engine = self.engine
         for _, index, _, message in ready:
             feed = self._feeds[index]
             processed[feed.family] = message.msg
-            self._evaluate(feed, message)
+            self._evaluate(engine, feed, message)
         return len(ready)
 
-    def _evaluate(self, feed: _Feed, message: _Message) -> None:
-        self.stats.received += 1
+    def _evaluate(self, engine: Engine, feed: _Feed, message: _Message) -> None:
+        stats = self.stats
+        stats.received += 1
         if message.seq <= self._cursors.get(feed.family, 0):
-            self.stats.redelivered += 1
+            stats.redelivered += 1
             return
         self._cursors[feed.family] = message.seq
         msg = message.msg
         try:
             event = feed.decode(msg.data, msg.subject)
         except EventDecodeError as exc:
-            self.stats.undecodable += 1
-            if _worth_logging(self.stats.undecodable):
-                log.warning("evaluator: %s (%d skipped so far)", exc, self.stats.undecodable)
+            stats.undecodable += 1
+            if _worth_logging(stats.undecodable):
+                log.warning("evaluator: %s (%d skipped so far)", exc, stats.undecodable)
             return
         # the stream's timestamp, so a redelivery after a crash replays identically
         now = max(message.ts, self._engine_now)
-        engine = self.engine
         try:
             deadline = engine.next_deadline()
             if deadline is not None and deadline <= now:
                 engine.tick(now)
             engine.observe(event, now)
         except Exception:
-            self.stats.failed += 1
+            stats.failed += 1
             log.exception("evaluator: the engine failed on %s (seq %d)", msg.subject, message.seq)
             return
         self._engine_now = now
-        self.stats.evaluated += 1
+        stats.evaluated += 1
 
     def _caught_up(self) -> bool:
         return self.bus.nc.is_connected and not any(feed.behind or feed.buffer for feed in self._feeds)
@@ -566,9 +569,15 @@ class EvaluatorService:
     async def _publish(self, output: Output) -> bool:
         """Publish every output through JetStream, retrying until each PubAck arrives."""
         subjects = self.bus.subjects
+        cache = self._alert_subjects
+        if len(cache) > ALERT_SUBJECTS_CACHED:
+            cache.clear()
         items: list[tuple[str, bytes, str]] = []
         for alert in output.alerts:
-            subject = subjects.alerts(alert.severity, alert.labels.get("host", ""), alert.rule)
+            token = (alert.severity, alert.labels.get("host", ""), alert.rule)
+            subject = cache.get(token)
+            if subject is None:  # sanitising three tokens per alert is costly when many change
+                subject = cache[token] = subjects.alerts(*token)
             items.append((subject, encode(alert), alert_msg_id(alert)))
         for notification in output.notifications:
             items.append((subjects.notifications(notification.route), encode(notification), notification.id))
