@@ -397,13 +397,23 @@ class SlackSink:
         raise _Stopped
 
     async def _process_safely(self, js: JetStreamContext, msg: Msg) -> None:
-        """A bug met by one message is logged and the message retried later, never a dead sink."""
+        """A bug met by one message is logged and the message retried later, never a dead sink;
+        after `max_attempts` deliveries it is dead-lettered, so it cannot hold up the rest forever."""
         try:
             await self._process(js, msg)
-        except Exception:
-            log.exception("slack sink: unexpected error, the notification is retried in %s", BUG_RETRY)
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak(delay=BUG_RETRY.seconds)
+        except Exception as exc:
+            deliveries = msg.metadata.num_delivered or 1
+            if deliveries < self.config.max_attempts:
+                log.exception("slack sink: unexpected error, the notification is retried in %s", BUG_RETRY)
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak(delay=BUG_RETRY.seconds)
+                return
+            log.exception("slack sink: unexpected error on delivery %d, dead-lettering", deliveries)
+            self.stats.dead_lettered += 1
+            route = msg.subject.rsplit(".", 1)[-1]
+            await self._dead_letter(js, msg, route, f"sink error: {type(exc).__name__}", deliveries)
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await msg.ack_sync(timeout=5)
 
     async def _process(self, js: JetStreamContext, msg: Msg) -> None:
         """Deliver one message, or dead-letter it; then ack. Nothing from the bus raises out of here."""

@@ -79,7 +79,12 @@ def number(value: float) -> str:
 
 
 def utc_time(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+    """`2026-11-26 14:02 UTC`; a time no calendar holds (milli- or nanoseconds sent as seconds)
+    is shown as the number it is, never an error that would hold up every later message."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+    except (OverflowError, OSError, ValueError):
+        return f"{ts:g} (not a time)"
 
 
 def alert_labels(alert: Alert) -> dict[str, str]:

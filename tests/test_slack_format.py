@@ -7,6 +7,7 @@ import shlex
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -252,3 +253,11 @@ def test_console_text_is_readable_and_strips_terminal_escapes() -> None:
         "  silence: jarvis-monitor silence add 'host=web01?[2J' rule=disk_full --for 2h "
         "--comment investigating",
     ]
+
+
+def test_a_start_time_no_calendar_holds_renders_as_its_number_not_an_error() -> None:
+    """Nanoseconds sent as seconds made time.gmtime raise, and the message was retried forever."""
+    alert = msgspec.structs.replace(make_alert(), starts_at=1.764e18)
+    payload = render(make_notification(alert), OPTIONS).payload()
+    assert "since 1.764e+18 (not a time)" in blocks_of(payload)[1]["text"]["text"]
+    assert "since 1.764e+18 (not a time)" in console_text(make_notification(alert), OPTIONS)

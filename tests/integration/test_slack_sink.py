@@ -24,6 +24,8 @@ from bus.events import Alert, Notification, NotificationStatus, encode
 from bus.jetstream import provision, stream_name
 from bus.server import EmbeddedServer
 from bus.units import Duration
+from sinks import slack as slack_module
+from sinks import slack_format
 from sinks.slack import SlackSink, SlackSinkConfig
 from tests.conftest import wait_until
 from tests.fakeslack import (
@@ -295,6 +297,33 @@ async def test_after_max_attempts_a_notification_is_dead_lettered_and_the_next_g
     assert headers["Jarvis-Dead-Letter-Attempts"] == "3"
     assert sink.stats.dead_lettered == 1
     assert "gave up on notification 'default:web01:1'" in caplog.text
+
+
+async def test_a_notification_the_sink_chokes_on_is_dead_lettered_after_max_attempts_not_retried_forever(
+    streams: Bus, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one message in flight at a time, a poison message retried forever would stop all alerts."""
+    real_render = slack_format.render
+
+    def choke_on_web01(item: Notification, options: Any) -> Any:
+        if item.group_key == "host=web01":
+            raise RuntimeError("a bug in formatting")
+        return real_render(item, options)
+
+    monkeypatch.setattr(slack_module, "render", choke_on_web01)
+    monkeypatch.setattr(slack_module, "BUG_RETRY", Duration(0.1))
+    sink = SlackSink(bot_config(slack, max_attempts=3), streams, BOT_ENV, clock=FakeClock())
+    async with running(sink):
+        await publish(streams, notification("firing", 1))
+        await publish(streams, notification("firing", 2, host="db01"))
+        letters = await wait_for_dead_letters(streams, 1)
+        await wait_until(lambda: len(slack.accepted()) == 1)
+    ((_, headers, data),) = letters
+    assert data == encode(notification("firing", 1))
+    assert headers["Jarvis-Dead-Letter-Reason"] == "sink error: RuntimeError"
+    assert headers["Jarvis-Dead-Letter-Attempts"] == "3"
+    assert slack.accepted()[0].json["text"] == "🔴 [FIRING:3] db01"
+    assert sink.stats.dead_lettered == 1
 
 
 async def test_a_permanent_slack_error_is_dead_lettered_at_once(streams: Bus, slack: FakeSlack) -> None:
