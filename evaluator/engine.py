@@ -146,6 +146,9 @@ class Engine:
 
     def _setup(self, config: EvaluatorConfig) -> None:
         self.config = config
+        # read on every evaluation; the config is frozen
+        self._flapping = config.flapping.enabled
+        self._stale_seconds = config.stale_after.seconds
         self.stats = EngineStats()
         self._rules = {rule.name: CompiledRule(rule) for rule in effective_rules(config)}
         self._rules[MAINTENANCE_RULE] = CompiledRule(_MAINTENANCE)
@@ -202,7 +205,7 @@ class Engine:
             if metric is None:
                 continue
             value = sample.value
-            # The hot path: 97% of samples breach nothing and have no series to move on.
+            # The hot path: most samples breach nothing and have no series to move on.
             if metric.low < value < metric.high and (live is None or name not in live):
                 continue
             labels = sample.labels
@@ -217,15 +220,15 @@ class Engine:
                     series = states.get(key)
                     if series is None:
                         series = self._new_series(rule, key, {**labels, "host": host, "agent": agent}, now)
-                        live = self._live.get((host, agent))
+                        live = self._live.get((host, agent))  # it may have just been created
                 else:
                     if not states:
                         continue  # nothing breaches, nothing to resolve
                     if key is None:
                         key = (host, agent, _label_key(labels))
                     series = states.get(key)
-                    # a series exists only where the matchers matched, unless a restored state
-                    # predates a change of the rule: matched again, so such a series goes stale
+                    # a series exists only where the matchers match, unless the rule changed since
+                    # the snapshot it was restored from: such a series is left to go stale
                     if series is None or (rule.matchers and not rule.matches(host, agent, labels)):
                         continue
                 if series.state == FIRING and rule.still_holds is not None:
@@ -372,7 +375,7 @@ class Engine:
     def _record(self, rule: CompiledRule, series: Series, before: int, now: float) -> bool:
         """Add this evaluation to the flap history, end flapping, drop a quiet series; False if dropped."""
         if (series.state == FIRING) == (before == FIRING):  # a change was recorded by _transition
-            if self.config.flapping.enabled:
+            if self._flapping:
                 series.history, series.history_len = flapping.record(
                     series.history, series.history_len, series.state == FIRING
                 )
@@ -382,9 +385,7 @@ class Engine:
                 if not flapping.next_flapping(True, percent, cfg.low, cfg.high):
                     self._stop_flapping(series, now)
         # An inactive series whose window holds no firing result is forgotten: memory stays bounded.
-        quiet = not self.config.flapping.enabled or (
-            series.history == 0 and series.history_len == flapping.WINDOW
-        )
+        quiet = not self._flapping or (series.history == 0 and series.history_len == flapping.WINDOW)
         if series.state == INACTIVE and quiet and not series.flapping and rule.kind != "heartbeat":
             self._drop(series)
             return False
@@ -465,9 +466,17 @@ class Engine:
             self._push(deadline, _SERIES, series.fingerprint)
 
     def _stale_after(self, series: Series) -> float:
-        return max(self.config.stale_after.seconds, STALE_INTERVALS * series.interval)
+        return max(self._stale_seconds, STALE_INTERVALS * series.interval)
 
     def _series_deadline(self, rule: CompiledRule, series: Series) -> float | None:
+        state = series.state
+        if (
+            rule.kind == "metrics"
+            and rule.events is None
+            and (state == INACTIVE or (state == FIRING and series.holding))
+        ):
+            # the common case, a metric series evaluated again: only its staleness can be due
+            return series.last_seen + self._stale_after(series)
         if rule.name == MAINTENANCE_RULE:
             return None
         deadlines = []
