@@ -223,23 +223,27 @@ async def test_sink_report_command_consumes_until_sigterm_and_report_writes_the_
     assert written["hosts"][0]["cpu"]["avg"] == pytest.approx(29.5)
 
 
+@pytest.mark.parametrize(
+    ("method", "error"), [("ingest", "database or disk is full"), ("positions", "database is locked")]
+)
 async def test_a_failing_store_keeps_the_batch_and_retries_until_it_is_written(
-    streams: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    streams: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch, method: str, error: str
 ) -> None:
+    """Whether writing or reading where the streams stand fails, the consumer retries; it never dies."""
     bus = streams
     events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:50]
     running = Running(bus, data_dir)
     store = running.sink.open()
-    real_ingest = store.ingest
+    real = getattr(store, method)
     failures = [2]
 
-    def disk_full(*args: Any, **kwargs: Any) -> None:
+    def failing(*args: Any, **kwargs: Any) -> Any:
         if failures[0]:
             failures[0] -= 1
-            raise sqlite3.OperationalError("database or disk is full")
-        real_ingest(*args, **kwargs)
+            raise sqlite3.OperationalError(error)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(store, "ingest", disk_full)
+    monkeypatch.setattr(store, method, failing)
     await publish(bus, events)
     async with running as sink:
         await wait_until(lambda: store.stats.metric_batches == 50, timeout=30)
@@ -248,41 +252,20 @@ async def test_a_failing_store_keeps_the_batch_and_retries_until_it_is_written(
         assert sum(r.count for r in rows) == 50
 
 
-async def test_a_store_that_fails_reading_its_positions_is_retried_not_the_end_of_the_consumer(
-    streams: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("disk_fails_next", [False, True], ids=["alone", "then-disk-full"])
+async def test_an_event_the_store_cannot_take_is_rejected_and_the_rest_kept_once(
+    streams: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch, disk_fails_next: bool
 ) -> None:
-    bus = streams
-    events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:50]
-    running = Running(bus, data_dir)
-    store = running.sink.open()
-    real_positions = store.positions
-    failures = [2]
-
-    def locked() -> dict[str, int]:
-        if failures[0]:
-            failures[0] -= 1
-            raise sqlite3.OperationalError("database is locked")
-        return real_positions()
-
-    monkeypatch.setattr(store, "positions", locked)
-    await publish(bus, events)
-    async with running as sink:
-        await wait_until(lambda: store.stats.metric_batches == 50, timeout=30)
-        assert sink.stats.store_errors == 2
-
-
-async def test_a_store_failing_while_skipping_a_bad_event_counts_nothing_twice(
-    streams: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Event by event, each commit carries its stream position: a redelivered batch resumes there."""
+    """Event by event, each commit carries its stream position: should the store fail meanwhile,
+    the redelivered batch resumes there and nothing is counted twice."""
     bus = streams
     events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:20]
     running = Running(bus, data_dir)
     store = running.sink.open()
     real_ingest = store.ingest
-    armed, disk_full = [False], [True]
+    armed, disk_full = [False], [disk_fails_next]
 
-    def choke_on_minute_7_then_fail_once(batch: Sequence[ReportEvent], positions: Any = None) -> None:
+    def choke_on_minute_7(batch: Sequence[ReportEvent], positions: Any = None) -> None:
         if any(isinstance(e, MetricBatch) and e.ts == T0 + 7 * 60 for e in batch):
             armed[0] = True
             raise ValueError("a bug")
@@ -292,35 +275,14 @@ async def test_a_store_failing_while_skipping_a_bad_event_counts_nothing_twice(
             raise sqlite3.OperationalError("database or disk is full")
         real_ingest(batch, positions)
 
-    monkeypatch.setattr(store, "ingest", choke_on_minute_7_then_fail_once)
-    monkeypatch.setattr("sinks.report.service.ACK_WAIT", 1.0)  # the unacked batch comes back soon
+    monkeypatch.setattr(store, "ingest", choke_on_minute_7)
+    monkeypatch.setattr("sinks.report.service.ACK_WAIT", 1.0)  # an unacked batch comes back soon
     await publish(bus, events)
-    async with running:
+    metrics = stream_name(bus.subjects.prefix, "metrics")
+    async with running as sink:
         await wait_until(lambda: store.stats.metric_batches == 19 and not disk_full[0], timeout=30)
-        await wait_until(
-            lambda: store.positions().get(stream_name(bus.subjects.prefix, "metrics")) == 20, timeout=30
-        )
+        await wait_until(lambda: store.positions().get(metrics) == 20, timeout=30)
+        assert sink.stats.rejected >= 1
         rows = store.metric_hours(T0, T0 + 86400, ["cpu.percent"])
         assert sum(r.count for r in rows) == 19
         assert store.stats.metric_batches == 19
-
-
-async def test_an_event_the_store_cannot_take_is_rejected_and_the_rest_kept(
-    streams: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    bus = streams
-    events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:20]
-    running = Running(bus, data_dir)
-    store = running.sink.open()
-    real_ingest = store.ingest
-
-    def choke_on_minute_7(batch: Sequence[ReportEvent], positions: Any = None) -> None:
-        if any(isinstance(e, MetricBatch) and e.ts == T0 + 7 * 60 for e in batch):
-            raise ValueError("a bug")
-        real_ingest(batch, positions)
-
-    monkeypatch.setattr(store, "ingest", choke_on_minute_7)
-    await publish(bus, events)
-    async with running as sink:
-        await wait_until(lambda: store.stats.metric_batches == 19 and sink.stats.rejected == 1, timeout=30)
-        assert store.positions()[stream_name(bus.subjects.prefix, "metrics")] == 20
