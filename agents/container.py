@@ -254,6 +254,9 @@ class ContainerCollector:
         self._sleep = sleep
         self._docker: aiodocker.Docker | None = None
         self._stream_docker: aiodocker.Docker | None = None  # its own connection pool
+        # and the log followers theirs: each holds a connection for as long as its container runs,
+        # which in the request client's pool (100) would leave inspect and list none to run on
+        self._log_docker: aiodocker.Docker | None = None
         self._streams = StatsStreams(clock)
         self._engine_version: str | None = None
         self._bound = asyncio.Semaphore(config.concurrency)
@@ -287,6 +290,11 @@ class ContainerCollector:
             self._stream_docker = aiodocker.Docker(url=self.config.docker_url)
         return self._stream_docker
 
+    def _log_client(self) -> aiodocker.Docker:
+        if self._log_docker is None:
+            self._log_docker = aiodocker.Docker(url=self.config.docker_url)
+        return self._log_docker
+
     async def _version(self, docker: aiodocker.Docker) -> str:
         """The engine's version, asked once per connection (an engine restart may upgrade it)."""
         if self._engine_version is None:
@@ -304,10 +312,10 @@ class ContainerCollector:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._streams.close()
-        for client in (self._docker, self._stream_docker):
+        for client in (self._docker, self._stream_docker, self._log_docker):
             if client is not None:
                 await client.close()
-        self._docker = self._stream_docker = None
+        self._docker = self._stream_docker = self._log_docker = None
 
     def _filters(self, **more: list[str]) -> str:
         filters = dict(more)
@@ -468,7 +476,7 @@ class ContainerCollector:
             watched = self._watched[name] = _Watched(tally, labels)
         watched.labels = labels
         since = max(since, watched.resume_at)
-        task = asyncio.create_task(self._read_log(self._docker, container_id, watched, since))
+        task = asyncio.create_task(self._read_log(self._log_client(), container_id, watched, since))
         self._followers[container_id] = task
         task.add_done_callback(lambda _: self._followers.pop(container_id, None))
 

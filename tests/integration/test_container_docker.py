@@ -250,6 +250,26 @@ async def test_matching_log_lines_are_counted_per_interval_and_quoted_and_a_rest
     assert [c.status for c in events.find(by_name, "restart")] == ["warning"]
 
 
+async def test_log_followers_leave_the_request_connections_to_inspect_and_list(
+    containers: Containers,
+) -> None:
+    """A followed log holds its connection while the container runs; taken from the request pool
+    (100), a hundred followed containers would leave every inspect waiting until it timed out."""
+    await containers.run("spew1", "sh", "-c", SPEW)
+    await containers.run("spew2", "sh", "-c", SPEW)
+    logs = LogWatchConfig(containers=[containers.name("spew*")])
+    collector = ContainerCollector(config(containers, logs=logs))
+    async with watching(collector):
+        await collector.collect()  # starts the followers
+        await collect_until(
+            collector, lambda c: (sample(c, "container.log.errors", containers.name("spew2")) or 0) > 0
+        )
+        assert len(collector._followers) == 2
+        assert collector._docker is not None
+        # what stays acquired on the request client between cycles: the event stream alone
+        assert len(collector._docker.connector._acquired) == 1
+
+
 # the acceptance check, through a real nats-server ------------------------------------------------
 
 
