@@ -103,6 +103,8 @@ class Notification(_Event, frozen=True, kw_only=True, tag="notification"):
     status: NotificationStatus
     alerts: list[Alert]
     ts: float
+    # where the route sends it (a Slack channel); sinks may map routes to channels of their own
+    receiver: str = ""
 
 
 Event = MetricBatch | HealthEvent | Heartbeat | Alert | Notification

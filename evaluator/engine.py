@@ -681,6 +681,7 @@ class Engine:
                 status=status,
                 alerts=alerts,
                 ts=now,
+                receiver=route.receiver,
             )
         )
         self.stats.notifications += 1

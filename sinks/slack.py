@@ -70,7 +70,8 @@ class SlackSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     channels: Annotated[
         dict[str, str],
         Meta(
-            description="bot mode: channel per notification route; `default` takes every other route",
+            description="bot mode: channel per notification route, before the route's own `receiver`; "
+            "`default` takes notifications that name neither",
             examples=[{"default": "#alerts", "critical": "#oncall"}],
         ),
     ] = msgspec.field(default_factory=lambda: {"default": "#alerts"})
@@ -529,7 +530,7 @@ class SlackSink:
             out.write(console_text(item, self.options) + "\n")
             out.flush()
             return
-        channel = transport.channel_for(item.route)
+        channel = transport.channel_for(item.route, item.receiver)
         message = render(item, self.options)
         if transport.mode != "bot":
             await self._send(channel, lambda: transport.post(channel, message))

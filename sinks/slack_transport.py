@@ -47,7 +47,9 @@ class Transport(Protocol):
 
     mode: str
 
-    def channel_for(self, route: str) -> str: ...
+    def channel_for(self, route: str, receiver: str = "") -> str:
+        """The channel of a notification: the sink's own mapping of its route, else the route's receiver."""
+        ...
 
     async def post(self, channel: str, message: SlackMessage, thread_ts: str | None = None) -> Posted: ...
 
@@ -99,7 +101,7 @@ class WebhookTransport:
         path = urlsplit(url).path  # the secret part, should an error quote it without the host
         self._scrub = _Scrubber(url, path if len(path) > 8 else "")
 
-    def channel_for(self, route: str) -> str:
+    def channel_for(self, route: str, receiver: str = "") -> str:
         return "webhook"
 
     async def post(self, channel: str, message: SlackMessage, thread_ts: str | None = None) -> Posted:
@@ -141,8 +143,8 @@ class BotTransport:
         self._channels = channels
         self._scrub = _Scrubber(token)
 
-    def channel_for(self, route: str) -> str:
-        return self._channels.get(route) or self._channels["default"]
+    def channel_for(self, route: str, receiver: str = "") -> str:
+        return self._channels.get(route) or receiver or self._channels["default"]
 
     def _error(self, exc: SlackApiError) -> DeliveryError:
         response = exc.response

@@ -120,10 +120,10 @@ def test_routes_by_severity_and_labels_first_match_wins() -> None:
         0, metrics("db01", {"disk.percent": 95}), metrics("web01", {"disk.percent": 95, "cpu.percent": 95})
     )
     driver.at(100)
-    assert sorted((n.route, [a.rule for a in n.alerts]) for n in driver.notifications) == [
-        ("db", ["disk"]),
-        ("default", ["cpu"]),
-        ("oncall", ["disk"]),
+    assert sorted((n.route, n.receiver, [a.rule for a in n.alerts]) for n in driver.notifications) == [
+        ("db", "#db", ["disk"]),
+        ("default", "#alerts", ["cpu"]),
+        ("oncall", "#oncall", ["disk"]),
     ]
 
 

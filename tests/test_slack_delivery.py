@@ -12,7 +12,7 @@ from bus.subjects import Subjects
 from bus.units import dec_hook
 from sinks.slack import SlackConfigError, SlackSinkConfig, resolve_secrets, thread_key
 from sinks.slack_delivery import ChannelRateLimiter, DeliveryError, RetryPolicy
-from sinks.slack_transport import retry_after
+from sinks.slack_transport import BotTransport, retry_after
 from tests.fakeslack import FakeClock
 
 
@@ -131,3 +131,14 @@ def test_dead_letter_subject_keeps_the_route_as_one_token() -> None:
     subjects = Subjects("jarvis")
     assert subjects.deadletter("critical") == "jarvis.deadletter.notifications.critical"
     assert subjects.deadletter("a.b *>") == "jarvis.deadletter.notifications.a_b___"
+
+
+async def test_a_channel_mapped_by_the_sink_wins_then_the_routes_receiver_then_the_default() -> None:
+    channels = {"default": "#alerts", "db": "#dba"}
+    transport = BotTransport("xoxb-test", channels, "http://127.0.0.1:9/api/", 1.0)
+    try:
+        assert transport.channel_for("db", "#oncall") == "#dba"
+        assert transport.channel_for("oncall", "#oncall") == "#oncall"
+        assert transport.channel_for("oncall") == "#alerts"
+    finally:
+        await transport.close()
