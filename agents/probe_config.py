@@ -133,6 +133,14 @@ class ScrapeTarget(HttpSettings, frozen=True, forbid_unknown_fields=True, kw_onl
     url: Annotated[
         str, Meta(description="the target's metrics page", examples=["http://127.0.0.1:8000/metrics"])
     ]
+    check: Annotated[
+        str | None,
+        Meta(
+            description="the HTTP check of the same service: the metrics carry its name as `check`, so "
+            "that service down mutes its own latency and error-rate alerts; unset: `name`",
+            examples=["backend-api"],
+        ),
+    ] = None
     requests_metric: Annotated[
         str,
         Meta(description="request counter; without it on the page, the duration histogram's _count is used"),

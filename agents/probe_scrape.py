@@ -78,7 +78,7 @@ class ScrapeTracker:
     ) -> list[Sample]:
         last, at = previous
         stats = interval_stats(last, scrape, now - at, target.status_labels, tuple(QUANTILE_METRICS))
-        labels = {"check": target.name}
+        labels = {"check": target.check or target.name}
         samples = []
         if stats.requests_per_second is not None:
             samples.append(Sample("http.requests_per_second", round(stats.requests_per_second, 6), labels))

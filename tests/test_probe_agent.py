@@ -328,6 +328,23 @@ async def test_scrape_publishes_rate_errors_and_quantiles_from_the_second_scrape
     assert checks_by_target(second)["backend"].status == "ok"
 
 
+async def test_a_scrape_names_the_http_check_of_its_service_in_its_metrics(targets: Targets) -> None:
+    # equal `check` labels let "backend-api down" mute this target's latency and error-rate alerts
+    clock = ManualClock()
+    scrape = {"name": "backend-metrics", "url": targets.url("/metrics"), "check": "backend-api"}
+    collector = ProbeCollector(config(scrape=[scrape]), clock=clock)
+    try:
+        await collector.collect()
+        targets.metrics.serve(10, "200", 0.07)
+        clock.now += 10
+        second = await collector.collect()
+    finally:
+        await collector.close()
+    assert second.samples
+    assert {s.labels["check"] for s in second.samples} == {"backend-api"}
+    assert list(checks_by_target(second)) == ["backend-metrics"]
+
+
 async def test_a_broken_metrics_page_is_critical_and_one_without_the_metrics_a_warning(
     targets: Targets,
 ) -> None:
