@@ -14,8 +14,7 @@ from sinks.report.config import ReportSinkConfig
 from sinks.report.render import produce
 from sinks.report.rollups import RollupStore
 from tests.conftest import require
-from tests.integration.test_report_sink import SECTIONS
-from tests.test_report_render import hostile_events
+from tests.test_report_render import SECTIONS, hostile_events
 from tests.test_report_synthetic import DAY, T0, fill, synthetic_day
 
 CHROMIUM_FLAGS = (
