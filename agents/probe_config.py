@@ -235,6 +235,13 @@ class ProbeAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_names()
+        http_names = {check.name for check in self.http}
+        for index, target in enumerate(self.scrape):
+            if target.check is not None and target.check not in http_names:
+                raise ValueError(
+                    f"scrape[{index}] ({target.name}): check {target.check!r} is not the name of an "
+                    "http check"
+                )
         deadline = self.deadline
         for where, check in self.all_checks():
             timeout = self.timeout_of(check)

@@ -50,6 +50,13 @@ def test_the_example_config_for_the_jarvis_stack_loads_without_errors() -> None:
     )
 
 
+def test_a_scrape_target_names_an_http_check_that_exists() -> None:
+    scrape = {"name": "api-metrics", "url": "http://127.0.0.1:8000/metrics", "check": "apii"}
+    (problem,) = problems(http=[http(name="api")], scrape=[scrape])
+    assert problem == "agents.probe: scrape[0] (api-metrics): check 'apii' is not the name of an http check"
+    assert probe(http=[http(name="api")], scrape=[{**scrape, "check": "api"}]).scrape[0].check == "api"
+
+
 def test_an_http_check_reads_every_setting() -> None:
     config = probe(
         interval="30s",
