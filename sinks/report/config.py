@@ -52,7 +52,7 @@ DEFAULT_SERVICES = (
     ServiceSLA(name="ollama", checks=["ollama"], availability_percent=99.5, latency_p95=Duration(3.0)),
     ServiceSLA(
         name="database",
-        checks=["database", "postgres"],
+        checks=["database", "postgres", "postgresql"],
         availability_percent=99.95,
         latency_p95=Duration(0.05),
     ),
