@@ -159,7 +159,9 @@ class Bus:
         elif nc.pending_data_size:
             log.warning("closing while disconnected: %d buffered bytes not delivered", nc.pending_data_size)
         try:
-            await nc.close()
+            await asyncio.wait_for(nc.close(), max(1.0, deadline - loop.time()))
+        except TimeoutError:  # a stop must end: what was flushed above is all that could be saved
+            log.warning("closing the NATS connection timed out")
         except OSError as exc:  # nats-py drains a transport the outage already broke
             log.warning("closing the NATS connection: %s", exc)
 

@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 
+from bus.aio import cancel_and_wait
 from bus.connection import Bus
 from bus.events import (
     Alert,
@@ -239,11 +240,7 @@ class EvaluatorService:
                     return
                 await self._loop()
             finally:
-                for task in self._tasks:
-                    task.cancel()
-                for task in self._tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await cancel_and_wait(self._tasks)
                 self._tasks.clear()
             if not self._lease_lost:
                 await self._lease.release()

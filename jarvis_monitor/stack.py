@@ -8,7 +8,8 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from agents.container import ContainerCollector
 from agents.host import HostCollector
@@ -25,6 +26,7 @@ from sinks.slack import SlackSink
 log = logging.getLogger(__name__)
 
 AGENT_NAMES = ("host", "container", "probe")
+STOP_GRACE = 10.0  # seconds every part has to return after a stop
 
 
 def make_collector(name: str, config: Config) -> Collector:
@@ -154,7 +156,7 @@ async def run_until_stopped(
     shutdown.started(*(runner.stop for runner in runners))
     if names:
         log.info("running agents %s as host %r", ", ".join(names), config.agents.resolved_hostname())
-    agents = [asyncio.create_task(runner.run()) for runner in runners]
+    agents = [asyncio.create_task(runner.run(), name=_describe(runner)) for runner in runners]
     watchers: list[asyncio.Task[object]] = [asyncio.create_task(shutdown.requested.wait())]
     if server is not None:
         watchers.append(asyncio.create_task(server.wait()))
@@ -162,12 +164,50 @@ async def run_until_stopped(
     server_died = server is not None and not shutdown.requested.is_set() and not server.running
     for runner in runners:
         runner.stop()
-    await asyncio.gather(*agents)
+    await _finish(agents)
     for watcher in watchers:
         watcher.cancel()
     if server_died:
         assert server is not None
         raise ServerError(f"the embedded nats-server exited unexpectedly; see {server.log_file}")
+
+
+def _describe(runner: Service) -> str:
+    if isinstance(runner, AgentRunner):
+        return f"{runner.agent} agent"
+    return type(runner).__name__
+
+
+def _awaiting(task: asyncio.Task[None]) -> list[str]:
+    """Where a suspended task waits: its chain of awaits, outermost first."""
+    chain = []
+    coro: Any = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            chain.append(f"{frame.f_code.co_name} ({Path(frame.f_code.co_filename).name}:{frame.f_lineno})")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return chain
+
+
+async def _finish(tasks: list[asyncio.Task[None]], grace: float = STOP_GRACE) -> None:
+    """Wait for every part to return after its stop; one that does not is named, then cancelled.
+
+    A stop must never hang: under systemd that would end in a SIGKILL and lose what was buffered.
+    """
+    _, stuck = await asyncio.wait(tasks, timeout=grace)
+    for task in stuck:
+        log.error(
+            "%s still running %.0fs after the stop, cancelling it; it was waiting in %s",
+            task.get_name(),
+            grace,
+            " -> ".join(_awaiting(task)) or "?",
+        )
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, Exception):
+            log.error("%s failed while stopping: %r", task.get_name(), result)
 
 
 async def _until_stopped(

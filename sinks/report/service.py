@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from bus.aio import cancel_and_wait
 from bus.connection import Bus
 from bus.events import Alert, EventDecodeError, HealthEvent, MetricBatch, any_event
 from bus.jetstream import stream_name
@@ -132,9 +133,7 @@ class ReportSink:
             # leave messages delivered to nobody until ack_wait, holding up the next start
             await asyncio.wait(consumers, timeout=FETCH_TIMEOUT + STOP_GRACE)
         finally:
-            for task in (*consumers, schedule):
-                task.cancel()
-            await asyncio.gather(*consumers, schedule, return_exceptions=True)
+            await cancel_and_wait([*consumers, schedule])
             self.store.close()
             self.store = None
 

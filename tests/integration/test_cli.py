@@ -155,7 +155,13 @@ async def test_up_stops_cleanly_on_sigterm(
     await wait_until_running(port, started + 10)
     pid = _embedded_server_pid(process)
     process.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(process.wait, 15) == 0
+    try:
+        _, err = await asyncio.to_thread(process.communicate, None, 15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"up did not stop within 15 s; it said:\n{process.communicate()[1][-4000:]}")
+    assert process.returncode == 0, err[-4000:]
+    assert "still running" not in err
     assert _gone(pid)
 
 
