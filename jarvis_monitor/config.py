@@ -19,6 +19,7 @@ from bus.server import ServerConfig
 from bus.units import dec_hook
 from evaluator.config import EvaluatorConfig
 from sinks.config import SinksConfig
+from sinks.slack import SlackConfigError, resolve_secrets
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -157,4 +158,9 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] = os.environ
                 raise ConfigError(exc.problems + more.problems) from None
             raise
     check_resources(config.bus, environ)
+    if config.sinks.slack.enabled:
+        try:  # the Slack secrets, from their files or the environment, before anything starts
+            resolve_secrets(config.sinks.slack, environ)
+        except SlackConfigError as exc:
+            raise ConfigError([str(exc)]) from None
     return config

@@ -15,6 +15,7 @@ from agents.container import ContainerCollector
 from agents.host import HostCollector
 from agents.probe import ProbeCollector
 from agents.runner import AgentRunner, Collector
+from bus.aio import cancel_and_wait
 from bus.connection import Bus, configured_urls, connect
 from bus.jetstream import provision
 from bus.server import EmbeddedServer, ServerError
@@ -203,11 +204,10 @@ async def _finish(tasks: list[asyncio.Task[None]], grace: float = STOP_GRACE) ->
             grace,
             " -> ".join(_awaiting(task)) or "?",
         )
-        task.cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    for task, result in zip(tasks, results, strict=True):
-        if isinstance(result, Exception):
-            log.error("%s failed while stopping: %r", task.get_name(), result)
+    await cancel_and_wait(stuck)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed while stopping: %r", task.get_name(), task.exception())
 
 
 async def _until_stopped(

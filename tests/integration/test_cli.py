@@ -279,6 +279,19 @@ def test_every_command_refuses_a_broken_config_before_starting(tmp_path: Path) -
     assert not (tmp_path / "data").exists()
 
 
+def test_up_refuses_an_unreadable_slack_secret_before_starting(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "up.toml",
+        f'data_dir = "{tmp_path / "data"}"\n[sinks.slack]\nwebhook_url_file = "/nope"\n',
+    )
+    result = run_cli("-c", str(config), "up")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "jarvis-monitor: config: sinks.slack.webhook_url_file: cannot read /nope: No such file or directory"
+    ]
+    assert not (tmp_path / "data").exists()
+
+
 def test_check_config_reports_every_problem_of_a_table_and_unreadable_files_too(tmp_path: Path) -> None:
     """Three mistakes in one table and two missing files: five lines, in one run."""
     config = write_config(
