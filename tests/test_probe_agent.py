@@ -332,7 +332,8 @@ async def test_a_scrape_names_the_http_check_of_its_service_in_its_metrics(targe
     # equal `check` labels let "backend-api down" mute this target's latency and error-rate alerts
     clock = ManualClock()
     scrape = {"name": "backend-metrics", "url": targets.url("/metrics"), "check": "backend-api"}
-    collector = ProbeCollector(config(scrape=[scrape]), clock=clock)
+    http = {"name": "backend-api", "url": targets.url("/health")}
+    collector = ProbeCollector(config(http=[http], scrape=[scrape]), clock=clock)
     try:
         await collector.collect()
         targets.metrics.serve(10, "200", 0.07)
@@ -342,7 +343,7 @@ async def test_a_scrape_names_the_http_check_of_its_service_in_its_metrics(targe
         await collector.close()
     assert second.samples
     assert {s.labels["check"] for s in second.samples} == {"backend-api"}
-    assert list(checks_by_target(second)) == ["backend-metrics"]
+    assert sorted(checks_by_target(second)) == ["backend-api", "backend-metrics"]
 
 
 async def test_a_broken_metrics_page_is_critical_and_one_without_the_metrics_a_warning(
