@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -13,13 +13,8 @@ import nats.errors
 from bus.connection import BusConfigError, BusUnavailableError
 from bus.server import ServerError
 
-if TYPE_CHECKING:
-    from jarvis_monitor.config import Config
-
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
-# A subcommand that needs the loaded config: `set_defaults(handler=...)` on its parser.
-Handler = Callable[[argparse.Namespace, "Config"], int]
 if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jarvis_monitor import stack
 from jarvis_monitor.commands import EXIT_FAILURE, EXIT_OK, error, run_async, sink_commands
 from sinks.report.model import Report
 from sinks.report.render import produce
@@ -106,6 +107,4 @@ def open_sink(config: Config, bus: Bus) -> ReportSink:
 
 
 def cmd_sink_report(args: argparse.Namespace, config: Config) -> int:
-    from jarvis_monitor import stack  # the stack imports every part: load it late
-
     return run_async(stack.service(config, "sink report", lambda bus: open_sink(config, bus)))
