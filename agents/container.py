@@ -38,19 +38,19 @@ from agents.container_state import (
 )
 from agents.container_stats import StatsMeter
 from agents.container_streams import StatsStreams
-from agents.metrics import MetricSpec, catalog
 from agents.runner import AgentConfig, Check, Collection, Emit
+from bus import vocabulary as vocab
 from bus.events import Sample, Status
 from bus.redact import redact_text
 from bus.units import Duration
 
 log = logging.getLogger(__name__)
 
-DOCKER_TARGET = "docker"  # health target of the engine itself
+DOCKER_TARGET = vocab.DOCKER_TARGET  # health target of the engine itself
 # Actions asked of the engine's event stream; the others (exec_start of every health check, ...)
 # are never sent. health_status matches "health_status: <status>" (the engine matches it fuzzily).
 WATCHED_EVENTS = ("create", "start", "restart", "die", "oom", "stop", "destroy", "health_status")
-LOG_TARGET = "log:{name}"  # health target of a container's log, apart from its state
+LOG_TARGET = vocab.LOG_TARGET  # health target of a container's log, apart from its state
 STREAM_FRESH = 3.0  # a streamed reading older than this (the engine sends one a second) is stale
 # A log is read from this long before its container's start: the process prints before the
 # engine stamps StartedAt or its start event. A restart's previous lines are kept out by resume_at.
@@ -59,56 +59,7 @@ PRIME_DELAY = 0.5  # the first cycle reads stats twice this far apart, so CPU an
 RETRY_FIRST = 0.5  # first wait before reconnecting to the engine
 SPLIT_LIMIT = 64 * 1024  # longest log line held in memory; the rest of it is skipped
 
-_LABELS = ("container", "image", "service", "project")
-METRICS = catalog(
-    MetricSpec("containers.running", "containers", "containers running"),
-    MetricSpec("containers.paused", "containers", "containers paused"),
-    MetricSpec("containers.restarting", "containers", "containers being restarted by their restart policy"),
-    MetricSpec("containers.stopped", "containers", "containers created, exited, dead or being removed"),
-    MetricSpec("containers.unhealthy", "containers", "running containers whose health check fails"),
-    MetricSpec("container.running", "boolean", "1 while the container runs, else 0", _LABELS),
-    MetricSpec(
-        "container.healthy",
-        "boolean",
-        "1 when the health check passes, 0 when it fails or is still starting; "
-        "absent for containers without a health check or not running",
-        _LABELS,
-    ),
-    MetricSpec("container.restart_count", "restarts", "restarts by the restart policy", _LABELS),
-    MetricSpec("container.exit_code", "code", "exit code of the last run (0 while running)", _LABELS),
-    MetricSpec(
-        "container.uptime_seconds", "seconds", "time since the container started; 0 when not running", _LABELS
-    ),
-    MetricSpec(
-        "container.cpu.percent",
-        "percent",
-        "CPU used since the last cycle as `docker stats` shows it: 100 is one core busy",
-        _LABELS,
-    ),
-    MetricSpec("container.mem.used_bytes", "bytes", "memory used, less the reclaimable page cache", _LABELS),
-    MetricSpec(
-        "container.mem.limit_bytes", "bytes", "memory limit (the host's memory when unlimited)", _LABELS
-    ),
-    MetricSpec("container.mem.percent", "percent", "memory used as a share of the limit", _LABELS),
-    MetricSpec(
-        "container.net.recv_bytes_per_second", "bytes/s", "bytes received on all its interfaces", _LABELS
-    ),
-    MetricSpec("container.net.sent_bytes_per_second", "bytes/s", "bytes sent on all its interfaces", _LABELS),
-    MetricSpec("container.blkio.read_bytes_per_second", "bytes/s", "bytes read from block devices", _LABELS),
-    MetricSpec(
-        "container.blkio.write_bytes_per_second", "bytes/s", "bytes written to block devices", _LABELS
-    ),
-    MetricSpec("container.pids", "processes", "processes and threads in the container", _LABELS),
-    MetricSpec(
-        "container.log.errors", "lines", "log lines matching the error patterns since the last cycle", _LABELS
-    ),
-    MetricSpec(
-        "container.log.warnings",
-        "lines",
-        "log lines matching the warning patterns (and no error pattern) since the last cycle",
-        _LABELS,
-    ),
-)
+METRICS = vocab.CONTAINER_METRICS  # what this agent publishes, declared where the wire lives
 
 
 class LogWatchConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -238,7 +189,7 @@ def _since(ns: int) -> str:
 class ContainerCollector:
     """Collects every container's state and resources; `watch` follows events and logs."""
 
-    name = "container"
+    name = vocab.CONTAINER_AGENT
 
     def __init__(
         self,
@@ -412,17 +363,17 @@ class ContainerCollector:
     ) -> None:
         labels = info.sample_labels()
         values: dict[str, float] = {
-            "container.running": float(info.running),
-            "container.restart_count": float(info.restart_count),
-            "container.exit_code": float(info.exit_code),
-            "container.uptime_seconds": (
+            vocab.CONTAINER_RUNNING: float(info.running),
+            vocab.CONTAINER_RESTART_COUNT: float(info.restart_count),
+            vocab.CONTAINER_EXIT_CODE: float(info.exit_code),
+            vocab.CONTAINER_UPTIME: (
                 round(max(0.0, self.wall_clock() - info.started_at), 1)
                 if info.running and info.started_at
                 else 0.0
             ),
         }
         if info.running and info.health in ("healthy", "unhealthy", "starting"):
-            values["container.healthy"] = float(info.health == "healthy")
+            values[vocab.CONTAINER_HEALTHY] = float(info.health == "healthy")
         values.update(stats or {})
         collection.samples += [Sample(name, value, labels) for name, value in values.items()]
         status, detail = container_status(info)
@@ -447,9 +398,11 @@ class ContainerCollector:
                 self._follow(info.id, info.name, info.sample_labels(), max(self._watching_since, started))
         for name, watched in list(self._watched.items()):
             summary = watched.tally.drain()
-            collection.samples.append(Sample("container.log.errors", float(summary.errors), watched.labels))
             collection.samples.append(
-                Sample("container.log.warnings", float(summary.warnings), watched.labels)
+                Sample(vocab.CONTAINER_LOG_ERRORS, float(summary.errors), watched.labels)
+            )
+            collection.samples.append(
+                Sample(vocab.CONTAINER_LOG_WARNINGS, float(summary.warnings), watched.labels)
             )
             status: Status = "warning" if summary.errors else "ok"
             event = "log" if summary.errors or summary.warnings else None

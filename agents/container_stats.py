@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.container_state import parse_timestamp
+from bus import vocabulary as vocab
 
 # Counters turned into per-second rates between two readings, by metric name.
-NET_RECV = "container.net.recv_bytes_per_second"
-NET_SENT = "container.net.sent_bytes_per_second"
-BLKIO_READ = "container.blkio.read_bytes_per_second"
-BLKIO_WRITE = "container.blkio.write_bytes_per_second"
+NET_RECV = vocab.CONTAINER_NET_RECV_RATE
+NET_SENT = vocab.CONTAINER_NET_SENT_RATE
+BLKIO_READ = vocab.CONTAINER_BLKIO_READ_RATE
+BLKIO_WRITE = vocab.CONTAINER_BLKIO_WRITE_RATE
 
 
 def _num(value: object) -> float | None:
@@ -96,16 +97,16 @@ class StatsMeter:
         if percent is None:
             percent = cpu_percent(cpu, stats.get("precpu_stats") or {})
         if percent is not None:
-            values["container.cpu.percent"] = percent
+            values[vocab.CONTAINER_CPU_PERCENT] = percent
         memory = memory_usage(stats.get("memory_stats") or {})
         if memory is not None:
             used, limit = memory
-            values["container.mem.used_bytes"] = used
-            values["container.mem.limit_bytes"] = limit
-            values["container.mem.percent"] = round(100.0 * used / limit, 2)
+            values[vocab.CONTAINER_MEM_USED_BYTES] = used
+            values[vocab.CONTAINER_MEM_LIMIT_BYTES] = limit
+            values[vocab.CONTAINER_MEM_PERCENT] = round(100.0 * used / limit, 2)
         pids = _num((stats.get("pids_stats") or {}).get("current"))
         if pids is not None:
-            values["container.pids"] = pids
+            values[vocab.CONTAINER_PIDS] = pids
         at = parse_timestamp(stats.get("read"))
         counters = io_counters(stats)
         if at is not None and previous is not None and previous.at is not None and at > previous.at:

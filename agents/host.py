@@ -13,8 +13,8 @@ import msgspec
 import psutil
 from msgspec import Meta
 
-from agents.metrics import MetricSpec, catalog
 from agents.runner import AgentConfig, Check, Collection
+from bus import vocabulary as vocab
 from bus.events import Sample
 
 # File systems that hold no user data; their "usage" would only add noise.
@@ -48,41 +48,7 @@ PSEUDO_FS = (
 # Loopback, and virtual interfaces whose traffic also crosses a real one (Docker, libvirt, CNI).
 VIRTUAL_NICS = ("lo", "veth*", "docker*", "br-*", "virbr*", "cni*", "flannel*", "cali*", "vxlan*")
 
-METRICS = catalog(
-    MetricSpec("cpu.percent", "percent", "CPU busy time across all cores since the last cycle"),
-    MetricSpec("cpu.core.percent", "percent", "CPU busy time of one core", ("core",)),
-    MetricSpec("cpu.count", "cores", "logical CPU cores"),
-    MetricSpec("load.1", "processes", "load average over 1 minute"),
-    MetricSpec("load.5", "processes", "load average over 5 minutes"),
-    MetricSpec("load.15", "processes", "load average over 15 minutes"),
-    MetricSpec("mem.percent", "percent", "memory in use: (total - available) / total"),
-    MetricSpec("mem.used_bytes", "bytes", "memory in use, as reported by the kernel"),
-    MetricSpec("mem.available_bytes", "bytes", "memory available to new work without swapping"),
-    MetricSpec("mem.total_bytes", "bytes", "physical memory"),
-    MetricSpec("swap.percent", "percent", "swap in use"),
-    MetricSpec("swap.used_bytes", "bytes", "swap in use"),
-    MetricSpec("swap.total_bytes", "bytes", "swap configured"),
-    MetricSpec(
-        "disk.percent",
-        "percent",
-        "space used on a mount, as `df` reports it",
-        ("mount", "device", "fstype"),
-    ),
-    MetricSpec("disk.used_bytes", "bytes", "space used on a mount", ("mount", "device", "fstype")),
-    MetricSpec(
-        "disk.free_bytes",
-        "bytes",
-        "space available to unprivileged users",
-        ("mount", "device", "fstype"),
-    ),
-    MetricSpec("disk.total_bytes", "bytes", "size of a mount", ("mount", "device", "fstype")),
-    MetricSpec("disk.read_bytes_per_second", "bytes/s", "bytes read from all disks"),
-    MetricSpec("disk.write_bytes_per_second", "bytes/s", "bytes written to all disks"),
-    MetricSpec("net.recv_bytes_per_second", "bytes/s", "bytes received on the real interfaces"),
-    MetricSpec("net.sent_bytes_per_second", "bytes/s", "bytes sent on the real interfaces"),
-    MetricSpec("proc.count", "processes", "processes running on the host"),
-    MetricSpec("system.uptime_seconds", "seconds", "time since boot"),
-)
+METRICS = vocab.HOST_METRICS  # what this agent publishes, declared where the wire lives
 
 
 class HostAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -153,7 +119,7 @@ class _Rates:
 class HostCollector:
     """Collects the host's vital signs with psutil."""
 
-    name = "host"
+    name = vocab.HOST_AGENT
 
     def __init__(self, config: HostAgentConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
@@ -172,15 +138,15 @@ class HostCollector:
             await asyncio.sleep(0.2)
         disk_samples, mount_checks = self._disks()
         samples = [*self._cpu(), *self._memory(), *disk_samples, *self._io()]
-        samples.append(Sample("proc.count", float(len(psutil.pids()))))
-        samples.append(Sample("system.uptime_seconds", round(time.time() - psutil.boot_time(), 1)))
+        samples.append(Sample(vocab.PROC_COUNT, float(len(psutil.pids()))))
+        samples.append(Sample(vocab.SYSTEM_UPTIME, round(time.time() - psutil.boot_time(), 1)))
         return Collection(samples=samples, checks=mount_checks)
 
     def _cpu(self) -> list[Sample]:
-        samples = [Sample("cpu.count", float(psutil.cpu_count() or 0))]
+        samples = [Sample(vocab.CPU_COUNT, float(psutil.cpu_count() or 0))]
         total = self._cpu_total.update(psutil.cpu_times())
         if total is not None:
-            samples.append(Sample("cpu.percent", total))
+            samples.append(Sample(vocab.CPU_PERCENT, total))
         if self.config.per_core:
             per_core = psutil.cpu_times(percpu=True)
             while len(self._cpu_cores) < len(per_core):  # cores can come online
@@ -188,22 +154,22 @@ class HostCollector:
             for core, (meter, times) in enumerate(zip(self._cpu_cores, per_core, strict=False)):
                 percent = meter.update(times)
                 if percent is not None:
-                    samples.append(Sample("cpu.core.percent", percent, {"core": str(core)}))
+                    samples.append(Sample(vocab.CPU_CORE_PERCENT, percent, {"core": str(core)}))
         one, five, fifteen = os.getloadavg()
-        samples += [Sample("load.1", one), Sample("load.5", five), Sample("load.15", fifteen)]
+        samples += [Sample(vocab.LOAD_1, one), Sample(vocab.LOAD_5, five), Sample(vocab.LOAD_15, fifteen)]
         return samples
 
     def _memory(self) -> list[Sample]:
         mem = psutil.virtual_memory()
         swap = psutil.swap_memory()
         return [
-            Sample("mem.percent", round(100.0 * (mem.total - mem.available) / mem.total, 2)),
-            Sample("mem.used_bytes", float(mem.used)),
-            Sample("mem.available_bytes", float(mem.available)),
-            Sample("mem.total_bytes", float(mem.total)),
-            Sample("swap.percent", swap.percent),
-            Sample("swap.used_bytes", float(swap.used)),
-            Sample("swap.total_bytes", float(swap.total)),
+            Sample(vocab.MEM_PERCENT, round(100.0 * (mem.total - mem.available) / mem.total, 2)),
+            Sample(vocab.MEM_USED_BYTES, float(mem.used)),
+            Sample(vocab.MEM_AVAILABLE_BYTES, float(mem.available)),
+            Sample(vocab.MEM_TOTAL_BYTES, float(mem.total)),
+            Sample(vocab.SWAP_PERCENT, swap.percent),
+            Sample(vocab.SWAP_USED_BYTES, float(swap.used)),
+            Sample(vocab.SWAP_TOTAL_BYTES, float(swap.total)),
         ]
 
     def mounts(self) -> list[tuple[str, str, str]]:
@@ -235,15 +201,15 @@ class HostCollector:
             reported.add(mount)
             labels = {"mount": mount, "device": device, "fstype": fstype}
             samples += [
-                Sample("disk.percent", usage.percent, labels),
-                Sample("disk.used_bytes", float(usage.used), labels),
-                Sample("disk.free_bytes", float(usage.free), labels),
-                Sample("disk.total_bytes", float(usage.total), labels),
+                Sample(vocab.DISK_PERCENT, usage.percent, labels),
+                Sample(vocab.DISK_USED_BYTES, float(usage.used), labels),
+                Sample(vocab.DISK_FREE_BYTES, float(usage.free), labels),
+                Sample(vocab.DISK_TOTAL_BYTES, float(usage.total), labels),
             ]
         # A mount the config names is expected: its absence (a data disk not mounted) is news.
         checks = [
             Check(
-                f"mount:{mount}",
+                vocab.MOUNT_TARGET.format(mount=mount),
                 "ok" if mount in reported else "critical",
                 detail="mounted" if mount in reported else f"{mount} is not mounted",
             )
@@ -255,12 +221,12 @@ class HostCollector:
         counters: dict[tuple[str, str], float] = {}
         disk = psutil.disk_io_counters()  # whole disks only: partitions would count twice
         if disk is not None:
-            counters["disk.read_bytes_per_second", ""] = disk.read_bytes
-            counters["disk.write_bytes_per_second", ""] = disk.write_bytes
+            counters[vocab.DISK_READ_RATE, ""] = disk.read_bytes
+            counters[vocab.DISK_WRITE_RATE, ""] = disk.write_bytes
         for nic, io in psutil.net_io_counters(pernic=True).items():
             if any(fnmatch.fnmatchcase(nic, pattern) for pattern in self.config.ignore_interfaces):
                 continue
-            counters["net.recv_bytes_per_second", nic] = io.bytes_recv
-            counters["net.sent_bytes_per_second", nic] = io.bytes_sent
+            counters[vocab.NET_RECV_RATE, nic] = io.bytes_recv
+            counters[vocab.NET_SENT_RATE, nic] = io.bytes_sent
         rates = self._rates.update(counters, self.clock())
         return [Sample(name, round(rate, 1)) for name, rate in rates.items()]

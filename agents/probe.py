@@ -16,62 +16,18 @@ from importlib.metadata import PackageNotFoundError, version
 
 import aiohttp
 
-from agents.metrics import MetricSpec, catalog
 from agents.probe_checks import HeaderError, Outcome, http_check, promql_query, resolve_headers, tcp_check
 from agents.probe_config import AnyCheck, HttpCheck, ProbeAgentConfig, PromQLQuery, TcpCheck
 from agents.probe_scrape import ScrapeTracker
 from agents.runner import Check, Collection
+from bus import vocabulary as vocab
 from bus.redact import redact_text
 
 __all__ = ["METRICS", "ProbeAgentConfig", "ProbeCollector"]
 
 log = logging.getLogger(__name__)
 
-METRICS = catalog(
-    MetricSpec(
-        "http.latency_seconds",
-        "seconds",
-        "time until an HTTP check's response was read, only when a response came",
-        ("check", "url"),
-    ),
-    MetricSpec("tcp.connect_seconds", "seconds", "time to open a TCP connection", ("check", "address")),
-    MetricSpec(
-        "http.requests_per_second",
-        "requests/s",
-        "requests a scraped target served since the previous scrape (its request counter)",
-        ("check",),
-    ),
-    MetricSpec(
-        "http.error_ratio",
-        "ratio",
-        "share of those requests answered 5xx (0 to 1); absent without requests or status label",
-        ("check",),
-    ),
-    MetricSpec(
-        "http.latency_p50_seconds",
-        "seconds",
-        "median request duration since the previous scrape, from the histogram's buckets",
-        ("check",),
-    ),
-    MetricSpec(
-        "http.latency_p95_seconds",
-        "seconds",
-        "95th percentile request duration since the previous scrape (histogram_quantile)",
-        ("check",),
-    ),
-    MetricSpec(
-        "http.latency_p99_seconds",
-        "seconds",
-        "99th percentile request duration since the previous scrape (histogram_quantile)",
-        ("check",),
-    ),
-    MetricSpec(
-        "promql.<name>",
-        "as queried",
-        "one sample per series a configured PromQL query returns (or the query's `metric` name), "
-        "with the series' labels",
-    ),
-)
+METRICS = vocab.PROBE_METRICS  # what this agent publishes, declared where the wire lives
 
 try:
     USER_AGENT = f"jarvis-monitor-probe/{version('jarvis-monitor')}"
@@ -82,7 +38,7 @@ except PackageNotFoundError:  # a source tree that was never installed
 class ProbeCollector:
     """Runs every configured check concurrently each cycle; call `close()` when done with it."""
 
-    name = "probe"
+    name = vocab.PROBE_AGENT
 
     def __init__(
         self,
@@ -95,7 +51,7 @@ class ProbeCollector:
         self._environ = environ
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
-        self._scrapes = ScrapeTracker(clock)
+        self._scrapes = ScrapeTracker(config.interval.seconds, clock)
 
     def _session_in_loop(self) -> aiohttp.ClientSession:
         """The one session, made on first use inside the running loop (aiohttp binds it there)."""

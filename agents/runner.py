@@ -17,6 +17,7 @@ from typing import Annotated, Protocol, TypeVar
 import msgspec
 from msgspec import Meta
 
+from bus import vocabulary as vocab
 from bus.events import HealthEvent, Heartbeat, MetricBatch, Sample, Status
 from bus.publisher import Publisher
 from bus.redact import redact_text
@@ -25,8 +26,7 @@ from bus.units import Duration
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Health target for the agent's own collection; the underscore keeps it apart from check names.
-COLLECTOR_TARGET = "_collector"
+COLLECTOR_TARGET = vocab.COLLECTOR_TARGET  # health target of the agent's own collection
 
 try:
     VERSION = version("jarvis-monitor")

@@ -1,20 +1,11 @@
-"""docs/events.md, generated from the event types and the metric declarations beside each agent."""
+"""docs/events.md, generated from the event types and the metric declarations in bus.vocabulary."""
 
 from __future__ import annotations
 
 import json
 
-from agents.container import METRICS as CONTAINER_METRICS
-from agents.host import METRICS as HOST_METRICS
-from agents.metrics import MetricSpec
-from agents.probe import METRICS as PROBE_METRICS
 from bus.events import json_schema
-
-AGENT_METRICS: dict[str, dict[str, MetricSpec]] = {
-    "host": HOST_METRICS,
-    "container": CONTAINER_METRICS,
-    "probe": PROBE_METRICS,
-}
+from bus.vocabulary import AGENT_METRICS
 
 SUBJECTS = """\
 | subject | payload (`kind`) | published |

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from agents.runner import COLLECTOR_TARGET, Check, Collection
+from agents.runner import Check, Collection
 from bus.connection import connect
 from bus.events import HealthEvent, MetricBatch, Status
 from bus.redact import redact_text
 from bus.units import Duration
+from bus.vocabulary import COLLECTOR_TARGET
 from evaluator.config import EvaluatorConfig, ignore_for
 from evaluator.engine import ActiveAlert, Engine
 from evaluator.service import EvaluatorService

@@ -15,27 +15,23 @@ from typing import Literal, TypeVar
 
 import msgspec
 
+from bus import vocabulary as vocab
 from sinks.report.config import ReportSinkConfig, ServiceSLA
 from sinks.report.rollups import HOUR, HealthHour, Incident, MetricHour, RollupStore, hour_of
 from sinks.report.sketch import RELATIVE_ERROR, Sketch, decode_sketch
 
 REPORT_VERSION = 1
-PROBE_AGENT = "probe"
-CONTAINER_AGENT = "container"
-HOST_METRICS = ("cpu.percent", "mem.percent", "disk.percent")
+# What the report reads, by the names the agents publish under.
+HOST_METRICS = (vocab.CPU_PERCENT, vocab.MEM_PERCENT, vocab.DISK_PERCENT)
 HTTP_METRICS = (
-    "http.requests_per_second",
-    "http.error_ratio",
-    "http.latency_p50_seconds",
-    "http.latency_p95_seconds",
-    "http.latency_seconds",
+    vocab.HTTP_REQUEST_RATE,
+    vocab.HTTP_ERROR_RATIO,
+    vocab.HTTP_LATENCY_P50,
+    vocab.HTTP_LATENCY_P95,
+    vocab.HTTP_LATENCY,
 )
-CONTAINER_PREFIX = "container."
-CONTAINER_CPU = "container.cpu.percent"
-CONTAINER_MEMORY = ("container.mem.percent", "container.memory.percent")
-# The container agent's health targets that are not containers: the engine, and each
-# container's log ("log:<name>"). Docker names never hold ":", so no container is lost.
-ENGINE_TARGET = "docker"
+CONTAINER_METRICS = (vocab.CONTAINER_CPU_PERCENT, vocab.CONTAINER_MEM_PERCENT)
+METRICS_READ = (*HOST_METRICS, *HTTP_METRICS, *CONTAINER_METRICS)
 
 PeriodKind = Literal["day", "week"]
 Level = Literal["critical", "warning", "info"]
@@ -225,7 +221,7 @@ def load_inputs(store: RollupStore, period: Period, config: ReportSinkConfig) ->
     trend_start = min(period.start, period.end - config.advice.trend_window.seconds)
     trend = store.metric_hours(trend_start, period.end, HOST_METRICS)
     metrics = [row for row in trend if row.hour >= hour_of(period.start)]
-    metrics += store.metric_hours(period.start, period.end, HTTP_METRICS, (CONTAINER_PREFIX,))
+    metrics += store.metric_hours(period.start, period.end, HTTP_METRICS, (vocab.CONTAINER_PREFIX,))
     return Inputs(
         metrics=metrics,
         trend=trend,
@@ -316,14 +312,14 @@ def host_health(inputs: Inputs, config: ReportSinkConfig) -> list[HostHealth]:
         if row.metric in HOST_METRICS:
             by_host[row.host][row.metric].append(row)
     trend_disks = _group(
-        (r for r in inputs.trend if r.metric == "disk.percent"),
+        (r for r in inputs.trend if r.metric == vocab.DISK_PERCENT),
         lambda r: (r.host, r.labels.get("mount", "")),
     )
     hosts = []
     for host, metrics in sorted(by_host.items()):
-        memory_hours = hourly(metrics["mem.percent"])
+        memory_hours = hourly(metrics[vocab.MEM_PERCENT])
         disks = []
-        for mount, rows in _group(metrics["disk.percent"], lambda r: r.labels.get("mount", "")).items():
+        for mount, rows in _group(metrics[vocab.DISK_PERCENT], lambda r: r.labels.get("mount", "")).items():
             usage = stat_of(rows)
             assert usage is not None
             points = hourly(trend_disks.get((host, mount), rows))
@@ -341,8 +337,8 @@ def host_health(inputs: Inputs, config: ReportSinkConfig) -> list[HostHealth]:
         hosts.append(
             HostHealth(
                 host=host,
-                cpu=stat_of(metrics["cpu.percent"]),
-                memory=stat_of(metrics["mem.percent"]),
+                cpu=stat_of(metrics[vocab.CPU_PERCENT]),
+                memory=stat_of(metrics[vocab.MEM_PERCENT]),
                 memory_hours_over=sum(1 for _, v in memory_hours if v > config.advice.memory_percent),
                 disks=disks,
             )
@@ -355,17 +351,18 @@ def _availability(up: int, down: int) -> float | None:
 
 
 def is_container(target: str) -> bool:
-    return target != ENGINE_TARGET and ":" not in target and not target.startswith("_")
+    """Not the engine, a log ("log:<name>") nor an agent's own target; Docker names never hold ":"."""
+    return target != vocab.DOCKER_TARGET and ":" not in target and not target.startswith("_")
 
 
 def container_health(inputs: Inputs) -> list[ContainerHealth]:
     checks: dict[tuple[str, str], list[HealthHour]] = defaultdict(list)
     for h in inputs.health:
-        if h.agent == CONTAINER_AGENT and is_container(h.target):
+        if h.agent == vocab.CONTAINER_AGENT and is_container(h.target):
             checks[(h.host, h.target)].append(h)
     metrics: dict[tuple[str, str], list[MetricHour]] = defaultdict(list)
     for row in inputs.metrics:
-        if row.metric.startswith(CONTAINER_PREFIX) and "container" in row.labels:
+        if row.metric.startswith(vocab.CONTAINER_PREFIX) and "container" in row.labels:
             metrics[(row.host, row.labels["container"])].append(row)
     result = []
     for host, name in sorted(set(checks) | set(metrics)):
@@ -378,8 +375,8 @@ def container_health(inputs: Inputs) -> list[ContainerHealth]:
                 unhealthy_minutes=sum(h.unhealthy_seconds for h in hours) / 60,
                 restarts=sum(h.restarts for h in hours),
                 availability_percent=_availability(sum(h.up for h in hours), sum(h.down for h in hours)),
-                cpu=stat_of([r for r in rows if r.metric == CONTAINER_CPU]),
-                memory=stat_of([r for r in rows if r.metric in CONTAINER_MEMORY]),
+                cpu=stat_of([r for r in rows if r.metric == vocab.CONTAINER_CPU_PERCENT]),
+                memory=stat_of([r for r in rows if r.metric == vocab.CONTAINER_MEM_PERCENT]),
             )
         )
     return result
@@ -409,15 +406,15 @@ def performance(inputs: Inputs, config: ReportSinkConfig) -> list[ServicePerform
     result = []
     for check, group in _group(rows, lambda r: _check_of(r, config.check_labels)).items():
         by_metric = _group(group, lambda r: r.metric)
-        measured = by_metric.get("http.latency_seconds", [])
-        p50 = _either(mean_of(by_metric.get("http.latency_p50_seconds", [])), measured, 0.5)
-        p95 = _either(mean_of(by_metric.get("http.latency_p95_seconds", [])), measured, 0.95)
-        ratio = mean_of(by_metric.get("http.error_ratio", []))
+        measured = by_metric.get(vocab.HTTP_LATENCY, [])
+        p50 = _either(mean_of(by_metric.get(vocab.HTTP_LATENCY_P50, [])), measured, 0.5)
+        p95 = _either(mean_of(by_metric.get(vocab.HTTP_LATENCY_P95, [])), measured, 0.95)
+        ratio = mean_of(by_metric.get(vocab.HTTP_ERROR_RATIO, []))
         errors = None if ratio is None else ratio * 100
         result.append(
             ServicePerformance(
                 check=check,
-                request_rate=mean_of(by_metric.get("http.requests_per_second", [])),
+                request_rate=mean_of(by_metric.get(vocab.HTTP_REQUEST_RATE, [])),
                 error_rate_percent=errors,
                 latency_p50_ms=_ms(p50),
                 latency_p95_ms=_ms(p95),
@@ -429,7 +426,7 @@ def performance(inputs: Inputs, config: ReportSinkConfig) -> list[ServicePerform
 
 
 def sla_result(service: ServiceSLA, health: Sequence[HealthHour]) -> SLAResult:
-    hours = [h for h in health if h.agent == PROBE_AGENT and h.target in service.checks]
+    hours = [h for h in health if h.agent == vocab.PROBE_AGENT and h.target in service.checks]
     up, down = sum(h.up for h in hours), sum(h.down for h in hours)
     latency = Sketch()
     for h in hours:
@@ -546,10 +543,10 @@ def charts(inputs: Inputs) -> list[Chart]:
     for host, group in _group(rows, lambda r: r.host).items():
         series = [
             Series(name=name, points=hourly(r for r in group if r.metric == metric))
-            for name, metric in (("cpu", "cpu.percent"), ("memory", "mem.percent"))
+            for name, metric in (("cpu", vocab.CPU_PERCENT), ("memory", vocab.MEM_PERCENT))
         ]
         for mount, disk in _group(
-            (r for r in group if r.metric == "disk.percent"), lambda r: r.labels.get("mount", "")
+            (r for r in group if r.metric == vocab.DISK_PERCENT), lambda r: r.labels.get("mount", "")
         ).items():
             series.append(Series(name=f"disk {mount}", points=hourly(disk)))
         result.append(Chart(title=host, unit="%", series=[s for s in series if s.points]))
@@ -580,7 +577,7 @@ def growth(inputs: Inputs, period: Period) -> list[Growth]:
                 per_day=per_day,
                 projected_30d=min(100.0, max(0.0, current + 30 * per_day)),
                 projected_90d=min(100.0, max(0.0, current + 90 * per_day)),
-                days_to_full=days_to_full(current, per_day) if metric == "disk.percent" else None,
+                days_to_full=days_to_full(current, per_day) if metric == vocab.DISK_PERCENT else None,
             )
         )
     return result
@@ -588,7 +585,7 @@ def growth(inputs: Inputs, period: Period) -> list[Growth]:
 
 def overall_availability(health: Sequence[HealthHour]) -> float | None:
     """Probe checks when there are any (what users see), else every periodic check."""
-    probes = [h for h in health if h.agent == PROBE_AGENT]
+    probes = [h for h in health if h.agent == vocab.PROBE_AGENT]
     hours = probes or [h for h in health if not h.target.startswith("_")]
     return _availability(sum(h.up for h in hours), sum(h.down for h in hours))
 
