@@ -168,6 +168,7 @@ HTTP_ERROR_RATIO = "http.error_ratio"
 HTTP_LATENCY_P50 = "http.latency_p50_seconds"
 HTTP_LATENCY_P95 = "http.latency_p95_seconds"
 HTTP_LATENCY_P99 = "http.latency_p99_seconds"
+HTTP_RATE_WINDOW = "http.rate_window_seconds"
 PROMQL_PREFIX = "promql."
 PROMQL_METRIC = PROMQL_PREFIX + "<name>"  # how the catalogue and the docs show a query's default name
 
@@ -207,6 +208,12 @@ PROBE_METRICS = catalog(
         HTTP_LATENCY_P99,
         "seconds",
         "99th percentile request duration since the previous scrape (histogram_quantile)",
+        ("check",),
+    ),
+    MetricSpec(
+        HTTP_RATE_WINDOW,
+        "seconds",
+        "span of scrapes the rates and quantiles cover: the target's rate_window, less just after start",
         ("check",),
     ),
     MetricSpec(
