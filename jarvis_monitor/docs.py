@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 from bus.events import json_schema
 from bus.vocabulary import AGENT_METRICS
+
+
+def _clean_descriptions(node: object) -> object:
+    """`node` with every description as `inspect.cleandoc` gives it, whatever msgspec did to docstrings."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _clean_descriptions(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(item) for item in node]
+    return node
+
+
+def event_schema() -> dict[str, object]:
+    """The JSON Schema of every event type, the same text under every msgspec version."""
+    schema = _clean_descriptions(json_schema())
+    assert isinstance(schema, dict)
+    return schema
+
 
 SUBJECTS = """\
 | subject | payload (`kind`) | published |
@@ -51,5 +74,5 @@ def render_events_doc() -> str:
         for spec in metrics.values():
             labels = ", ".join(f"`{label}`" for label in spec.labels) or "-"
             out.append(f"| `{spec.name}` | {spec.unit} | {labels} | {spec.description} |")
-    out += ["", "## JSON Schema", "", "```json", json.dumps(json_schema(), indent=2), "```", ""]
+    out += ["", "## JSON Schema", "", "```json", json.dumps(event_schema(), indent=2), "```", ""]
     return "\n".join(out)
