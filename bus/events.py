@@ -14,7 +14,8 @@ SCHEMA_VERSION = 1
 
 Status = Literal["ok", "warning", "critical", "unknown"]
 Severity = Literal["critical", "warning", "info"]
-AlertStatus = Literal["pending", "firing", "resolved"]
+# inactive: a pending alert whose condition stopped before it fired (never an incident)
+AlertStatus = Literal["pending", "firing", "resolved", "inactive"]
 NotificationStatus = Literal["firing", "resolved", "reminder"]
 
 
@@ -92,6 +93,10 @@ class Alert(_Event, frozen=True, kw_only=True, tag="alert"):
     threshold: float | None = None
     # the series changes state too often: notified once as flapping, then quiet until stable
     flapping: bool = False
+    # while flapping, and in the alert that says it is stable again: the firing episodes since
+    # the flapping began and the seconds spent firing in them
+    episodes: int = 0
+    downtime: float = 0.0
 
 
 class Notification(_Event, frozen=True, kw_only=True, tag="notification"):

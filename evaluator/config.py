@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from bus.units import Duration
 
@@ -32,6 +32,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_:-]*")
 _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+MAX_FLAP_EPISODES = 100  # the firing episodes a series keeps for flap detection
 
 
 @functools.lru_cache(maxsize=4096)
@@ -242,6 +243,44 @@ class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
         return []
 
 
+class RuleTuning(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Changes to one built-in rule, by name: only the fields given change; labels are added."""
+
+    enabled: Annotated[bool | UnsetType, Meta(description="false: the built-in rule is off")] = UNSET
+    for_: Annotated[Duration | UnsetType, Meta(description="how long the condition must hold")] = (
+        msgspec.field(default=UNSET, name="for")
+    )
+    keep_firing_for: Annotated[
+        Duration | UnsetType, Meta(description="stay firing this long after the condition stops")
+    ] = UNSET
+    threshold: Annotated[float | UnsetType, Meta(description="the value's limit", examples=[95])] = UNSET
+    clear_threshold: Annotated[
+        float | UnsetType, Meta(description="hysteresis: resolves only past this", examples=[90])
+    ] = UNSET
+    severity: Annotated[Severity | UnsetType, Meta(description="critical, warning or info")] = UNSET
+    labels: Annotated[
+        dict[str, str], Meta(description="labels added to the rule's own", examples=[{"team": "db"}])
+    ] = {}
+
+    def apply(self, rule: Rule) -> Rule:
+        """The rule with these changes, validated as a whole (ValueError says what is wrong)."""
+        changes: dict[str, object] = {
+            name: value
+            for name, value in (
+                ("for_", self.for_),
+                ("keep_firing_for", self.keep_firing_for),
+                ("threshold", self.threshold),
+                ("clear_threshold", self.clear_threshold),
+                ("severity", self.severity),
+            )
+            if value is not UNSET
+        }
+        if self.labels:
+            changes["labels"] = {**rule.labels, **self.labels}
+        fields = {f.name: getattr(rule, f.name) for f in msgspec.structs.fields(rule)}
+        return Rule(**{**fields, **changes})
+
+
 def _check_route_name(name: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
         raise ValueError(f"route name {name!r} must be letters, digits, _ or - (a subject token)")
@@ -319,6 +358,17 @@ class Route(DefaultRoute, frozen=True, forbid_unknown_fields=True, kw_only=True)
             Consolidation.__post_init__(self)
         except ValueError as exc:
             raise ValueError(f"route {self.name!r}: {exc}") from None
+
+
+# Criticals apart from warnings, and never batched longer than group_wait: a host already notified
+# for a warning, or for another critical, does not hold a new critical back for group_interval.
+CRITICAL_ROUTE = Route(
+    name="critical",
+    receiver="#alerts",
+    severity=["critical"],
+    group_wait=Duration(30),
+    group_interval=Duration(30),
+)
 
 
 class InhibitRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -402,15 +452,31 @@ class MaintenanceWindow(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
 
 
 class FlappingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Nagios's flap detection: weighted percent of state changes over the last results."""
+    """Flap detection: a series firing again and again, or Nagios's weighted percent of changes."""
 
     enabled: Annotated[bool, Meta(description="detect flapping series")] = True
-    high: Annotated[float, Meta(description="flapping above this percent of state changes")] = 30.0
-    low: Annotated[float, Meta(description="stable again below this percent")] = 20.0
+    episodes: Annotated[
+        int, Meta(description="flapping when a series starts firing this many times within `within`")
+    ] = 3
+    within: Annotated[Duration, Meta(description="the window in which `episodes` firings make it flap")] = (
+        Duration(600)
+    )
+    stable_for: Annotated[
+        Duration,
+        Meta(description="a flapping series is stable again after this long without a change"),
+    ] = Duration(300)
+    high: Annotated[float, Meta(description="also flapping above this percent of state changes (Nagios)")] = (
+        30.0
+    )
+    low: Annotated[float, Meta(description="stable again only below this percent (Nagios)")] = 20.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.low < self.high <= 100:
             raise ValueError("flapping: need 0 <= low < high <= 100")
+        if not 2 <= self.episodes <= MAX_FLAP_EPISODES:
+            raise ValueError(f"flapping: episodes must be 2 to {MAX_FLAP_EPISODES}")
+        if self.within.seconds <= 0 or self.stable_for.seconds <= 0:
+            raise ValueError("flapping: within and stable_for must be > 0s")
 
 
 class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -433,10 +499,13 @@ class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     routes: Annotated[
         list[Route],
         Meta(
-            description="routes, first match wins; alerts no route takes go to default_route",
+            description="routes, first match wins; alerts no route takes go to default_route. The "
+            "built-in `critical` route sends a new critical within its for plus group_wait whatever "
+            "else fires on its host (its group_interval is its group_wait); routes of your own "
+            "replace it and keep Alertmanager's semantics",
             examples=[[{"name": "critical", "receiver": "#oncall", "severity": ["critical"]}]],
         ),
-    ] = []
+    ] = msgspec.field(default_factory=lambda: [CRITICAL_ROUTE])
     default_route: Annotated[DefaultRoute, Meta(description="route of the alerts no other route takes")] = (
         msgspec.field(default_factory=DefaultRoute)
     )
@@ -465,6 +534,21 @@ class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
             ],
         ),
     ] = []
+    tune: Annotated[
+        dict[str, RuleTuning],
+        Meta(
+            description="change a built-in rule by name, only the fields given (docs/rules.md lists "
+            "them); e.g. [evaluator.tune.cpu_usage_high] threshold = 95",
+            examples=[{"cpu_usage_high": {"threshold": 95, "for": "10m"}}],
+        ),
+    ] = {}
+    max_clock_skew: Annotated[
+        Duration,
+        Meta(
+            description="an event is judged by its own timestamp, but never earlier than this before "
+            "the server stored it (nor later): heartbeats an agent buffered through an outage count"
+        ),
+    ] = Duration(60)
     flapping: Annotated[FlappingConfig, Meta(description="flap detection")] = msgspec.field(
         default_factory=FlappingConfig
     )
@@ -495,6 +579,12 @@ class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         duplicates = sorted({name for name in route_names if route_names.count(name) > 1})
         if duplicates:
             raise ValueError(f"duplicate route names: {', '.join(duplicates)}")
+        if self.tune:
+            from evaluator.rules import tuning_problems  # rules imports this module
+
+            problems = tuning_problems(self)
+            if problems:
+                raise ValueError("; ".join(problems))
         windows = [window.name for window in self.maintenance_windows]
         duplicates = sorted({name for name in windows if windows.count(name) > 1})
         if duplicates:

@@ -1,39 +1,52 @@
-"""The alert engine: rule evaluation, the per-series state machine, grouping, silences, inhibition.
+"""The alert engine: rules evaluated on events, the series state machine, timers, persistence.
 
 Pure: no I/O, no asyncio, no clock of its own. Every method takes `now` (epoch seconds) and
-results come out of drain(). Timers (for, keep_firing_for, staleness, dead-man, group waits,
-silence and maintenance boundaries) live in one heap; tick(now) runs those due, each at its own
-deadline, so outputs do not depend on how often or how late tick runs (a restarted service
-catching up gives the same alerts, ids included). Same snapshot + same calls = same outputs.
+results come out of drain(). The pipeline reads as Alertmanager's does: series states
+(evaluator/series.py) change here, the dispatcher (evaluator/dispatch.py) groups the changes
+into notifications, and one mute stage (evaluator/mute.py) answers for silences, maintenance
+windows and inhibition. Timers (for, keep_firing_for, staleness, dead-man, flap stability,
+silence and window boundaries, group flushes) run in tick(now), each at its own deadline, so
+outputs do not depend on how often or how late tick runs. Same snapshot + same calls = same outputs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import msgspec
 
-from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch, Notification, NotificationStatus
+from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch, Notification
 from evaluator import flapping
-from evaluator.config import EvaluatorConfig, MaintenanceWindow, Route, Rule
-from evaluator.grouping import Group, group_key, notification_id, select_route
-from evaluator.inhibition import Inhibitor
+from evaluator.config import EvaluatorConfig, Rule
+from evaluator.dispatch import Dispatcher
+from evaluator.grouping import Group
+from evaluator.mute import MAINTENANCE_RULE, Inhibitor, MaintenanceWindows, MuteStage, Silences
 from evaluator.rules import CompiledRule, TemplateError, effective_inhibit_rules, effective_rules
-from evaluator.silences import Silence, matches_all, window_state
+from evaluator.series import (
+    FIRING,
+    INACTIVE,
+    PENDING,
+    STATE_NAMES,
+    Series,
+    SeriesKey,
+    begin_episode,
+    downtime,
+    end_episode,
+    episodes_within,
+    fingerprint,
+    start_flapping,
+)
+from evaluator.silences import Silence
 
-INACTIVE, PENDING, FIRING = 0, 1, 2
-_STATE_NAMES = ("inactive", "pending", "firing")
-_SERIES, _GROUP, _SILENCE, _WINDOW = 0, 1, 2, 3  # timer kinds
+__all__ = ["MAINTENANCE_RULE", "ActiveAlert", "Engine", "EngineStats", "Output", "Series", "fingerprint"]
+
+_SERIES, _GROUP, _SILENCE, _WINDOW = 0, 1, 2, 3  # timer kinds, in the order they run at one instant
 STALE_INTERVALS = 3  # a series is stale after at least this many of its own intervals
-MAINTENANCE_RULE = "maintenance"
-SNAPSHOT_VERSION = 1
-
-SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]
+SNAPSHOT_VERSION = 2
 
 # The announcement of a maintenance window: an info alert, firing while the window is open.
 _MAINTENANCE = Rule(
@@ -84,37 +97,12 @@ class EngineStats(msgspec.Struct, kw_only=True):
         reasons[reason] = reasons.get(reason, 0) + 1
 
 
-class Series(msgspec.Struct, kw_only=True, array_like=True):
-    """The state of one (rule, series)."""
-
-    rule: str
-    key: SeriesKey
-    fingerprint: str
-    labels: dict[str, str]
-    state: int = INACTIVE
-    active_at: float = 0.0  # condition began to hold (pending start)
-    fired_at: float = 0.0
-    last_seen: float = 0.0
-    last_true: float = 0.0
-    holding: bool = False  # the condition held at the latest evaluation
-    value: float | None = None
-    interval: float = 0.0
-    status: str = ""  # health status (or the maintenance phase)
-    detail: str = ""
-    context: dict[str, str] = {}  # the latest health event's labels, for templates
-    history: int = 0
-    history_len: int = 0
-    flapping: bool = False
-    acked: bool = False
-    timer: float | None = None  # earliest deadline of this series in the heap
-    alert: Alert | None = None  # the latest Alert emitted
-
-
 class _Snapshot(msgspec.Struct, kw_only=True, array_like=True):
+    """The state to save; timer heaps are rebuilt from the deadlines each part keeps."""
+
     version: int
     series: list[Series]
     groups: list[Group]
-    timers: list[tuple[float, int, str]]
     seq: dict[str, int]
     silences: list[Silence]
     silence_timer: float | None
@@ -129,25 +117,21 @@ _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
 
 
-def fingerprint(rule: str, key: SeriesKey) -> str:
-    """Stable id of a series: sha256 of the rule name and its identity labels, 16 hex digits."""
-    host, agent, labels = key
-    text = "\x00".join([rule, host, agent, *(f"{name}={value}" for name, value in labels)])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 class Engine:
     """Evaluates events against rules; see the module docstring."""
 
     def __init__(self, config: EvaluatorConfig, now: float) -> None:
         self._setup(config)
-        for window in self._windows.values():
-            self._update_window(window, now)
+        for name in self._windows.windows:
+            self._update_window(name, now)
 
     def _setup(self, config: EvaluatorConfig) -> None:
         self.config = config
         # read on every evaluation; the config is frozen
         self._flapping = config.flapping.enabled
+        self._flap = config.flapping
+        self._flap_window = config.flapping.within.seconds
+        self._stable_for = config.flapping.stable_for.seconds
         self._stale_seconds = config.stale_after.seconds
         self.stats = EngineStats()
         self._rules = {rule.name: CompiledRule(rule) for rule in effective_rules(config)}
@@ -165,20 +149,16 @@ class Engine:
         self._heartbeat_rules = [
             r for r in self._rules.values() if r.kind == "heartbeat" and r.name != MAINTENANCE_RULE
         ]
-        self._routes = {route.name: route for route in config.routes}
-        self._default_route = config.default_route.as_route()
-        self._routes[self._default_route.name] = self._default_route
-        self._inhibitor = Inhibitor(effective_inhibit_rules(config))
-        self._windows = {window.name: window for window in config.maintenance_windows}
         self._by_fp: dict[str, Series] = {}
         self._firing: dict[str, Series] = {}
-        self._groups: dict[str, Group] = {}
         self._timers: list[tuple[float, int, str]] = []
-        self._seq: dict[str, int] = {}
-        self._silences: list[Silence] = []
+        self._silences = Silences()
         self._silence_timer: float | None = None
-        self._window_open: dict[str, bool] = {}
+        self._windows = MaintenanceWindows(config.maintenance_windows)
         self._window_timers: dict[str, float | None] = {}
+        self._inhibitor = Inhibitor(effective_inhibit_rules(config), self._firing_alerts)
+        self.mute = MuteStage([self._silences, self._windows], [self._inhibitor])
+        self.dispatcher = Dispatcher(config.routes, config.default_route.as_route(), self.mute, self)
         self._alerts: list[Alert] = []
         self._notifications: list[Notification] = []
 
@@ -255,7 +235,7 @@ class Engine:
                     continue
                 series = self._new_series(rule, key, labels, now)
             series.status, series.detail, series.context = event.status, event.detail, event.labels
-            series.value = event.latency
+            series.value = None  # a check's latency says nothing of the alert
             series.last_seen = now
             if rule.events is not None:  # an event holds at its instant only
                 if holds:
@@ -351,45 +331,90 @@ class Engine:
         elif state == PENDING:
             status = "pending"
         else:
-            status = "resolved"
+            # a pending alert that never fired ends as inactive: it was never an incident
+            status = "resolved" if before == FIRING else "inactive"
             series.acked = False
-        if state == FIRING or before == FIRING:
+        fired_changed = (state == FIRING) != (before == FIRING)
+        if fired_changed:
             self._firing.pop(series.fingerprint, None)
             self._inhibitor.invalidate()
-        changed = (state == FIRING) != (before == FIRING)
-        if changed and self.config.flapping.enabled:  # the alert below says whether it flaps
-            cfg = self.config.flapping
-            series.history, series.history_len = flapping.record(
-                series.history, series.history_len, state == FIRING
-            )
-            percent = flapping.percent_change(series.history, series.history_len)
-            series.flapping = flapping.next_flapping(series.flapping, percent, cfg.low, cfg.high)
+            if before == FIRING:
+                series.resolved_at = now
+        began_flapping = self._record_change(rule, series, before, now)
         alert = self._emit(rule, series, status, now, before)
         if state == FIRING:
             self._firing[series.fingerprint] = series
-        if changed:
+        if fired_changed:
             self._to_group(series, alert, now)
             if self._inhibitor.is_source(series.labels):
-                self._mark_groups(now)
+                self.dispatcher.touch_all(now)
+        elif began_flapping:  # flapping though no episode lasted its `for`: still one to tell
+            self._to_group(series, self._now_alert(rule, series, now), now)
+
+    def _record_change(self, rule: CompiledRule, series: Series, before: int, now: float) -> bool:
+        """The flap record after a transition; True if the series began to flap.
+
+        An episode is a firing; for a health rule it is an outage (the check failing, pending
+        included), so a check that fails again and again is flapping even if no failure lasts `for`.
+        """
+        state = series.state
+        fired_changed = (state == FIRING) != (before == FIRING)
+        if rule.kind == "health":
+            began, ended = before == INACTIVE, state == INACTIVE
+        else:
+            began, ended = fired_changed and state == FIRING, fired_changed and before == FIRING
+        if began:
+            if not series.flapping:  # a new incident: the last flap's count is history
+                series.flap_episodes, series.flap_downtime = 0, 0.0
+            begin_episode(series, now, self._flap.episodes)
+        elif ended:
+            end_episode(series, now)
+        if not self._flapping:
+            return False
+        if fired_changed:
+            series.history, series.history_len = flapping.record(
+                series.history, series.history_len, state == FIRING
+            )
+        if series.flapping or not (began or fired_changed):
+            return False
+        percent = flapping.percent_change(series.history, series.history_len)
+        often = began and len(episodes_within(series, now, self._flap_window)) >= self._flap.episodes
+        if often or (
+            fired_changed and flapping.next_flapping(False, percent, self._flap.low, self._flap.high)
+        ):
+            start_flapping(series, now, self._flap_window)
+            return True
+        return False
 
     def _record(self, rule: CompiledRule, series: Series, before: int, now: float) -> bool:
         """Add this evaluation to the flap history, end flapping, drop a quiet series; False if dropped."""
-        if (series.state == FIRING) == (before == FIRING):  # a change was recorded by _transition
-            if self._flapping:
+        if self._flapping:
+            fires = series.state == FIRING
+            if fires == (before == FIRING):  # a change was recorded by _record_change
                 series.history, series.history_len = flapping.record(
-                    series.history, series.history_len, series.state == FIRING
+                    series.history, series.history_len, fires
                 )
-            if series.flapping:
-                cfg = self.config.flapping
-                percent = flapping.percent_change(series.history, series.history_len)
-                if not flapping.next_flapping(True, percent, cfg.low, cfg.high):
-                    self._stop_flapping(series, now)
-        # An inactive series whose window holds no firing result is forgotten: memory stays bounded.
-        quiet = not self._flapping or (series.history == 0 and series.history_len == flapping.WINDOW)
-        if series.state == INACTIVE and quiet and not series.flapping and rule.kind != "heartbeat":
+            if series.flapping and self._stable(series, now):
+                self._stop_flapping(series, now)
+        # An inactive series with no firing in its flap record is forgotten: memory stays bounded.
+        if series.state == INACTIVE and rule.kind != "heartbeat" and self._quiet(series, now):
             self._drop(series)
             return False
         return True
+
+    def _quiet(self, series: Series, now: float) -> bool:
+        if not self._flapping:
+            return True
+        if series.flapping or episodes_within(series, now, self._flap_window):
+            return False
+        return series.history == 0 and series.history_len == flapping.WINDOW
+
+    def _stable(self, series: Series, now: float) -> bool:
+        """A flapping series is stable again: one state for stable_for, and few changes of late."""
+        if now < series.changed_at + self._stable_for:
+            return False
+        percent = flapping.percent_change(series.history, series.history_len)
+        return not flapping.next_flapping(True, percent, self._flap.low, self._flap.high)
 
     def _drop(self, series: Series) -> None:
         if self._states[series.rule].pop(series.key, None) is not None:
@@ -397,11 +422,14 @@ class Engine:
         self._by_fp.pop(series.fingerprint, None)
 
     def _stop_flapping(self, series: Series, now: float) -> None:
+        """Stable again: the group is told once, whatever state the series settled in."""
         series.flapping = False
-        if series.alert is not None and series.alert.status != "pending":
-            self._to_group(series, msgspec.structs.replace(series.alert, flapping=False), now, force=True)
+        rule = self._rules.get(series.rule)
+        if rule is not None and series.episodes:
+            self._to_group(series, self._now_alert(rule, series, now), now, force=True)
 
-    def _emit(self, rule: CompiledRule, series: Series, status: str, now: float, before: int) -> Alert:
+    def _alert(self, rule: CompiledRule, series: Series, status: str, now: float, before: int) -> Alert:
+        """The alert of a series at `now`, with summary and description rendered from its state."""
         context: dict[str, object] = {
             **series.context,
             **series.labels,
@@ -410,33 +438,60 @@ class Engine:
             "status": series.status,
             "detail": series.detail,
         }
-        summary = self._render(rule, "summary", context)
-        description = self._render(rule, "description", context)
         if status == "firing":
             starts_at, ends_at = series.fired_at, None
         elif status == "pending":
             starts_at, ends_at = series.active_at, None
+        elif status == "resolved":
+            starts_at = series.fired_at
+            ends_at = now if before == FIRING else series.resolved_at
         else:
-            starts_at = series.fired_at if before == FIRING else series.active_at
-            ends_at = now
-        alert = Alert(
+            starts_at, ends_at = series.active_at, now
+        flap = series.flapping or series.flap_episodes > 0
+        return Alert(
             fingerprint=series.fingerprint,
             rule=rule.name,
             severity=rule.severity,
-            status=status,  # type: ignore[arg-type]  # pending, firing or resolved
+            status=status,  # type: ignore[arg-type]  # one of AlertStatus
             labels=series.labels,
-            summary=summary,
+            summary=self._render(rule, "summary", context),
             value=series.value,
             starts_at=starts_at,
             ends_at=ends_at,
-            description=description,
+            description=self._render(rule, "description", context),
             threshold=rule.threshold,
             flapping=series.flapping,
+            episodes=series.flap_episodes if flap else 0,
+            downtime=round(downtime(series, now), 3) if flap else 0.0,
         )
+
+    def _emit(self, rule: CompiledRule, series: Series, status: str, now: float, before: int) -> Alert:
+        alert = self._alert(rule, series, status, now, before)
         series.alert = alert
         self._alerts.append(alert)
         self.stats.alerts += 1
         return alert
+
+    def current(self, alert: Alert, now: float) -> Alert:
+        """The alert as true at `now` (the dispatcher's view at a flush); itself if its series is gone."""
+        series = self._by_fp.get(alert.fingerprint)
+        rule = self._rules.get(alert.rule)
+        if series is None or rule is None:
+            return alert
+        return self._now_alert(rule, series, now)
+
+    def _now_alert(self, rule: CompiledRule, series: Series, now: float) -> Alert:
+        """A series that has fired, as an incident: firing now, or resolved since it last fired."""
+        status = "firing" if series.state == FIRING else "resolved"
+        return self._alert(rule, series, status, now, series.state)
+
+    def acked(self, fingerprint: str) -> bool:
+        series = self._by_fp.get(fingerprint)
+        return series is not None and series.acked
+
+    def sends_resolved(self, rule: str) -> bool:
+        compiled = self._rules.get(rule)
+        return compiled is None or compiled.rule.send_resolved
 
     def _render(self, rule: CompiledRule, what: str, context: Mapping[str, object]) -> str:
         template = rule.summary if what == "summary" else rule.description
@@ -453,6 +508,12 @@ class Engine:
         self.stats.template_errors[rule] = self.stats.template_errors.get(rule, 0) + 1
         reason = f"missing label {exc.missing!r} in {what}" if exc.missing else f"{what}: {exc}"
         self.stats.count_unevaluable(rule, reason)
+
+    def _to_group(self, series: Series, alert: Alert, now: float, force: bool = False) -> None:
+        missing = self.dispatcher.add(alert, now, force)
+        if series.rule != MAINTENANCE_RULE:  # announcements belong to no host
+            for name in missing:
+                self.stats.count_unevaluable(series.rule, f"missing group_by label {name!r}")
 
     # --- timers ----------------------------------------------------------------------------
 
@@ -473,6 +534,7 @@ class Engine:
         if (
             rule.kind == "metrics"
             and rule.events is None
+            and not series.flapping
             and (state == INACTIVE or (state == FIRING and series.holding))
         ):
             # the common case, a metric series evaluated again: only its staleness can be due
@@ -484,6 +546,8 @@ class Engine:
             deadlines.append(series.active_at + rule.for_seconds)
         if series.state == FIRING and not series.holding:
             deadlines.append(series.last_true + rule.keep_firing_seconds)
+        if series.flapping:
+            deadlines.append(series.changed_at + self._stable_for)
         if rule.kind == "heartbeat":
             if series.state != FIRING:
                 deadlines.append(self._heartbeat_deadline(rule, series))
@@ -497,10 +561,12 @@ class Engine:
         return series.last_seen + (rule.threshold or 0.0) * series.interval
 
     def _check_series(self, series: Series, now: float) -> None:
-        """A series' timer is due: fire, resolve, go stale, miss a heartbeat, or be forgotten."""
+        """A series' timer is due: fire, resolve, go stale, miss a heartbeat, settle, or be forgotten."""
         rule = self._rules.get(series.rule)
         if rule is None:
             return
+        if series.flapping and self._stable(series, now):
+            self._stop_flapping(series, now)
         # Deadlines and these checks add the same floats, so a due timer always finds its work due.
         if rule.kind == "heartbeat":
             if now >= series.last_seen + self.config.forget_agents_after.seconds:
@@ -526,6 +592,9 @@ class Engine:
             self._transition(rule, series, INACTIVE, now)
             if not self._record(rule, series, FIRING, now):
                 return
+        elif series.state == INACTIVE and self._quiet(series, now):
+            self._drop(series)
+            return
         self._reschedule(rule, series)
 
     def _forget(self, rule: CompiledRule, series: Series, now: float) -> None:
@@ -536,201 +605,77 @@ class Engine:
             self._stop_flapping(series, now)
         self._drop(series)
 
+    def _next_timer(self) -> tuple[float, int] | None:
+        """The earliest valid timer, as (deadline, kind); the dispatcher's groups included."""
+        timers = self._timers
+        while timers and not self._timer_valid(*timers[0]):
+            heapq.heappop(timers)
+        own = (timers[0][0], timers[0][1]) if timers else None
+        group = self.dispatcher.next_deadline()
+        if group is not None and (own is None or (group, _GROUP) < own):
+            return group, _GROUP
+        return own
+
     def tick(self, now: float) -> None:
         """Run every timer due by `now`, each at its own deadline: outputs do not depend on when tick runs."""
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            deadline, kind, ref = heapq.heappop(timers)
+        while (due := self._next_timer()) is not None and due[0] <= now:
+            deadline, kind = due
+            if kind == _GROUP:
+                self.dispatcher.flush_due(deadline)
+                continue
+            _, _, ref = heapq.heappop(self._timers)
             if kind == _SERIES:
-                series = self._by_fp.get(ref)
-                if series is not None and series.timer == deadline:
-                    series.timer = None
-                    self._check_series(series, deadline)
-            elif kind == _GROUP:
-                group = self._groups.get(ref)
-                if group is not None and group.next_flush == deadline:
-                    group.next_flush = None
-                    self._flush(group, deadline)
+                series = self._by_fp[ref]
+                series.timer = None
+                self._check_series(series, deadline)
             elif kind == _SILENCE:
-                if self._silence_timer == deadline:
-                    self._silence_timer = None
-                    self._schedule_silences(deadline)
-                    self._mark_groups(deadline)
-            elif kind == _WINDOW and self._window_timers.get(ref) == deadline:
+                self._silence_timer = None
+                self._schedule_silences(deadline)
+                self.dispatcher.touch_all(deadline)
+            else:
                 self._window_timers[ref] = None
-                window = self._windows.get(ref)
-                if window is not None:
-                    self._update_window(window, deadline)
+                if ref in self._windows.windows:
+                    self._update_window(ref, deadline)
 
     def next_deadline(self) -> float | None:
         """When tick() must run next; None when nothing is scheduled."""
-        timers = self._timers
-        while timers:
-            deadline, kind, ref = timers[0]
-            if self._timer_valid(deadline, kind, ref):
-                return deadline
-            heapq.heappop(timers)
-        return None
+        due = self._next_timer()
+        return None if due is None else due[0]
 
     def _timer_valid(self, deadline: float, kind: int, ref: str) -> bool:
         if kind == _SERIES:
             series = self._by_fp.get(ref)
             return series is not None and series.timer == deadline
-        if kind == _GROUP:
-            group = self._groups.get(ref)
-            return group is not None and group.next_flush == deadline
         if kind == _SILENCE:
             return self._silence_timer == deadline
         return self._window_timers.get(ref) == deadline
 
-    # --- grouping and notifications ----------------------------------------------------
-
-    def _route(self, name: str) -> Route:
-        return self._routes.get(name, self._default_route)
-
-    def _to_group(self, series: Series, alert: Alert, now: float, force: bool = False) -> None:
-        route = select_route(self.config.routes, self._default_route, series.labels)
-        key, missing = group_key(route, series.labels)
-        if series.rule != MAINTENANCE_RULE:  # announcements belong to no host
-            for name in missing:
-                self.stats.count_unevaluable(series.rule, f"missing group_by label {name!r}")
-        group = self._groups.get(key)
-        if group is None:
-            group = Group(key=key, route=route.name)
-            self._groups[key] = group
-            self._schedule_group(group, now + route.group_wait.seconds)
-        pinned = group.alerts.get(series.fingerprint)
-        if not force and series.flapping and pinned is not None and pinned.flapping:
-            return  # flapping: notified once, quiet until stable
-        group.alerts[series.fingerprint] = alert
-        self._touch(group, now)
-
-    def _schedule_group(self, group: Group, at: float) -> None:
-        if group.next_flush is None or at < group.next_flush:
-            group.next_flush = at
-            self._push(at, _GROUP, group.key)
-
-    def _touch(self, group: Group, now: float) -> None:
-        """Something changed in a group: before its first flush group_wait runs, else group_interval."""
-        if group.flushed_at is not None:
-            interval = self._route(group.route).group_interval.seconds
-            self._schedule_group(group, max(group.flushed_at + interval, now))
-
-    def _mark_groups(self, now: float) -> None:
-        """Silences or inhibition changed: every notified group re-checks at its next interval."""
-        for group in self._groups.values():
-            self._touch(group, now)
-
-    def _flush(self, group: Group, now: float) -> None:
-        route = self._route(group.route)
-        visible = {
-            fp: alert
-            for fp, alert in group.alerts.items()
-            if (alert.status == "firing" or alert.flapping) and not self._muted(alert, now)
-        }
-        new = [fp for fp, alert in visible.items() if group.notified.get(fp) != alert.flapping]
-        resolved = []
-        if route.send_resolved:
-            for fp in group.notified:
-                alert = group.alerts.get(fp)
-                if (
-                    fp not in visible
-                    and alert is not None
-                    and alert.status == "resolved"
-                    and self._sends_resolved(alert)
-                    and not self._muted(alert, now)
-                ):
-                    resolved.append(alert)
-        if new or resolved:
-            status: NotificationStatus = "firing" if visible else "resolved"
-            self._notify(group, route, status, _ordered(visible.values()) + _ordered(resolved), now)
-        elif visible and group.sent_at is not None and now >= group.sent_at + route.repeat_interval.seconds:
-            reminders = [a for fp, a in visible.items() if not a.flapping and not self._acked(fp)]
-            if reminders:
-                self._notify(group, route, "reminder", _ordered(reminders), now)
-        group.notified = {fp: alert.flapping for fp, alert in visible.items()}
-        group.flushed_at = now
-        for fp in [
-            fp for fp, alert in group.alerts.items() if alert.status == "resolved" and not alert.flapping
-        ]:
-            del group.alerts[fp]
-        remindable = any(not a.flapping and not self._acked(fp) for fp, a in visible.items())
-        if remindable and group.sent_at is not None:
-            self._schedule_group(group, group.sent_at + route.repeat_interval.seconds)
-        if not group.alerts and group.next_flush is None:
-            del self._groups[group.key]
-
-    def _sends_resolved(self, alert: Alert) -> bool:
-        rule = self._rules.get(alert.rule)
-        return rule is None or rule.rule.send_resolved
-
-    def _acked(self, fp: str) -> bool:
-        series = self._by_fp.get(fp)
-        return series is not None and series.acked
-
-    def _notify(
-        self, group: Group, route: Route, status: NotificationStatus, alerts: list[Alert], now: float
-    ) -> None:
-        seq = self._seq.get(group.key, 0) + 1
-        self._seq[group.key] = seq
-        self._notifications.append(
-            Notification(
-                id=notification_id(route.name, group.key, seq),
-                group_key=group.key,
-                route=route.name,
-                status=status,
-                alerts=alerts,
-                ts=now,
-                receiver=route.receiver,
-            )
-        )
-        self.stats.notifications += 1
-        group.sent_at = now
-
     # --- silences, maintenance windows, inhibition ---------------------------------------
-
-    def _silenced_by(self, labels: Mapping[str, str], now: float) -> list[str]:
-        ids = [s.id for s in self._silences if s.active(now) and s.matches(labels)]
-        if labels.get("rule") != MAINTENANCE_RULE:
-            ids += [
-                f"maintenance:{name}"
-                for name, window in self._windows.items()
-                if self._window_open.get(name) and matches_all(window.matchers, labels)
-            ]
-        return ids
-
-    def _inhibited_by(self, alert: Alert) -> list[str]:
-        return self._inhibitor.inhibited_by(alert, self._firing_alerts)
 
     def _firing_alerts(self) -> list[Alert]:
         return [s.alert for s in self._firing.values() if s.alert is not None]
 
-    def _muted(self, alert: Alert, now: float) -> bool:
-        return bool(self._silenced_by(alert.labels, now) or self._inhibited_by(alert))
-
     def set_silences(self, silences: Sequence[Silence], now: float) -> None:
         """Replace the set of silences; groups re-check what they may notify."""
-        self._silences = list(silences)
+        self._silences.items = list(silences)
         self._silence_timer = None
         self._schedule_silences(now)
-        self._mark_groups(now)
+        self.dispatcher.touch_all(now)
 
     def _schedule_silences(self, now: float) -> None:
-        boundaries = [t for s in self._silences for t in (s.starts_at, s.ends_at) if t > now]
-        if boundaries:
-            self._silence_timer = min(boundaries)
+        self._silence_timer = self._silences.next_boundary(now)
+        if self._silence_timer is not None:
             self._push(self._silence_timer, _SILENCE, "")
 
-    def _update_window(self, window: MaintenanceWindow, now: float) -> None:
-        open_now, boundary = window_state(window, now)
-        if open_now != self._window_open.get(window.name, False):
-            self._window_open[window.name] = open_now
-            if window.announce:
-                self._announce(window.name, open_now, now)
-            self._mark_groups(now)
-        self._window_timers[window.name] = boundary
+    def _update_window(self, name: str, now: float) -> None:
+        changed, boundary = self._windows.update(name, now)
+        if changed:
+            if self._windows.windows[name].announce:
+                self._announce(name, self._windows.open[name], now)
+            self.dispatcher.touch_all(now)
+        self._window_timers[name] = boundary
         if boundary is not None:
-            self._push(boundary, _WINDOW, window.name)
+            self._push(boundary, _WINDOW, name)
 
     def _announce(self, window: str, started: bool, now: float) -> None:
         rule = self._rules[MAINTENANCE_RULE]
@@ -750,7 +695,9 @@ class Engine:
 
     def drain(self) -> Output:
         """Alerts and notifications produced since the last drain."""
-        output = Output(self._alerts, self._notifications)
+        notifications = self._notifications + self.dispatcher.drain()
+        self.stats.notifications += len(notifications)
+        output = Output(self._alerts, notifications)
         self._alerts, self._notifications = [], []
         return output
 
@@ -763,24 +710,26 @@ class Engine:
         return True
 
     def active(self, now: float) -> list[ActiveAlert]:
-        """Pending and firing alerts, with what silences, inhibits or acknowledges them."""
+        """Pending and firing alerts as they are now, with what silences, inhibits or acknowledges them."""
         out = []
         for series in self._by_fp.values():
-            alert = series.alert
-            if series.state == INACTIVE or alert is None:
+            rule = self._rules.get(series.rule)
+            if series.state == INACTIVE or series.alert is None or rule is None:
                 continue
+            firing = series.state == FIRING
+            alert = self._alert(rule, series, STATE_NAMES[series.state], now, series.state)
             out.append(
                 ActiveAlert(
                     fingerprint=series.fingerprint,
                     rule=series.rule,
                     severity=alert.severity,
-                    state=_STATE_NAMES[series.state],
+                    state=STATE_NAMES[series.state],
                     labels=series.labels,
                     summary=alert.summary,
                     value=series.value,
-                    since=series.fired_at if series.state == FIRING else series.active_at,
-                    silenced_by=self._silenced_by(series.labels, now),
-                    inhibited_by=self._inhibited_by(alert) if series.state == FIRING else [],
+                    since=series.fired_at if firing else series.active_at,
+                    silenced_by=self.mute.silenced_by(series.labels, now),
+                    inhibited_by=self.mute.inhibited_by(series.labels, now) if firing else [],
                     acked=series.acked,
                     flapping=series.flapping,
                 )
@@ -791,15 +740,16 @@ class Engine:
 
     def snapshot(self) -> bytes:
         """The whole state: msgpack-encoded with msgspec, then zlib-compressed (labels repeat a lot)."""
+        pending = self.dispatcher.drain()  # undrained notifications are state too
+        self._notifications += pending
         state = _Snapshot(
             version=SNAPSHOT_VERSION,
             series=list(self._by_fp.values()),
-            groups=list(self._groups.values()),
-            timers=self._timers,
-            seq=self._seq,
-            silences=self._silences,
+            groups=list(self.dispatcher.groups.values()),
+            seq=self.dispatcher.seq,
+            silences=self._silences.items,
             silence_timer=self._silence_timer,
-            windows=self._window_open,
+            windows=self._windows.open,
             window_timers=self._window_timers,
             alerts=self._alerts,
             notifications=self._notifications,
@@ -823,18 +773,23 @@ class Engine:
 
     def _restore(self, state: _Snapshot, now: float) -> None:
         self.stats = state.stats
-        self._timers = state.timers
-        self._seq = state.seq
-        self._silences = state.silences
+        self.dispatcher.restore(state.groups, state.seq)
+        self._silences.items = state.silences
         self._silence_timer = state.silence_timer
-        self._window_open = state.windows
+        if state.silence_timer is not None:
+            self._push(state.silence_timer, _SILENCE, "")
+        self._windows.open = state.windows
         self._window_timers = state.window_timers
+        for name, deadline in state.window_timers.items():
+            if deadline is not None:
+                self._push(deadline, _WINDOW, name)
         self._alerts = state.alerts
         self._notifications = state.notifications
-        self._groups = {group.key: group for group in state.groups}
         orphans = []
         for series in state.series:
             self._by_fp[series.fingerprint] = series
+            if series.timer is not None:
+                self._push(series.timer, _SERIES, series.fingerprint)
             states = self._states.get(series.rule)
             if states is None:
                 orphans.append(series)
@@ -848,13 +803,13 @@ class Engine:
             self._rules[series.rule] = CompiledRule(_orphan_rule(series))
             self._forget(self._rules[series.rule], series, now)
             del self._rules[series.rule], self._states[series.rule]
-        for name in [name for name in self._window_open if name not in self._windows]:
-            if self._window_open.pop(name):  # a window removed from the config ends now
+        for name in [name for name in self._windows.open if name not in self._windows.windows]:
+            if self._windows.open.pop(name):  # a window removed from the config ends now
                 self._announce(name, started=False, now=now)
             self._window_timers.pop(name, None)
-        for window in self._windows.values():
-            if window.name not in self._window_timers:
-                self._update_window(window, now)
+        for name in self._windows.windows:
+            if name not in self._window_timers:
+                self._update_window(name, now)
 
 
 def _orphan_rule(series: Series) -> Rule:
@@ -894,7 +849,3 @@ def _label_key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
     if len(labels) < 2:
         return tuple(labels.items())
     return tuple(sorted(labels.items()))
-
-
-def _ordered(alerts: Iterable[Alert]) -> list[Alert]:
-    return sorted(alerts, key=lambda a: (a.rule, a.fingerprint))

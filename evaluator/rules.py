@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import string
 from collections.abc import Callable, Mapping
 
@@ -60,28 +61,34 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="http_error_rate_high",
         metric="http.error_ratio",
         threshold=0.05,
+        clear_threshold=0.04,
         for_=Duration(300),
+        keep_firing_for=Duration(60),
         severity="warning",
         summary="{check}: {value:.1%} of requests fail",
-        description="More than 5% of requests answered 5xx for 5 minutes.",
+        description="More than 5% of requests answered 5xx for 5 minutes; resolves below 4% for a minute.",
     ),
     Rule(
         name="http_latency_p95_high",
         metric="http.latency_p95_seconds",
         threshold=2,
+        clear_threshold=1.8,
         for_=Duration(300),
+        keep_firing_for=Duration(60),
         severity="warning",
         summary="{check}: P95 latency {value:.2f}s",
-        description="P95 latency above 2 s for 5 minutes.",
+        description="P95 latency above 2 s for 5 minutes; resolves below 1.8 s for a minute.",
     ),
     Rule(
         name="performance_degradation",
         metric="http.latency_p95_seconds",
         threshold=0.5,
+        clear_threshold=0.45,
         for_=Duration(900),
+        keep_firing_for=Duration(60),
         severity="info",
         summary="{check}: P95 latency {value:.2f}s, above its 500 ms baseline",
-        description="P95 latency above the 500 ms baseline for 15 minutes.",
+        description="P95 latency above its 500 ms baseline for 15 minutes; resolves below 450 ms.",
     ),
     Rule(
         name="container_unhealthy",
@@ -168,10 +175,37 @@ DEFAULT_INHIBIT_RULES: tuple[InhibitRule, ...] = (
 
 
 def effective_rules(config: EvaluatorConfig) -> list[Rule]:
-    """The defaults (if on) with user rules replacing them by name, then the user's new rules."""
+    """The defaults (if on) tuned or replaced by name, then the user's new rules."""
     user = {rule.name: rule for rule in config.rules}
-    rules = [user.pop(rule.name, rule) for rule in DEFAULT_RULES] if config.default_rules else []
+    rules = []
+    for rule in DEFAULT_RULES if config.default_rules else ():
+        tuning = config.tune.get(rule.name)
+        if tuning is not None and tuning.enabled is False:
+            continue
+        replaced = user.pop(rule.name, None)
+        if replaced is not None:
+            rules.append(replaced)
+        else:
+            rules.append(tuning.apply(rule) if tuning is not None else rule)
     return rules + list(user.values())
+
+
+def tuning_problems(config: EvaluatorConfig) -> list[str]:
+    """What is wrong with `tune`: a name that is no built-in rule, or a change the rule cannot take."""
+    builtins = {rule.name: rule for rule in DEFAULT_RULES}
+    problems = []
+    for name, tuning in config.tune.items():
+        rule = builtins.get(name)
+        if rule is None:
+            near = difflib.get_close_matches(name, builtins, n=3)
+            hint = f"did you mean {', '.join(near)}?" if near else f"built-in rules: {', '.join(builtins)}"
+            problems.append(f"tune.{name}: no built-in rule of that name ({hint})")
+            continue
+        try:
+            tuning.apply(rule)
+        except (ValueError, TypeError) as exc:
+            problems.append(f"tune.{name}: {exc}")
+    return problems
 
 
 def effective_inhibit_rules(config: EvaluatorConfig) -> list[InhibitRule]:

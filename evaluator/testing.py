@@ -58,8 +58,9 @@ def heartbeat(host: str, agent: str = "host", interval: float = 10.0) -> Heartbe
 
 
 def only_rules(*rules: Rule, **settings: Any) -> EvaluatorConfig:
-    """A config with just these rules: no defaults, no default inhibition."""
+    """A config with just these rules: no defaults, no default inhibition, no built-in routes."""
     settings.setdefault("default_rules", False)
+    settings.setdefault("routes", [])
     settings.setdefault("default_inhibit_rules", False)
     return EvaluatorConfig(rules=list(rules), **settings)
 

@@ -30,6 +30,7 @@ SEVERITY_ORDER = ("critical", "warning", "info")
 RESOLVED_EMOJI = "✅"
 RESOLVED_COLOR = "#2eb67d"
 FLAPPING_MARK = "🔁 flapping"
+STABLE_MARK = "🟢 stable again"
 REMINDER_MARK = "⏰ reminder"
 
 # Labels that name what a group is about, in the order they make a title (`web01 disk_full`).
@@ -171,7 +172,30 @@ class SlackMessage:
 
 
 def firing(notification: Notification) -> list[Alert]:
-    return [a for a in notification.alerts if a.status != "resolved"]
+    """The alerts a message is about: firing, or flapping (whatever their state right now)."""
+    return [a for a in notification.alerts if a.status != "resolved" or a.flapping]
+
+
+def seconds_text(seconds: float) -> str:
+    """A short length of time: 45s, 3m20s, 2h5m."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
+
+
+def flap_fact(alert: Alert) -> str | None:
+    """Flapping with its outages and downtime so far, or stable again after them; None otherwise."""
+    if not alert.episodes:
+        return FLAPPING_MARK if alert.flapping else None
+    outages = f"{alert.episodes} outage{'s' if alert.episodes != 1 else ''}"
+    if alert.flapping:
+        return f"{FLAPPING_MARK}: {outages}, down {seconds_text(alert.downtime)} so far"
+    return f"{STABLE_MARK} after {outages} (down {seconds_text(alert.downtime)})"
 
 
 def worst_severity(alerts: Sequence[Alert]) -> str:
@@ -214,8 +238,9 @@ def alert_text(alert: Alert, shared: set[str], options: FormatOptions) -> str:
     facts.append(f"since {utc_time(alert.starts_at)}")
     if alert.status == "resolved" and alert.ends_at is not None:
         facts.append(f"resolved {utc_time(alert.ends_at)}")
-    if alert.flapping:
-        facts.append(FLAPPING_MARK)
+    flap = flap_fact(alert)
+    if flap:
+        facts.append(flap)
     link = runbook_link(options.runbook_url, alert.rule)
     if link:
         facts.append(f"<{escape(link)}|runbook>")
@@ -306,8 +331,9 @@ def console_text(notification: Notification, options: FormatOptions) -> str:
             facts.insert(0, f"value {number(alert.value)}")
         if alert.threshold is not None:
             facts.insert(1, f"threshold {number(alert.threshold)}")
-        if alert.flapping:
-            facts.append(FLAPPING_MARK)
+        flap = flap_fact(alert)
+        if flap:
+            facts.append(flap)
         lines.append(
             f"  {emoji} {console_safe(alert.rule)}: {console_safe(alert.summary)} ({', '.join(facts)})"
         )

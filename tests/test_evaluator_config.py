@@ -192,3 +192,36 @@ def test_window_follows_daylight_saving_time() -> None:
     assert window_state(window, ts("UTC", 2026, 3, 29, 1, 45))[0] is True
     assert window_state(window, ts("UTC", 2026, 3, 22, 2, 45))[0] is True  # a week before: UTC+1
     assert window_state(window, ts("UTC", 2026, 3, 22, 1, 45))[0] is False
+
+
+def test_tuning_a_built_in_by_name_changes_only_the_fields_given() -> None:
+    config = load({"tune": {"cpu_usage_high": {"threshold": 95, "for": "10m", "labels": {"team": "ops"}}}})
+    tuned = {rule.name: rule for rule in effective_rules(config)}["cpu_usage_high"]
+    builtin = {rule.name: rule for rule in DEFAULT_RULES}["cpu_usage_high"]
+    assert (tuned.threshold, tuned.for_, tuned.labels) == (95, Duration(600), {"team": "ops"})
+    assert msgspec.structs.replace(tuned, threshold=90, for_=builtin.for_, labels={}) == builtin
+
+
+def test_a_tuned_built_in_can_be_turned_off_alone() -> None:
+    names = [rule.name for rule in effective_rules(load({"tune": {"cpu_usage_high": {"enabled": False}}}))]
+    assert "cpu_usage_high" not in names
+    assert "memory_usage_high" in names
+
+
+@pytest.mark.parametrize(
+    ("tune", "message"),
+    [
+        ({"cpu_usge_high": {"threshold": 95}}, "tune.cpu_usge_high: no built-in rule of that name "),
+        ({"cpu_usge_high": {"threshold": 95}}, "did you mean cpu_usage_high"),
+        ({"memory_usage_high": {"clear_threshold": 99}}, "clear_threshold 99.0 must not exceed threshold 85"),
+        ({"service_down": {"threshold": 3}}, "a health rule matches `status`"),
+    ],
+)
+def test_a_bad_tuning_is_refused_with_the_rule_named(tune: dict[str, Any], message: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=message):
+        load({"tune": tune})
+
+
+def test_a_bad_tuning_field_is_refused() -> None:
+    with pytest.raises(msgspec.ValidationError, match="unknown field `treshold`"):
+        load({"tune": {"cpu_usage_high": {"treshold": 95}}})

@@ -183,6 +183,23 @@ def test_reminders_and_flapping_alerts_are_marked() -> None:
     assert "🔁 flapping" in blocks_of(payload)[1]["text"]["text"]
 
 
+def test_a_flapping_alert_says_its_outages_and_downtime_and_counts_even_while_up() -> None:
+    up_now = Alert(
+        **{**_fields(make_alert(status="resolved")), "flapping": True, "episodes": 3, "downtime": 75.0}
+    )
+    payload = render(make_notification(up_now), OPTIONS).payload()
+    assert payload["text"].startswith("🔴 [FIRING:1] web01")
+    assert "🔁 flapping: 3 outages, down 1m15s so far" in blocks_of(payload)[1]["text"]["text"]
+    assert "🔁 flapping: 3 outages, down 1m15s so far" in console_text(make_notification(up_now), OPTIONS)
+
+
+def test_the_end_of_a_flap_says_stable_again_with_the_whole_count() -> None:
+    stable = Alert(**{**_fields(make_alert(status="resolved")), "episodes": 8, "downtime": 160.0})
+    payload = render(make_notification(stable, status="resolved"), OPTIONS).payload()
+    assert payload["text"] == "✅ [RESOLVED] web01 disk_full"
+    assert "🟢 stable again after 8 outages (down 2m40s)" in blocks_of(payload)[1]["text"]["text"]
+
+
 def _fields(alert: Alert) -> dict[str, Any]:
     return {name: getattr(alert, name) for name in alert.__struct_fields__}
 

@@ -374,7 +374,7 @@ class RollupStore:
         self._db.executemany("INSERT OR REPLACE INTO health_last VALUES (?, ?, ?, ?, ?)", last_rows)
 
     def _add_alert(self, alert: Alert) -> None:
-        if alert.status == "pending":
+        if alert.status not in ("firing", "resolved"):  # pending, or inactive: never an incident
             return
         host = alert.labels.get("host", "")
         ends_at = alert.ends_at if alert.status == "resolved" else None

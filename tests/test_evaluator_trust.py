@@ -1,0 +1,245 @@
+"""Alerts people can trust, on the pure engine with an injected clock: no false resolve, flapping
+named as people see it, critical first, a notification true when sent, pending never an incident."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bus.events import Alert, Notification
+from bus.units import Duration
+from evaluator.config import EvaluatorConfig, FlappingConfig, Rule, RuleTuning
+from evaluator.testing import Driver, health, metrics, only_rules
+from sinks.report.rollups import RollupStore
+
+API = {"check": "backend-api"}
+
+
+def error_ratio(value: float) -> list[tuple[str, float, dict[str, str]]]:
+    return [("http.error_ratio", value, API)]
+
+
+def rule_statuses(alerts: list[Alert], rule: str) -> list[str]:
+    return [a.status for a in alerts if a.rule == rule]
+
+
+def test_one_error_ratio_sample_at_the_threshold_never_resolves_the_incident() -> None:
+    """The measured sequence, 0.10 x20, 0.05, 0.10 x10 every 5 s, on a firing built-in rule."""
+    driver = Driver(EvaluatorConfig())
+    t = 0.0
+    for value in [0.10] * 70 + [0.10] * 20 + [0.05] + [0.10] * 10:  # fired after its for of 5 m
+        driver.at(t, metrics("probe01", error_ratio(value), agent="probe", interval=5))
+        t += 5
+    assert rule_statuses(driver.alerts, "http_error_rate_high") == ["pending", "firing"]
+
+
+def test_the_measured_sequence_never_resolves_with_a_short_for_either() -> None:
+    config = EvaluatorConfig(tune={"http_error_rate_high": RuleTuning(for_=Duration(30))})
+    driver = Driver(config)
+    t = 0.0
+    for value in [0.10] * 20 + [0.05] + [0.10] * 10:
+        driver.at(t, metrics("probe01", error_ratio(value), agent="probe", interval=5))
+        t += 5
+    assert rule_statuses(driver.alerts, "http_error_rate_high") == ["pending", "firing"]
+
+
+def test_the_error_ratio_resolves_once_the_errors_really_stop() -> None:
+    driver = Driver(EvaluatorConfig())
+    t = 0.0
+    for value in [0.10] * 80 + [0.0] * 40:
+        driver.at(t, metrics("probe01", error_ratio(value), agent="probe", interval=5))
+        t += 5
+    statuses = rule_statuses(driver.alerts, "http_error_rate_high")
+    assert statuses == ["pending", "firing", "resolved"]
+    resolved = next(a for a in driver.alerts if a.status == "resolved")
+    assert resolved.ends_at is not None
+    assert resolved.ends_at - 400 <= 60, "resolved within keep_firing_for of the last error"
+
+
+def flapping_check(driver: Driver, outages: int, start: float = 0.0) -> float:
+    """A health check down 20 s / up 20 s, probed every 5 s; returns the time after the last."""
+    t = start
+    for _ in range(outages):
+        for status in ["critical"] * 4 + ["ok"] * 4:
+            driver.at(t, health("probe01", "probe", "backend-api", status))  # type: ignore[arg-type]
+            t += 5
+    return t
+
+
+def test_a_check_down_20s_up_20s_is_flagged_flapping_within_three_outages() -> None:
+    """With the built-in service_down (for 1m) no outage lasts long enough to fire on its own."""
+    driver = Driver(EvaluatorConfig())
+    t = flapping_check(driver, 3)
+    flagged = [a for a in driver.alerts if a.rule == "service_down" and a.flapping]
+    assert flagged, "flapping by the third outage"
+    assert flagged[0].starts_at <= t
+    driver.at(t + 60)
+    notes = [n for n in driver.notifications if any(a.rule == "service_down" for a in n.alerts)]
+    assert len(notes) == 1
+    (alert,) = notes[0].alerts
+    assert alert.flapping
+    assert alert.episodes == 3
+    assert alert.downtime == 60.0, "three outages of 20 s"
+
+
+def test_a_flapping_check_is_one_message_then_quiet_then_one_stable_again() -> None:
+    driver = Driver(EvaluatorConfig())
+    t = flapping_check(driver, 8)
+    mid = [n for n in driver.notifications if any(a.rule == "service_down" for a in n.alerts)]
+    assert len(mid) == 1, "quiet while it flaps"
+    for _ in range(80):  # healthy, probed every 5 s
+        driver.at(t, health("probe01", "probe", "backend-api", "ok"))
+        t += 5
+    notes = [n for n in driver.notifications if any(a.rule == "service_down" for a in n.alerts)]
+    assert [n.status for n in notes] == ["firing", "resolved"]
+    stable = notes[1].alerts[0]
+    assert not stable.flapping
+    assert stable.episodes == 8, "the stable-again message counts every outage of the flap"
+    assert stable.downtime == 160.0
+
+
+def test_a_metric_that_fires_three_times_in_ten_minutes_is_flapping() -> None:
+    rule = Rule(name="cpu", metric="cpu.percent", threshold=90)
+    driver = Driver(only_rules(rule, flapping=FlappingConfig(high=99, low=98)))  # episodes alone
+    t = 0.0
+    for cycle in range(6):
+        for i in range(10):
+            driver.at(t, metrics("web01", {"cpu.percent": 95 if i < 3 else 10}))
+            t += 10
+        del cycle
+    firing = [a for a in driver.alerts if a.status == "firing"]
+    assert [a.flapping for a in firing[:3]] == [False, False, True]
+
+
+def test_flapping_episodes_and_window_are_configurable() -> None:
+    rule = Rule(name="cpu", metric="cpu.percent", threshold=90)
+    config = only_rules(rule, flapping=FlappingConfig(episodes=5, within=Duration(120), high=99, low=98))
+    driver = Driver(config)
+    t = 0.0
+    for _ in range(6):  # a firing every 100 s: never 5 within 2 minutes
+        for i in range(10):
+            driver.at(t, metrics("web01", {"cpu.percent": 95 if i == 0 else 10}))
+            t += 10
+    assert not any(a.flapping for a in driver.alerts)
+
+
+def test_a_new_critical_reaches_slack_within_for_plus_group_wait_beside_a_notified_warning() -> None:
+    """The measured case: a host already notified for a warning, then its database dies."""
+    driver = Driver(EvaluatorConfig())
+    t = 0.0
+    while t <= 400:  # memory high from the start: warning notified after for (5m) + group_wait
+        driver.at(t, metrics("web01", {"mem.percent": 95}, interval=10))
+        t += 10
+    warned = [n for n in driver.notifications if any(a.rule == "memory_usage_high" for a in n.alerts)]
+    assert warned, "the warning was notified"
+    died = t
+    while t <= died + 200:
+        driver.at(t, metrics("web01", {"mem.percent": 95}, interval=10))
+        driver.at(t, health("web01", "probe", "postgres", "critical"))
+        t += 5
+    critical = [n for n in driver.notifications if any(a.rule == "database_unreachable" for a in n.alerts)]
+    assert critical, "the critical was notified"
+    assert critical[0].ts <= died + 60 + 30, "within its for (1m) plus group_wait (30s)"
+    assert all(a.severity == "critical" for a in critical[0].alerts)
+
+
+def test_a_second_critical_on_a_notified_critical_host_does_not_wait_five_minutes() -> None:
+    driver = Driver(EvaluatorConfig())
+    t = 0.0
+    while t <= 120:
+        driver.at(t, health("web01", "probe", "postgres", "critical"))
+        t += 5
+    died = t
+    while t <= died + 150:
+        driver.at(t, health("web01", "probe", "postgres", "critical"))
+        driver.at(t, health("web01", "probe", "backend-api", "critical"))
+        t += 5
+    down = [n for n in driver.notifications if any(a.rule == "service_down" for a in n.alerts)]
+    assert down
+    assert down[0].ts <= died + 60 + 30
+
+
+def test_user_routes_keep_alertmanager_group_interval() -> None:
+    """A user's own routes replace the built-in ones: group_interval batches as Alertmanager does."""
+    from evaluator.config import Route
+
+    route = Route(name="ops", receiver="#ops", group_interval=Duration(300))
+    driver = Driver(EvaluatorConfig(routes=[route]))
+    t = 0.0
+    while t <= 120:
+        driver.at(t, health("web01", "probe", "postgres", "critical"))
+        t += 5
+    while t <= 300:
+        driver.at(t, health("web01", "probe", "postgres", "critical"))
+        driver.at(t, health("web01", "probe", "backend-api", "critical"))
+        t += 5
+    down = [n for n in driver.notifications if any(a.rule == "service_down" for a in n.alerts)]
+    assert down == [], "still batched by the route's group_interval"
+
+
+def last_note(notifications: list[Notification]) -> Notification:
+    assert notifications
+    return notifications[-1]
+
+
+def test_a_notification_tells_the_value_and_summary_at_the_moment_it_is_sent() -> None:
+    rule = Rule(name="disk", metric="disk.percent", threshold=85, summary="disk at {value:.0f}%")
+    driver = Driver(only_rules(rule))
+    driver.at(0, metrics("web01", {"disk.percent": 86}))
+    driver.at(10, metrics("web01", {"disk.percent": 91}))
+    driver.at(20, metrics("web01", {"disk.percent": 97}))
+    driver.at(30)  # group_wait
+    (alert,) = last_note(driver.notifications).alerts
+    assert (alert.value, alert.summary) == (97, "disk at 97%")
+    (active,) = driver.engine.active(30)
+    assert (active.value, active.summary) == (97, "disk at 97%")
+
+
+def test_a_notification_says_resolved_for_an_alert_that_resolved_before_its_group_flushed() -> None:
+    rule = Rule(name="disk", metric="disk.percent", threshold=85)
+    driver = Driver(only_rules(rule))
+    driver.at(0, metrics("web01", {"disk.percent": 90}))
+    driver.at(30)
+    driver.at(40, metrics("web01", {"disk.percent": 95}))
+    driver.at(50, metrics("web01", [("disk.percent", 20, {})]))
+    driver.at(1000)
+    assert [n.status for n in driver.notifications] == ["firing", "resolved"]
+    assert driver.notifications[1].alerts[0].value == 20
+
+
+def test_a_pending_alert_that_never_fired_is_neither_notified_nor_shown_as_resolved() -> None:
+    driver = Driver(EvaluatorConfig())
+    driver.at(0, metrics("web01", {"cpu.percent": 95}))
+    driver.at(60, metrics("web01", {"cpu.percent": 10}))
+    driver.at(2000)
+    assert [a.status for a in driver.alerts] == ["pending", "inactive"]
+    assert driver.notifications == []
+    assert driver.engine.stats.alerts == 2
+
+
+def test_a_down_service_carries_no_latency_as_its_value() -> None:
+    driver = Driver(EvaluatorConfig())
+    from bus.events import HealthEvent
+
+    event = HealthEvent(host="p", agent="probe", target="api", status="critical", latency=0.0024, ts=0)
+    driver.at(0, event)
+    driver.at(60, event)
+    (firing,) = [a for a in driver.alerts if a.status == "firing"]
+    assert firing.value is None
+
+
+def test_the_report_counts_only_real_firings_of_an_alert_that_was_mostly_pending(tmp_path: Path) -> None:
+    """An unhealthy container pending 30 times and firing twice is 2 incidents, not 32."""
+    driver = Driver(EvaluatorConfig())
+    t = 0.0
+    for cycle in range(32):
+        fails = 120 if cycle in (10, 20) else 30  # two failures outlast the 1m `for`
+        for _ in range(int(fails // 10)):
+            driver.at(t, health("web01", "container", "api", "critical"))
+            t += 10
+        for _ in range(60):  # a long healthy spell: no flapping
+            driver.at(t, health("web01", "container", "api", "ok"))
+            t += 10
+    store = RollupStore(tmp_path / "r.sqlite3")
+    store.ingest([a for a in driver.alerts if a.rule == "container_unhealthy"])
+    incidents = store.incidents(0, t)
+    assert len(incidents) == 2
