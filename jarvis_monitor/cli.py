@@ -15,6 +15,7 @@ from jarvis_monitor import __version__, evaluator_cli, report_cli, slack_cli, st
 from jarvis_monitor.commands import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, run_async
 from jarvis_monitor.config import ConfigError, load_config
 from jarvis_monitor.docs import render_events_doc
+from jarvis_monitor.rules_doc import render_rules_doc
 from jarvis_monitor.tail import tail
 from jarvis_monitor.template import render_config
 
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument(
         "--markdown", action="store_true", help="print the event reference (docs/events.md) instead"
     )
+    schema.add_argument(
+        "--rules", action="store_true", help="print the built-in rules reference (docs/rules.md) instead"
+    )
     for extension in EXTENSIONS:
         extension.register(commands)
     return parser
@@ -125,7 +129,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    if args.markdown:
+    if args.rules:
+        sys.stdout.write(render_rules_doc())
+    elif args.markdown:
         sys.stdout.write(render_events_doc())
     else:
         print(json.dumps(json_schema(), indent=2))

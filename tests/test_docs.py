@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from evaluator.rules import DEFAULT_RULES
 from jarvis_monitor import docs
+from jarvis_monitor.rules_doc import render_rules_doc
 
 
 def test_descriptions_are_cleaned_as_inspect_cleandoc_does(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,3 +37,17 @@ def test_a_field_called_description_keeps_its_schema() -> None:
     schema = docs.event_schema()
     alert = schema["$defs"]["Alert"]  # type: ignore[index]
     assert alert["properties"]["description"]["type"] == "string"
+
+
+def test_the_rules_doc_is_generated_from_the_built_in_rules() -> None:
+    """docs/rules.md lists every built-in rule, inhibition and route as the code defines them."""
+    text = (Path(__file__).parents[1] / "docs" / "rules.md").read_text()
+    assert text == render_rules_doc(), "regenerate: jarvis-monitor schema --rules > docs/rules.md"
+    for rule in DEFAULT_RULES:
+        assert f"| `{rule.name}` |" in text
+
+
+def test_the_rules_doc_names_each_rules_condition_and_timers() -> None:
+    text = render_rules_doc()
+    assert "| `cpu_usage_high` | `cpu.percent > 90`; resolves past `85` | 5m | 0s | warning |" in text
+    assert "| `agent_down` | no heartbeat for 3 of the agent's intervals | 0s | 0s | critical |" in text
