@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 from bus.events import Alert
 from evaluator.config import InhibitRule, MaintenanceWindow, Matcher
@@ -98,7 +99,7 @@ def test_the_stage_asks_every_muter_and_keeps_silences_apart_from_inhibitions() 
         def __init__(self, ref: str) -> None:
             self.ref = ref
 
-        def mutes(self, labels: dict[str, str], now: float) -> list[str]:
+        def mutes(self, labels: Mapping[str, str], now: float) -> list[str]:
             return [self.ref] if labels.get("host") == "web01" else []
 
     silencer: Muter = Always("s1")
