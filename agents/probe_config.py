@@ -152,10 +152,20 @@ class ScrapeTarget(HttpSettings, frozen=True, forbid_unknown_fields=True, kw_onl
         list[str],
         Meta(description="labels holding the HTTP status, first one present wins; 5xx counts as an error"),
     ] = msgspec.field(default_factory=lambda: ["status", "code"])
+    rate_window: Annotated[
+        Duration,
+        Meta(
+            description="request rate, error ratio and latency cover the scrapes of this last span, as "
+            "PromQL's rate(...[1m]); at least the probe's interval",
+            examples=["5m"],
+        ),
+    ] = Duration(60)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         validate_http_url(self.url)
+        if self.rate_window.seconds <= 0:
+            raise ValueError("rate_window must be longer than 0s: rates need two scrapes")
 
 
 class PromQLQuery(HttpSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -221,7 +231,7 @@ class ProbeAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_
         list[ScrapeTarget],
         Meta(
             description="Prometheus /metrics pages to read request rate, error ratio and latency from",
-            examples=[[{"name": "backend", "url": "http://127.0.0.1:8000/metrics"}]],
+            examples=[[{"name": "backend", "url": "http://127.0.0.1:8000/metrics", "rate_window": "1m"}]],
         ),
     ] = msgspec.field(default_factory=list)
     promql: Annotated[
@@ -241,6 +251,12 @@ class ProbeAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_
                 raise ValueError(
                     f"scrape[{index}] ({target.name}): check {target.check!r} is not the name of an "
                     "http check"
+                )
+            if target.rate_window.seconds < self.interval.seconds:
+                raise ValueError(
+                    f"scrape[{index}] ({target.name}): rate_window {target.rate_window} is shorter than "
+                    f"the probe's {self.interval} interval, so it could never hold two scrapes; use at "
+                    f"least {self.interval}"
                 )
         deadline = self.deadline
         for where, check in self.all_checks():

@@ -1,4 +1,4 @@
-"""Scraping a Prometheus metrics page every cycle, and publishing what happened since the last one."""
+"""Scraping a Prometheus metrics page every cycle, and publishing its rates over the target's window."""
 
 from __future__ import annotations
 
@@ -10,29 +10,28 @@ import aiohttp
 
 from agents.probe_checks import Outcome, display_url, failure_reason, fetch_text, short_detail
 from agents.probe_config import ScrapeTarget
-from agents.promscrape import Scrape, interval_stats, parse_scrape
+from agents.promscrape import IntervalStats, RateWindow, parse_scrape
 from agents.runner import Check
+from bus import vocabulary as vocab
 from bus.events import Sample, Status
+from bus.units import Duration
 
 MAX_PAGE = 10 * 1024 * 1024  # a larger metrics page is refused whole, never read in part
-QUANTILE_METRICS = {
-    0.5: "http.latency_p50_seconds",
-    0.95: "http.latency_p95_seconds",
-    0.99: "http.latency_p99_seconds",
-}
+QUANTILE_METRICS = {0.5: vocab.HTTP_LATENCY_P50, 0.95: vocab.HTTP_LATENCY_P95, 0.99: vocab.HTTP_LATENCY_P99}
 
 
 class ScrapeTracker:
-    """Keeps each target's previous scrape, so that rates and quantiles cover one interval."""
+    """Keeps each target's recent scrapes, so that rates and quantiles cover its `rate_window`."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
         self.clock = clock
-        self._previous: dict[str, tuple[Scrape, float]] = {}
+        self._windows: dict[str, RateWindow] = {}
 
     async def check(
         self, session: aiohttp.ClientSession, target: ScrapeTarget, headers: dict[str, str], timeout: float
     ) -> Outcome:
-        """Read the metrics page; from the second scrape on, publish what happened in between."""
+        """Read the metrics page; from the second scrape on, publish the rates over the target's window."""
         labels = {"url": display_url(target.url)}
         begun = time.perf_counter()
 
@@ -64,26 +63,44 @@ class ScrapeTracker:
                 "warning",
                 f"neither {target.requests_metric} nor {target.duration_metric} is on the metrics page",
             )
-        previous = self._previous.get(target.name)
-        self._previous[target.name] = (scrape, now)
-        if previous is None:
-            return outcome("ok", "first scrape: rates from the next one")
-        samples = self._samples(target, previous, scrape, now)
-        summary = ", ".join(f"{s.name.removeprefix('http.')} {s.value:g}" for s in samples) or "no traffic"
-        return outcome("ok", summary, samples)
+        window = self._window_of(target)
+        first = len(window) == 0
+        window.add(scrape, now)
+        stats = window.stats(target.status_labels, tuple(QUANTILE_METRICS))
+        if stats is None:
+            if first:
+                return outcome("ok", "first scrape: rates from the next one")
+            return outcome("ok", f"no other scrape in the last {target.rate_window}: rates from the next one")
+        samples = _samples(target, stats)
+        return outcome("ok", _summary(target, samples, stats.covered), samples)
 
-    @staticmethod
-    def _samples(
-        target: ScrapeTarget, previous: tuple[Scrape, float], scrape: Scrape, now: float
-    ) -> list[Sample]:
-        last, at = previous
-        stats = interval_stats(last, scrape, now - at, target.status_labels, tuple(QUANTILE_METRICS))
-        labels = {"check": target.check or target.name}
-        samples = []
-        if stats.requests_per_second is not None:
-            samples.append(Sample("http.requests_per_second", round(stats.requests_per_second, 6), labels))
-        if stats.error_ratio is not None:
-            samples.append(Sample("http.error_ratio", round(stats.error_ratio, 6), labels))
-        for quantile, seconds in stats.latency.items():
-            samples.append(Sample(QUANTILE_METRICS[quantile], round(seconds, 6), labels))
-        return samples
+    def _window_of(self, target: ScrapeTarget) -> RateWindow:
+        window = self._windows.get(target.name)
+        if window is None:
+            window = self._windows[target.name] = RateWindow(target.rate_window.seconds, self.interval)
+        return window
+
+
+def _samples(target: ScrapeTarget, stats: IntervalStats) -> list[Sample]:
+    labels = {"check": target.check or target.name}
+    samples = []
+    if stats.requests_per_second is not None:
+        samples.append(Sample(vocab.HTTP_REQUEST_RATE, round(stats.requests_per_second, 6), labels))
+    if stats.error_ratio is not None:
+        samples.append(Sample(vocab.HTTP_ERROR_RATIO, round(stats.error_ratio, 6), labels))
+    for quantile, seconds in stats.latency.items():
+        samples.append(Sample(QUANTILE_METRICS[quantile], round(seconds, 6), labels))
+    if samples:
+        # until the window is full, the rates cover less of it: say how much, beside them
+        samples.append(Sample(vocab.HTTP_RATE_WINDOW, round(stats.covered, 3), labels))
+    return samples
+
+
+def _summary(target: ScrapeTarget, samples: list[Sample], covered: float) -> str:
+    rates = [
+        f"{s.name.removeprefix('http.')} {s.value:g}" for s in samples if s.name != vocab.HTTP_RATE_WINDOW
+    ]
+    span = Duration(round(covered, 1))
+    if span.seconds < target.rate_window.seconds:
+        return f"{', '.join(rates) or 'no traffic'} over {span} of the {target.rate_window} window"
+    return f"{', '.join(rates) or 'no traffic'} over {span}"

@@ -1,4 +1,4 @@
-"""Request rate, error ratio and latency quantiles between two scrapes of a Prometheus `/metrics` page.
+"""Request rate, error ratio and latency quantiles over a window of scrapes of a Prometheus `/metrics` page.
 
 Pure logic, no I/O: parsing is prometheus_client's, the arithmetic follows PromQL's `increase()`
 (counter resets) and `histogram_quantile()` (linear interpolation inside a bucket).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,6 +20,8 @@ BucketKey = tuple[SeriesKey, float]
 K = TypeVar("K")
 
 QUANTILES = (0.5, 0.95, 0.99)
+# Scrapes one target's window keeps, whatever window/interval asks: a longer window is thinned evenly.
+MAX_SCRAPES = 256
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,12 @@ class Scrape:
 
 @dataclass(frozen=True)
 class IntervalStats:
-    """What happened between two scrapes; None where there was nothing to compute it from."""
+    """What happened over `covered` seconds of scrapes; None where there was nothing to compute it from."""
 
     requests_per_second: float | None
     error_ratio: float | None
     latency: dict[float, float]  # quantile -> seconds, only the quantiles that have a value
+    covered: float = 0.0
 
 
 def _key(labels: Mapping[str, str]) -> SeriesKey:
@@ -155,9 +158,21 @@ def interval_stats(
     quantiles: Sequence[float] = QUANTILES,
 ) -> IntervalStats:
     """Rate, 5xx share and latency quantiles over the `elapsed` seconds between two scrapes."""
+    requests = increases(previous.requests, current.requests)
+    buckets = increases(previous.buckets, current.buckets)
+    return _stats(requests, buckets, elapsed, status_labels, quantiles)
+
+
+def _stats(
+    requests: Mapping[SeriesKey, float],
+    buckets: Mapping[BucketKey, float],
+    elapsed: float,
+    status_labels: Sequence[str],
+    quantiles: Sequence[float],
+) -> IntervalStats:
+    """Rate, 5xx share and quantiles from each series' increase over `elapsed` seconds."""
     if elapsed <= 0:
         return IntervalStats(None, None, {})
-    requests = increases(previous.requests, current.requests)
     total = sum(requests.values())
     rate = total / elapsed if requests else None
     kinds = {key: _is_error(key, status_labels) for key in requests}
@@ -166,11 +181,127 @@ def interval_stats(
     error_ratio = errors / total if total > 0 and has_status else None
 
     per_bound: dict[float, float] = {}
-    for (_, bound), value in increases(previous.buckets, current.buckets).items():
+    for (_, bound), value in buckets.items():
         per_bound[bound] = per_bound.get(bound, 0.0) + value  # sum by (le)
     latency = {}
     for q in quantiles:
         value = histogram_quantile(q, per_bound.items())
         if math.isfinite(value):
             latency[q] = value
-    return IntervalStats(rate, error_ratio, latency)
+    return IntervalStats(rate, error_ratio, latency, elapsed)
+
+
+class _Totals(Generic[K]):
+    """Each counter series' increase since it was first seen, summed across resets as `increase()` does.
+
+    Two totals taken at different scrapes subtract to the increase between them, so the scrapes
+    in between can be forgotten without losing a reset among them.
+    """
+
+    def __init__(self) -> None:
+        self._raw: dict[K, float] = {}  # the latest scrape's values, to tell a reset
+        self._totals: dict[K, float] = {}
+        self._seen: dict[K, float] = {}
+
+    def advance(self, raw: Mapping[K, float], at: float) -> dict[K, float]:
+        """The totals after a scrape at `at`, also of the series it no longer shows."""
+        # a series gone from the page (a restarted process) keeps its total: it still counts in
+        # the windows it was seen in
+        totals = dict(self._totals)
+        latest = {}
+        for key, value in raw.items():
+            if not math.isfinite(value):  # a broken reading would stay in the total for good: skip it
+                if key in self._raw:
+                    latest[key] = self._raw[key]
+                continue
+            totals[key] = totals.get(key, 0.0) + increase(self._raw.get(key, 0.0), value)
+            latest[key] = value
+            self._seen[key] = at
+        self._raw = latest
+        self._totals = totals
+        return totals
+
+    def forget(self, before: float) -> list[K]:
+        """Drop the series not seen since `before`; their totals no longer change in any window after it."""
+        gone = [key for key, seen in self._seen.items() if seen < before]
+        for key in gone:
+            del self._seen[key]
+            del self._totals[key]
+        return gone
+
+
+@dataclass(frozen=True)
+class _Point:
+    at: float
+    requests: dict[SeriesKey, float]
+    buckets: dict[BucketKey, float]
+
+
+def _delta(first: Mapping[K, float], last: Mapping[K, float]) -> dict[K, float]:
+    # a series missing from `first` appeared after it: all of its total is new
+    return {key: total - first.get(key, 0.0) for key, total in last.items()}
+
+
+class RateWindow:
+    """One target's scrapes over the last `window` seconds: rates, ratio and quantiles across all of them.
+
+    As PromQL's `rate(x[window])`: the increase from the oldest scrape in the window to the newest,
+    counter resets included, over the seconds between the two. Until the scrapes span the whole
+    window, the stats cover what they span (`IntervalStats.covered`). Memory is bounded:
+    window/interval + 1 scrapes, at most `max_scrapes`, thinned evenly when more come
+    (the warm-up's fast scrapes, a jittered schedule).
+    """
+
+    def __init__(self, window: float, interval: float, max_scrapes: int = MAX_SCRAPES) -> None:
+        if not window > 0 or not interval > 0:
+            raise ValueError(f"window ({window}) and interval ({interval}) must be above zero")
+        self.window = window
+        # a scrape due exactly one window ago, a little late, still belongs in the window
+        self.slack = min(0.1 * interval, 0.1 * window)
+        self.limit = max(2, min(max_scrapes, math.floor(window / interval + 1e-9) + 1))
+        self._points: list[_Point] = []
+        self._requests: _Totals[SeriesKey] = _Totals()
+        self._buckets: _Totals[BucketKey] = _Totals()
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    @property
+    def covered(self) -> float:
+        """Seconds between the oldest and the newest scrape kept."""
+        return self._points[-1].at - self._points[0].at if self._points else 0.0
+
+    def add(self, scrape: Scrape, at: float) -> None:
+        """Take a scrape made at `at` (seconds on a monotonic clock)."""
+        if self._points:
+            at = max(at, self._points[-1].at)  # a clock that ran back must not make a negative span
+        horizon = at - self.window - self.slack
+        while self._points and self._points[0].at < horizon:
+            del self._points[0]
+        # A series unseen since the oldest scrape kept has one total in all of them: dropped from
+        # each, it counts from zero if it comes back, and memory stays bounded under label churn.
+        oldest = self._points[0].at if self._points else at
+        for key in self._requests.forget(oldest):
+            for point in self._points:
+                point.requests.pop(key, None)
+        for bucket in self._buckets.forget(oldest):
+            for point in self._points:
+                point.buckets.pop(bucket, None)
+        self._points.append(
+            _Point(at, self._requests.advance(scrape.requests, at), self._buckets.advance(scrape.buckets, at))
+        )
+        while len(self._points) > self.limit:
+            # forget the inner scrape whose neighbours lie closest: start and end stay exact
+            inner = range(1, len(self._points) - 1)
+            del self._points[min(inner, key=lambda i: self._points[i + 1].at - self._points[i - 1].at)]
+
+    def stats(
+        self, status_labels: Sequence[str] = ("status", "code"), quantiles: Sequence[float] = QUANTILES
+    ) -> IntervalStats | None:
+        """Rate, 5xx share and quantiles across the window's scrapes; None before there are two."""
+        if len(self._points) < 2:
+            return None
+        first, last = self._points[0], self._points[-1]
+        requests = _delta(first.requests, last.requests)
+        buckets = _delta(first.buckets, last.buckets)
+        return _stats(requests, buckets, last.at - first.at, status_labels, quantiles)

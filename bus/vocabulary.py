@@ -183,37 +183,40 @@ PROBE_METRICS = catalog(
     MetricSpec(
         HTTP_REQUEST_RATE,
         "requests/s",
-        "requests a scraped target served since the previous scrape (its request counter)",
+        "requests a scraped target served per second over its rate_window (its request counter, as "
+        "PromQL's rate())",
         ("check",),
     ),
     MetricSpec(
         HTTP_ERROR_RATIO,
         "ratio",
-        "share of those requests answered 5xx (0 to 1); absent without requests or status label",
+        "share of those requests answered 5xx (0 to 1) over the same window; absent without requests or "
+        "status label",
         ("check",),
     ),
     MetricSpec(
         HTTP_LATENCY_P50,
         "seconds",
-        "median request duration since the previous scrape, from the histogram's buckets",
+        "median request duration over the target's rate_window, from the histogram's buckets",
         ("check",),
     ),
     MetricSpec(
         HTTP_LATENCY_P95,
         "seconds",
-        "95th percentile request duration since the previous scrape (histogram_quantile)",
+        "95th percentile request duration over the target's rate_window (histogram_quantile)",
         ("check",),
     ),
     MetricSpec(
         HTTP_LATENCY_P99,
         "seconds",
-        "99th percentile request duration since the previous scrape (histogram_quantile)",
+        "99th percentile request duration over the target's rate_window (histogram_quantile)",
         ("check",),
     ),
     MetricSpec(
         HTTP_RATE_WINDOW,
         "seconds",
-        "span of scrapes the rates and quantiles cover: the target's rate_window, less just after start",
+        "seconds of scrapes the rates, ratio and quantiles beside it cover: the target's rate_window, "
+        "less until it has filled after start or a gap",
         ("check",),
     ),
     MetricSpec(

@@ -57,6 +57,38 @@ def test_a_scrape_target_names_an_http_check_that_exists() -> None:
     assert probe(http=[http(name="api")], scrape=[{**scrape, "check": "api"}]).scrape[0].check == "api"
 
 
+def test_a_scrape_target_rates_over_one_minute_unless_its_rate_window_says_otherwise() -> None:
+    scrape = {"name": "api-metrics", "url": "http://127.0.0.1:8000/metrics"}
+    assert probe(scrape=[scrape]).scrape[0].rate_window.seconds == 60
+    assert (
+        probe(interval="30s", scrape=[{**scrape, "rate_window": "5m"}]).scrape[0].rate_window.seconds == 300
+    )
+    assert (
+        probe(interval="30s", scrape=[{**scrape, "rate_window": "30s"}]).scrape[0].rate_window.seconds == 30
+    )
+
+
+@pytest.mark.parametrize(
+    ("window", "expected"),
+    [
+        ("0s", "agents.probe.scrape[0]: rate_window must be longer than 0s"),
+        ("-1m", "agents.probe.scrape[0].rate_window: invalid duration '-1m'"),
+        (60, "agents.probe.scrape[0].rate_window: invalid duration 60"),
+        (
+            "20s",
+            "agents.probe: scrape[0] (api-metrics): rate_window 20s is shorter than the probe's 30s "
+            "interval, so it could never hold two scrapes; use at least 30s",
+        ),
+    ],
+)
+def test_a_rate_window_that_cannot_hold_two_scrapes_is_refused_with_its_key_path(
+    window: object, expected: str
+) -> None:
+    scrape = {"name": "api-metrics", "url": "http://127.0.0.1:8000/metrics", "rate_window": window}
+    (problem,) = problems(interval="30s", scrape=[scrape])
+    assert problem.startswith(expected), problem
+
+
 def test_an_http_check_reads_every_setting() -> None:
     config = probe(
         interval="30s",

@@ -1,4 +1,4 @@
-"""Rates, error ratios and quantiles between two scrapes, checked against hand-computed answers."""
+"""Rates, error ratios and quantiles between scrapes and over a window, against hand-computed answers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from agents.promscrape import Scrape, histogram_quantile, increase, interval_stats, parse_scrape
+from agents.promscrape import (
+    MAX_SCRAPES,
+    RateWindow,
+    Scrape,
+    histogram_quantile,
+    increase,
+    interval_stats,
+    parse_scrape,
+)
 
 INF = math.inf
 # cumulative: 10 requests <= 0.1s, 20 more <= 0.5s, 10 more <= 1s, none slower
@@ -194,3 +202,178 @@ def test_a_malformed_page_raises_value_error() -> None:
 def test_buckets_without_a_numeric_le_are_ignored() -> None:
     page = 'd_bucket{le="abc"} 5\nd_bucket{le="0.5"} 1\nd_bucket{le="+Inf"} 2\n'
     assert set(parse_scrape(page, "r", "d").buckets) == {((), 0.5), ((), INF)}
+
+
+# a window of scrapes ---------------------------------------------------------------------------
+
+
+def serve_second(app: App, seconds: int, error_share: float = 0.1, latency: float = 0.05) -> None:
+    """`seconds` of 20 req/s with `error_share` of them 500s."""
+    errors = round(20 * seconds * error_share)
+    app.serve(20 * seconds - errors, "200", latency)
+    app.serve(errors, "500", latency)
+
+
+def test_one_quiet_interval_in_an_incident_never_brings_the_windowed_ratio_down_to_5_percent() -> None:
+    """The issue's incident: 20 req/s, 10 % errors, scraped every 5 s; one 5 s held 5 errors in 100."""
+    app, window = App(), RateWindow(window=60, interval=5)
+    shares = [0.10] * 20 + [0.05] + [0.10] * 12  # the issue's 10 after it, and 2 more to see it leave
+    window.add(app.scrape(), 0.0)
+    ratios, pairwise = [], []
+    for step, share in enumerate(shares, start=1):
+        before = app.scrape()
+        serve_second(app, 5, share)
+        window.add(app.scrape(), 5.0 * step)
+        stats = window.stats()
+        assert stats is not None
+        assert stats.error_ratio is not None
+        ratios.append(stats.error_ratio)
+        pairwise.append(interval_stats(before, app.scrape(), 5.0).error_ratio)
+
+    assert pairwise[20] == pytest.approx(0.05)  # what the two-scrape ratio said: a resolve
+    assert min(ratios) > 0.095  # 115 errors in the 1200 requests of the worst minute
+    assert ratios[20:32] == pytest.approx([115 / 1200] * 12)  # the quiet 5 s inside the last minute
+    assert ratios[32] == pytest.approx(0.1)  # and out of it
+
+
+def test_until_the_window_is_full_the_stats_cover_what_the_scrapes_span() -> None:
+    app, window = App(), RateWindow(window=60, interval=5)
+    window.add(app.scrape(), 100.0)
+    assert window.stats() is None  # one scrape: no rate yet
+    covered = []
+    for step in range(1, 20):
+        serve_second(app, 5)
+        window.add(app.scrape(), 100.0 + 5 * step)
+        stats = window.stats()
+        assert stats is not None
+        assert stats.requests_per_second == pytest.approx(20.0)
+        covered.append(stats.covered)
+        assert len(window) <= 60 / 5 + 1
+
+    assert covered[:12] == [5.0 * n for n in range(1, 13)]
+    assert set(covered[12:]) == {60.0}
+
+
+def test_a_counter_reset_inside_the_window_counts_its_new_value_as_the_increase() -> None:
+    app, window = App(), RateWindow(window=60, interval=5)
+    serve_second(app, 100)  # history before the window: never counted
+    for step in range(6):
+        window.add(app.scrape(), 5.0 * step)
+        serve_second(app, 5)
+    app = App()  # the target restarted: its counters start again from zero
+    serve_second(app, 3, error_share=0.5)  # 30 errors among the 60 since the restart
+    for step in range(6, 13):
+        window.add(app.scrape(), 5.0 * step)
+        serve_second(app, 5)
+
+    stats = window.stats()
+    assert stats is not None
+    assert stats.covered == 60.0
+    # 5 intervals of 100 before it, 60 across it, 6 intervals of 100 after it; 50 + 30 + 60 errors
+    assert stats.requests_per_second == pytest.approx(1160 / 60)
+    assert stats.error_ratio == pytest.approx(140 / 1160)
+
+
+def test_warm_up_scrapes_are_thinned_without_losing_a_reset_among_them() -> None:
+    """A 1 s warm-up, then every 5 s: never more than window/interval + 1 scrapes kept, rates exact."""
+    app, window = App(), RateWindow(window=30, interval=5)
+    times = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, *(5.0 + 5 * n for n in range(1, 10))]
+    served: list[tuple[float, int]] = []  # (time, requests served since the previous scrape)
+    for at in times:
+        if at == 3.0:
+            app = App()  # a restart between two thinned scrapes
+        requests = 20 * (round(at - served[-1][0]) if served else 0)
+        serve_second(app, round(at - served[-1][0]) if served else 0)
+        served.append((at, requests))
+        window.add(app.scrape(), at)
+        assert len(window) <= 30 / 5 + 1
+        stats = window.stats()
+        if stats is None:
+            continue
+        start = at - stats.covered
+        expected = sum(count for when, count in served if start < when <= at)
+        assert stats.requests_per_second == pytest.approx(expected / stats.covered), at
+
+
+def test_a_long_window_keeps_at_most_the_hard_cap_of_scrapes() -> None:
+    app, window = App(), RateWindow(window=3600, interval=1)
+    for second in range(2 * MAX_SCRAPES):
+        serve_second(app, 1)
+        window.add(app.scrape(), float(second))
+        assert len(window) <= MAX_SCRAPES
+    stats = window.stats()
+    assert stats is not None
+    assert stats.covered == 2 * MAX_SCRAPES - 1  # the oldest scrape is kept: the span is exact
+    assert stats.requests_per_second == pytest.approx(20.0)
+
+
+def test_a_slow_burst_shows_in_the_quantiles_until_it_leaves_the_window() -> None:
+    app, window = App(), RateWindow(window=60, interval=5)
+    window.add(app.scrape(), 0.0)
+    serve_second(app, 5, latency=0.8)  # 5 s of slow answers, then fast ones
+    p99 = []
+    for step in range(1, 16):
+        if step > 1:
+            serve_second(app, 5, latency=0.05)
+        window.add(app.scrape(), 5.0 * step)
+        stats = window.stats()
+        assert stats is not None
+        p99.append(stats.latency[0.99])
+    assert all(value > 0.5 for value in p99[:12])  # the burst lies inside the last minute
+    assert all(value <= 0.1 for value in p99[12:])
+
+
+def test_a_series_gone_from_the_page_counts_while_it_was_seen_and_from_zero_when_it_returns() -> None:
+    def page(ok: int, errors: int | None) -> Scrape:
+        text = f'r_total{{status="200"}} {ok}\n'
+        if errors is not None:
+            text += f'r_total{{status="500"}} {errors}\n'
+        return parse_scrape(text, "r_total", "d")
+
+    window = RateWindow(window=20, interval=5)
+    window.add(page(100, 40), 0.0)
+    window.add(page(110, 50), 5.0)  # 10 errors, then the 500 series vanishes
+    window.add(page(120, None), 10.0)
+    stats = window.stats()
+    assert stats is not None
+    assert stats.error_ratio == pytest.approx(10 / 30)
+    for at in (15.0, 20.0, 25.0, 30.0):
+        window.add(page(120 + 2 * round(at), None), at)
+    window.add(page(200, 3), 35.0)  # back, counting from zero after a restart
+    stats = window.stats()
+    assert stats is not None
+    assert stats.covered == 20.0
+    assert stats.error_ratio == pytest.approx(3 / (200 - 150 + 3))
+
+
+def test_a_counter_that_once_reads_nan_or_inf_does_not_spoil_its_window() -> None:
+    window = RateWindow(window=60, interval=5)
+    for at, ok in ((0.0, "100"), (5.0, "NaN"), (10.0, "+Inf"), (15.0, "130")):
+        window.add(parse_scrape(f'r_total{{status="200"}} {ok}\nr_total{{status="500"}} 0\n', "r", "d"), at)
+    stats = window.stats()
+    assert stats is not None
+    assert stats.requests_per_second == pytest.approx(2.0)  # 30 requests in 15 s
+    assert stats.error_ratio == 0.0
+
+
+def test_after_a_gap_longer_than_the_window_the_next_scrape_starts_again() -> None:
+    app, window = App(), RateWindow(window=60, interval=5)
+    window.add(app.scrape(), 0.0)
+    serve_second(app, 5)
+    window.add(app.scrape(), 5.0)
+    serve_second(app, 300)
+    window.add(app.scrape(), 305.0)  # the target was unreachable for five minutes
+    assert window.stats() is None
+    serve_second(app, 5)
+    window.add(app.scrape(), 310.0)
+    stats = window.stats()
+    assert stats is not None
+    assert stats.covered == 5.0
+    assert stats.requests_per_second == pytest.approx(20.0)
+
+
+def test_a_window_of_zero_or_no_interval_is_a_bug_not_a_silent_default() -> None:
+    with pytest.raises(ValueError, match="must be above zero"):
+        RateWindow(window=0, interval=5)
+    with pytest.raises(ValueError, match="must be above zero"):
+        RateWindow(window=60, interval=0)
