@@ -67,7 +67,7 @@ _AT = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$", re.S)
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
 
 
-def _describe(error: msgspec.ValidationError, table: str) -> str:
+def _describe(error: msgspec.ValidationError | str, table: str) -> str:
     """One line for a validation error inside `table` ("" or "agents.host"): key path first."""
     match = _AT.match(str(error))
     msg, path = (match["msg"], match["path"]) if match else (str(error), "")
@@ -78,36 +78,109 @@ def _describe(error: msgspec.ValidationError, table: str) -> str:
     return f"{path or '(top level)'}: {msg}"
 
 
-def _struct_of(tp: Any) -> type[msgspec.Struct] | None:
+def _unwrap(tp: Any) -> Any:
     while get_origin(tp) is Annotated:
         tp = get_args(tp)[0]
+    return tp
+
+
+def _struct_of(tp: Any) -> type[msgspec.Struct] | None:
+    tp = _unwrap(tp)
     return tp if isinstance(tp, type) and issubclass(tp, msgspec.Struct) else None
+
+
+def _item_struct_of(tp: Any) -> type[msgspec.Struct] | None:
+    """The struct of a list-of-tables field (`[[evaluator.rules]]`), else None."""
+    tp = _unwrap(tp)
+    return _struct_of(get_args(tp)[0]) if get_origin(tp) is list and get_args(tp) else None
+
+
+def _key_problems(
+    key: str, value: Any, field: msgspec.structs.FieldInfo, struct: type[msgspec.Struct], table: str
+) -> list[str]:
+    """The problems of one key on its own: inside its sub-table or its list of tables, or of its value."""
+    sub_struct = _struct_of(field.type)
+    if sub_struct is not None and isinstance(value, dict):
+        return _problems(value, sub_struct, f"{table}.{key}")
+    item_struct = _item_struct_of(field.type)
+    if item_struct is not None and isinstance(value, list):
+        found = [
+            problem
+            for index, item in enumerate(value)
+            if isinstance(item, dict)
+            for problem in _problems(item, item_struct, f"{table}.{key}[{index}]")
+        ]
+        if found:
+            return found
+    try:
+        msgspec.convert({key: value}, struct, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        if _AT.match(str(exc)):  # an error without a key path is a rule across keys: see _table_rules
+            return [_describe(exc, table)]
+    return []
+
+
+def _table_rules(
+    document: Mapping[str, Any], struct: type[msgspec.Struct], table: str, bad: set[str]
+) -> list[str]:
+    """Problems of the table's own rules (its `__post_init__`), judged on the keys right on their own.
+
+    msgspec names only the first of them: a key that alone (with the defaults) breaks the same rule
+    is named and set aside, and the rest judged again. A rule across keys is named only when no
+    key was set aside before, since a key replaced by its default proves nothing about the rule.
+    """
+    required = [f.encode_name for f in msgspec.structs.fields(struct) if f.required]
+    absent = [key for key in required if key not in document]
+    if absent or bad.intersection(required):  # without them no rule of the table can be judged
+        return [_describe(f"Object missing required field `{key}`", table) for key in absent]
+    keys = {key: value for key, value in document.items() if key not in bad}
+    base = {key: keys[key] for key in required}
+    problems: list[str] = []
+    while (error := _error(keys, struct)) is not None:
+        culprit = _culprit(keys, base, struct, error)
+        if culprit is None and (problems or bad):
+            break
+        problems.append(_describe(error, table))
+        if culprit is None:
+            break
+        del keys[culprit]
+    return problems
+
+
+def _culprit(
+    keys: Mapping[str, Any], base: Mapping[str, Any], struct: type[msgspec.Struct], error: str
+) -> str | None:
+    """The first key that alone, besides the required ones, gives `error`; None if no key does."""
+    if _error(base, struct) is not None:  # the required keys alone fail: no key can be judged alone
+        return None
+    others = (key for key in keys if key not in base)
+    return next((key for key in others if _error({**base, key: keys[key]}, struct) == error), None)
+
+
+def _error(document: Mapping[str, Any], struct: type[msgspec.Struct]) -> str | None:
+    """The first problem msgspec finds in `document`, or None when it converts."""
+    try:
+        msgspec.convert(document, struct, dec_hook=dec_hook)
+    except msgspec.ValidationError as exc:
+        return str(exc)
+    return None
 
 
 def _problems(document: Mapping[str, Any], struct: type[msgspec.Struct], table: str) -> list[str]:
     """Every problem in one table, key by key and then the table's own rules, recursing into sub-tables."""
     fields = {f.encode_name: f for f in msgspec.structs.fields(struct)}
     problems = []
+    bad = set()
     for key, value in document.items():
         field = fields.get(key)
         if field is None:
-            problems.append(f"{table}.{key}: unknown key".lstrip("."))
-            continue
-        sub_struct = _struct_of(field.type)
-        if sub_struct is not None and isinstance(value, dict):
-            problems += _problems(value, sub_struct, f"{table}.{key}")
-            continue
-        try:
-            msgspec.convert({key: value}, struct, dec_hook=dec_hook)
-        except msgspec.ValidationError as exc:
-            if _AT.match(str(exc)):  # an error without a key path is a rule across keys: below
-                problems.append(_describe(exc, table))
-    if not problems:  # rules across keys (jitter shorter than interval) need the whole table
-        try:
-            msgspec.convert(dict(document), struct, dec_hook=dec_hook)
-        except msgspec.ValidationError as exc:
-            problems.append(_describe(exc, table))
-    return problems
+            found = [f"{table}.{key}: unknown key".lstrip(".")]
+        else:
+            found = _key_problems(key, value, field, struct, table)
+        if found:
+            problems += found
+            bad.add(key)
+    return problems + _table_rules(document, struct, table, bad)
 
 
 def parse_config(document: Mapping[str, Any]) -> Config:
