@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import msgspec
 from msgspec import Meta
 
 from agents.config import AgentsConfig
+from agents.probe_config import PromQLQuery
+from bus import vocabulary
 from bus.config import BusConfig
 from bus.connection import BusConfigError, resolve_credentials, tls_context
 from bus.server import ServerConfig
 from bus.units import dec_hook
-from evaluator.config import EvaluatorConfig
+from evaluator.config import EvaluatorConfig, Rule
 from sinks.config import SinksConfig
 from sinks.slack import SlackConfigError, resolve_secrets
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -183,9 +188,59 @@ def _problems(document: Mapping[str, Any], struct: type[msgspec.Struct], table: 
     return problems + _table_rules(document, struct, table, bad)
 
 
+def declared_metrics(queries: Iterable[PromQLQuery]) -> frozenset[str]:
+    """Every metric an agent can publish: the catalogues, and the names the probe's PromQL queries give."""
+    return vocabulary.declared_metrics() | {query.metric_name for query in queries}
+
+
+def metric_problems(rules: Mapping[int, Rule], declared: frozenset[str]) -> list[str]:
+    """Rules (by index in `[[evaluator.rules]]`) on a metric nobody publishes never fire: name the nearest."""
+    problems = []
+    for index, rule in rules.items():
+        if rule.kind != "metrics" or rule.metric is None or rule.metric in declared:
+            continue
+        nearest = difflib.get_close_matches(rule.metric, sorted(declared), n=3)
+        hint = (
+            f"did you mean {', '.join(nearest)}?"
+            if nearest
+            else "docs/events.md lists the agents' metrics; [[agents.probe.promql]] queries add their own"
+        )
+        problems.append(f"evaluator.rules[{index}].metric: no agent publishes {rule.metric!r}; {hint}")
+    return problems
+
+
+def _tables_at(document: Mapping[str, Any], path: str) -> list[Any]:
+    """The list of tables at a dotted key path ("evaluator.rules"), or [] when there is none."""
+    node: Any = document
+    for key in path.split("."):
+        node = node.get(key, {}) if isinstance(node, Mapping) else {}
+    return node if isinstance(node, list) else []
+
+
+def _convert(item: Any, tp: type[S]) -> S | None:
+    try:
+        return msgspec.convert(item, tp, dec_hook=dec_hook)
+    except msgspec.ValidationError:
+        return None
+
+
+def _metric_problems(document: Mapping[str, Any]) -> list[str]:
+    """`metric_problems` of the rules that are right on their own, once every PromQL query is too."""
+    queries = [_convert(item, PromQLQuery) for item in _tables_at(document, "agents.probe.promql")]
+    valid = [query for query in queries if query is not None]
+    if len(valid) < len(queries):  # a broken query may be the one that publishes the metric
+        return []
+    rules = {
+        index: rule
+        for index, item in enumerate(_tables_at(document, "evaluator.rules"))
+        if (rule := _convert(item, Rule)) is not None
+    }
+    return metric_problems(rules, declared_metrics(valid))
+
+
 def parse_config(document: Mapping[str, Any]) -> Config:
     """Validate a decoded TOML document, reporting every problem at once, one line each."""
-    problems = _problems(document, Config, "")
+    problems = _problems(document, Config, "") + _metric_problems(document)
     if problems:
         raise ConfigError(problems)
     return msgspec.convert(dict(document), Config, dec_hook=dec_hook)

@@ -1,4 +1,4 @@
-"""check-config names every problem of a file in one run."""
+"""check-config names every problem of a file in one run, and knows which metrics exist."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from jarvis_monitor.cli import main
+from jarvis_monitor.commands import EXIT_CONFIG
 from jarvis_monitor.config import ConfigError, load_config
 
 
@@ -78,3 +80,79 @@ def test_rules_across_keys_are_still_judged_on_the_whole_table(tmp_path: Path) -
     path = tmp_path / "ok.toml"
     path.write_text('[agents.host]\ninterval = "20s"\njitter = "15s"\n', encoding="utf-8")
     assert load_config(path, environ={}).agents.host.jitter.seconds == 15
+
+
+def test_a_rule_on_a_metric_no_agent_publishes_names_the_nearest(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        '[[evaluator.rules]]\nname = "cpu"\nmetric = "cpu.percent"\nthreshold = 1\n'
+        '[[evaluator.rules]]\nname = "typo"\nmetric = "cpu.percnt"\nthreshold = 90\n',
+    )
+    assert len(problems) == 1
+    assert problems[0].startswith("evaluator.rules[1].metric: no agent publishes 'cpu.percnt'; did you mean ")
+    assert problems[0].endswith("?")
+    assert "cpu.percent" in problems[0]
+
+
+def test_an_unknown_metric_is_named_beside_the_other_problems_of_the_file(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        '[agents.host]\nintervall = "10s"\n'
+        '[[evaluator.rules]]\nname = "a"\nmetric = "cpu.percent"\nthreshold = "x"\n'
+        '[[evaluator.rules]]\nname = "b"\nmetric = "zz.top"\nthreshold = 1\n',
+    )
+    assert problems[:2] == [
+        "agents.host.intervall: unknown key",
+        "evaluator.rules[0].threshold: Expected `float | null`, got `str`",
+    ]
+    assert problems[2].startswith("evaluator.rules[1].metric: no agent publishes 'zz.top'; docs/events.md")
+
+
+def test_metrics_named_by_the_probes_promql_queries_count_as_published(tmp_path: Path) -> None:
+    path = tmp_path / "jarvis.toml"
+    path.write_text(
+        '[[agents.probe.promql]]\nname = "p95"\nquery = "up"\n'
+        '[[agents.probe.promql]]\nname = "rate"\nquery = "up"\nmetric = "jarvis.request_rate"\n'
+        '[[evaluator.rules]]\nname = "a"\nmetric = "promql.p95"\nthreshold = 1\n'
+        '[[evaluator.rules]]\nname = "b"\nmetric = "jarvis.request_rate"\nthreshold = 1\n',
+        encoding="utf-8",
+    )
+    assert [rule.metric for rule in load_config(path, environ={}).evaluator.rules] == [
+        "promql.p95",
+        "jarvis.request_rate",
+    ]
+
+
+def test_a_promql_metric_no_query_of_the_config_publishes_is_refused(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        '[[agents.probe.promql]]\nname = "p95"\nquery = "up"\n'
+        '[[evaluator.rules]]\nname = "a"\nmetric = "promql.p99"\nthreshold = 1\n',
+    )
+    assert problems == [
+        "evaluator.rules[0].metric: no agent publishes 'promql.p99'; did you mean promql.p95?"
+    ]
+
+
+def test_health_and_heartbeat_rules_name_no_metric(tmp_path: Path) -> None:
+    path = tmp_path / "jarvis.toml"
+    path.write_text(
+        '[[evaluator.rules]]\nname = "down"\nkind = "health"\n'
+        '[[evaluator.rules]]\nname = "silent"\nkind = "heartbeat"\nthreshold = 5\n',
+        encoding="utf-8",
+    )
+    assert len(load_config(path, environ={}).evaluator.rules) == 2
+
+
+def test_check_config_exits_2_on_an_unknown_metric(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "jarvis.toml"
+    path.write_text(
+        '[[evaluator.rules]]\nname = "cpu"\nmetric = "cpu.percnt"\nthreshold = 90\n', encoding="utf-8"
+    )
+    assert main(["check-config", str(path)]) == EXIT_CONFIG
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith(
+        "evaluator.rules[0].metric: no agent publishes 'cpu.percnt'; did you mean cpu.percent"
+    )
