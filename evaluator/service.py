@@ -291,15 +291,23 @@ class EvaluatorService:
         return False
 
     async def _renew_lease(self) -> None:
+        failures = 0
         while True:
-            await asyncio.sleep(self._lease.ttl / 3)
+            # after a failure (an outage), try again soon: the lease must be renewed before it
+            # expires once the server is back, or a standby would take over for nothing
+            await asyncio.sleep(LEASE_RETRY if failures else self._lease.ttl / 3)
             try:
                 if await self._lease.renew():
+                    failures = 0
                     continue
             except (nats.errors.Error, TimeoutError, OSError) as exc:
-                log.warning("evaluator: renewing the lease failed, retrying: %s", exc)
+                failures += 1
+                if _worth_logging(failures):
+                    log.warning("evaluator: renewing the lease failed (%s), retrying", exc)
                 continue
-            log.error("evaluator: another evaluator took over (this one missed its lease); standing by")
+            holder = self._lease.taken_by
+            by = f" ({holder.host}, pid {holder.pid})" if holder is not None else ""
+            log.error("evaluator: another evaluator%s took over (this one missed its lease); standing by", by)
             self._lease_lost = True
             self._wake.set()
             return

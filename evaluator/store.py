@@ -17,7 +17,7 @@ import msgspec
 import nats.errors
 import psutil
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket
@@ -31,6 +31,11 @@ ACTIVE_KEY = "active"
 LEASE_KEY = "lease"
 # An evaluator that stops renewing its lease loses it after this long.
 LEASE_TTL = 15.0
+# Renewals over a revision that own writes whose replies were lost keep moving on.
+RENEW_ATTEMPTS = 5
+# The server's codes for a write conditional on a revision that is not the latest (delete raises
+# the bare API error with them; update turns them into KeyWrongLastSequenceError).
+_WRONG_LAST_SEQUENCE = (10071, 10164)
 SILENCE_PREFIX = "silence."
 ACK_PREFIX = "ack."
 # Expired silences stay listed (`silence list --all`) this long, as in Alertmanager.
@@ -310,6 +315,8 @@ class Lease:
             expires_at=0.0,
         )
         self._revision = 0
+        # who took the lease from this one (None: nobody, or a record that names no one)
+        self.taken_by: LeaseRecord | None = None
 
     def _free(self, holder: LeaseRecord) -> bool:
         if holder.token == self.mine.token or holder.expires_at < self.clock():
@@ -320,39 +327,82 @@ class Lease:
         record = msgspec.structs.replace(self.mine, expires_at=self.clock() + self.ttl)
         return msgspec.json.encode(record)
 
-    async def acquire(self) -> LeaseRecord | None:
-        """Take the lease if it is free; else return who holds it."""
+    async def _stored(self) -> tuple[int, LeaseRecord | None] | None:
+        """The lease's revision and record as stored now; None if it is deleted or was never made."""
         try:
             entry = await self.kv.get(LEASE_KEY)
-        except KeyNotFoundError:
-            entry = None
+        except KeyNotFoundError:  # a delete marker too
+            return None
         holder = None
-        if entry is not None and entry.value:
+        if entry.value:
             with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
                 holder = msgspec.json.decode(entry.value, type=LeaseRecord)
+        return entry.revision or 0, holder
+
+    async def _own_revision(self) -> int | None:
+        """The stored revision if the stored record is this lease's own, else None.
+
+        Only this lease writes its token, and only over a revision it knows, so a record with
+        its token means nobody else wrote since: a write whose reply was lost in an outage.
+        """
+        stored = await self._stored()
+        if stored is None:
+            self.taken_by = None
+            return None
+        revision, holder = stored
+        if holder is not None and holder.token == self.mine.token:
+            return revision
+        self.taken_by = holder
+        return None
+
+    async def acquire(self) -> LeaseRecord | None:
+        """Take the lease if it is free; else return who holds it."""
+        stored = await self._stored()
+        holder = stored[1] if stored is not None else None
         if holder is not None and not self._free(holder):
             return holder
         try:
-            if entry is None:
+            if stored is None:
                 self._revision = await self.kv.create(LEASE_KEY, self._record())
             else:
-                self._revision = await self.kv.update(LEASE_KEY, self._record(), last=entry.revision)
+                self._revision = await self.kv.update(LEASE_KEY, self._record(), last=stored[0])
         except KeyWrongLastSequenceError:  # another evaluator was quicker
             return holder or self.mine
+        self.taken_by = None
         return None
 
     async def renew(self) -> bool:
-        """Extend the lease; False if another evaluator has taken it."""
-        try:
-            self._revision = await self.kv.update(LEASE_KEY, self._record(), last=self._revision)
-        except KeyWrongLastSequenceError:
-            return False
+        """Extend the lease, expired or not, unless another evaluator has taken it (then False).
+
+        A renewal that timed out in an outage may have been stored all the same: the revision
+        moved on, but the record is still this lease's, so it renews over that revision.
+        """
+        for _ in range(RENEW_ATTEMPTS):
+            try:
+                self._revision = await self.kv.update(LEASE_KEY, self._record(), last=self._revision)
+            except KeyWrongLastSequenceError:
+                revision = await self._own_revision()
+                if revision is None:
+                    return False
+                self._revision = revision
+                continue
+            return True
+        # each attempt found a later write of its own (several lost renewals stored one by one):
+        # the stored record is still this lease's, renewed by one of them
         return True
 
     async def release(self) -> None:
         """Hand the lease over at once (a standby takes it within a second)."""
         with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
-            await self.kv.delete(LEASE_KEY, last=self._revision)
+            try:
+                await self.kv.delete(LEASE_KEY, last=self._revision)
+            except APIError as exc:
+                if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                    raise
+                # a renewal whose reply was lost moved the revision on
+                revision = await self._own_revision()
+                if revision is not None:
+                    await self.kv.delete(LEASE_KEY, last=revision)
 
 
 async def open_buckets(js: JetStreamContext, prefix: str) -> tuple[StateStore, SilenceStore]:

@@ -100,3 +100,13 @@ async def bus(nats_server: EmbeddedServer, bus_config: BusConfig) -> AsyncIterat
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture
+async def own_nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
+    """A nats-server of the test's own: `stop()` then `start()` restarts it on the same port and
+    JetStream store, as an outage does."""
+    server = EmbeddedServer(ServerConfig(port=0), tmp_path / "own-nats", nats_server_binary())
+    await server.start()
+    yield server
+    await server.stop()
