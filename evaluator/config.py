@@ -318,6 +318,14 @@ class DefaultRoute(Consolidation, frozen=True, forbid_unknown_fields=True, kw_on
         "default"
     )
     receiver: Annotated[str, Meta(description="Slack channel of this route")] = "#alerts"
+    critical_apart: Annotated[
+        bool,
+        Meta(
+            description="critical alerts form groups of their own, batched no longer than group_wait: "
+            "a new critical is sent within its for plus group_wait, whatever else already fires "
+            "on its host; false: Alertmanager's grouping"
+        ),
+    ] = True
 
     def __post_init__(self) -> None:
         _check_route_name(self.name)
@@ -338,6 +346,10 @@ class Route(DefaultRoute, frozen=True, forbid_unknown_fields=True, kw_only=True)
         Meta(description="route name: the subject token of jarvis.notifications.<name>", examples=["ops"]),
     ]
     receiver: Annotated[str, Meta(description="Slack channel of this route", examples=["#ops-alerts"])]
+    critical_apart: Annotated[
+        bool,
+        Meta(description="as default_route's; off for your own routes unless you turn it on"),
+    ] = False
     severity: Annotated[
         list[Severity], Meta(description="severities it takes; empty: all", examples=[["critical"]])
     ] = []
@@ -358,17 +370,6 @@ class Route(DefaultRoute, frozen=True, forbid_unknown_fields=True, kw_only=True)
             Consolidation.__post_init__(self)
         except ValueError as exc:
             raise ValueError(f"route {self.name!r}: {exc}") from None
-
-
-# Criticals apart from warnings, and never batched longer than group_wait: a host already notified
-# for a warning, or for another critical, does not hold a new critical back for group_interval.
-CRITICAL_ROUTE = Route(
-    name="critical",
-    receiver="#alerts",
-    severity=["critical"],
-    group_wait=Duration(30),
-    group_interval=Duration(30),
-)
 
 
 class InhibitRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -499,13 +500,10 @@ class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     routes: Annotated[
         list[Route],
         Meta(
-            description="routes, first match wins; alerts no route takes go to default_route. The "
-            "built-in `critical` route sends a new critical within its for plus group_wait whatever "
-            "else fires on its host (its group_interval is its group_wait); routes of your own "
-            "replace it and keep Alertmanager's semantics",
+            description="routes, first match wins; alerts no route takes go to default_route",
             examples=[[{"name": "critical", "receiver": "#oncall", "severity": ["critical"]}]],
         ),
-    ] = msgspec.field(default_factory=lambda: [CRITICAL_ROUTE])
+    ] = []
     default_route: Annotated[DefaultRoute, Meta(description="route of the alerts no other route takes")] = (
         msgspec.field(default_factory=DefaultRoute)
     )

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from bus.events import Alert, Notification, NotificationStatus
 from evaluator.config import Route
-from evaluator.grouping import Group, group_key, notification_id, select_route
+from evaluator.grouping import Group, group_key, is_urgent, notification_id, select_route
 from evaluator.mute import MuteStage
 
 
@@ -62,7 +62,7 @@ class Dispatcher:
         route, key, missing = self.route(alert.labels)
         group = self.groups.get(key)
         if group is None:
-            group = Group(key=key, route=route.name)
+            group = Group(key=key, route=route.name, urgent=is_urgent(route, alert.labels))
             self.groups[key] = group
             self._schedule(group, now + route.group_wait.seconds)
         pinned = group.alerts.get(alert.fingerprint)
@@ -109,10 +109,14 @@ class Dispatcher:
             heapq.heappush(self._timers, (at, group.key))
 
     def _touch(self, group: Group, now: float) -> None:
-        """Something changed in a group: before its first flush group_wait runs, else group_interval."""
+        """Something changed in a group: before its first flush group_wait runs, else group_interval.
+
+        An urgent group (criticals kept apart) batches no longer than group_wait.
+        """
         if group.flushed_at is not None:
-            interval = self._routes.get(group.route, self._default).group_interval.seconds
-            self._schedule(group, max(group.flushed_at + interval, now))
+            route = self._routes.get(group.route, self._default)
+            interval = route.group_wait if group.urgent else route.group_interval
+            self._schedule(group, max(group.flushed_at + interval.seconds, now))
 
     # --- a flush ----------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch, Notification, Sample, Status
-from evaluator.config import EvaluatorConfig, Rule
+from evaluator.config import DefaultRoute, EvaluatorConfig, Rule
 from evaluator.engine import Engine
 
 
@@ -58,9 +58,9 @@ def heartbeat(host: str, agent: str = "host", interval: float = 10.0) -> Heartbe
 
 
 def only_rules(*rules: Rule, **settings: Any) -> EvaluatorConfig:
-    """A config with just these rules: no defaults, no default inhibition, no built-in routes."""
+    """A config with just these rules: no defaults, no default inhibition, Alertmanager's grouping."""
     settings.setdefault("default_rules", False)
-    settings.setdefault("routes", [])
+    settings.setdefault("default_route", DefaultRoute(critical_apart=False))
     settings.setdefault("default_inhibit_rules", False)
     return EvaluatorConfig(rules=list(rules), **settings)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evaluator.config import CRITICAL_ROUTE, DefaultRoute, Matcher, Rule
+from evaluator.config import DefaultRoute, Matcher, Rule
 from evaluator.rules import DEFAULT_INHIBIT_RULES, DEFAULT_RULES
 
 
@@ -71,27 +71,17 @@ def render_rules_doc() -> str:
             f"| {_matchers(inhibit.source_matchers)} | {_matchers(inhibit.target_matchers)} | {equal} |"
         )
     default = DefaultRoute()
+    group_by = ", ".join(f"`{label}`" for label in default.group_by)
     out += [
         "",
-        "## Routes",
+        "## The default route",
         "",
-        "| route | takes | group_by | group_wait | group_interval | repeat_interval |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, takes, route in (
-        (CRITICAL_ROUTE.name, "severity critical", CRITICAL_ROUTE),
-        (default.name, "everything else", default),
-    ):
-        group_by = ", ".join(f"`{label}`" for label in route.group_by)
-        out.append(
-            f"| `{name}` | {takes} | {group_by} | {route.group_wait} | {route.group_interval} "
-            f"| {route.repeat_interval} |"
-        )
-    out += [
-        "",
-        "The `critical` route batches no longer than its group_wait, so a new critical is sent",
-        "within its `for` plus group_wait whatever else fires on its host. `evaluator.routes` of",
-        "your own replace it and keep Alertmanager's semantics.",
+        f"Alerts no route of yours takes are grouped by {group_by}: group_wait {default.group_wait},",
+        f"group_interval {default.group_interval}, repeat_interval {default.repeat_interval}.",
+        "Its critical alerts form groups of their own (`critical_apart`) that batch no longer",
+        "than group_wait, so a new critical is sent within its `for` plus group_wait, whatever",
+        "else already fires on its host. `evaluator.routes` of your own keep Alertmanager's",
+        "grouping unless you set `critical_apart = true` on them.",
         "",
         "## Flapping",
         "",
