@@ -691,6 +691,24 @@ class Engine:
             self._transition(rule, series, INACTIVE, now)
             self._drop(series)
 
+    def bus_restored(self, now: float) -> None:
+        """The bus was out of reach until `now`: a silence during the outage was not the agents'.
+
+        Every series not already firing for its silence is judged as if seen at `now`: no agent
+        is reported down, and no alert goes stale, for an outage of the bus itself.
+        """
+        for series in self._by_fp.values():
+            rule = self._rules.get(series.rule)
+            if (
+                rule is None
+                or series.last_seen >= now
+                or (rule.kind == "heartbeat" and series.state == FIRING)
+            ):
+                continue
+            series.last_seen = now
+            series.timer = None
+            self._reschedule(rule, series)
+
     # --- queries and commands --------------------------------------------------------------
 
     def drain(self) -> Output:

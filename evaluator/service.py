@@ -195,6 +195,9 @@ class EvaluatorService:
         self.max_batch = max_batch
         self.stats = ServiceStats()
         self.ready = asyncio.Event()  # consumers made and state restored
+        self._max_skew = config.max_clock_skew.seconds
+        # the bus was out of reach since the last tick: on return, the silence is not the agents'
+        self._blind = False
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._js = bus.nc.jetstream()
@@ -533,8 +536,10 @@ class EvaluatorService:
             if _worth_logging(stats.undecodable):
                 log.warning("evaluator: %s (%d skipped so far)", exc, stats.undecodable)
             return
-        # the stream's timestamp, so a redelivery after a crash replays identically
-        now = max(message.ts, self._engine_now)
+        # The event's own time, within max_clock_skew of the stream's: what an agent buffered
+        # through an outage counts when it was sent, and a redelivery replays identically.
+        skew = self._max_skew
+        now = max(min(max(event.ts, message.ts - skew), message.ts), self._engine_now)
         try:
             deadline = engine.next_deadline()
             if deadline is not None and deadline <= now:
@@ -556,6 +561,11 @@ class EvaluatorService:
         The wall clock lags by TICK_LAG, so that a message stored just before a tick but fetched
         just after it is still evaluated before the timers of that moment run.
         """
+        if not self.bus.nc.is_connected:
+            self._blind = True
+        elif self._blind and self._engine_now > -math.inf:
+            self._blind = False
+            self.engine.bus_restored(self._now())
         now = self._now() if self._caught_up() else self._engine_now
         if now == -math.inf:  # nothing evaluated yet and the inputs not fetched: no time to tick at
             self._last_tick = self.clock()
@@ -711,7 +721,7 @@ _INPUTS: dict[str, Callable[[bytes, str], Input]] = {
 
 def alert_msg_id(alert: Alert) -> str:
     """The Nats-Msg-Id of an alert: one per (fingerprint, status, flapping, start or end)."""
-    at = alert.ends_at if alert.status == "resolved" and alert.ends_at is not None else alert.starts_at
+    at = alert.ends_at if alert.ends_at is not None else alert.starts_at  # resolved, inactive: the end
     flapping = ":flapping" if alert.flapping else ""
     return f"{alert.fingerprint}:{alert.status}{flapping}:{at!r}"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from bus.events import Alert, Notification
 from bus.units import Duration
 from evaluator.config import EvaluatorConfig, FlappingConfig, Rule, RuleTuning
-from evaluator.testing import Driver, health, metrics, only_rules
+from evaluator.testing import Driver, health, heartbeat, metrics, only_rules
 from sinks.report.rollups import RollupStore
 
 API = {"check": "backend-api"}
@@ -243,3 +243,22 @@ def test_the_report_counts_only_real_firings_of_an_alert_that_was_mostly_pending
     store.ingest([a for a in driver.alerts if a.rule == "container_unhealthy"])
     incidents = store.incidents(0, t)
     assert len(incidents) == 2
+
+
+def test_after_a_bus_outage_agents_are_judged_from_its_end_not_during_it() -> None:
+    driver = Driver(EvaluatorConfig())
+    driver.at(0, heartbeat("web01", interval=2), metrics("web01", {"disk.percent": 95}, interval=2))
+    driver.engine.bus_restored(10)  # the bus was out of reach from 0 to 10
+    driver.at(15)
+    assert [a.rule for a in driver.alerts if a.rule == "agent_down"] == []
+    driver.at(16)  # still silent 3 intervals after the outage: that silence is the agent's
+    assert [a.status for a in driver.alerts if a.rule == "agent_down"] == ["firing"]
+
+
+def test_an_agent_already_down_before_an_outage_stays_down() -> None:
+    driver = Driver(EvaluatorConfig())
+    driver.at(0, heartbeat("web01", interval=2))
+    driver.at(10)
+    driver.engine.bus_restored(20)
+    driver.at(30)
+    assert [a.status for a in driver.alerts if a.rule == "agent_down"] == ["firing"]
