@@ -23,6 +23,7 @@ import msgspec
 
 from agents.probe_config import HttpCheck, HttpSettings, PromQLQuery, TcpCheck
 from agents.runner import Check
+from bus import vocabulary as vocab
 from bus.events import Sample, Status
 from bus.redact import redact_text, redact_url
 
@@ -160,7 +161,7 @@ async def http_check(
     verdict, detail = judge_response(check, status, body, latency)
     return Outcome(
         Check(check.name, verdict, latency, detail, labels={"url": url}),
-        [Sample("http.latency_seconds", round(latency, 6), labels)],
+        [Sample(vocab.HTTP_LATENCY, round(latency, 6), labels)],
     )
 
 
@@ -186,7 +187,7 @@ async def tcp_check(check: TcpCheck, timeout: float) -> Outcome:
         status, detail = "warning", f"connected but slow: {latency:.3f}s (warning above {check.warn_latency})"
     return Outcome(
         Check(check.name, status, latency, detail, labels={"address": address}),
-        [Sample("tcp.connect_seconds", round(latency, 6), {"check": check.name, "address": address})],
+        [Sample(vocab.TCP_CONNECT, round(latency, 6), {"check": check.name, "address": address})],
     )
 
 

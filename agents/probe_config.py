@@ -12,6 +12,7 @@ import msgspec
 from msgspec import Meta
 
 from agents.runner import AgentConfig
+from bus import vocabulary as vocab
 from bus.redact import redact_url
 from bus.subjects import sanitize_token
 from bus.units import Duration
@@ -197,7 +198,7 @@ class PromQLQuery(HttpSettings, frozen=True, forbid_unknown_fields=True, kw_only
 
     @property
     def metric_name(self) -> str:
-        return self.metric or f"promql.{self.name}"
+        return self.metric or f"{vocab.PROMQL_PREFIX}{self.name}"
 
 
 AnyCheck = HttpCheck | TcpCheck | ScrapeTarget | PromQLQuery

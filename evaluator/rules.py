@@ -6,6 +6,7 @@ import difflib
 import string
 from collections.abc import Callable, Mapping
 
+from bus import vocabulary as vocab
 from bus.units import Duration
 from evaluator.config import (
     EvaluatorConfig,
@@ -18,8 +19,6 @@ from evaluator.config import (
 
 # Database checks by name: "postgres", "db", "database-main", "postgres:5432" (not "feedback").
 DATABASE_CHECK = r"(?i)(postgres|postgresql|database|db)([-_.:].*)?"
-COLLECTOR_TARGET = "_collector"  # an agent's own collection health (agents/runner.py)
-DOCKER_TARGET = "docker"  # the container agent's check of the Docker engine (agents/container.py)
 
 
 def _m(name: str, op: str, value: str) -> Matcher:
@@ -29,7 +28,7 @@ def _m(name: str, op: str, value: str) -> Matcher:
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         name="disk_usage_high",
-        metric="disk.percent",
+        metric=vocab.DISK_PERCENT,
         threshold=85,
         clear_threshold=80,
         for_=Duration(300),
@@ -39,7 +38,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         name="memory_usage_high",
-        metric="mem.percent",
+        metric=vocab.MEM_PERCENT,
         threshold=85,
         clear_threshold=80,
         for_=Duration(300),
@@ -49,7 +48,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         name="cpu_usage_high",
-        metric="cpu.percent",
+        metric=vocab.CPU_PERCENT,
         threshold=90,
         clear_threshold=85,
         for_=Duration(300),
@@ -59,7 +58,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         name="http_error_rate_high",
-        metric="http.error_ratio",
+        metric=vocab.HTTP_ERROR_RATIO,
         threshold=0.05,
         clear_threshold=0.04,
         for_=Duration(300),
@@ -70,7 +69,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         name="http_latency_p95_high",
-        metric="http.latency_p95_seconds",
+        metric=vocab.HTTP_LATENCY_P95,
         threshold=2,
         clear_threshold=1.8,
         for_=Duration(300),
@@ -81,7 +80,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         name="performance_degradation",
-        metric="http.latency_p95_seconds",
+        metric=vocab.HTTP_LATENCY_P95,
         threshold=0.5,
         clear_threshold=0.45,
         for_=Duration(900),
@@ -93,7 +92,10 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         name="container_unhealthy",
         kind="health",
-        matchers=[_m("agent", "=", "container"), _m("target", "!~", f"{COLLECTOR_TARGET}|{DOCKER_TARGET}")],
+        matchers=[
+            _m("agent", "=", vocab.CONTAINER_AGENT),
+            _m("target", "!~", f"{vocab.COLLECTOR_TARGET}|{vocab.DOCKER_TARGET}"),
+        ],
         status=["critical"],
         for_=Duration(60),
         severity="warning",
@@ -103,7 +105,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         name="docker_unreachable",
         kind="health",
-        matchers=[_m("agent", "=", "container"), _m("target", "=", DOCKER_TARGET)],
+        matchers=[_m("agent", "=", vocab.CONTAINER_AGENT), _m("target", "=", vocab.DOCKER_TARGET)],
         status=["critical"],
         for_=Duration(60),
         severity="critical",
@@ -114,8 +116,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         name="service_down",
         kind="health",
         matchers=[
-            _m("agent", "=", "probe"),
-            _m("target", "!=", COLLECTOR_TARGET),
+            _m("agent", "=", vocab.PROBE_AGENT),
+            _m("target", "!=", vocab.COLLECTOR_TARGET),
             _m("target", "!~", DATABASE_CHECK),
         ],
         status=["critical"],
@@ -128,7 +130,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         name="database_unreachable",
         kind="health",
-        matchers=[_m("agent", "=", "probe"), _m("target", "=~", DATABASE_CHECK)],
+        matchers=[_m("agent", "=", vocab.PROBE_AGENT), _m("target", "=~", DATABASE_CHECK)],
         status=["critical"],
         for_=Duration(60),
         severity="critical",
@@ -148,7 +150,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         name="container_deployed",
         kind="health",
-        matchers=[_m("agent", "=", "container")],
+        matchers=[_m("agent", "=", vocab.CONTAINER_AGENT)],
         status=[],
         events=["deployed"],
         keep_firing_for=Duration(600),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from agents.runner import Check, Collection
+from bus import vocabulary as vocab
 from bus.connection import connect
 from bus.events import HealthEvent, MetricBatch, Status
 from bus.redact import redact_text
@@ -122,7 +123,7 @@ def cmd_evaluator(args: argparse.Namespace, config: Config) -> int:
 EXIT_CODES: dict[Status, int] = {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
 # Which state wins when several are combined (Icinga's order): critical, unknown, warning, ok.
 BADNESS: dict[Status, int] = {"ok": 0, "warning": 1, "unknown": 2, "critical": 3}
-HEADLINE_METRICS = ("cpu.percent", "mem.percent", "disk.percent")
+HEADLINE_METRICS = (vocab.CPU_PERCENT, vocab.MEM_PERCENT, vocab.DISK_PERCENT)
 SEVERITY_STATUS: dict[str, Status] = {"critical": "critical", "warning": "warning", "info": "ok"}
 
 

@@ -15,6 +15,7 @@ from agents.container import ContainerCollector
 from agents.host import HostCollector
 from agents.probe import ProbeCollector
 from agents.runner import AgentRunner, Collector
+from bus import vocabulary as vocab
 from bus.aio import cancel_and_wait
 from bus.connection import Bus, configured_urls, connect
 from bus.jetstream import provision
@@ -26,7 +27,7 @@ from sinks.slack import SlackSink
 
 log = logging.getLogger(__name__)
 
-AGENT_NAMES = ("host", "container", "probe")
+AGENT_NAMES = vocab.AGENTS
 STOP_GRACE = 10.0  # seconds every part has to return after a stop
 
 

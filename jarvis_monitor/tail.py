@@ -12,6 +12,7 @@ from typing import TextIO
 
 from nats.aio.msg import Msg
 
+from bus import vocabulary as vocab
 from bus.connection import connect
 from bus.events import (
     SCHEMA_VERSION,
@@ -29,7 +30,7 @@ from jarvis_monitor.config import Config
 # Names come from the outside world; a terminal must never receive their control characters.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _C1 = re.compile(r"[\x80-\x9f]")
-HEADLINE_METRICS = ("cpu.percent", "mem.percent", "disk.percent", "load.1")
+HEADLINE_METRICS = (vocab.CPU_PERCENT, vocab.MEM_PERCENT, vocab.DISK_PERCENT, vocab.LOAD_1)
 MAX_SAMPLES_SHOWN = 6
 
 
