@@ -61,6 +61,10 @@ class Subjects:
         """Where undeliverable notifications are kept: `jarvis.deadletter.notifications.<route>`."""
         return self._join("deadletter", "notifications", route)
 
+    def dead_letter(self, family: str, *tokens: str) -> str:
+        """Where a consumer keeps what it gave up on: `jarvis.deadletter.<family>.<tokens...>`."""
+        return self._join("deadletter", family, *tokens)
+
     def family(self, family: str) -> str:
         """Wildcard over one family, e.g. `jarvis.metrics.>`."""
         return f"{self.prefix}.{family}.>"
