@@ -12,6 +12,7 @@ import asyncio
 import logging
 import re
 import time
+from typing import NamedTuple
 
 import msgspec
 import nats.errors
@@ -32,6 +33,7 @@ MAX_REASON = 500
 HEADER_ROOM = 2048
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_DIGITS = re.compile(r"\d+")
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,6 +59,44 @@ def headers(reason: str, *, original_subject: str, by: str, attempts: int, msg_i
         ORIGINAL_SUBJECT: original_subject,
         BY: _CONTROL.sub(" ", by)[:100],
     }
+
+
+class Rejections:
+    """Rejected inputs counted by reason (digits folded, at most MAX_REASONS kinds), for heartbeats."""
+
+    MAX_REASONS = 50
+
+    def __init__(self) -> None:
+        self.by_reason: dict[str, int] = {}
+        self.total = 0
+
+    def count(self, reason: str) -> None:
+        self.total += 1
+        key = _DIGITS.sub("N", _CONTROL.sub(" ", reason))[:120]
+        if key not in self.by_reason and len(self.by_reason) >= self.MAX_REASONS:
+            key = "other"
+        self.by_reason[key] = self.by_reason.get(key, 0) + 1
+
+
+class Letter(NamedTuple):
+    """A dead letter to keep: subject, payload and headers."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+
+
+def input_letter(dead_subject: str, msg: Msg, reason: str, *, by: str, stream_seq: int) -> Letter:
+    """The dead letter of an input message refused at decode; consumers of one stream share its id."""
+    family = msg.subject.split(".", 2)[1] if msg.subject.count(".") >= 1 else "input"
+    head = headers(
+        reason,
+        original_subject=msg.subject,
+        by=by,
+        attempts=1,
+        msg_id=f"input-{family}-{stream_seq}",
+    )
+    return Letter(dead_subject, msg.data, head)
 
 
 def fit(data: bytes, head: dict[str, str], max_payload: int) -> bytes:

@@ -6,9 +6,11 @@ Other tools decode these from JSON, so a change here is a change of the public i
 from __future__ import annotations
 
 import math
-from typing import Generic, Literal, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 import msgspec
+
+from bus.limits import MAX_SAMPLES, Labels, Name, Text
 
 SCHEMA_VERSION = 1
 
@@ -29,9 +31,9 @@ class Sample(msgspec.Struct, frozen=True):
     JSON has no NaN or infinity, so a non-finite value is refused here; agents skip such values.
     """
 
-    name: str
+    name: Name
     value: float
-    labels: dict[str, str] = {}
+    labels: Labels = {}
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.value):
@@ -41,35 +43,35 @@ class Sample(msgspec.Struct, frozen=True):
 class MetricBatch(_Event, frozen=True, kw_only=True, tag="metrics"):
     """All samples an agent collected in one cycle."""
 
-    host: str
-    agent: str
+    host: Name
+    agent: Name
     ts: float
     interval: float
-    samples: list[Sample]
+    samples: Annotated[list[Sample], msgspec.Meta(max_length=MAX_SAMPLES)]
 
 
 class HealthEvent(_Event, frozen=True, kw_only=True, tag="health"):
     """The outcome of one check of one target."""
 
-    host: str
-    agent: str
-    target: str
+    host: Name
+    agent: Name
+    target: Name
     status: Status
     latency: float | None = None
-    detail: str = ""
+    detail: Text = ""
     ts: float
     # what happened, for an event rather than a periodic check: die, oom, start, deployed, ...
-    event: str | None = None
+    event: Name | None = None
     # context of the target (image, container id, URL, ...) for rules and messages
-    labels: dict[str, str] = {}
+    labels: Labels = {}
 
 
 class Heartbeat(_Event, frozen=True, kw_only=True, tag="heartbeat"):
     """An agent saying it is alive; `dropped` counts publishes lost to a full reconnect buffer."""
 
-    host: str
-    agent: str
-    version: str
+    host: Name
+    agent: Name
+    version: Name
     interval: float
     ts: float
     dropped: int = 0
@@ -80,16 +82,16 @@ class Heartbeat(_Event, frozen=True, kw_only=True, tag="heartbeat"):
 class Alert(_Event, frozen=True, kw_only=True, tag="alert"):
     """One state change of one alert series."""
 
-    fingerprint: str
-    rule: str
+    fingerprint: Name
+    rule: Name
     severity: Severity
     status: AlertStatus
-    labels: dict[str, str]
-    summary: str
+    labels: Labels
+    summary: Text
     value: float | None = None
     starts_at: float
     ends_at: float | None = None
-    description: str = ""
+    description: Text = ""
     threshold: float | None = None
     # the series changes state too often: notified once as flapping, then quiet until stable
     flapping: bool = False
@@ -102,14 +104,18 @@ class Alert(_Event, frozen=True, kw_only=True, tag="alert"):
 class Notification(_Event, frozen=True, kw_only=True, tag="notification"):
     """A consolidated message for one group of alerts on one route."""
 
-    id: str
-    group_key: str
-    route: str
+    id: Name
+    group_key: Text
+    route: Name
     status: NotificationStatus
     alerts: list[Alert]
     ts: float
     # where the route sends it (a Slack channel); sinks may map routes to channels of their own
-    receiver: str = ""
+    receiver: Name = ""
+    # a notification too big for the server's max_payload is sent in parts: this is part `part`
+    # of `parts` (1 of 1 when whole)
+    part: int = 1
+    parts: int = 1
 
 
 Event = MetricBatch | HealthEvent | Heartbeat | Alert | Notification

@@ -72,13 +72,16 @@ def stream_config(subjects: Subjects, streams: StreamsConfig, family: str) -> St
     )
 
 
-# Not in FAMILIES: only the sinks publish here, and they create it when they start.
+# Not in FAMILIES: no agent publishes here; provision() makes it beside them.
 DEADLETTER_FAMILY = "deadletter"
 DEADLETTER_MAX_AGE = 30 * 86400.0
+# per subject (jarvis.deadletter.input.metrics, jarvis.deadletter.notifications.<route>, ...):
+# a flood of garbage on one input keeps its newest letters and never pushes out the others
+DEADLETTER_PER_SUBJECT = 10_000
 
 
 def deadletter_stream_config(subjects: Subjects) -> StreamConfig:
-    """The stream keeping notifications that could not be delivered, for a person to replay."""
+    """The stream keeping what consumers gave up on (bus/deadletter.py), for a person to replay."""
     return StreamConfig(
         name=stream_name(subjects.prefix, DEADLETTER_FAMILY),
         subjects=[subjects.family(DEADLETTER_FAMILY)],
@@ -87,6 +90,7 @@ def deadletter_stream_config(subjects: Subjects) -> StreamConfig:
         discard=DiscardPolicy.OLD,
         max_age=DEADLETTER_MAX_AGE,
         max_bytes=-1,
+        max_msgs_per_subject=DEADLETTER_PER_SUBJECT,
         duplicate_window=120.0,
     )
 
@@ -97,6 +101,7 @@ def _differs(current: StreamConfig, desired: StreamConfig) -> bool:
         or round(current.max_age or 0) != round(desired.max_age or 0)
         or (current.max_bytes or -1) != desired.max_bytes
         or round(current.duplicate_window or 0) != round(desired.duplicate_window)
+        or (current.max_msgs_per_subject or -1) != (desired.max_msgs_per_subject or -1)
     )
 
 
@@ -138,8 +143,8 @@ async def provision(js: JetStreamContext, subjects: Subjects, streams: StreamsCo
     """Make the streams and buckets match config; safe to run on every start."""
     changes: dict[str, Change] = {}
     failures: list[str] = []
-    for family in FAMILIES:
-        desired = stream_config(subjects, streams, family)
+    wanted = [stream_config(subjects, streams, family) for family in FAMILIES]
+    for desired in [*wanted, deadletter_stream_config(subjects)]:
         assert desired.name is not None
         try:
             changes[desired.name] = await ensure_stream(js, desired)

@@ -28,7 +28,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 
-from bus.aio import cancel_and_wait
+from bus import deadletter
+from bus.aio import Backoff, cancel_and_wait
 from bus.connection import Bus
 from bus.events import (
     Alert,
@@ -42,6 +43,7 @@ from bus.events import (
     metric_batch,
 )
 from bus.jetstream import stream_name
+from bus.payload import payload_limit, split_notification
 from evaluator.config import EvaluatorConfig
 from evaluator.engine import Engine, Output
 from evaluator.silences import Silence
@@ -93,7 +95,8 @@ class ServiceStats:
 
     received: int = 0
     evaluated: int = 0
-    undecodable: int = 0
+    undecodable: int = 0  # inputs refused at decode, kept on jarvis.deadletter.input.<family>
+    dead_lettered: int = 0  # inputs and outputs set aside for good, with their reason
     failed: int = 0  # the engine raised on an event or a timer: a bug, logged with its traceback
     redelivered: int = 0  # already in the saved state, skipped
     alerts: int = 0
@@ -127,7 +130,7 @@ class _Feed:
     async def run(self, connected: Callable[[], bool]) -> None:
         """Fetch until cancelled; an outage is waited out, never raised."""
         self.space.set()
-        failures = 0
+        backoff = Backoff(0.1, MAX_BACKOFF)
         while True:
             await self.space.wait()
             try:
@@ -140,12 +143,11 @@ class _Feed:
                 continue
             except (nats.errors.Error, OSError) as exc:
                 self.pending = None
-                failures += 1
-                if failures == 1:
+                if backoff.attempts == 0:
                     log.warning("evaluator: fetching %s failed, retrying: %s", self.family, exc)
-                await asyncio.sleep(min(MAX_BACKOFF, 0.1 * 2**failures))
+                await asyncio.sleep(backoff.next())
                 continue
-            failures = 0
+            backoff.reset()
             for msg in msgs:
                 ts, seq, pending = _metadata(msg)
                 self.buffer.append(_Message(ts, seq, msg))
@@ -196,6 +198,8 @@ class EvaluatorService:
         self.stats = ServiceStats()
         self.ready = asyncio.Event()  # consumers made and state restored
         self._max_skew = config.max_clock_skew.seconds
+        self.rejections = deadletter.Rejections()
+        self._letters: list[deadletter.Letter] = []  # dead letters to keep with the next outputs
         # the bus was out of reach since the last tick: on return, the silence is not the agents'
         self._blind = False
         self._stopping = asyncio.Event()
@@ -255,7 +259,7 @@ class EvaluatorService:
 
     async def _start(self) -> bool:
         """Open the buckets and consumers and restore the state; False if stopped meanwhile."""
-        failures = 0
+        backoff = Backoff(0.2, MAX_BACKOFF)
         while not self._stopping.is_set():
             try:
                 self._state, self._silence_store = await open_buckets(self._js, self.bus.subjects.prefix)
@@ -265,9 +269,8 @@ class EvaluatorService:
                 feeds = [await self._subscribe(family, decode) for family, decode in _INPUTS.items()]
                 await self._load_silences()
             except (nats.errors.Error, TimeoutError, OSError) as exc:
-                failures += 1
                 log.warning("evaluator: cannot start yet (%s), retrying", exc)
-                await self._sleep(min(MAX_BACKOFF, 0.2 * 2**failures))
+                await self._sleep(backoff.next())
                 continue
             self._feeds = feeds
             connected = lambda: self.bus.nc.is_connected  # noqa: E731
@@ -533,8 +536,13 @@ class EvaluatorService:
             event = feed.decode(msg.data, msg.subject)
         except EventDecodeError as exc:
             stats.undecodable += 1
+            self.rejections.count(exc.reason)
+            dead = self.bus.subjects.dead_letter("input", feed.family)
+            self._letters.append(
+                deadletter.input_letter(dead, msg, exc.reason, by=DURABLE, stream_seq=message.seq)
+            )
             if _worth_logging(stats.undecodable):
-                log.warning("evaluator: %s (%d skipped so far)", exc, stats.undecodable)
+                log.warning("evaluator: %s (%d set aside on %s so far)", exc, stats.undecodable, dead)
             return
         # The event's own time, within max_clock_skew of the stream's: what an agent buffered
         # through an outage counts when it was sent, and a redelivery replays identically.
@@ -587,22 +595,53 @@ class EvaluatorService:
         cache = self._alert_subjects
         if len(cache) > ALERT_SUBJECTS_CACHED:
             cache.clear()
+        limit = payload_limit(self.bus.nc.max_payload)
         items: list[tuple[str, bytes, str]] = []
         for alert in output.alerts:
             token = (alert.severity, alert.labels.get("host", ""), alert.rule)
             subject = cache.get(token)
             if subject is None:  # sanitising three tokens per alert is costly when many change
                 subject = cache[token] = subjects.alerts(*token)
-            items.append((subject, encode(alert), alert_msg_id(alert)))
+            payload = encode(alert)
+            if len(payload) > limit:
+                self._set_aside(
+                    subject, payload, alert_msg_id(alert), f"{len(payload)} bytes, over max_payload"
+                )
+                continue
+            items.append((subject, payload, alert_msg_id(alert)))
         for notification in output.notifications:
-            items.append((subjects.notifications(notification.route), encode(notification), notification.id))
+            subject = subjects.notifications(notification.route)
+            parts, too_big = split_notification(notification, limit)
+            if len(parts) > 1:
+                log.warning(
+                    "evaluator: notification %s sent in %d parts (max_payload)", notification.id, len(parts)
+                )
+            items += [(subject, encode(part), part.id) for part in parts]
+            for alert in too_big:
+                reason = f"an alert of {len(encode(alert))} bytes does not fit in any part (max_payload)"
+                self._set_aside(subject, encode(alert), f"{notification.id}:{alert.fingerprint}", reason)
         for start in range(0, len(items), PUBLISH_CONCURRENCY):
             failed = await self._publish_batch(items[start : start + PUBLISH_CONCURRENCY])
             for item in failed:  # in order, one by one, until each is stored
                 await self._publish_one(*item)
+        letters, self._letters = self._letters, []
+        for letter in letters:
+            if not await deadletter.publish(
+                self._js, *letter, max_payload=self.bus.nc.max_payload, stopped=self._stopping
+            ):
+                raise _Stopped
+        self.stats.dead_lettered += len(letters)
         self.stats.alerts += len(output.alerts)
         self.stats.notifications += len(output.notifications)
-        return bool(items)
+        return bool(items or letters)
+
+    def _set_aside(self, subject: str, payload: bytes, msg_id: str, reason: str) -> None:
+        """An output that can never be published: kept as a dead letter, and the stream moves on."""
+        family = subject.split(".")[1] if "." in subject else "output"
+        dead = self.bus.subjects.dead_letter(family, *subject.split(".")[2:])
+        head = deadletter.headers(reason, original_subject=subject, by=DURABLE, attempts=1, msg_id=msg_id)
+        self._letters.append(deadletter.Letter(dead, payload, head))
+        log.error("evaluator: %s: %s; kept on %s", subject, reason, dead)
 
     async def _publish_batch(self, items: list[tuple[str, bytes, str]]) -> list[tuple[str, bytes, str]]:
         """Publish all at once, awaiting the PubAcks together; returns those that failed."""
@@ -625,25 +664,27 @@ class EvaluatorService:
         ]
 
     async def _publish_one(self, subject: str, payload: bytes, msg_id: str) -> None:
-        failures = 0
+        backoff = Backoff(0.1, MAX_BACKOFF)
         while True:
             try:
                 await self._js.publish(
                     subject, payload, timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": msg_id}
                 )
                 return
+            except nats.errors.MaxPayloadError as exc:  # permanent: retrying cannot help
+                self._set_aside(subject, payload, msg_id, f"refused by the server: {exc}")
+                return
             except (nats.errors.Error, TimeoutError, OSError) as exc:
-                failures += 1
                 self.stats.publish_retries += 1
-                if _worth_logging(failures):
+                if _worth_logging(backoff.attempts + 1):
                     log.warning("evaluator: publishing to %s failed (%s), retrying", subject, exc)
             if self._stopping.is_set():
                 raise _Stopped
-            await self._sleep(min(MAX_BACKOFF, 0.1 * 2**failures))
+            await self._sleep(backoff.next())
 
     async def _commit(self, processed: dict[str, Msg]) -> bool:
         """Save the state, then ack the window's inputs; False if stopped before it was saved."""
-        failures = 0
+        backoff = Backoff(0.1, MAX_BACKOFF)
         while True:
             if self._lease_lost:  # the state is another evaluator's to save now
                 return False
@@ -658,12 +699,11 @@ class EvaluatorService:
                 await self._state.save(state)
                 break
             except (nats.errors.Error, TimeoutError, OSError) as exc:
-                failures += 1
-                if _worth_logging(failures):
+                if _worth_logging(backoff.attempts + 1):
                     log.warning("evaluator: saving the state failed (%s), retrying", exc)
             if self._stopping.is_set():
                 return False
-            await self._sleep(min(MAX_BACKOFF, 0.1 * 2**failures))
+            await self._sleep(backoff.next())
         self.stats.snapshots += 1
         self.stats.snapshot_bytes = len(snapshot)
         for msg in processed.values():  # ack policy "all": the last one acks the window

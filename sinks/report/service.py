@@ -18,7 +18,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from bus.aio import cancel_and_wait
+from bus import deadletter
+from bus.aio import Backoff, cancel_and_wait, wait_unless
 from bus.connection import Bus
 from bus.events import Alert, EventDecodeError, HealthEvent, MetricBatch, any_event
 from bus.jetstream import stream_name
@@ -97,6 +98,8 @@ class ReportSink:
         self.out_dir = out_dir_of(config, data_dir)
         self.clock = clock
         self.stats = SinkStats()
+        self.rejections = deadletter.Rejections()
+        self._letters: list[deadletter.Letter] = []  # kept once their batch is in the store
         self.store: RollupStore | None = None
         self._stopped = asyncio.Event()
         # SQLite work runs in a thread, so `up`'s agents keep their timing; one at a time
@@ -156,40 +159,39 @@ class ReportSink:
             filter_subject=subject,
         )
         js = self.bus.nc.jetstream()
-        attempt = 0
+        backoff = Backoff(0.2, RETRY_CAP)
         while True:
             try:
                 return await js.pull_subscribe(
                     subject, durable=self.config.durable, stream=stream, config=consumer
                 )
             except (NotFoundError, nats.errors.Error, TimeoutError) as exc:
-                if attempt == 0:
+                if backoff.attempts == 0:
                     log.warning("report sink: cannot consume %s yet (%s); retrying", stream, exc)
-                attempt += 1
-                await asyncio.sleep(min(RETRY_CAP, 0.2 * 2**attempt))
+                await asyncio.sleep(backoff.next())
 
     async def _consume(self, family: str) -> None:
         stream = stream_name(self.bus.subjects.prefix, family)
         sub = await self._subscribe(family)
-        failures = 0
+        backoff = Backoff(0.2, RETRY_CAP)
         while not self._stopped.is_set():
             try:
                 messages = await sub.fetch(self.config.batch_size, timeout=FETCH_TIMEOUT)
             except TimeoutError:
                 continue
             except nats.errors.Error as exc:  # an outage: the client reconnects, we wait
-                failures += 1
-                if failures == 1:
+                if backoff.attempts == 0:
                     log.warning("report sink: fetching from %s failed: %s", stream, exc)
-                await asyncio.sleep(min(RETRY_CAP, 0.2 * 2**failures))
+                await asyncio.sleep(backoff.next())
                 continue
-            failures = 0
+            backoff.reset()
             try:
                 ingested = bool(messages) and await self._ingest(family, stream, messages)
             except Exception:  # a bug: the batch stays unacked and comes again, the consumer goes on
                 log.exception("report sink: a batch from %s could not be ingested", stream)
                 ingested = False
             if ingested:
+                await self._keep_letters()
                 try:
                     await messages[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
                 except nats.errors.Error as exc:  # redelivered later and recognised as duplicates
@@ -212,26 +214,41 @@ class ReportSink:
             try:
                 event = any_event.decode(msg.data, msg.subject)
             except EventDecodeError as exc:
-                self._malformed(str(exc))
+                self._malformed(msg, seq, exc.reason)
                 continue
             if not isinstance(event, expected):
-                self._malformed(f"a {type(event).__name__} on {msg.subject!r}, expected {expected.__name__}")
+                self._malformed(
+                    msg, seq, f"a {type(event).__name__} on this stream, expected {expected.__name__}"
+                )
                 continue
             events.append((event, seq))
         return events, last
 
-    def _malformed(self, reason: str) -> None:
+    def _malformed(self, msg: Msg, seq: int, reason: str) -> None:
+        """Counted by reason and kept as a dead letter (the evaluator keeps the same one, same id)."""
         self.stats.malformed += 1
+        self.rejections.count(reason)
+        dead = self.bus.subjects.dead_letter("input", msg.subject.split(".")[1])
+        self._letters.append(deadletter.input_letter(dead, msg, reason, by="report", stream_seq=seq))
         if self.stats.malformed == 1 or self.stats.malformed % 1000 == 0:
             log.warning(
-                "report sink: skipped %d malformed messages, latest: %s", self.stats.malformed, reason
+                "report sink: set aside %d malformed messages on %s, latest: %s",
+                self.stats.malformed,
+                dead,
+                reason,
             )
+
+    async def _keep_letters(self) -> None:
+        letters, self._letters = self._letters, []
+        js = self.bus.nc.jetstream()
+        for letter in letters:
+            await deadletter.publish(js, *letter, max_payload=self.bus.nc.max_payload, stopped=self._stopped)
 
     async def _ingest(self, family: str, stream: str, messages: list[Msg]) -> bool:
         """Commit the batch; True once it is in the store (only then may it be acked)."""
         store = self.store
         assert store is not None
-        failures = 0
+        backoff = Backoff(0.2, RETRY_CAP)
         decoded: tuple[list[tuple[ReportEvent, int]], int] | None = None
         async with self._store_lock:
             while True:  # at least once, even when stopping: a fetched batch is finished
@@ -244,13 +261,11 @@ class ReportSink:
                     return True
                 except sqlite3.Error as exc:  # disk full, locked: keep the batch unacked and retry
                     self.stats.store_errors += 1
-                    failures += 1
-                    if failures == 1:
+                    if backoff.attempts == 0:
                         log.error("report sink: cannot write %s: %s; retrying", self.store_path, exc)
                     if self._stopped.is_set():
                         return False
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopped.wait(), min(RETRY_CAP, 0.2 * 2**failures))
+                    await wait_unless(self._stopped, backoff.next())
                 except Exception:  # a bug on some event: find it, keep the rest
                     if decoded is None:
                         raise

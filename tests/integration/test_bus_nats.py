@@ -17,7 +17,15 @@ import trustme
 from bus.config import BusConfig, CappedStreamConfig, StreamConfig, StreamsConfig, TLSConfig
 from bus.connection import Bus, BusUnavailableError, connect
 from bus.events import Alert, HealthEvent, MetricBatch, Sample, encode, health_event, metric_batch
-from bus.jetstream import FAMILIES, KV_BUCKETS, ProvisioningError, bucket_name, provision, stream_name
+from bus.jetstream import (
+    DEADLETTER_FAMILY,
+    FAMILIES,
+    KV_BUCKETS,
+    ProvisioningError,
+    bucket_name,
+    provision,
+    stream_name,
+)
 from bus.server import EmbeddedServer, ServerConfig, free_port
 from bus.units import Duration
 from tests.conftest import nats_server_binary, wait_until
@@ -375,7 +383,8 @@ async def test_client_certificate_is_presented_to_a_verifying_server(
 
 async def test_provision_creates_then_leaves_then_updates(bus: Bus, prefix: str) -> None:
     js = bus.nc.jetstream()
-    names = [stream_name(prefix, f) for f in FAMILIES] + [bucket_name(prefix, b) for b in KV_BUCKETS]
+    families = [*FAMILIES, DEADLETTER_FAMILY]
+    names = [stream_name(prefix, f) for f in families] + [bucket_name(prefix, b) for b in KV_BUCKETS]
 
     first = await provision(js, bus.subjects, small_streams())
     assert first == dict.fromkeys(names, "created")

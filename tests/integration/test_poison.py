@@ -1,0 +1,174 @@
+"""No message can stop a consumer: poisoned and oversized inputs are set aside with their reason,
+the next breach is notified within its timers (before and after a restart), and a notification
+too big for max_payload is delivered in parts that each fit."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from nats.js.api import DeliverPolicy
+
+from bus import deadletter
+from bus.config import StreamsConfig
+from bus.connection import Bus
+from bus.events import MetricBatch, Notification, Sample, encode, notification
+from bus.jetstream import provision
+from bus.payload import payload_limit
+from bus.units import Duration
+from evaluator.config import DefaultRoute, EvaluatorConfig, Rule
+from evaluator.service import EvaluatorService
+from sinks.report.config import ReportSinkConfig
+from sinks.report.service import ReportSink
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT = 30.0
+RULE = Rule(name="disk_full", metric="disk.percent", threshold=85, severity="critical", summary="{host}")
+
+
+def config(**route: object) -> EvaluatorConfig:
+    settings: dict[str, object] = {"group_wait": Duration(0.5), "group_interval": Duration(0.5), **route}
+    return EvaluatorConfig(
+        default_rules=False,
+        default_inhibit_rules=False,
+        rules=[RULE],
+        default_route=DefaultRoute(**settings),  # type: ignore[arg-type]
+    )
+
+
+class Notes:
+    """Notifications as the stream stores them, with each stored payload's size."""
+
+    def __init__(self) -> None:
+        self.items: list[Notification] = []
+        self.sizes: list[int] = []
+
+    async def follow(self, bus: Bus) -> None:
+        async def on(msg: object) -> None:
+            data = msg.data  # type: ignore[attr-defined]
+            self.sizes.append(len(data))
+            self.items.append(notification.decode(data))
+
+        await bus.nc.jetstream().subscribe(
+            bus.subjects.family("notifications"),
+            cb=on,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.ALL,
+        )
+
+    def hosts(self) -> set[str]:
+        return {a.labels["host"] for n in self.items if n.status == "firing" for a in n.alerts}
+
+
+async def dead_letters(bus: Bus) -> list[deadletter.DeadLetter]:
+    js = bus.nc.jetstream()
+    sub = await js.subscribe(
+        bus.subjects.family("deadletter"), ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    letters: list[deadletter.DeadLetter] = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except TimeoutError:
+                return letters
+            letters.append(deadletter.read(msg))
+    finally:
+        await sub.unsubscribe()
+
+
+def breach(host: str) -> MetricBatch:
+    import time
+
+    return MetricBatch(
+        host=host,
+        agent="host",
+        ts=time.time(),
+        interval=10,
+        samples=[Sample("disk.percent", 95.0, {"mount": "/"})],
+    )
+
+
+async def poison(bus: Bus) -> None:
+    """A valid-looking event with a 400 KB host name, and garbage, on the evaluator's input."""
+    subject = bus.subjects.metrics("web01", "host")
+    huge = encode(breach("h" * 400_000))
+    await bus.nc.jetstream().publish(subject, huge)
+    await bus.nc.jetstream().publish(subject, b"\x00 not json")
+
+
+async def run(service: EvaluatorService) -> asyncio.Task[None]:
+    task = asyncio.create_task(service.run())
+    await asyncio.wait_for(service.ready.wait(), TIMEOUT)
+    return task
+
+
+async def stop(service: EvaluatorService, task: asyncio.Task[None]) -> None:
+    service.stop()
+    await asyncio.wait_for(task, TIMEOUT)
+
+
+async def test_poison_is_set_aside_and_the_next_breach_is_notified_before_and_after_a_restart(
+    bus: Bus, tmp_path: Path
+) -> None:
+    await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
+    notes = Notes()
+    await notes.follow(bus)
+    report = ReportSink(ReportSinkConfig(batch_size=50), bus, tmp_path)
+    report_task = asyncio.create_task(report.run())
+    service = EvaluatorService(config(), bus)
+    task = await run(service)
+    try:
+        await poison(bus)
+        await bus.nc.jetstream().publish(bus.subjects.metrics("web01", "host"), encode(breach("web01")))
+        await wait_until(lambda: "web01" in notes.hosts(), TIMEOUT)
+        assert service.stats.undecodable == 2
+        assert service.rejections.by_reason["Expected `str` of length <= N - at `$.host`"] == 1
+        await stop(service, task)
+
+        service = EvaluatorService(config(), bus)  # restarted: the poison is not met again
+        task = await run(service)
+        await poison(bus)
+        await bus.nc.jetstream().publish(bus.subjects.metrics("web02", "host"), encode(breach("web02")))
+        await wait_until(lambda: "web02" in notes.hosts(), TIMEOUT)
+        await wait_until(lambda: report.stats.malformed == 4, TIMEOUT)
+    finally:
+        await stop(service, task)
+        report.stop()
+        await asyncio.wait_for(report_task, TIMEOUT)
+    letters = await dead_letters(bus)
+    inputs = [letter for letter in letters if letter.subject == bus.subjects.dead_letter("input", "metrics")]
+    assert len(inputs) == 4, "each poisoned message kept once, though two consumers refused it"
+    assert {letter.by for letter in inputs} <= {"evaluator", "report"}
+    assert any("$.host" in letter.reason for letter in inputs)
+    assert all(letter.original_subject == bus.subjects.metrics("web01", "host") for letter in inputs)
+
+
+async def test_a_2500_host_group_is_delivered_in_parts_that_each_fit(bus: Bus) -> None:
+    await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
+    notes = Notes()
+    await notes.follow(bus)
+    service = EvaluatorService(config(group_by=["rule"], group_wait=Duration(3)), bus)
+    task = await run(service)
+    hosts = [f"jarvis-worker-{n:05d}.cluster-a.example.internal" for n in range(2500)]
+    try:
+        js = bus.nc.jetstream()
+        for start in range(0, len(hosts), 250):
+            await asyncio.gather(
+                *(
+                    js.publish(bus.subjects.metrics(h, "host"), encode(breach(h)))
+                    for h in hosts[start : start + 250]
+                )
+            )
+        await wait_until(lambda: notes.hosts() == set(hosts), 60)
+    finally:
+        await stop(service, task)
+    parts = [n for n in notes.items if n.status == "firing"]
+    assert len(parts) > 1, "one notification would be over max_payload"
+    assert max(notes.sizes) <= payload_limit(bus.nc.max_payload)
+    assert {n.parts for n in parts} == {len(parts)}
+    assert sorted(n.part for n in parts) == list(range(1, len(parts) + 1))
+    assert sum(len(n.alerts) for n in parts) == 2500
