@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from bus.aio import Backoff, wait_unless
+from bus.text import BIDI_CONTROLS
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ MAX_REASON = 500
 # headers and the protocol line take room in a message too
 HEADER_ROOM = 2048
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{BIDI_CONTROLS}]")
 _DIGITS = re.compile(r"\d+")
 
 

@@ -25,10 +25,11 @@ from bus.events import (
     Sample,
     any_event,
 )
+from bus.text import BIDI_CONTROLS
 from jarvis_monitor.config import Config
 
 # Names come from the outside world; a terminal must never receive their control characters.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{BIDI_CONTROLS}]")
 _C1 = re.compile(r"[\x80-\x9f]")
 HEADLINE_METRICS = (vocab.CPU_PERCENT, vocab.MEM_PERCENT, vocab.DISK_PERCENT, vocab.LOAD_1)
 MAX_SAMPLES_SHOWN = 6

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bus.events import Alert, Notification
+from bus.text import BIDI_CONTROLS
 
 # Slack's limits (https://docs.slack.dev/reference/block-kit/blocks).
 MAX_BLOCKS = 50
@@ -36,12 +37,13 @@ REMINDER_MARK = "⏰ reminder"
 # Labels that name what a group is about, in the order they make a title (`web01 disk_full`).
 TITLE_LABELS = ("host", "container", "target", "service", "rule")
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{BIDI_CONTROLS}]")
 
 
 def escape(text: str) -> str:
-    """Text safe inside mrkdwn: `&`, `<` and `>` become entities, so no link or mention is made."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text safe inside mrkdwn: `&`, `<` and `>` become entities, so no link or mention is made;
+    control and bidirectional-override characters become `?`."""
+    return _CONTROL.sub("?", text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def fit(raw: str, limit: int) -> str:

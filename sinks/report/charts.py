@@ -6,12 +6,13 @@ import datetime as dt
 import re
 from xml.sax.saxutils import escape, quoteattr
 
+from bus.text import BIDI_CONTROLS
 from sinks.report.model import Chart
 
 WIDTH, HEIGHT = 640, 220
 LEFT, RIGHT, TOP, BOTTOM = 44, 150, 24, 28
 # Control characters are not text: invalid in XML, invisible or worse in a terminal or browser.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(f"[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f{BIDI_CONTROLS}]")
 
 
 def printable(value: object) -> object:
