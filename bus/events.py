@@ -10,7 +10,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 import msgspec
 
-from bus.limits import MAX_SAMPLES, Labels, Name, Text
+from bus.limits import MAX_LABELS, MAX_SAMPLES, Labels, Name, Text
 
 SCHEMA_VERSION = 1
 
@@ -67,7 +67,8 @@ class HealthEvent(_Event, frozen=True, kw_only=True, tag="health"):
 
 
 class Heartbeat(_Event, frozen=True, kw_only=True, tag="heartbeat"):
-    """An agent saying it is alive; `dropped` counts publishes lost to a full reconnect buffer."""
+    """An agent, or a part of the pipeline, saying it is alive; `dropped` counts publishes lost to a
+    full reconnect buffer."""
 
     host: Name
     agent: Name
@@ -77,6 +78,10 @@ class Heartbeat(_Event, frozen=True, kw_only=True, tag="heartbeat"):
     dropped: int = 0
     publish_errors: int = 0
     collect_errors: int = 0
+    # the evaluator's and the sinks' own counters since they started (processed, dead_lettered,
+    # lag of each input, ...), and their rejected inputs by reason
+    counters: Annotated[dict[Name, int], msgspec.Meta(max_length=MAX_LABELS)] = {}
+    rejected: Annotated[dict[Name, int], msgspec.Meta(max_length=MAX_LABELS)] = {}
 
 
 class Alert(_Event, frozen=True, kw_only=True, tag="alert"):

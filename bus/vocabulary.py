@@ -13,11 +13,20 @@ HOST_AGENT = "host"
 CONTAINER_AGENT = "container"
 PROBE_AGENT = "probe"
 
+# The pipeline's own parts: they publish heartbeats with their counters as agents do, so the
+# dead-man rule covers them too.
+EVALUATOR_PART = "evaluator"
+SLACK_PART = "slack"
+REPORT_PART = "report"
+PARTS = (EVALUATOR_PART, SLACK_PART, REPORT_PART)
+
 # Health targets that are not checks of the outside world.
 COLLECTOR_TARGET = "_collector"  # an agent's own collection; the underscore keeps it apart from check names
 DOCKER_TARGET = "docker"  # the container agent's check of the Docker engine itself
 LOG_TARGET = "log:{name}"  # a container's log, apart from its state; Docker names never hold ":"
 MOUNT_TARGET = "mount:{mount}"  # a mount the host agent's config names, present or not
+# a part of `up` as its supervisor sees it: failed and being restarted, or running well again
+SUPERVISOR_TARGET = "_supervisor"
 
 
 @dataclass(frozen=True)

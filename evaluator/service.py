@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import logging
 import math
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 
 from bus import deadletter
+from bus import vocabulary as vocab
 from bus.aio import Backoff, cancel_and_wait
 from bus.connection import Bus
 from bus.events import (
@@ -42,6 +44,7 @@ from bus.events import (
     heartbeat,
     metric_batch,
 )
+from bus.heartbeat import beat
 from bus.jetstream import stream_name
 from bus.payload import payload_limit, split_notification
 from evaluator.config import EvaluatorConfig
@@ -189,9 +192,11 @@ class EvaluatorService:
         clock: Callable[[], float] = time.time,
         batch_window: float = 0.2,
         max_batch: int = 5000,
+        host: str | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
+        self.host = host or socket.gethostname()
         self.clock = clock
         self.batch_window = batch_window
         self.max_batch = max_batch
@@ -240,7 +245,42 @@ class EvaluatorService:
         self._stopping.set()
         self._wake.set()
 
+    def counters(self) -> dict[str, int]:
+        """What the evaluator did since it started, for its heartbeat and `jarvis-monitor status`."""
+        stats = self.stats
+        out = {
+            "received": stats.received,
+            "evaluated": stats.evaluated,
+            "rejected": stats.undecodable,
+            "dead_lettered": stats.dead_lettered,
+            "failed": stats.failed,
+            "alerts": stats.alerts,
+            "notifications": stats.notifications,
+            "publish_retries": stats.publish_retries,
+            "standing_by": int(self.standing_by is not None),
+        }
+        for feed in self._feeds:
+            if feed.pending is not None:
+                out[f"lag.{feed.family}"] = feed.pending + len(feed.buffer)
+        return out
+
     async def run(self) -> None:
+        beating = asyncio.create_task(
+            beat(
+                self.bus,
+                self.host,
+                vocab.EVALUATOR_PART,
+                self.counters,
+                lambda: self.rejections.by_reason,
+                self._stopping,
+            )
+        )
+        try:
+            await self._run()
+        finally:
+            await cancel_and_wait([beating])
+
+    async def _run(self) -> None:
         while True:
             try:
                 if not await self._start():

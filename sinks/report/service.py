@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -19,9 +20,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from bus import deadletter
+from bus import vocabulary as vocab
 from bus.aio import Backoff, cancel_and_wait, wait_unless
 from bus.connection import Bus
 from bus.events import Alert, EventDecodeError, HealthEvent, MetricBatch, any_event
+from bus.heartbeat import beat
 from bus.jetstream import stream_name
 from sinks.report.config import WEEKDAYS, ReportSinkConfig
 from sinks.report.model import PeriodKind, make_period
@@ -79,6 +82,7 @@ class SinkStats:
     store_errors: int = 0
     reports: int = 0
     report_errors: int = 0
+    dead_lettered: int = 0
 
 
 class ReportSink:
@@ -91,9 +95,12 @@ class ReportSink:
         data_dir: Path,
         *,
         clock: Callable[[], float] = time.time,
+        host: str | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
+        self.host = host or socket.gethostname()
+        self.lag: dict[str, int] = {}  # messages each consumer had still to fetch, at its last fetch
         self.store_path = data_dir / STORE_FILE
         self.out_dir = out_dir_of(config, data_dir)
         self.clock = clock
@@ -107,6 +114,15 @@ class ReportSink:
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def counters(self) -> dict[str, int]:
+        """What the sink did since it started, for its heartbeat and `jarvis-monitor status`."""
+        store = self.store.stats if self.store is not None else None
+        out = {name: getattr(self.stats, name) for name in self.stats.__dataclass_fields__}
+        if store is not None:
+            out |= {"metric_batches": store.metric_batches, "health_events": store.health_events}
+            out["alerts"] = store.alerts
+        return out | {f"lag.{family}": pending for family, pending in self.lag.items()}
 
     def open(self) -> RollupStore:
         """Open (or create) the rollup store; `run` does this first."""
@@ -130,6 +146,18 @@ class ReportSink:
         log.info("report sink: rollups in %s, reports in %s", self.store_path, self.out_dir / "reports")
         consumers = [asyncio.create_task(self._consume(family)) for family in FAMILIES]
         schedule = asyncio.create_task(self._schedule())
+        consumers.append(
+            asyncio.create_task(
+                beat(
+                    self.bus,
+                    self.host,
+                    vocab.REPORT_PART,
+                    self.counters,
+                    lambda: self.rejections.by_reason,
+                    self._stopped,
+                )
+            )
+        )
         try:
             await self._stopped.wait()
             # a fetch in flight finishes and its batch is committed and acked: cancelling it would
@@ -185,6 +213,8 @@ class ReportSink:
                 await asyncio.sleep(backoff.next())
                 continue
             backoff.reset()
+            if messages:
+                self.lag[family] = messages[-1].metadata.num_pending
             try:
                 ingested = bool(messages) and await self._ingest(family, stream, messages)
             except Exception:  # a bug: the batch stays unacked and comes again, the consumer goes on
@@ -243,6 +273,7 @@ class ReportSink:
         js = self.bus.nc.jetstream()
         for letter in letters:
             await deadletter.publish(js, *letter, max_payload=self.bus.nc.max_payload, stopped=self._stopped)
+        self.stats.dead_lettered += len(letters)
 
     async def _ingest(self, family: str, stream: str, messages: list[Msg]) -> bool:
         """Commit the batch; True once it is in the store (only then may it be acked)."""
