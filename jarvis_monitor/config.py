@@ -179,7 +179,8 @@ def _problems(document: Mapping[str, Any], struct: type[msgspec.Struct], table: 
     for key, value in document.items():
         field = fields.get(key)
         if field is None:
-            found = [f"{table}.{key}: unknown key".lstrip(".")]
+            retired = getattr(struct, "RETIRED_KEYS", {}).get(key, "unknown key")
+            found = [f"{table}.{key}: {retired}".lstrip(".")]
         else:
             found = _key_problems(key, value, field, struct, table)
         if found:

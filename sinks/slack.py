@@ -21,7 +21,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Annotated, TextIO, TypeVar
+from typing import Annotated, ClassVar, TextIO, TypeVar
 
 import msgspec
 import nats.errors
@@ -32,11 +32,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from bus import deadletter
+from bus.aio import Backoff
 from bus.connection import Bus
 from bus.events import Alert, EventDecodeError, Notification, notification
 from bus.jetstream import bucket_name, deadletter_stream_config, ensure_bucket, ensure_stream, stream_name
 from bus.units import Duration
-from sinks.slack_delivery import ChannelRateLimiter, Clock, DeliveryError, RetryPolicy, SystemClock
+from sinks.slack_delivery import ChannelRateLimiter, Clock, DeliveryError, RetryPolicy, Sender, SystemClock
 from sinks.slack_format import FormatOptions, console_text, render, resolved_reply
 from sinks.slack_transport import MESSAGE_GONE, BotTransport, Posted, Transport, WebhookTransport
 
@@ -44,7 +46,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://slack.com/api/"
 BUG_RETRY = Duration(60)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Deliveries of a notification the sink itself fails on (a bug, not Slack) before it is dead-lettered.
+BUG_ATTEMPTS = 5
 _DURABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 T = TypeVar("T")
 
@@ -90,16 +93,22 @@ class SlackSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         Duration, Meta(description="at most one message per this interval per channel (Slack's limit)")
     ] = Duration(1)
     timeout: Annotated[Duration, Meta(description="time allowed for one request to Slack")] = Duration(10)
-    max_attempts: Annotated[
-        int,
+    max_retry_time: Annotated[
+        Duration,
         Meta(
-            ge=1, le=1000, description="attempts per notification before it goes to the dead-letter subject"
+            description="how long a notification is retried while Slack fails (5xx, network, timeouts) "
+            "before it goes to the dead-letter subject; waits a 429 asks for never count"
         ),
-    ] = 8
+    ] = Duration(6 * 3600)
     initial_backoff: Annotated[
-        Duration, Meta(description="wait after the first failed attempt (5xx, network); doubles each time")
+        Duration,
+        Meta(
+            description="wait after the first failed attempt (5xx, network); doubles each time, with jitter"
+        ),
     ] = Duration(1)
-    max_backoff: Annotated[Duration, Meta(description="cap of the wait between attempts")] = Duration(300)
+    max_backoff: Annotated[
+        Duration, Meta(description="cap of the wait between attempts, and of the wait a 429 asks for")
+    ] = Duration(300)
     reply_on_resolve: Annotated[
         bool, Meta(description="bot mode: also post a short reply in the thread when a group resolves")
     ] = True
@@ -113,6 +122,12 @@ class SlackSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         Duration,
         Meta(description="on the consumer's very first start, how far back notifications are delivered"),
     ] = Duration(3600)
+
+    # Keys of earlier versions: check-config says what became of them instead of "unknown key".
+    RETIRED_KEYS: ClassVar[Mapping[str, str]] = {
+        "max_attempts": "no longer used: a notification is retried for `max_retry_time` (default 6h), "
+        "not a number of attempts, and a 429 never counts; remove the key",
+    }
 
     def __post_init__(self) -> None:
         if "default" not in self.channels:
@@ -229,7 +244,8 @@ class SinkStats:
     dead_lettered: int = 0
     rejected: int = 0  # payloads that are no notification
     repeats_skipped: int = 0  # redelivered after a crash, already in Slack (bot mode)
-    retries: int = 0
+    retries: int = 0  # attempts after a 5xx, a network error or a timeout
+    rate_limited: int = 0  # 429s waited out
 
 
 class _Stopped(Exception):
@@ -256,10 +272,11 @@ class SlackSink:
         self.options = format_options(config)
         self.limiter = ChannelRateLimiter(config.min_interval.seconds, self.clock)
         self.policy = RetryPolicy(
-            max_attempts=config.max_attempts,
+            max_retry_time=config.max_retry_time.seconds,
             initial_backoff=config.initial_backoff.seconds,
             max_backoff=config.max_backoff.seconds,
         )
+        self.sender = Sender(self.policy, self.limiter, self.clock, on_retry=self._retrying)
         self.stats = SinkStats()
         self._stopping = asyncio.Event()
         self._transport: Transport | None = None
@@ -270,8 +287,8 @@ class SlackSink:
         return self.secrets.mode
 
     def stop(self) -> None:
-        """Stop soon: a request to Slack in flight may finish (within `timeout`); an undelivered
-        notification is handed back to JetStream for the next instance."""
+        """Stop soon: a request to Slack in flight may finish (within `timeout`), a wait for a retry
+        does not; an undelivered notification is handed back to JetStream for the next instance."""
         self._stopping.set()
 
     async def _until_stopped(self, awaitable: Awaitable[T]) -> T:
@@ -320,7 +337,7 @@ class SlackSink:
 
     async def _prepare(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
         """Dead-letter stream, KV bucket and consumer; retried until NATS has them (or stop())."""
-        attempt = 0
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 await ensure_stream(js, deadletter_stream_config(self.bus.subjects))
@@ -332,10 +349,9 @@ class SlackSink:
                 await self._ensure_consumer(js, stream)
                 return await js.pull_subscribe_bind(durable=self.config.durable, stream=stream)
             except (nats.errors.Error, TimeoutError, OSError) as exc:
-                attempt += 1
-                if attempt == 1:
+                if backoff.attempts == 0:
                     log.warning("slack sink: waiting for JetStream (%s)", exc or type(exc).__name__)
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+                await asyncio.sleep(backoff.next())
 
     async def _ensure_consumer(self, js: JetStreamContext, stream: str) -> None:
         ack_wait = self.config.ack_wait.seconds
@@ -351,7 +367,7 @@ class SlackSink:
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=ack_wait,
                 max_ack_pending=1,  # one at a time: strict order, across instances too
-                max_deliver=-1,  # the sink bounds attempts itself, then dead-letters
+                max_deliver=-1,  # the sink bounds its retries itself, then dead-letters
                 deliver_policy=DeliverPolicy.BY_START_TIME,
                 opt_start_time=start,
             )
@@ -388,7 +404,9 @@ class SlackSink:
             stopper.cancel()
         if task.done():
             return
-        done, _ = await asyncio.wait({task}, timeout=self.config.timeout.seconds + 1)
+        done: set[asyncio.Future[None]] = set()
+        if not self.sender.waiting:  # a request with Slack, or its ack: let it finish
+            done, _ = await asyncio.wait({task}, timeout=self.config.timeout.seconds + 1)
         if not done:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -399,80 +417,89 @@ class SlackSink:
 
     async def _process_safely(self, js: JetStreamContext, msg: Msg) -> None:
         """A bug met by one message is logged and the message retried later, never a dead sink;
-        after `max_attempts` deliveries it is dead-lettered, so it cannot hold up the rest forever."""
+        after BUG_ATTEMPTS deliveries it is dead-lettered, so it cannot hold up the rest forever."""
         try:
             await self._process(js, msg)
         except Exception as exc:
             deliveries = msg.metadata.num_delivered or 1
-            if deliveries < self.config.max_attempts:
+            if deliveries < BUG_ATTEMPTS:
                 log.exception("slack sink: unexpected error, the notification is retried in %s", BUG_RETRY)
                 with contextlib.suppress(nats.errors.Error):
                     await msg.nak(delay=BUG_RETRY.seconds)
                 return
             log.exception("slack sink: unexpected error on delivery %d, dead-lettering", deliveries)
-            self.stats.dead_lettered += 1
             route = msg.subject.rsplit(".", 1)[-1]
-            await self._dead_letter(js, msg, route, f"sink error: {type(exc).__name__}", deliveries)
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await msg.ack_sync(timeout=5)
+            if await self._dead_letter(js, msg, route, f"sink error: {type(exc).__name__}", deliveries):
+                await self._ack(msg)
 
     async def _process(self, js: JetStreamContext, msg: Msg) -> None:
         """Deliver one message, or dead-letter it; then ack. Nothing from the bus raises out of here."""
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
-            try:
-                item = notification.decode(msg.data, msg.subject)
-            except EventDecodeError as exc:
-                self.stats.rejected += 1
-                route = msg.subject.rsplit(".", 1)[-1]
-                log.warning("slack sink: rejected %s", exc)
-                await self._dead_letter(js, msg, route, "not a notification", attempts=0)
-            else:
-                try:
-                    await self._deliver(item)
-                    self.stats.delivered += 1
-                except DeliveryError as error:
-                    self.stats.dead_lettered += 1
-                    log.error(
-                        "slack sink: gave up on notification %r (route %r, group %r) after %d attempts: %s; "
-                        "kept on %s",
-                        item.id,
-                        item.route,
-                        item.group_key,
-                        error.attempts,
-                        error.reason,
-                        self.bus.subjects.deadletter(item.route),
-                    )
-                    await self._dead_letter(js, msg, item.route, error.reason, error.attempts)
-            try:
-                await msg.ack_sync(timeout=5)
-            except (nats.errors.Error, TimeoutError) as exc:  # redelivered later: at most one repeat
-                log.warning("slack sink: ack failed, the notification may be repeated once: %s", exc)
+            if await self._deliver_or_dead_letter(js, msg):
+                await self._ack(msg)
         finally:
             keep_alive.cancel()
 
+    async def _deliver_or_dead_letter(self, js: JetStreamContext, msg: Msg) -> bool:
+        """True once the message is in Slack or kept as a dead letter: then it may be acked."""
+        try:
+            item = notification.decode(msg.data, msg.subject)
+        except EventDecodeError as exc:
+            self.stats.rejected += 1
+            log.warning("slack sink: rejected %s", exc)
+            route = msg.subject.rsplit(".", 1)[-1]
+            return await self._dead_letter(js, msg, route, f"not a notification: {exc.reason}", attempts=0)
+        try:
+            await self._deliver(item)
+        except DeliveryError as error:
+            reason = error.reason
+            if error.retryable:  # out of time rather than refused
+                reason = f"{reason} (failing for {Duration(round(error.failing_for))})"
+            log.error(
+                "slack sink: gave up on notification %r (route %r, group %r) after %d attempts: %s; "
+                "kept on %s",
+                item.id,
+                item.route,
+                item.group_key,
+                error.attempts,
+                reason,
+                self.bus.subjects.deadletter(item.route),
+            )
+            return await self._dead_letter(js, msg, item.route, reason, error.attempts)
+        self.stats.delivered += 1
+        return True
+
+    async def _ack(self, msg: Msg) -> None:
+        try:
+            await msg.ack_sync(timeout=5)
+        except (nats.errors.Error, TimeoutError) as exc:  # redelivered later: at most one repeat
+            log.warning("slack sink: ack failed, the notification may be repeated once: %s", exc)
+
     async def _dead_letter(
         self, js: JetStreamContext, msg: Msg, route: str, reason: str, attempts: int
-    ) -> None:
-        """Keep the original payload on the dead-letter subject; waits for NATS rather than lose it."""
+    ) -> bool:
+        """Keep the original payload on the dead-letter subject, waiting for NATS rather than lose it;
+        False if stop() came first (the message is then handed back)."""
         seq = msg.metadata.sequence.stream
-        headers = {
-            "Nats-Msg-Id": f"slack-deadletter-{self.config.durable}-{seq}",
-            "Jarvis-Dead-Letter-Reason": _CONTROL.sub(" ", reason)[:500],  # a header is one line
-            "Jarvis-Dead-Letter-Attempts": str(attempts),
-            "Jarvis-Original-Subject": msg.subject,
-        }
+        head = deadletter.headers(
+            reason,
+            original_subject=msg.subject,
+            by=f"sink slack ({self.config.durable})",
+            attempts=attempts,
+            msg_id=f"slack-deadletter-{self.config.durable}-{seq}",
+        )
         subject = self.bus.subjects.deadletter(route)
-        attempt = 0
-        while True:
-            try:
-                await js.publish(subject, msg.data, headers=headers)
-                return
-            except (nats.errors.Error, TimeoutError) as exc:
-                attempt += 1
-                if attempt == 1:
-                    log.warning("slack sink: cannot publish to %s yet: %s", subject, exc)
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+        max_payload = self.bus.nc.max_payload or 1024 * 1024
+        kept = await deadletter.publish(
+            js, subject, msg.data, head, max_payload=max_payload, stopped=self._stopping
+        )
+        if kept:
+            self.stats.dead_lettered += 1
+        else:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak()
+        return kept
 
     async def _load(self, key: str) -> ThreadRecord | None:
         assert self._kv is not None
@@ -499,29 +526,24 @@ class SlackSink:
 
     async def _send(self, channel: str, call: Callable[[], Awaitable[T]]) -> T:
         """One Slack call under the channel's rate limit, retried by the policy; raises when it gives up."""
-        attempt = 0
-        while True:
-            attempt += 1
-            await self.limiter.acquire(channel)
-            try:
-                return await call()
-            except DeliveryError as error:
-                error.attempts = attempt
-                delay = self.policy.delay_after(attempt, error)
-                if delay is None:
-                    raise
-                self.stats.retries += 1
-                log.warning(
-                    "slack sink: %s (attempt %d of %d), next in %.1fs",
-                    error.reason,
-                    attempt,
-                    self.policy.max_attempts,
-                    delay,
-                )
-                if error.retry_after is not None:
-                    self.limiter.pause(channel, delay)
-                else:
-                    await self.clock.sleep(delay)
+        return await self.sender.send(channel, call)
+
+    def _retrying(self, channel: str, error: DeliveryError, wait: float) -> None:
+        if error.retry_after is not None:
+            self.stats.rate_limited += 1
+            log.warning("slack sink: %s on %s, next attempt in %.1fs", error.reason, channel, wait)
+            return
+        self.stats.retries += 1
+        left = self.policy.max_retry_time - error.failing_for
+        log.warning(
+            "slack sink: %s (attempt %d, failing for %s), next in %.1fs; dead-lettered if still failing "
+            "in %s",
+            error.reason,
+            error.attempts,
+            Duration(round(error.failing_for)),
+            wait,
+            Duration(max(0, round(left))),
+        )
 
     async def _deliver(self, item: Notification) -> None:
         transport = self._transport

@@ -1,14 +1,25 @@
-"""Delivery policy for Slack: one message per second per channel, Retry-After, backoff, bounded attempts.
+"""Delivery policy for Slack: one message per second per channel, Retry-After, backoff for a bounded time.
 
-Pure except for the clock, which is passed in so that tests never wait for real seconds.
+Pure except for the clock, which is passed in so that tests never wait for real seconds: an outage
+of hours runs in milliseconds on a fake clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+from bus.aio import Backoff
+
+T = TypeVar("T")
+
+# A 429 with `Retry-After: 0` must not turn into a tight loop against Slack.
+MIN_RATE_LIMIT_WAIT = 1.0
+DEADLINE_SLACK = 0.001
 
 
 class Clock(Protocol):
@@ -35,7 +46,8 @@ class DeliveryError(Exception):
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after
-        self.attempts = 0  # set by the sender: how many attempts were made before giving up
+        self.attempts = 0  # set by the sender: requests made for this message before giving up
+        self.failing_for = 0.0  # set by the sender: seconds of transient failures before giving up
 
 
 class ChannelRateLimiter:
@@ -67,20 +79,90 @@ class ChannelRateLimiter:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently one message is retried before it is dead-lettered."""
+    """How patiently one message is retried: for a time, not a number of attempts.
 
-    max_attempts: int = 8
+    A 429 is Slack alive and asking for patience: its Retry-After is honoured (capped at
+    `max_backoff`) and never brings the message closer to the dead-letter subject. 5xx, network
+    errors and timeouts back off (jitter, cap) for `max_retry_time` from the first of them.
+    """
+
+    max_retry_time: float = 6 * 3600.0
     initial_backoff: float = 1.0
     max_backoff: float = 300.0
+    jitter: float = 0.5
 
-    def backoff(self, attempt: int) -> float:
-        """Delay after failed attempt number `attempt` (1-based): doubling from the initial delay."""
-        return min(self.max_backoff, self.initial_backoff * 2.0 ** min(attempt - 1, 40))
+    def backoff(self, rng: random.Random | None = None) -> Backoff:
+        return Backoff(self.initial_backoff, self.max_backoff, jitter=self.jitter, rng=rng)
 
-    def delay_after(self, attempt: int, error: DeliveryError) -> float | None:
-        """How long to wait before the next attempt, or None when the message must be dead-lettered."""
-        if not error.retryable or attempt >= self.max_attempts:
-            return None
-        if error.retry_after is not None:
-            return float(error.retry_after)
-        return self.backoff(attempt)
+    def rate_limit_wait(self, retry_after: float) -> float:
+        """The pause a 429 asks for, within reason."""
+        return min(self.max_backoff, max(MIN_RATE_LIMIT_WAIT, retry_after))
+
+
+# Told of every retry: the channel, the error, the wait before the next attempt.
+RetryHook = Callable[[str, DeliveryError, float], None]
+
+
+class Sender:
+    """Makes one Slack call succeed: under the channel's rate limit, retried as the policy says."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        limiter: ChannelRateLimiter,
+        clock: Clock,
+        *,
+        on_retry: RetryHook | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.policy = policy
+        self.limiter = limiter
+        self.clock = clock
+        self.on_retry = on_retry
+        self._rng = rng
+        self.waiting = False  # for a slot or a retry: nothing is with Slack, stopping loses nothing
+
+    async def send(self, channel: str, call: Callable[[], Awaitable[T]]) -> T:
+        """The result of `call`; raises the DeliveryError it gave up on (permanent, or out of time)."""
+        backoff = self.policy.backoff(self._rng)
+        failing_since: float | None = None
+        attempts = 0
+        while True:
+            await self._wait(self.limiter.acquire(channel))
+            attempts += 1
+            try:
+                return await call()
+            except DeliveryError as caught:
+                error = caught
+            error.attempts = attempts
+            if not error.retryable:
+                raise error
+            now = self.clock.monotonic()
+            if error.retry_after is not None:
+                # Slack answers again: an outage before this is over, and its clock with it
+                failing_since = None
+                backoff.reset()
+                wait = self.policy.rate_limit_wait(error.retry_after)
+                self.limiter.pause(channel, wait)
+                self._retrying(channel, error, wait)
+                continue
+            if failing_since is None:
+                failing_since = now
+            error.failing_for = now - failing_since
+            left = failing_since + self.policy.max_retry_time - now
+            if left < DEADLINE_SLACK:  # the last attempt was at the deadline, give or take rounding
+                raise error
+            wait = min(backoff.next(), left)
+            self._retrying(channel, error, wait)
+            await self._wait(self.clock.sleep(wait))
+
+    async def _wait(self, waiting: Awaitable[None]) -> None:
+        self.waiting = True
+        try:
+            await waiting
+        finally:
+            self.waiting = False
+
+    def _retrying(self, channel: str, error: DeliveryError, wait: float) -> None:
+        if self.on_retry is not None:
+            self.on_retry(channel, error, wait)

@@ -1,8 +1,8 @@
 """Talking to Slack through slack-sdk: an incoming webhook, or the Web API with a bot token.
 
 slack-sdk's own retry handlers are switched off so the sink's policy (rate limit, Retry-After,
-backoff, dead letter) is the only one that runs, and its logger is kept quiet because at debug
-level it would log the webhook URL, which is a secret.
+backoff for a bounded time, dead letter) is the only one that runs, and its logger is kept quiet
+because at debug level it would log the webhook URL, which is a secret.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ MAX_RETRY_AFTER = 3600.0
 RETRYABLE_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
+# HTTP answers below 500 that are worth another attempt (request timeout, too early).
+TRANSIENT_STATUS = frozenset({408, 425})
 # chat.update or a thread reply whose message is gone: post a fresh message instead.
 MESSAGE_GONE = frozenset({"message_not_found", "cant_update_message", "thread_not_found"})
 
@@ -116,7 +118,9 @@ class WebhookTransport:
             raise DeliveryError(
                 "rate limited (429)", retryable=True, retry_after=retry_after(response.headers)
             )
-        raise DeliveryError(f"webhook answered {status}: {body}", retryable=status >= 500)
+        # 4xx (invalid_payload, invalid_blocks, channel_not_found, a revoked webhook) never heals
+        retryable = status >= 500 or status in TRANSIENT_STATUS
+        raise DeliveryError(f"webhook answered {status}: {body}", retryable=retryable)
 
     async def update(self, channel: str, ts: str, message: SlackMessage) -> None:
         raise DeliveryError("a webhook cannot update a message", retryable=False)
@@ -158,7 +162,8 @@ class BotTransport:
             return DeliveryError(
                 "rate limited (429)", retryable=True, retry_after=retry_after(response.headers)
             )
-        return DeliveryError(self._scrub(code), retryable=status >= 500 or code in RETRYABLE_ERRORS)
+        retryable = status >= 500 or status in TRANSIENT_STATUS or code in RETRYABLE_ERRORS
+        return DeliveryError(self._scrub(code), retryable=retryable)
 
     async def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         try:

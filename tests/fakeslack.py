@@ -1,8 +1,9 @@
 """A local server that speaks Slack's HTTP API (incoming webhook, chat.postMessage, chat.update).
 
 It records every request byte for byte and answers from a script: ok, 429 with Retry-After, 500,
-a Slack error (`{"ok": false, "error": ...}`), or a hang until released. It can be taken down
-(connections refused) and brought back on the same port.
+a Slack error (`{"ok": false, "error": ...}`), or a hang until released; or from a timeline on
+the sink's fake clock ("429 for 5 minutes, then 500 for 10"). It can be taken down (connections
+refused) and brought back on the same port.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Request:
     path: str
     body: bytes
     headers: dict[str, str]
-    at: float  # time.monotonic() on arrival
+    at: float  # on arrival: the fake clock's time if the server has one, else time.monotonic()
     answer: AnswerKind = "ok"
 
     @property
@@ -85,6 +86,9 @@ class FakeSlack:
     messages: dict[str, Message] = field(default_factory=dict)
     webhook_posts: list[dict[str, Any]] = field(default_factory=list)
     script: list[Answer] = field(default_factory=list)
+    # (until, answer): before `until` on `clock`, requests get `answer`; first match wins
+    timeline: list[tuple[float, Answer]] = field(default_factory=list)
+    clock: FakeClock | None = None
     default: Answer = OK
     release: asyncio.Event = field(default_factory=asyncio.Event)
     hanging: asyncio.Event = field(default_factory=asyncio.Event)
@@ -134,9 +138,10 @@ class FakeSlack:
         return response
 
     async def _answer(self, request: web.Request) -> tuple[Request, web.Response | None]:
-        record = Request(request.path, await request.read(), dict(request.headers), time.monotonic())
+        now = self.clock.now if self.clock is not None else time.monotonic()
+        record = Request(request.path, await request.read(), dict(request.headers), now)
         self.requests.append(record)
-        answer = self.script.pop(0) if self.script else self.default
+        answer = self._next_answer(now)
         record.answer = answer.kind
         if answer.kind == "hang":
             self.hanging.set()
@@ -153,11 +158,18 @@ class FakeSlack:
             return record, web.json_response({"ok": False, "error": answer.error})
         return record, None
 
+    def _next_answer(self, now: float) -> Answer:
+        for until, answer in self.timeline:
+            if now < until:
+                return answer
+        return self.script.pop(0) if self.script else self.default
+
     async def _webhook(self, request: web.Request) -> web.Response:
         record, refusal = await self._answer(request)
         if refusal is not None:
             if record.answer == "slack_error":  # webhooks say it with a status and a plain body
-                return web.Response(status=404, text="channel_not_found")
+                error = json.loads(refusal.text or "{}").get("error", "invalid_payload")
+                return web.Response(status=404 if error == "channel_not_found" else 400, text=error)
             return refusal
         self.webhook_posts.append(record.json)
         return await self._hold_if_asked(record, web.Response(text="ok"))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import collections
+import itertools
+import math
+import random
 import re
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -11,7 +16,7 @@ import pytest
 from bus.subjects import Subjects
 from bus.units import dec_hook
 from sinks.slack import SlackConfigError, SlackSinkConfig, resolve_secrets, thread_key
-from sinks.slack_delivery import ChannelRateLimiter, DeliveryError, RetryPolicy
+from sinks.slack_delivery import ChannelRateLimiter, DeliveryError, RetryPolicy, Sender
 from sinks.slack_transport import BotTransport, retry_after
 from tests.fakeslack import FakeClock
 
@@ -46,17 +51,123 @@ async def test_a_429_pauses_the_channel_for_its_retry_after() -> None:
     assert clock.now == 1030.0
 
 
-def test_backoff_doubles_up_to_its_cap_and_gives_up_after_max_attempts() -> None:
-    policy = RetryPolicy(max_attempts=8, initial_backoff=1, max_backoff=20)
-    server_error = DeliveryError("HTTP 500", retryable=True)
-    delays = [policy.delay_after(attempt, server_error) for attempt in range(1, 9)]
-    assert delays == [1, 2, 4, 8, 16, 20, 20, None]
+class ScriptedSlack:
+    """Slack answering by the fake clock: each phase (until, error) answers `error` before `until`,
+    then every request is accepted. Records every attempt as (channel, time, what it got)."""
+
+    def __init__(self, clock: FakeClock, phases: Sequence[tuple[float, DeliveryError]] = ()) -> None:
+        self.clock = clock
+        self.phases = list(phases)
+        self.attempts: list[tuple[str, float, str]] = []
+        self.delivered: list[str] = []
+
+    def post(self, channel: str, text: str) -> Callable[[], Awaitable[str]]:
+        async def call() -> str:
+            now = self.clock.monotonic()
+            error = next((error for until, error in self.phases if now < until), None)
+            self.attempts.append((channel, now, error.reason if error else "ok"))
+            if error is not None:
+                raise DeliveryError(error.reason, retryable=error.retryable, retry_after=error.retry_after)
+            self.delivered.append(text)
+            return text
+
+        return call
 
 
-def test_retry_after_wins_over_backoff_and_permanent_errors_are_not_retried() -> None:
-    policy = RetryPolicy(max_attempts=3)
-    assert policy.delay_after(1, DeliveryError("429", retryable=True, retry_after=42)) == 42
-    assert policy.delay_after(1, DeliveryError("channel_not_found", retryable=False)) is None
+def rate_limited(retry_after: float = 5) -> DeliveryError:
+    return DeliveryError("rate limited (429)", retryable=True, retry_after=retry_after)
+
+
+SERVER_ERROR = DeliveryError("HTTP 500", retryable=True)
+
+
+def sender(clock: FakeClock, policy: RetryPolicy | None = None, min_interval: float = 1.0) -> Sender:
+    return Sender(
+        policy or RetryPolicy(), ChannelRateLimiter(min_interval, clock), clock, rng=random.Random(7)
+    )
+
+
+def closest_attempts(attempts: Sequence[tuple[str, float, str]]) -> dict[str, float]:
+    """Per channel, the shortest time between two requests to it."""
+    times: dict[str, list[float]] = {}
+    for channel, at, _ in attempts:
+        times.setdefault(channel, []).append(at)
+    return {c: min((b - a for a, b in itertools.pairwise(ts)), default=math.inf) for c, ts in times.items()}
+
+
+async def test_429_for_five_minutes_then_500_for_ten_costs_time_never_a_notification() -> None:
+    """Every notification is delivered once, in order, at most one request per second per channel."""
+    clock = FakeClock()
+    start = clock.now
+    slack = ScriptedSlack(clock, [(start + 300, rate_limited(5)), (start + 900, SERVER_ERROR)])
+    delivery = sender(clock)
+    queue = [(f"#{'oncall' if n % 3 == 0 else 'alerts'}", f"notification {n}") for n in range(1, 13)]
+    for channel, text in queue:  # one at a time, as the sink's consumer hands them out
+        assert await delivery.send(channel, slack.post(channel, text)) == text
+    assert slack.delivered == [text for _, text in queue]
+    assert min(closest_attempts(slack.attempts).values()) >= 1.0 - 1e-9
+    outcomes = collections.Counter(outcome for _, _, outcome in slack.attempts)
+    assert outcomes["rate limited (429)"] == 60, "Retry-After: 5 honoured for five minutes, no more"
+    assert outcomes["ok"] == 12
+    first_ok = next(at for _, at, outcome in slack.attempts if outcome == "ok")
+    assert start + 900 <= first_ok <= start + 900 + RetryPolicy().max_backoff, "back within one backoff"
+
+
+async def test_429_never_counts_towards_giving_up() -> None:
+    clock = FakeClock()
+    policy = RetryPolicy(max_retry_time=60, max_backoff=30)
+    slack = ScriptedSlack(clock, [(clock.now + 3600, rate_limited(30))])
+    assert await sender(clock, policy).send("#alerts", slack.post("#alerts", "hello")) == "hello"
+    assert len(slack.attempts) == 121, "an hour of 429s at 30 s each, then delivered"
+
+
+async def test_retry_after_is_honoured_up_to_max_backoff_and_never_below_a_second() -> None:
+    clock = FakeClock()
+    slack = ScriptedSlack(clock, [(clock.now + 0.5, rate_limited(0)), (clock.now + 100, rate_limited(3600))])
+    await sender(clock, RetryPolicy(max_backoff=40), min_interval=0).send("#a", slack.post("#a", "x"))
+    assert [at - 1000 for _, at, _ in slack.attempts] == [0, 1, 41, 81, 121]
+
+
+async def test_server_errors_back_off_with_jitter_up_to_the_cap() -> None:
+    clock = FakeClock()
+    slack = ScriptedSlack(clock, [(clock.now + 200, SERVER_ERROR)])
+    policy = RetryPolicy(initial_backoff=2, max_backoff=20)
+    await sender(clock, policy, min_interval=0).send("#alerts", slack.post("#alerts", "x"))
+    waits = [b[1] - a[1] for a, b in itertools.pairwise(slack.attempts)]
+    ceilings = [2, 4, 8, 16] + [20] * (len(waits) - 4)
+    assert all(c / 2 <= w <= c for w, c in zip(waits, ceilings, strict=True)), waits
+    assert len(set(waits[4:])) > 1, "capped waits are still spread by jitter"
+
+
+async def test_server_errors_past_max_retry_time_give_up_with_how_long_it_failed() -> None:
+    clock = FakeClock()
+    slack = ScriptedSlack(clock, [(math.inf, SERVER_ERROR)])
+    policy = RetryPolicy(max_retry_time=3600, max_backoff=300)
+    with pytest.raises(DeliveryError) as caught:
+        await sender(clock, policy).send("#alerts", slack.post("#alerts", "x"))
+    assert caught.value.reason == "HTTP 500"
+    assert caught.value.failing_for == pytest.approx(3600)
+    assert caught.value.attempts == len(slack.attempts)
+    assert slack.attempts[-1][1] == pytest.approx(1000 + 3600), "a last attempt at the deadline"
+
+
+async def test_a_permanent_error_gives_up_at_once() -> None:
+    clock = FakeClock()
+    slack = ScriptedSlack(clock, [(math.inf, DeliveryError("invalid_blocks", retryable=False))])
+    with pytest.raises(DeliveryError) as caught:
+        await sender(clock).send("#alerts", slack.post("#alerts", "x"))
+    assert (caught.value.reason, caught.value.attempts) == ("invalid_blocks", 1)
+    assert clock.sleeps == []
+
+
+async def test_a_429_ends_an_outage_and_its_clock() -> None:
+    """Slack answering again, if only to say wait, starts the time allowed for 5xx afresh."""
+    clock = FakeClock()
+    start = clock.now
+    phases = [(start + 50, SERVER_ERROR), (start + 60, rate_limited(1)), (start + 100, SERVER_ERROR)]
+    slack = ScriptedSlack(clock, phases)
+    policy = RetryPolicy(max_retry_time=60, max_backoff=10)
+    assert await sender(clock, policy).send("#alerts", slack.post("#alerts", "x")) == "x"
 
 
 @pytest.mark.parametrize(
@@ -103,7 +214,7 @@ def test_unreadable_or_bad_secrets_are_one_clear_line_without_the_secret(tmp_pat
         ({"channels": {"critical": "#oncall"}}, "channels needs a `default` channel"),
         ({"api_url": "slack.com/api"}, "is not an http(s) URL"),
         ({"durable": "my sink"}, "durable: use 1 to 64 letters"),
-        ({"max_attempts": 0}, "Expected `int` >= 1"),
+        ({"max_retry_time": 6}, "invalid duration 6"),
         ({"initial_backoff": "10m", "max_backoff": "1m"}, "max_backoff is shorter than initial_backoff"),
     ],
 )
@@ -142,3 +253,13 @@ async def test_a_channel_mapped_by_the_sink_wins_then_the_routes_receiver_then_t
         assert transport.channel_for("oncall") == "#alerts"
     finally:
         await transport.close()
+
+
+def test_a_config_with_the_retired_max_attempts_says_what_replaced_it() -> None:
+    from jarvis_monitor.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"sinks": {"slack": {"max_attempts": 8}}})
+    (problem,) = caught.value.problems
+    assert problem.startswith("sinks.slack.max_attempts: no longer used")
+    assert "max_retry_time" in problem

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from sinks.slack_delivery import DeliveryError
 from sinks.slack_format import SlackMessage
-from sinks.slack_transport import BotTransport
+from sinks.slack_transport import BotTransport, WebhookTransport
 
 TOKEN = "xoxb-transport-test-token"
 
@@ -44,3 +44,54 @@ async def test_a_json_labelled_error_page_is_a_retryable_delivery_error(proxy_er
     assert caught.value.retryable
     assert caught.value.reason == "HTTP 502"
     assert TOKEN not in caught.value.reason
+
+
+@pytest.fixture
+async def webhook_answering() -> AsyncIterator[tuple[str, list[tuple[int, str]]]]:
+    """A webhook that answers each request with the next (status, body) of the list it yields."""
+    answers: list[tuple[int, str]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        status, body = answers.pop(0)
+        return web.Response(status=status, text=body)
+
+    app = web.Application()
+    app.router.add_post("/services/T/B/secret", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/services/T/B/secret", answers
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "retryable"),
+    [
+        (400, "invalid_blocks", False),
+        (400, "invalid_payload", False),
+        (404, "channel_not_found", False),
+        (410, "channel_is_archived", False),
+        (413, "too large", False),
+        (408, "request timeout", True),
+        (500, "internal error", True),
+        (503, "unavailable", True),
+    ],
+)
+async def test_a_webhook_refusal_is_permanent_unless_it_can_heal(
+    webhook_answering: tuple[str, list[tuple[int, str]]], status: int, body: str, retryable: bool
+) -> None:
+    """What Slack will never take goes to the dead letters at once; only what heals is retried."""
+    url, answers = webhook_answering
+    answers.append((status, body))
+    transport = WebhookTransport(url, 2)
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await transport.post("webhook", SlackMessage("hello"))
+    finally:
+        await transport.close()
+    assert caught.value.retryable is retryable
+    assert caught.value.reason == f"webhook answered {status}: {body}"
+    assert "secret" not in caught.value.reason

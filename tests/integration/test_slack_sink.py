@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import logging
 import os
 import re
@@ -267,7 +268,8 @@ async def test_server_errors_back_off_then_deliver(streams: Bus, slack: FakeSlac
         await publish(streams, notification("firing", 1))
         await wait_until(lambda: len(slack.accepted()) == 1)
     assert len(slack.requests) == 3
-    assert clock.sleeps == [2.0, 4.0]
+    first, second = clock.sleeps
+    assert 1.0 <= first <= 2.0 <= second <= 4.0, "doubling from initial_backoff, with jitter"
 
 
 async def test_a_hanging_slack_times_out_and_is_retried(streams: Bus, slack: FakeSlack) -> None:
@@ -279,27 +281,66 @@ async def test_a_hanging_slack_times_out_and_is_retried(streams: Bus, slack: Fak
     assert [r.answer for r in slack.requests] == ["hang", "ok"]
 
 
-async def test_after_max_attempts_a_notification_is_dead_lettered_and_the_next_goes_out(
+async def test_after_max_retry_time_a_notification_is_dead_lettered_and_the_next_goes_out(
     streams: Bus, slack: FakeSlack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    slack.script = [SERVER_ERROR] * 3
-    sink = SlackSink(bot_config(slack, max_attempts=3), streams, BOT_ENV, clock=FakeClock())
+    clock = FakeClock()
+    slack.clock = clock
+    slack.timeline = [(clock.now + 10.5, SERVER_ERROR)]  # ten seconds of 500s on the sink's clock
+    sink = SlackSink(bot_config(slack, max_retry_time=Duration(10)), streams, BOT_ENV, clock=clock)
     async with running(sink):
         await publish(streams, notification("firing", 1))
         await publish(streams, notification("firing", 2, host="db01"))
         await wait_until(lambda: len(slack.accepted()) == 1)
         await wait_for_dead_letters(streams, 1)
-    assert len(slack.requests) == 4, "three attempts for the first, never an endless loop"
+    failed = [r.at for r in slack.requests if r.answer == "server_error"]
+    assert failed[0] == 1000.0
+    assert failed[-1] == pytest.approx(1010.0), "retried for max_retry_time, no longer"
     assert slack.accepted()[0].json["text"] == "🔴 [FIRING:3] db01"
     ((subject, headers, data),) = await dead_letters(streams)
     assert subject == f"{streams.subjects.prefix}.deadletter.notifications.default"
     assert data == encode(notification("firing", 1)), "the original payload, ready to replay"
-    assert headers["Jarvis-Dead-Letter-Attempts"] == "3"
+    assert headers["Jarvis-Dead-Letter-Reason"] == "HTTP 500 (failing for 10s)"
+    assert headers["Jarvis-Dead-Letter-Attempts"] == str(len(failed))
+    assert headers["Jarvis-Dead-Letter-By"] == "sink slack (slack)"
+    assert headers["Jarvis-Original-Subject"] == f"{streams.subjects.prefix}.notifications.default"
     assert sink.stats.dead_lettered == 1
     assert "gave up on notification 'default:web01:1'" in caplog.text
 
 
-async def test_a_notification_the_sink_chokes_on_is_dead_lettered_after_max_attempts_not_retried_forever(
+async def test_slack_answering_429_for_5_minutes_then_500_for_10_loses_nothing(
+    streams: Bus, slack: FakeSlack
+) -> None:
+    """On the sink's clock: every notification delivered once, in order, ≤ 1 message/s/channel."""
+    clock = FakeClock()  # starts at 1000
+    slack.clock = clock
+    slack.timeline = [(1000 + 300, ratelimited(5)), (1000 + 900, SERVER_ERROR)]
+    items = [
+        notification("firing", n, host=f"web{n:02}", route="critical" if n % 3 == 0 else "default")
+        for n in range(1, 10)
+    ]
+    sink = SlackSink(bot_config(slack), streams, BOT_ENV, clock=clock)
+    async with running(sink):
+        for item in items:
+            await publish(streams, item)
+        await wait_until(lambda: len(slack.accepted()) == len(items), timeout=30)
+    assert [r.json["text"] for r in slack.accepted()] == [
+        f"🔴 [FIRING:3] {i.alerts[0].labels['host']}" for i in items
+    ]
+    assert [r.json["channel"] for r in slack.accepted()] == [
+        "#oncall" if i.route == "critical" else "#alerts" for i in items
+    ]
+    for channel in ("#alerts", "#oncall"):
+        times = [r.at for r in slack.requests if r.json["channel"] == channel]
+        assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(times)), channel
+    assert {r.answer for r in slack.requests} == {"ratelimited", "server_error", "ok"}
+    assert slack.accepted()[0].at >= 1000 + 900, "nothing was accepted before Slack was back"
+    assert await dead_letters(streams) == []
+    assert (sink.stats.delivered, sink.stats.dead_lettered) == (len(items), 0)
+    assert sink.stats.rate_limited == 60
+
+
+async def test_a_notification_the_sink_chokes_on_is_dead_lettered_after_a_few_tries_not_retried_forever(
     streams: Bus, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With one message in flight at a time, a poison message retried forever would stop all alerts."""
@@ -312,7 +353,8 @@ async def test_a_notification_the_sink_chokes_on_is_dead_lettered_after_max_atte
 
     monkeypatch.setattr(slack_module, "render", choke_on_web01)
     monkeypatch.setattr(slack_module, "BUG_RETRY", Duration(0.1))
-    sink = SlackSink(bot_config(slack, max_attempts=3), streams, BOT_ENV, clock=FakeClock())
+    monkeypatch.setattr(slack_module, "BUG_ATTEMPTS", 3)
+    sink = SlackSink(bot_config(slack), streams, BOT_ENV, clock=FakeClock())
     async with running(sink):
         await publish(streams, notification("firing", 1))
         await publish(streams, notification("firing", 2, host="db01"))
@@ -326,13 +368,31 @@ async def test_a_notification_the_sink_chokes_on_is_dead_lettered_after_max_atte
     assert sink.stats.dead_lettered == 1
 
 
-async def test_a_permanent_slack_error_is_dead_lettered_at_once(streams: Bus, slack: FakeSlack) -> None:
-    slack.script = [slack_error("channel_not_found")]
-    async with running(SlackSink(bot_config(slack), streams, BOT_ENV, clock=FakeClock())):
+@pytest.mark.parametrize("error", ["channel_not_found", "invalid_blocks", "msg_too_long"])
+async def test_a_permanent_slack_error_is_dead_lettered_at_once_and_the_next_goes_out(
+    streams: Bus, slack: FakeSlack, error: str
+) -> None:
+    slack.script = [slack_error(error)]
+    sink = SlackSink(bot_config(slack), streams, BOT_ENV, clock=FakeClock())
+    async with running(sink):
         await publish(streams, notification("firing", 1))
+        await publish(streams, notification("firing", 2, host="db01"))
         letters = await wait_for_dead_letters(streams, 1)
+        await wait_until(lambda: len(slack.accepted()) == 1)
     ((_, headers, _),) = letters
-    assert headers["Jarvis-Dead-Letter-Reason"] == "channel_not_found"
+    assert headers["Jarvis-Dead-Letter-Reason"] == error
+    assert headers["Jarvis-Dead-Letter-Attempts"] == "1"
+    assert [r.answer for r in slack.requests] == ["slack_error", "ok"]
+    assert sink.stats.dead_lettered == 1
+
+
+async def test_a_webhook_that_refuses_the_payload_dead_letters_it(streams: Bus, slack: FakeSlack) -> None:
+    slack.script = [slack_error("invalid_blocks")]
+    env = {"SLACK_WEBHOOK_URL": slack.webhook_url}
+    async with running(SlackSink(bot_config(slack), streams, env, clock=FakeClock())):
+        await publish(streams, notification("firing", 1))
+        ((_, headers, _),) = await wait_for_dead_letters(streams, 1)
+    assert headers["Jarvis-Dead-Letter-Reason"] == "webhook answered 400: invalid_blocks"
     assert len(slack.requests) == 1
 
 
@@ -346,7 +406,7 @@ async def test_garbage_on_the_subject_is_rejected_and_kept(streams: Bus, slack: 
     assert sink.stats.rejected == 1
     ((_, headers, data),) = await dead_letters(streams)
     assert data == b"{not json"
-    assert headers["Jarvis-Dead-Letter-Reason"] == "not a notification"
+    assert headers["Jarvis-Dead-Letter-Reason"].startswith("not a notification: ")
 
 
 async def test_slack_down_for_a_while_then_back_delivers_everything_in_order(
@@ -357,7 +417,6 @@ async def test_slack_down_for_a_while_then_back_delivers_everything_in_order(
         slack,
         initial_backoff=Duration(0.05),
         max_backoff=Duration(0.2),
-        max_attempts=1000,
         min_interval=Duration(0),
     )
     env = {"SLACK_WEBHOOK_URL": slack.webhook_url}
@@ -420,12 +479,14 @@ async def test_notify_test_sends_the_runbook_test_notification(
 # --- a real `jarvis-monitor sink slack` process, killed while Slack holds its request ----------
 
 
-def sink_config(tmp_path: Path, server: EmbeddedServer, prefix: str, slack: FakeSlack) -> Path:
+def sink_config(
+    tmp_path: Path, server: EmbeddedServer, prefix: str, slack: FakeSlack, more: str = ""
+) -> Path:
     path = tmp_path / "sink.toml"
     path.write_text(
         f'[bus]\nservers = ["{server.url}"]\nprefix = "{prefix}"\n'
         f'[sinks.slack]\napi_url = "{slack.api_url}"\nack_wait = "1s"\nmin_interval = "0s"\n'
-        'channels = { default = "#alerts" }\n',
+        f'channels = {{ default = "#alerts" }}\n{more}',
         encoding="utf-8",
     )
     return path
@@ -472,6 +533,37 @@ async def test_a_sink_killed_mid_delivery_loses_nothing_and_repeats_at_most_one(
         ["web01", "web02", "web03", "web04", "web05"],
         ["web01", "web02", "web02", "web03", "web04", "web05"],
     ), titles
+
+
+async def test_a_sink_killed_during_a_slack_outage_delivers_everything_once_in_order(
+    tmp_path: Path, nats_server: EmbeddedServer, prefix: str, streams: Bus, slack: FakeSlack
+) -> None:
+    """429s, then 500s; SIGKILL while retrying; the outage goes on after the restart, then ends:
+    each notification reaches Slack exactly once, in order, and nothing is dead-lettered."""
+    slack.script = [OK, *[ratelimited(1)] * 3]
+    slack.default = SERVER_ERROR
+    config = sink_config(
+        tmp_path, nats_server, prefix, slack, 'initial_backoff = "50ms"\nmax_backoff = "200ms"\n'
+    )
+    for number in range(1, 6):
+        await publish(streams, notification("firing", number, host=f"web{number:02}"))
+    with sink_process(config) as first:
+        await wait_until(lambda: _answered(slack, "server_error") >= 3, timeout=30)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    killed_at = len(slack.requests)
+    with sink_process(config) as second:
+        await wait_until(lambda: len(slack.requests) >= killed_at + 3, timeout=30)  # still failing
+        slack.default = OK
+        await wait_until(lambda: len(slack.accepted()) >= 5, timeout=30)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(10) == 0, second.stderr.read().decode() if second.stderr else ""
+    assert [r.json["text"] for r in slack.accepted()] == [f"🔴 [FIRING:3] web{n:02}" for n in range(1, 6)]
+    assert await dead_letters(streams) == []
+
+
+def _answered(slack: FakeSlack, kind: str) -> int:
+    return sum(1 for r in slack.requests if r.answer == kind)
 
 
 def _titles(count: int) -> set[str]:
