@@ -10,7 +10,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from jarvis_monitor import __version__, deadletter_cli, evaluator_cli, report_cli, slack_cli, stack
+from jarvis_monitor import (
+    __version__,
+    deadletter_cli,
+    evaluator_cli,
+    report_cli,
+    slack_cli,
+    stack,
+    status_cli,
+)
 from jarvis_monitor.commands import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, run_async
 from jarvis_monitor.config import ConfigError, load_config
 from jarvis_monitor.docs import event_schema, render_events_doc
@@ -21,7 +29,7 @@ from jarvis_monitor.template import render_config
 log = logging.getLogger("jarvis_monitor")
 
 # Each part's own subcommands; each module's `register` adds parsers that set `handler`.
-EXTENSIONS = (evaluator_cli, slack_cli, report_cli, deadletter_cli)
+EXTENSIONS = (evaluator_cli, slack_cli, report_cli, deadletter_cli, status_cli)
 DEFAULT_INIT_PATH = "jarvis-monitor.toml"
 
 
