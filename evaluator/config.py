@@ -12,6 +12,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from bus.units import Duration
+from evaluator.watchdog import WatchdogConfig
 
 MatchOp = Literal["=", "!=", "=~", "!~"]
 CompareOp = Literal[">", ">=", "<", "<=", "==", "!="]
@@ -547,6 +548,10 @@ class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
             "the server stored it (nor later): heartbeats an agent buffered through an outage count"
         ),
     ] = Duration(60)
+    watchdog: Annotated[
+        WatchdogConfig,
+        Meta(description="ping an external dead-man URL while the pipeline is healthy"),
+    ] = msgspec.field(default_factory=WatchdogConfig)
     flapping: Annotated[FlappingConfig, Meta(description="flap detection")] = msgspec.field(
         default_factory=FlappingConfig
     )

@@ -18,6 +18,7 @@ from evaluator.config import (
 )
 
 # Database checks by name: "postgres", "db", "database-main", "postgres:5432" (not "feedback").
+AGENT_DOWN_RULE = "agent_down"  # the dead-man rule: the watchdog and inhibition name it
 DATABASE_CHECK = r"(?i)(postgres|postgresql|database|db)([-_.:].*)?"
 
 
@@ -139,7 +140,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         labels={"check": "{target}"},
     ),
     Rule(
-        name="agent_down",
+        name=AGENT_DOWN_RULE,
         kind="heartbeat",
         op=">=",
         threshold=3,
@@ -162,8 +163,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 
 DEFAULT_INHIBIT_RULES: tuple[InhibitRule, ...] = (
     InhibitRule(
-        source_matchers=[_m("rule", "=", "agent_down")],
-        target_matchers=[_m("rule", "!=", "agent_down")],
+        source_matchers=[_m("rule", "=", AGENT_DOWN_RULE)],
+        target_matchers=[_m("rule", "!=", AGENT_DOWN_RULE)],
         equal=["host"],
     ),
     InhibitRule(

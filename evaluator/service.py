@@ -49,6 +49,7 @@ from bus.jetstream import stream_name
 from bus.payload import payload_limit, split_notification
 from evaluator.config import EvaluatorConfig
 from evaluator.engine import Engine, Output
+from evaluator.rules import AGENT_DOWN_RULE
 from evaluator.silences import Silence
 from evaluator.store import (
     ACK_PREFIX,
@@ -64,6 +65,7 @@ from evaluator.store import (
     decode_silence,
     open_buckets,
 )
+from evaluator.watchdog import WatchdogError, WatchdogStats, run_watchdog, watchdog_url
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ PUBLISH_TIMEOUT = 5.0
 PUBLISH_CONCURRENCY = 1000
 ALERT_SUBJECTS_CACHED = 10_000
 MAX_BACKOFF = 5.0
+STUCK_AFTER = 60.0  # a loop that has not turned for this long is stuck: the watchdog stops pinging
 
 Input = MetricBatch | HealthEvent | Heartbeat
 
@@ -224,6 +227,8 @@ class EvaluatorService:
         self._active_at = -math.inf
         self._housekeeping_at = -math.inf
         self._last_tick = -math.inf
+        self._loop_at = -math.inf  # when the evaluation loop last turned (the watchdog's test)
+        self.watchdog = WatchdogStats()
         self._alert_subjects: dict[tuple[str, str, str], str] = {}
         self._lease: Lease
         self._lease_lost = False
@@ -264,21 +269,50 @@ class EvaluatorService:
                 out[f"lag.{feed.family}"] = feed.pending + len(feed.buffer)
         return out
 
-    async def run(self) -> None:
-        beating = asyncio.create_task(
-            beat(
-                self.bus,
-                self.host,
-                vocab.EVALUATOR_PART,
-                self.counters,
-                lambda: self.rejections.by_reason,
-                self._stopping,
-            )
+    def health_problem(self) -> str | None:
+        """Why the pipeline is not healthy (the watchdog then stays quiet); None when it is."""
+        if not self.ready.is_set() or self._engine is None:
+            return "the evaluator is not evaluating yet"
+        if self.standing_by is not None:
+            return "this evaluator stands by"
+        if not self.bus.nc.is_connected:
+            return "no connection to NATS"
+        if self.clock() - self._loop_at > STUCK_AFTER:
+            return f"the evaluation loop has not turned for {self.clock() - self._loop_at:.0f}s"
+        silent = sorted(
+            f"{a.labels.get('agent')} on {a.labels.get('host')}"
+            for a in self.engine.active(self.clock())
+            if a.rule == AGENT_DOWN_RULE and a.state == "firing" and a.labels.get("agent") in vocab.PARTS
         )
+        return f"silent: {', '.join(silent)}" if silent else None
+
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(
+                beat(
+                    self.bus,
+                    self.host,
+                    vocab.EVALUATOR_PART,
+                    self.counters,
+                    lambda: self.rejections.by_reason,
+                    self._stopping,
+                )
+            )
+        ]
+        try:
+            url = watchdog_url(self.config.watchdog)
+        except WatchdogError as exc:
+            log.error("evaluator: no watchdog: %s", exc)
+            url = None
+        if url is not None:
+            watchdog = run_watchdog(
+                url, self.config.watchdog, self.health_problem, self._stopping, self.watchdog
+            )
+            tasks.append(asyncio.create_task(watchdog))
         try:
             await self._run()
         finally:
-            await cancel_and_wait([beating])
+            await cancel_and_wait(tasks)
 
     async def _run(self) -> None:
         while True:
@@ -517,6 +551,7 @@ class EvaluatorService:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set() and not self._lease_lost:
+            self._loop_at = self.clock()
             await self._wait_for_wake(self._timeout())
             processed: dict[str, Msg] = {}
             changed = self._apply_external(self._now())

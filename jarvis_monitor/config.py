@@ -21,6 +21,7 @@ from bus.connection import BusConfigError, resolve_credentials, tls_context
 from bus.server import ServerConfig
 from bus.units import dec_hook
 from evaluator.config import EvaluatorConfig, Rule
+from evaluator.watchdog import WatchdogError, watchdog_url
 from sinks.config import SinksConfig
 from sinks.slack import SlackConfigError, resolve_secrets
 
@@ -291,5 +292,10 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] = os.environ
         try:  # the Slack secrets, from their files or the environment, before anything starts
             resolve_secrets(config.sinks.slack, environ)
         except SlackConfigError as exc:
+            raise ConfigError([str(exc)]) from None
+    if config.evaluator.enabled:
+        try:  # the watchdog URL too: a watchdog that cannot ping is found now, not at 3 a.m.
+            watchdog_url(config.evaluator.watchdog, environ)
+        except WatchdogError as exc:
             raise ConfigError([str(exc)]) from None
     return config
