@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import aiodocker
@@ -40,6 +40,7 @@ from agents.container_stats import StatsMeter
 from agents.container_streams import StatsStreams
 from agents.runner import AgentConfig, Check, Collection, Emit
 from bus import vocabulary as vocab
+from bus.aio import Backoff
 from bus.events import Sample, Status
 from bus.redact import redact_text
 from bus.units import Duration
@@ -149,25 +150,6 @@ def engine_error(exc: BaseException) -> str:
         return "no answer within the request timeout"
     text = exc.message if isinstance(exc, aiodocker.DockerError) else str(exc)
     return redact_text(text or type(exc).__name__)
-
-
-@dataclass
-class Backoff:
-    """Waits between reconnection attempts: doubling from `first` up to `maximum`."""
-
-    first: float
-    maximum: float
-    _next: float = field(init=False, default=0.0)
-
-    def __post_init__(self) -> None:
-        self._next = self.first
-
-    def next(self) -> float:
-        wait, self._next = self._next, min(self._next * 2, self.maximum)
-        return wait
-
-    def reset(self) -> None:
-        self._next = self.first
 
 
 @dataclass
@@ -457,7 +439,8 @@ class ContainerCollector:
     async def watch(self, emit: Emit) -> None:
         """Publish container events as they happen and follow logs, until cancelled; never raises."""
         self._watching_since = self.wall_clock()
-        backoff = Backoff(RETRY_FIRST, self.config.retry_max.seconds)
+        # one agent per engine: no crowd of clients to spread out, so no jitter
+        backoff = Backoff(RETRY_FIRST, self.config.retry_max.seconds, jitter=0)
         try:
             while True:
                 try:

@@ -16,6 +16,7 @@ import nats
 from nats.aio.client import Client, Server
 from nats.errors import ConnectionClosedError, NoServersError, OutboundBufferLimitError
 
+from bus.aio import Backoff
 from bus.config import DEFAULT_URL, BusConfig, validate_url
 from bus.events import Event, encode
 from bus.redact import redact_url
@@ -104,10 +105,19 @@ def tls_context(config: BusConfig) -> ssl.SSLContext | None:
     return context
 
 
+RECONNECT_FIRST = 0.1  # seconds before the first reconnect attempt
+
+
 def reconnect_delay(attempt: int, cap: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: 0.1 s doubling per attempt, capped at `cap`."""
-    ceiling = min(cap, 0.1 * 2 ** min(attempt, 30))
-    return (rng or random).uniform(ceiling / 2, ceiling)
+    """The wait before attempt `attempt` (from 0): the shared Backoff from 0.1 s, capped at `cap`.
+
+    nats-py counts the failed attempts of each server itself, so the wait is computed from its count.
+    """
+    if cap <= 0:
+        return 0.0
+    backoff = Backoff(min(RECONNECT_FIRST, cap), cap, rng=rng)
+    backoff.attempts = attempt
+    return backoff.next()
 
 
 @dataclass
@@ -143,7 +153,10 @@ class Bus:
         return True
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Flush what is buffered (waiting up to `timeout` for a reconnect) and close."""
+        """Flush what is buffered (waiting up to `timeout` for a reconnect) and close.
+
+        `timeout` 0 is for a server known to be gone: nothing is waited for, what is buffered is lost.
+        """
         nc = self.nc
         if nc.is_closed:
             return
@@ -151,15 +164,18 @@ class Bus:
         deadline = loop.time() + timeout
         while nc.is_reconnecting and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        if nc.is_connected:
+        if nc.is_connected and timeout > 0:
             try:
                 await nc.flush(timeout=max(1, round(deadline - loop.time())))
             except (TimeoutError, nats.errors.Error) as exc:
                 log.warning("final flush failed: %s", exc)
         elif nc.pending_data_size:
-            log.warning("closing while disconnected: %d buffered bytes not delivered", nc.pending_data_size)
+            log.warning(
+                "closing with no server to flush to: %d buffered bytes not delivered", nc.pending_data_size
+            )
+        limit = max(1.0, deadline - loop.time()) if timeout > 0 else 0.5
         try:
-            await asyncio.wait_for(nc.close(), max(1.0, deadline - loop.time()))
+            await asyncio.wait_for(nc.close(), limit)
         except TimeoutError:  # a stop must end: what was flushed above is all that could be saved
             log.warning("closing the NATS connection timed out")
         except OSError as exc:  # nats-py drains a transport the outage already broke
@@ -220,6 +236,7 @@ async def connect(
         "token": creds.token,
         "nkeys_seed": config.nkey_seed_file,
         "user_credentials": config.creds_file,
+        "inbox_prefix": config.inbox_prefix,
     }
     shown = ", ".join(redact_url(u) for u in urls)
     # nats-py can hang in a failed TLS handshake (nats.py#718): bound the whole first connect.

@@ -196,6 +196,10 @@ def test_reconnect_delay_is_reproducible_with_a_seeded_rng() -> None:
     assert first == second
 
 
+def test_reconnect_delay_with_a_zero_cap_retries_at_once_instead_of_failing() -> None:
+    assert reconnect_delay(3, cap=0.0) == 0.0
+
+
 def test_reconnect_delay_is_jittered() -> None:
     """Many clients restarted together do not all retry at the same instant."""
     rng = random.Random(1)

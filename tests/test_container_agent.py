@@ -10,7 +10,6 @@ import pytest
 
 from agents.container import (
     METRICS,
-    Backoff,
     ContainerAgentConfig,
     LogWatchConfig,
 )
@@ -72,13 +71,6 @@ def test_config_defaults_need_no_file_and_parse_from_toml_values() -> None:
 def test_bad_config_is_refused_with_a_message_naming_the_problem(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(msgspec.ValidationError, match=re.escape(message)):
         msgspec.convert(raw, ContainerAgentConfig, dec_hook=dec_hook)
-
-
-def test_backoff_doubles_up_to_its_cap_and_starts_afresh_after_reset() -> None:
-    backoff = Backoff(0.5, 4.0)
-    assert [backoff.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    backoff.reset()
-    assert backoff.next() == 0.5
 
 
 # state and status ------------------------------------------------------------------------------
