@@ -1,9 +1,15 @@
-"""The host agent: CPU, load, memory, swap, disks, disk and network I/O, processes, uptime."""
+"""The host agent: CPU, load, memory, swap, disks, disk and network I/O, processes, uptime.
+
+psutil blocks (a hard NFS mount whose server is gone hangs statvfs for good), so every reading runs
+off the event loop: the mounts' usage one call per mount, waited for a bounded time; a mount whose
+call has not returned is reported critical and skipped until it does, and the rest still publishes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -13,6 +19,7 @@ import msgspec
 import psutil
 from msgspec import Meta
 
+from agents.blocking import BlockingCalls, StillBlocked
 from agents.runner import AgentConfig, Check, Collection
 from bus import vocabulary as vocab
 from bus.events import Sample
@@ -49,6 +56,11 @@ PSEUDO_FS = (
 VIRTUAL_NICS = ("lo", "veth*", "docker*", "br-*", "virbr*", "cni*", "flannel*", "cali*", "vxlan*")
 
 METRICS = vocab.HOST_METRICS  # what this agent publishes, declared where the wire lives
+DISK_WAIT_CAP = 5.0  # longest wait of one cycle for the mounts' usage, in seconds
+
+log = logging.getLogger(__name__)
+
+Mount = tuple[str, str, str]  # mount point, device, file system type
 
 
 class HostAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -121,26 +133,50 @@ class HostCollector:
 
     name = vocab.HOST_AGENT
 
-    def __init__(self, config: HostAgentConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: HostAgentConfig,
+        clock: Callable[[], float] = time.monotonic,
+        blocking: BlockingCalls | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.blocking = blocking or BlockingCalls()
         self._rates = _Rates()
         self._cpu_total = _CpuMeter()
         self._cpu_cores: list[_CpuMeter] = []
         self._primed = False
+        self._hung: set[str] = set()  # mounts reported hung, so that their recovery is reported once
+
+    @property
+    def disk_wait(self) -> float:
+        """How long a cycle waits for the mounts' usage: half the collection's timeout, at most 5 s."""
+        budget = (self.config.timeout or self.config.interval).seconds
+        return min(DISK_WAIT_CAP, budget / 2)
 
     async def collect(self) -> Collection:
+        # The run loop's timeout abandons a reading that hangs; the next cycle is then refused at
+        # once (StillBlocked, reported as a failed collection) until that reading returns.
         if not self._primed:
             # CPU and I/O rates are measured between two readings; the first only sets a baseline.
-            self._cpu()
-            self._io()
+            await self.blocking.call("psutil", self._prime)
             self._primed = True
             await asyncio.sleep(0.2)
-        disk_samples, mount_checks = self._disks()
-        samples = [*self._cpu(), *self._memory(), *disk_samples, *self._io()]
+        samples, mounts = await self.blocking.call("psutil", self._readings)
+        disk_samples, mount_checks = await self._disks(mounts)
+        return Collection(samples=[*samples, *disk_samples], checks=mount_checks)
+
+    def _prime(self) -> None:
+        self._cpu()
+        self._io()
+
+    def _readings(self) -> tuple[list[Sample], list[Mount]]:
+        """Everything but the mounts' usage (in a thread): CPU, memory, I/O, processes, uptime,
+        and which mounts to read."""
+        samples = [*self._cpu(), *self._memory(), *self._io()]
         samples.append(Sample(vocab.PROC_COUNT, float(len(psutil.pids()))))
         samples.append(Sample(vocab.SYSTEM_UPTIME, round(time.time() - psutil.boot_time(), 1)))
-        return Collection(samples=samples, checks=mount_checks)
+        return samples, self.mounts()
 
     def _cpu(self) -> list[Sample]:
         samples = [Sample(vocab.CPU_COUNT, float(psutil.cpu_count() or 0))]
@@ -172,7 +208,7 @@ class HostCollector:
             Sample(vocab.SWAP_TOTAL_BYTES, float(swap.total)),
         ]
 
-    def mounts(self) -> list[tuple[str, str, str]]:
+    def mounts(self) -> list[Mount]:
         """(mount, device, fstype) of the file systems to watch: one entry per device, or per
         listed mount when `mounts` is set."""
         ignored = set(self.config.ignore_fs_types)
@@ -190,14 +226,27 @@ class HostCollector:
             found.append(("/", "rootfs", "unknown"))  # inside a container only overlay is listed
         return found
 
-    def _disks(self) -> tuple[list[Sample], list[Check]]:
+    async def _usage(self, mount: str) -> Any:
+        return await self.blocking.call(
+            f"disk_usage {mount}", lambda: psutil.disk_usage(mount), self.disk_wait
+        )
+
+    async def _disks(self, mounts: list[Mount]) -> tuple[list[Sample], list[Check]]:
+        """Each mount's usage, read at once; one that does not answer is a critical check."""
+        answers = await asyncio.gather(
+            *(self._usage(mount) for mount, _, _ in mounts), return_exceptions=True
+        )
         samples = []
         reported = set()
-        for mount, device, fstype in self.mounts():
-            try:
-                usage = psutil.disk_usage(mount)
-            except OSError:  # unmounted or unreadable since it was listed
+        hung: dict[str, str] = {}
+        for (mount, device, fstype), usage in zip(mounts, answers, strict=True):
+            if isinstance(usage, (TimeoutError, StillBlocked)):
+                hung[mount] = self._hung_detail(mount)
                 continue
+            if isinstance(usage, OSError):  # unmounted or unreadable since it was listed
+                continue
+            if isinstance(usage, BaseException):
+                raise usage
             reported.add(mount)
             labels = {"mount": mount, "device": device, "fstype": fstype}
             samples += [
@@ -207,15 +256,32 @@ class HostCollector:
                 Sample(vocab.DISK_TOTAL_BYTES, float(usage.total), labels),
             ]
         # A mount the config names is expected: its absence (a data disk not mounted) is news.
-        checks = [
-            Check(
+        checks = {
+            mount: Check(
                 vocab.MOUNT_TARGET.format(mount=mount),
                 "ok" if mount in reported else "critical",
                 detail="mounted" if mount in reported else f"{mount} is not mounted",
             )
             for mount in self.config.mounts
-        ]
-        return samples, checks
+        }
+        for mount, detail in hung.items():
+            checks[mount] = Check(vocab.MOUNT_TARGET.format(mount=mount), "critical", detail=detail)
+        for mount in self._hung - hung.keys():
+            log.info("host agent: %s answers again", mount)
+            if mount not in checks:
+                checks[mount] = Check(vocab.MOUNT_TARGET.format(mount=mount), "ok", detail="answers again")
+        for mount in hung.keys() - self._hung:
+            log.warning("host agent: %s", hung[mount])
+        self._hung = set(hung)
+        return samples, list(checks.values())
+
+    def _hung_detail(self, mount: str) -> str:
+        since = self.blocking.blocked_since(f"disk_usage {mount}")
+        waited = self.disk_wait if since is None else self.blocking.clock() - since
+        return (
+            f"{mount}: disk usage has not answered for {waited:.0f}s (a hung file system?); "
+            "skipped until it does"
+        )
 
     def _io(self) -> list[Sample]:
         counters: dict[tuple[str, str], float] = {}

@@ -17,6 +17,7 @@ from typing import Annotated, Protocol, TypeVar
 import msgspec
 from msgspec import Meta
 
+from agents.blocking import StillBlocked
 from bus import vocabulary as vocab
 from bus.events import HealthEvent, Heartbeat, MetricBatch, Sample, Status
 from bus.publisher import Publisher
@@ -304,10 +305,13 @@ class AgentRunner:
             return
         except Exception as exc:  # one broken collector must not take the agent down
             self.collect_errors += 1
-            ours = isinstance(exc, _Overran)
             # exception texts may quote URLs with credentials; the bus must never carry them
-            reason = f"timed out after {timeout:g}s" if ours else redact_text(repr(exc))
-            trace = "" if ours else "\n" + redact_text("".join(traceback.format_exception(exc)))
+            reason, trace = f"timed out after {timeout:g}s", ""
+            if isinstance(exc, StillBlocked):  # a hang already reported: no traceback every cycle
+                reason = f"blocked: {redact_text(str(exc))}"
+            elif not isinstance(exc, _Overran):
+                reason = redact_text(repr(exc))
+                trace = "\n" + redact_text("".join(traceback.format_exception(exc)))
             log.error("%s agent: collection failed: %s%s", self.agent, reason, trace)
             self._collector_failing = True
             await self._publish_check(Check(COLLECTOR_TARGET, "critical", detail=f"collection {reason}"), ts)

@@ -1,10 +1,15 @@
-"""The host agent: what it emits is declared, and its numbers agree with the kernel and `df`."""
+"""The host agent: what it emits is declared, its numbers agree with the kernel and `df`, and a hung
+file system never blocks the event loop or the other readings."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -13,8 +18,12 @@ import psutil
 import pytest
 
 from agents.host import METRICS, PSEUDO_FS, HostAgentConfig, HostCollector, _CpuMeter, _Rates
-from bus.events import Sample
+from agents.runner import AgentRunner
+from bus import vocabulary as vocab
+from bus.events import HealthEvent, MetricBatch, Sample
+from bus.testing import RecordingPublisher
 from bus.units import Duration, dec_hook
+from tests.conftest import wait_until
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc, Linux only")
 
@@ -309,3 +318,126 @@ def test_host_config_reads_its_table_with_the_shared_agent_settings() -> None:
 def test_host_config_refuses_unknown_keys() -> None:
     with pytest.raises(msgspec.ValidationError, match="unknown field `mount`"):
         msgspec.convert({"mount": ["/"]}, HostAgentConfig, dec_hook=dec_hook)
+
+
+# blocking calls --------------------------------------------------------------------------------
+
+
+class Usage(NamedTuple):
+    total: int
+    used: int
+    free: int
+    percent: float
+
+
+class HangingDisk:
+    """psutil.disk_usage hanging on one mount until released, as statvfs of a dead NFS server does."""
+
+    def __init__(self, mount: str) -> None:
+        self.mount = mount
+        self.calls: Counter[str] = Counter()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.returned = threading.Event()
+
+    def __call__(self, path: str) -> Usage:
+        self.calls[path] += 1
+        if path == self.mount:
+            self.entered.set()
+            self.release.wait(10)  # bounded: a regression fails the test instead of hanging it
+            self.returned.set()
+        return Usage(100, 40, 60, 40.0)
+
+
+@pytest.fixture
+def hanging_data(monkeypatch: pytest.MonkeyPatch, fake_partitions: list[bool]) -> Iterator[HangingDisk]:
+    disk = HangingDisk("/data")
+    monkeypatch.setattr(psutil, "disk_usage", disk)
+    yield disk
+    disk.release.set()
+
+
+def mounts_in(samples: list[Sample]) -> set[str]:
+    return {s.labels["mount"] for s in samples if s.name in DISK}
+
+
+async def test_a_hung_mount_never_blocks_the_loop_and_the_rest_still_publishes(
+    hanging_data: HangingDisk,
+) -> None:
+    config = HostAgentConfig(timeout=Duration(1))  # waits 0.5 s for the mounts
+    collector = HostCollector(config)
+    publisher = RecordingPublisher()
+    runner = AgentRunner(collector, publisher, config, "web01")
+
+    async def loop_runs_while_the_call_hangs() -> bool:
+        while not hanging_data.entered.is_set():
+            await asyncio.sleep(0.005)
+        return not hanging_data.returned.is_set()  # on the loop thread, this would run only after
+
+    watch = asyncio.create_task(loop_runs_while_the_call_hangs())
+    await asyncio.wait_for(runner.run_cycle(), timeout=5)
+
+    assert await asyncio.wait_for(watch, timeout=5)
+    (batch,) = publisher.assert_published("jarvis.metrics.web01.host", MetricBatch)
+    assert isinstance(batch, MetricBatch)
+    assert mounts_in(batch.samples) == {"/"}
+    assert {vocab.CPU_COUNT, vocab.MEM_PERCENT, vocab.PROC_COUNT} <= {s.name for s in batch.samples}
+    (check,) = publisher.assert_published("jarvis.health.web01.host.mount:/data", HealthEvent)
+    assert isinstance(check, HealthEvent)
+    assert check.status == "critical"
+    assert "/data: disk usage has not answered" in check.detail
+    assert "skipped until it does" in check.detail
+    assert not publisher.events("jarvis.health.web01.host._collector")  # the collection itself succeeded
+
+
+async def test_a_hung_mount_is_skipped_until_its_call_returns_then_reported_again(
+    hanging_data: HangingDisk,
+) -> None:
+    collector = HostCollector(HostAgentConfig(timeout=Duration(0.2)))  # waits 0.1 s for the mounts
+    await asyncio.wait_for(collector.collect(), timeout=5)
+
+    still = await asyncio.wait_for(collector.collect(), timeout=5)
+    assert hanging_data.calls == {"/": 2, "/data": 1}  # no second call piled up behind the hung one
+    assert mounts_in(still.samples) == {"/"}
+    assert [(c.target, c.status) for c in still.checks] == [("mount:/data", "critical")]
+
+    hanging_data.release.set()
+    await wait_until(lambda: collector.blocking.blocked_since("disk_usage /data") is None, timeout=5)
+    back = await asyncio.wait_for(collector.collect(), timeout=5)
+    assert mounts_in(back.samples) == {"/", "/data"}
+    assert [(c.target, c.status, c.detail) for c in back.checks] == [("mount:/data", "ok", "answers again")]
+    assert (await collector.collect()).checks == []  # a mount nobody listed is news only while it hangs
+
+
+async def test_a_hung_reading_is_abandoned_reported_and_the_next_cycle_is_refused_until_it_returns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """psutil.pids hanging: the run loop's timeout abandons the cycle, later cycles fail at once."""
+    release, real_pids = threading.Event(), psutil.pids
+
+    def hanging_pids() -> list[int]:
+        release.wait(10)
+        return []
+
+    monkeypatch.setattr(psutil, "pids", hanging_pids)
+    config = HostAgentConfig(timeout=Duration(0.3))
+    collector = HostCollector(config)
+    publisher = RecordingPublisher()
+    runner = AgentRunner(collector, publisher, config, "web01")
+    try:
+        await asyncio.wait_for(runner.run_cycle(), timeout=5)
+        await asyncio.wait_for(runner.run_cycle(), timeout=5)
+    finally:
+        release.set()
+    await wait_until(lambda: collector.blocking.blocked_since("psutil") is None, timeout=5)
+    monkeypatch.setattr(psutil, "pids", real_pids)
+    await asyncio.wait_for(runner.run_cycle(), timeout=5)
+
+    checks = publisher.events("jarvis.health.web01.host._collector", HealthEvent)
+    details = [(c.status, c.detail) for c in checks if isinstance(c, HealthEvent)]
+    assert details[0] == ("critical", "collection timed out after 0.3s")
+    assert details[1][0] == "critical"
+    assert details[1][1].startswith("collection blocked: psutil: the previous call has not returned for")
+    assert details[2] == ("ok", "collection recovered")
+    assert len(publisher.events("jarvis.metrics.web01.host")) == 1
+    assert "Traceback" not in caplog.text  # a known hang is one line a cycle, not a stack dump
