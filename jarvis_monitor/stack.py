@@ -1,5 +1,5 @@
 """Composing the running parts: the embedded server, the bus, JetStream, the agents, the evaluator
-and the sinks."""
+and the sinks, each under a supervisor that restarts it when it fails."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from agents.container import ContainerCollector
 from agents.host import HostCollector
@@ -22,6 +24,7 @@ from bus.jetstream import provision
 from bus.server import EmbeddedServer, ServerError
 from evaluator.service import EvaluatorService
 from jarvis_monitor.config import Config
+from jarvis_monitor.supervisor import DEFAULT_RESTART, Part, RestartPolicy, Service, Supervisor
 from sinks.report.service import ReportSink
 from sinks.slack import SlackSink
 
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 
 AGENT_NAMES = vocab.AGENTS
 STOP_GRACE = 10.0  # seconds every part has to return after a stop
+SERVER_GONE_GRACE = 0.5  # the same once the embedded server died: nothing they could still save gets out
 
 
 def make_collector(name: str, config: Config) -> Collector:
@@ -47,27 +51,40 @@ def make_runner(name: str, config: Config, bus: Bus) -> AgentRunner:
     return AgentRunner(make_collector(name, config), bus, agent_config, config.agents.resolved_hostname())
 
 
-class Service(Protocol):
-    """A long-running part: an agent's run loop, the evaluator, a sink."""
-
-    async def run(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
 ServiceFactory = Callable[[Bus], Service]
 
 
-def enabled_services(config: Config) -> list[ServiceFactory]:
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service (the evaluator, a sink) by its name on the bus and in logs, and how to make one."""
+
+    name: str
+    label: str
+    make: ServiceFactory
+
+
+def enabled_services(config: Config) -> list[ServiceSpec]:
     """The evaluator and the sinks that `up` runs beside the agents."""
-    factories: list[ServiceFactory] = []
+    specs: list[ServiceSpec] = []
     if config.evaluator.enabled:
-        factories.append(lambda bus: EvaluatorService(config.evaluator, bus))
+        specs.append(
+            ServiceSpec(
+                vocab.EVALUATOR_PART, "evaluator", lambda bus: EvaluatorService(config.evaluator, bus)
+            )
+        )
     if config.sinks.slack.enabled:
-        factories.append(lambda bus: SlackSink(config.sinks.slack, bus))
+        specs.append(
+            ServiceSpec(vocab.SLACK_PART, "slack sink", lambda bus: SlackSink(config.sinks.slack, bus))
+        )
     if config.sinks.report.enabled:
-        factories.append(lambda bus: ReportSink(config.sinks.report, bus, config.resolved_data_dir()))
-    return factories
+        specs.append(
+            ServiceSpec(
+                vocab.REPORT_PART,
+                "report sink",
+                lambda bus: ReportSink(config.sinks.report, bus, config.resolved_data_dir()),
+            )
+        )
+    return specs
 
 
 class Shutdown:
@@ -133,7 +150,8 @@ async def open_bus(
             await provision_streams(bus, config)
             yield bus, server
         finally:
-            await bus.close()
+            # a server known dead will not come back: waiting for a reconnect would only delay the exit
+            await bus.close(0.0 if server is not None and not server.running else 5.0)
     finally:
         if server is not None:
             await server.stop()
@@ -150,34 +168,43 @@ async def run_until_stopped(
     bus: Bus,
     shutdown: Shutdown,
     server: EmbeddedServer | None = None,
-    services: Sequence[Service] = (),
+    services: Sequence[ServiceSpec] = (),
+    restart: RestartPolicy = DEFAULT_RESTART,
 ) -> None:
-    """Run the named agents and `services` until a stop is requested (or the embedded server dies)."""
-    runners: list[Service] = [make_runner(name, config, bus) for name in names]
-    runners += services
-    shutdown.started(*(runner.stop for runner in runners))
+    """Run the named agents and `services`, each under its supervisor, until a stop is requested
+    (or the embedded server dies: then ServerError)."""
+    host = config.agents.resolved_hostname()
+    parts = [Part(name, f"{name} agent", partial(make_runner, name, config, bus)) for name in names]
+    parts += [Part(spec.name, spec.label, partial(spec.make, bus)) for spec in services]
+    # each made once now, so that what cannot even start (a file refused) ends the command
+    supervisors = [Supervisor(part, bus, host, first=part.make(), policy=restart) for part in parts]
+    shutdown.started(*(supervisor.stop for supervisor in supervisors))
     if names:
-        log.info("running agents %s as host %r", ", ".join(names), config.agents.resolved_hostname())
-    agents = [asyncio.create_task(runner.run(), name=_describe(runner)) for runner in runners]
+        log.info("running agents %s as host %r", ", ".join(names), host)
+    tasks = [asyncio.create_task(s.run(), name=s.part.label) for s in supervisors]
     watchers: list[asyncio.Task[object]] = [asyncio.create_task(shutdown.requested.wait())]
     if server is not None:
         watchers.append(asyncio.create_task(server.wait()))
     await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
     server_died = server is not None and not shutdown.requested.is_set() and not server.running
-    for runner in runners:
-        runner.stop()
-    await _finish(agents)
+    if server_died:
+        assert server is not None
+        log.critical(
+            "the embedded nats-server died (%s): stopping, nothing can be published or stored "
+            "without it; see %s",
+            server.exit_reason(),
+            server.log_file,
+        )
+    for supervisor in supervisors:
+        supervisor.stop()
+    await _finish(tasks, SERVER_GONE_GRACE if server_died else STOP_GRACE, server_gone=server_died)
     for watcher in watchers:
         watcher.cancel()
     if server_died:
         assert server is not None
-        raise ServerError(f"the embedded nats-server exited unexpectedly; see {server.log_file}")
-
-
-def _describe(runner: Service) -> str:
-    if isinstance(runner, AgentRunner):
-        return f"{runner.agent} agent"
-    return type(runner).__name__
+        raise ServerError(
+            f"the embedded nats-server exited unexpectedly ({server.exit_reason()}); see {server.log_file}"
+        )
 
 
 def _awaiting(task: asyncio.Task[None]) -> list[str]:
@@ -192,18 +219,25 @@ def _awaiting(task: asyncio.Task[None]) -> list[str]:
     return chain
 
 
-async def _finish(tasks: list[asyncio.Task[None]], grace: float = STOP_GRACE) -> None:
+async def _finish(
+    tasks: list[asyncio.Task[None]], grace: float = STOP_GRACE, *, server_gone: bool = False
+) -> None:
     """Wait for every part to return after its stop; one that does not is named, then cancelled.
 
     A stop must never hang: under systemd that would end in a SIGKILL and lose what was buffered.
+    With the server gone, a part still waiting on it is expected and only noted.
     """
     _, stuck = await asyncio.wait(tasks, timeout=grace)
     for task in stuck:
+        where = " -> ".join(_awaiting(task)) or "?"
+        if server_gone:
+            log.info("%s cancelled: it was waiting in %s, on the server that is gone", task.get_name(), where)
+            continue
         log.error(
             "%s still running %.0fs after the stop, cancelling it; it was waiting in %s",
             task.get_name(),
             grace,
-            " -> ".join(_awaiting(task)) or "?",
+            where,
         )
     await cancel_and_wait(stuck)
     for task in tasks:
@@ -217,13 +251,12 @@ async def _until_stopped(
     names: list[str],
     *,
     embedded: bool,
-    services: Sequence[ServiceFactory] = (),
+    services: Sequence[ServiceSpec] = (),
 ) -> None:
     shutdown = Shutdown()
     try:
         async with open_bus(config, component, embedded=embedded) as (bus, server):
-            running = [make(bus) for make in services]
-            await run_until_stopped(config, names, bus, shutdown, server, running)
+            await run_until_stopped(config, names, bus, shutdown, server, services)
     except asyncio.CancelledError:
         if not shutdown.requested.is_set():
             raise
@@ -249,5 +282,9 @@ async def agent(config: Config, name: str) -> None:
 
 
 async def service(config: Config, component: str, make: ServiceFactory) -> None:
-    """One service (the evaluator, a sink) on its own, against the configured NATS."""
-    await _until_stopped(f"jarvis-monitor {component}", config, [], embedded=False, services=[make])
+    """One service (the evaluator, a sink) on its own, against the configured NATS.
+
+    Its name on the bus is the last word of `component` (`sink slack`: `slack`).
+    """
+    spec = ServiceSpec(component.split()[-1], component, make)
+    await _until_stopped(f"jarvis-monitor {component}", config, [], embedded=False, services=[spec])
