@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -33,9 +34,11 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from bus import deadletter
-from bus.aio import Backoff
+from bus import vocabulary as vocab
+from bus.aio import Backoff, cancel_and_wait
 from bus.connection import Bus
 from bus.events import Alert, EventDecodeError, Notification, notification
+from bus.heartbeat import beat
 from bus.jetstream import bucket_name, deadletter_stream_config, ensure_bucket, ensure_stream, stream_name
 from bus.units import Duration
 from sinks.slack_delivery import ChannelRateLimiter, Clock, DeliveryError, RetryPolicy, Sender, SystemClock
@@ -263,6 +266,7 @@ class SlackSink:
         *,
         clock: Clock | None = None,
         out: TextIO | None = None,
+        host: str | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
@@ -278,6 +282,9 @@ class SlackSink:
         )
         self.sender = Sender(self.policy, self.limiter, self.clock, on_retry=self._retrying)
         self.stats = SinkStats()
+        self.rejections = deadletter.Rejections()
+        self.lag = 0  # notifications still to fetch, at the last fetch
+        self.host = host or socket.gethostname()
         self._stopping = asyncio.Event()
         self._transport: Transport | None = None
         self._kv: KeyValue | None = None
@@ -306,8 +313,29 @@ class SlackSink:
             raise _Stopped
         return task.result()
 
+    def counters(self) -> dict[str, int]:
+        """What the sink did since it started, for its heartbeat and `jarvis-monitor status`."""
+        stats = {f.name: getattr(self.stats, f.name) for f in dataclasses.fields(self.stats)}
+        return stats | {"lag.notifications": self.lag}
+
     async def run(self) -> None:
         """Consume and deliver until stop(); outages of NATS or Slack are waited out, never raised."""
+        beating = asyncio.create_task(
+            beat(
+                self.bus,
+                self.host,
+                vocab.SLACK_PART,
+                self.counters,
+                lambda: self.rejections.by_reason,
+                self._stopping,
+            )
+        )
+        try:
+            await self._run()
+        finally:
+            await cancel_and_wait([beating])
+
+    async def _run(self) -> None:
         self._transport = make_transport(self.config, self.secrets)
         log.info("slack sink: delivering notifications in %s mode", self.mode)
         subscription: JetStreamContext.PullSubscription | None = None
@@ -379,13 +407,16 @@ class SlackSink:
 
     async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
         try:
-            return await subscription.fetch(1, timeout=5)
+            messages = await subscription.fetch(1, timeout=5)
         except TimeoutError:
             return []
         except nats.errors.Error as exc:  # disconnected: the client reconnects, we wait and retry
             log.debug("slack sink: fetch failed: %s", exc)
             await asyncio.sleep(1)
             return []
+        if messages:
+            self.lag = messages[-1].metadata.num_pending
+        return messages
 
     async def _keep_alive(self, msg: Msg) -> None:
         """Tell JetStream we are still working on `msg`, so a long retry is not redelivered meanwhile."""
@@ -447,6 +478,7 @@ class SlackSink:
             item = notification.decode(msg.data, msg.subject)
         except EventDecodeError as exc:
             self.stats.rejected += 1
+            self.rejections.count(exc.reason)
             log.warning("slack sink: rejected %s", exc)
             route = msg.subject.rsplit(".", 1)[-1]
             return await self._dead_letter(js, msg, route, f"not a notification: {exc.reason}", attempts=0)

@@ -1,10 +1,11 @@
-"""`jarvis-monitor status` against a real nats-server: the evaluator and the report sink beat with
-their counters beside the agents, and a silent part makes status exit 1."""
+"""`jarvis-monitor status` against a real nats-server: the evaluator and both sinks beat with their
+counters beside the agents, and a silent part makes status exit 1."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from jarvis_monitor.config import Config
 from jarvis_monitor.status_cli import cmd_status, judge, render
 from sinks.report.config import ReportSinkConfig
 from sinks.report.service import ReportSink
+from sinks.slack import SlackSink, SlackSinkConfig
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -32,13 +34,14 @@ def status(config: Config, capsys: pytest.CaptureFixture[str]) -> tuple[int, lis
     return code, json.loads(capsys.readouterr().out)
 
 
-async def test_the_evaluator_and_the_report_sink_beat_with_their_counters(
+async def test_the_evaluator_and_the_sinks_beat_with_their_counters(
     bus: Bus, nats_server: EmbeddedServer, prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
     service = EvaluatorService(EvaluatorConfig(), bus, host="mon01")
     report = ReportSink(ReportSinkConfig(), bus, tmp_path, host="mon01")
-    tasks = [asyncio.create_task(service.run()), asyncio.create_task(report.run())]
+    slack = SlackSink(SlackSinkConfig(), bus, environ={}, out=io.StringIO(), host="mon01")
+    tasks = [asyncio.create_task(part.run()) for part in (service, report, slack)]
     old = Heartbeat(host="web09", agent="host", version="1", interval=10, ts=time.time() - 3600)
     await bus.publish(bus.subjects.heartbeat("web09", "host"), old)
     await bus.nc.publish(bus.subjects.metrics("web09", "host"), b"garbage")
@@ -62,10 +65,13 @@ async def test_the_evaluator_and_the_report_sink_beat_with_their_counters(
                 break
             await asyncio.sleep(0.5)
     finally:
-        service.stop()
-        report.stop()
+        for part in (service, report, slack):
+            part.stop()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
-    assert set(parts) >= {"evaluator", "report", "host"}
+    assert set(parts) >= {"evaluator", "report", "slack", "host"}
+    slack_beat = parts["slack"]["heartbeat"]
+    assert isinstance(slack_beat, dict)
+    assert slack_beat["counters"]["lag.notifications"] == 0
     evaluator = parts["evaluator"]["heartbeat"]
     assert isinstance(evaluator, dict)
     assert evaluator["counters"]["rejected"] == 1
