@@ -311,6 +311,14 @@ class EvaluatorService:
             tasks.append(asyncio.create_task(watchdog))
         try:
             await self._run()
+        except Exception:
+            # a bug: hand the lease over, so that the instance the supervisor starts next takes it
+            # at once instead of standing by until it expires
+            lease = getattr(self, "_lease", None)
+            if lease is not None and not self._lease_lost:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(lease.release(), PUBLISH_TIMEOUT)
+            raise
         finally:
             await cancel_and_wait(tasks)
 

@@ -181,3 +181,31 @@ async def test_a_renewal_that_timed_out_in_a_real_outage_does_not_lose_the_lease
         assert (record.token, record.expires_at) == (lease.mine.token, clock.now + LEASE_TTL)
     finally:
         await bus.close()
+
+
+async def test_an_evaluator_that_fails_hands_its_lease_over_for_the_next_instance(bus: Bus) -> None:
+    """The supervisor restarts a failed evaluator in the same process: the new one evaluates at
+    once rather than standing by until the failed one's lease expires."""
+    from bus.jetstream import provision
+    from evaluator.config import EvaluatorConfig
+    from evaluator.service import EvaluatorService
+
+    await provision(bus.nc.jetstream(), bus.subjects, BusConfig().streams)
+    failing = EvaluatorService(EvaluatorConfig(), bus)
+
+    async def broken_loop() -> None:
+        raise RuntimeError("a bug in the loop")
+
+    failing._loop = broken_loop  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="a bug in the loop"):
+        await asyncio.wait_for(failing.run(), 30)
+    started = time.monotonic()
+    restarted = EvaluatorService(EvaluatorConfig(), bus)
+    task = asyncio.create_task(restarted.run())
+    try:
+        await asyncio.wait_for(restarted.ready.wait(), LEASE_TTL / 2)
+        assert time.monotonic() - started < LEASE_TTL / 2
+        assert restarted.standing_by is None
+    finally:
+        restarted.stop()
+        await asyncio.wait_for(task, 30)
