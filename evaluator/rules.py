@@ -18,6 +18,8 @@ from evaluator.config import (
 )
 
 # Database checks by name: "postgres", "db", "database-main", "postgres:5432" (not "feedback").
+# an agent's own collection and a part's supervisor: health of the monitor, never a service
+INTERNAL_TARGETS = f"{vocab.COLLECTOR_TARGET}|{vocab.SUPERVISOR_TARGET}"
 AGENT_DOWN_RULE = "agent_down"  # the dead-man rule: the watchdog and inhibition name it
 DATABASE_CHECK = r"(?i)(postgres|postgresql|database|db)([-_.:].*)?"
 
@@ -95,7 +97,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         kind="health",
         matchers=[
             _m("agent", "=", vocab.CONTAINER_AGENT),
-            _m("target", "!~", f"{vocab.COLLECTOR_TARGET}|{vocab.DOCKER_TARGET}"),
+            _m("target", "!~", f"{INTERNAL_TARGETS}|{vocab.DOCKER_TARGET}"),
         ],
         status=["critical"],
         for_=Duration(60),
@@ -118,7 +120,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         kind="health",
         matchers=[
             _m("agent", "=", vocab.PROBE_AGENT),
-            _m("target", "!=", vocab.COLLECTOR_TARGET),
+            _m("target", "!~", INTERNAL_TARGETS),
             _m("target", "!~", DATABASE_CHECK),
         ],
         status=["critical"],
@@ -147,6 +149,15 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         severity="critical",
         summary="{agent} agent on {host} is silent",
         description="No heartbeat for {value:.1f} intervals (3 make it down).",
+    ),
+    Rule(
+        name="part_failed",
+        kind="health",
+        matchers=[_m("target", "=", vocab.SUPERVISOR_TARGET)],
+        status=["critical"],
+        severity="critical",
+        summary="{agent} on {host} failed and is being restarted",
+        description="{detail}",
     ),
     Rule(
         name="container_deployed",

@@ -262,3 +262,15 @@ def test_an_agent_already_down_before_an_outage_stays_down() -> None:
     driver.engine.bus_restored(20)
     driver.at(30)
     assert [a.status for a in driver.alerts if a.rule == "agent_down"] == ["firing"]
+
+
+def test_a_part_the_supervisor_restarts_is_an_alert_and_never_a_service_down() -> None:
+    driver = Driver(EvaluatorConfig())
+    for t in (0, 5):
+        driver.at(t, health("mon01", "probe", "_supervisor", "critical", detail="probe failed: boom"))
+    driver.at(70, health("mon01", "probe", "_supervisor", "ok", detail="running again"))
+    assert [(a.rule, a.status) for a in driver.alerts] == [
+        ("part_failed", "firing"),
+        ("part_failed", "resolved"),
+    ]
+    assert driver.alerts[0].summary == "probe on mon01 failed and is being restarted"
