@@ -11,17 +11,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
+from bus.records import MATCH_OPS as MATCH_OPS
+from bus.records import Matcher as Matcher
+from bus.records import MatchOp as MatchOp
+from bus.records import compile_regex as compile_regex
 from bus.units import Duration
 from evaluator.watchdog import WatchdogConfig
 
-MatchOp = Literal["=", "!=", "=~", "!~"]
 CompareOp = Literal[">", ">=", "<", "<=", "==", "!="]
 EventKind = Literal["metrics", "health", "heartbeat"]
 Severity = Literal["critical", "warning", "info"]
 HealthStatus = Literal["ok", "warning", "critical", "unknown"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
-MATCH_OPS: tuple[str, ...] = ("=", "!=", "=~", "!~")
 COMPARE_OPS: tuple[str, ...] = (">", ">=", "<", "<=", "==", "!=")
 SEVERITIES: tuple[str, ...] = ("critical", "warning", "info")
 HEALTH_STATUSES: tuple[str, ...] = ("ok", "warning", "critical", "unknown")
@@ -34,44 +36,6 @@ _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CLOCK = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 MAX_FLAP_EPISODES = 100  # the firing episodes a series keeps for flap detection
-
-
-@functools.lru_cache(maxsize=4096)
-def compile_regex(pattern: str) -> re.Pattern[str]:
-    """A label regex, anchored at both ends as in Prometheus; ValueError names the pattern."""
-    try:
-        return re.compile(pattern)  # always used with fullmatch: anchored at both ends
-    except re.error as exc:
-        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
-
-
-class Matcher(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One label matcher as in Prometheus: a missing label matches as the empty string."""
-
-    name: Annotated[str, Meta(description="label name", examples=["host"])]
-    op: Annotated[MatchOp, Meta(description="=, !=, =~ (regex, fully anchored) or !~", examples=["=~"])] = "="
-    value: Annotated[str, Meta(description="value, or regex for =~ and !~", examples=["web0[1-3]"])]
-
-    def __post_init__(self) -> None:
-        if not _LABEL.fullmatch(self.name):
-            raise ValueError(f"invalid label name {self.name!r} in matcher")
-        if self.op not in MATCH_OPS:
-            raise ValueError(f"unknown matcher operator {self.op!r}: use one of {', '.join(MATCH_OPS)}")
-        if self.op in ("=~", "!~"):
-            compile_regex(self.value)
-
-    def matches_value(self, value: str) -> bool:
-        """Does a label value (empty string when the label is missing) satisfy this matcher?"""
-        op = self.op
-        if op == "=":
-            return value == self.value
-        if op == "!=":
-            return value != self.value
-        found = compile_regex(self.value).fullmatch(value) is not None
-        return found if op == "=~" else not found
-
-    def __str__(self) -> str:
-        return f"{self.name}{self.op}{self.value}"
 
 
 def template_fields(template: str, what: str) -> list[str]:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import msgspec
 
 from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch, Notification
+from bus.records import ActiveAlert
 from evaluator import flapping
 from evaluator.config import EvaluatorConfig, Rule
 from evaluator.dispatch import Dispatcher
@@ -62,23 +63,6 @@ _MAINTENANCE = Rule(
 class Output(NamedTuple):
     alerts: list[Alert]
     notifications: list[Notification]
-
-
-class ActiveAlert(msgspec.Struct, frozen=True, kw_only=True):
-    """A pending or firing alert as `jarvis-monitor alerts` lists it."""
-
-    fingerprint: str
-    rule: str
-    severity: str
-    state: str
-    labels: dict[str, str]
-    summary: str
-    value: float | None
-    since: float
-    silenced_by: list[str]
-    inhibited_by: list[str]
-    acked: bool
-    flapping: bool
 
 
 class EngineStats(msgspec.Struct, kw_only=True):

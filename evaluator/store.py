@@ -3,31 +3,41 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import re
 import socket
 import time
 import uuid
-import zlib
 from collections.abc import Callable
-from typing import Literal
 
 import msgspec
 import nats.errors
 import psutil
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket
-from evaluator.engine import ActiveAlert
+
+# The records shared with the command line and the console live in bus/ (re-exported here).
+from bus.kvblob import CHUNK_SIZE as CHUNK_SIZE
+from bus.kvblob import BlobStore as BlobStore
+from bus.kvblob import Manifest as Manifest
+from bus.kvblob import StoreError as StoreError
+from bus.records import ACK_PREFIX as ACK_PREFIX
+from bus.records import ACTIVE_KEY as ACTIVE_KEY
+from bus.records import SILENCE_PREFIX as SILENCE_PREFIX
+from bus.records import SILENCE_RETENTION as SILENCE_RETENTION
+from bus.records import AckRecord as AckRecord
+from bus.records import ActiveAlerts as ActiveAlerts
+from bus.records import SilenceStore as SilenceStore
+from bus.records import decode_ack as decode_ack
+from bus.records import decode_silence as decode_silence
+from bus.records import load_active, save_active
+from bus.records import new_silence_id as new_silence_id
+from bus.records import valid_key_token as valid_key_token
 from evaluator.silences import Silence
 
-# Below the server's default 1 MB max payload, with room for the headers.
-CHUNK_SIZE = 512 * 1024
 SNAPSHOT_KEY = "snapshot"
-ACTIVE_KEY = "active"
 LEASE_KEY = "lease"
 # An evaluator that stops renewing its lease loses it after this long.
 LEASE_TTL = 15.0
@@ -36,90 +46,6 @@ RENEW_ATTEMPTS = 5
 # The server's codes for a write conditional on a revision that is not the latest (delete raises
 # the bare API error with them; update turns them into KeyWrongLastSequenceError).
 _WRONG_LAST_SEQUENCE = (10071, 10164)
-SILENCE_PREFIX = "silence."
-ACK_PREFIX = "ack."
-# Expired silences stay listed (`silence list --all`) this long, as in Alertmanager.
-SILENCE_RETENTION = 5 * 86400.0
-_KEY_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
-
-
-class StoreError(RuntimeError):
-    """A stored value that cannot be read back (torn write, corrupt data)."""
-
-
-class Manifest(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a chunked value lives: its slot, chunk count, size and checksum."""
-
-    slot: Literal["a", "b"]
-    chunks: int
-    size: int
-    sha256: str
-    written_at: float
-
-
-class BlobStore:
-    """Values of any size in a KV bucket: compressed, split into chunks, published atomically.
-
-    Chunks go to the slot the manifest does not point at; the manifest is written last, so a
-    crash at any moment leaves the previous value whole.
-    """
-
-    def __init__(self, kv: KeyValue, *, chunk_size: int = CHUNK_SIZE) -> None:
-        self.kv = kv
-        self.chunk_size = chunk_size
-        self._manifests: dict[str, Manifest] = {}
-
-    async def _manifest(self, name: str) -> Manifest | None:
-        try:
-            entry = await self.kv.get(name)
-        except KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        try:
-            return msgspec.json.decode(entry.value, type=Manifest)
-        except msgspec.DecodeError as exc:
-            raise StoreError(f"KV key {name}: unreadable manifest: {exc}") from None
-
-    async def put(self, name: str, data: bytes) -> None:
-        """Store `data` under `name`, replacing the previous value only once all of it is written."""
-        previous = self._manifests.get(name) or await self._manifest(name)
-        slot: Literal["a", "b"] = "b" if previous is not None and previous.slot == "a" else "a"
-        packed = zlib.compress(data, 1)
-        chunks = [packed[i : i + self.chunk_size] for i in range(0, len(packed), self.chunk_size)] or [b""]
-        for index, chunk in enumerate(chunks):
-            await self.kv.put(f"{name}.{slot}.{index}", chunk)
-        manifest = Manifest(
-            slot=slot,
-            chunks=len(chunks),
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            written_at=time.time(),
-        )
-        await self.kv.put(name, msgspec.json.encode(manifest))
-        self._manifests[name] = manifest
-
-    async def get(self, name: str) -> bytes | None:
-        """The value stored under `name`, None if there is none; StoreError if it is damaged."""
-        manifest = await self._manifest(name)
-        if manifest is None:
-            return None
-        parts = []
-        for index in range(manifest.chunks):
-            key = f"{name}.{manifest.slot}.{index}"
-            try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:
-                raise StoreError(f"KV key {key} is missing") from None
-            parts.append(entry.value or b"")
-        try:
-            data = zlib.decompress(b"".join(parts))
-        except zlib.error as exc:
-            raise StoreError(f"KV key {name}: corrupt data: {exc}") from None
-        if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
-            raise StoreError(f"KV key {name}: checksum mismatch")
-        self._manifests[name] = manifest
-        return data
 
 
 class SavedState(msgspec.Struct, frozen=True, kw_only=True):
@@ -132,16 +58,8 @@ class SavedState(msgspec.Struct, frozen=True, kw_only=True):
     silences: list[Silence] = []
 
 
-class ActiveAlerts(msgspec.Struct, frozen=True, kw_only=True):
-    """What `jarvis-monitor alerts` shows: the evaluator's active alerts at `ts`."""
-
-    ts: float
-    alerts: list[ActiveAlert]
-
-
 _state = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(SavedState)
-_active_decoder = msgspec.json.Decoder(ActiveAlerts)
 
 
 class StateStore:
@@ -163,106 +81,10 @@ class StateStore:
             raise StoreError(f"KV key {SNAPSHOT_KEY}: {exc}") from None
 
     async def save_active(self, active: ActiveAlerts) -> None:
-        await self.blobs.put(ACTIVE_KEY, msgspec.json.encode(active))
+        await save_active(self.blobs, active)
 
     async def load_active(self) -> ActiveAlerts | None:
-        data = await self.blobs.get(ACTIVE_KEY)
-        if data is None:
-            return None
-        try:
-            return _active_decoder.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise StoreError(f"KV key {ACTIVE_KEY}: {exc}") from None
-
-
-class AckRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """Someone acknowledged an alert: no reminders until it resolves."""
-
-    fingerprint: str
-    author: str
-    at: float
-
-
-def valid_key_token(value: str) -> bool:
-    """True for an id or fingerprint usable as one KV key token."""
-    return _KEY_TOKEN.fullmatch(value) is not None
-
-
-def new_silence_id() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-_silence_decoder = msgspec.json.Decoder(Silence)
-_ack_decoder = msgspec.json.Decoder(AckRecord)
-
-
-def decode_silence(data: bytes) -> Silence | None:
-    """A stored silence, or None for a value that is not one (written by hand, or deleted)."""
-    try:
-        return _silence_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-
-
-def decode_ack(data: bytes) -> AckRecord | None:
-    try:
-        return _ack_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-
-
-class SilenceStore:
-    """Silences and acks, shared by every evaluator and the command line."""
-
-    def __init__(self, kv: KeyValue) -> None:
-        self.kv = kv
-
-    async def add(self, silence: Silence) -> None:
-        await self.kv.put(SILENCE_PREFIX + silence.id, msgspec.json.encode(silence))
-
-    async def silences(self) -> list[Silence]:
-        """Every stored silence, expired ones included."""
-        found = []
-        for key in await self.keys(SILENCE_PREFIX):
-            try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:  # deleted meanwhile
-                continue
-            silence = decode_silence(entry.value or b"")
-            if silence is not None:
-                found.append(silence)
-        return sorted(found, key=lambda s: (s.starts_at, s.id))
-
-    async def expire(self, silence_id: str, now: float) -> Silence:
-        """End the silence now; KeyError if there is no such silence."""
-        if not valid_key_token(silence_id):
-            raise KeyError(silence_id)
-        try:
-            entry = await self.kv.get(SILENCE_PREFIX + silence_id)
-        except KeyNotFoundError:
-            raise KeyError(silence_id) from None
-        silence = decode_silence(entry.value or b"")
-        if silence is None:
-            raise KeyError(silence_id)
-        ended = msgspec.structs.replace(
-            silence, ends_at=min(silence.ends_at, now), starts_at=min(silence.starts_at, now)
-        )
-        await self.add(ended)
-        return ended
-
-    async def ack(self, record: AckRecord) -> None:
-        await self.kv.put(ACK_PREFIX + record.fingerprint, msgspec.json.encode(record))
-
-    async def delete(self, key: str) -> None:
-        await self.kv.purge(key)
-
-    async def keys(self, prefix: str) -> list[str]:
-        """The stored keys starting with `prefix`."""
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
-        return [key for key in keys if key.startswith(prefix)]
+        return await load_active(self.blobs)
 
 
 class LeaseRecord(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,94 @@
+"""Values of any size in a JetStream KV bucket: compressed, chunked, replaced atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from typing import Literal
+
+import msgspec
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+# Below the server's default 1 MB max payload, with room for the headers.
+CHUNK_SIZE = 512 * 1024
+
+
+class StoreError(RuntimeError):
+    """A stored value that cannot be read back (torn write, corrupt data)."""
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a chunked value lives: its slot, chunk count, size and checksum."""
+
+    slot: Literal["a", "b"]
+    chunks: int
+    size: int
+    sha256: str
+    written_at: float
+
+
+class BlobStore:
+    """Values of any size in a KV bucket: compressed, split into chunks, published atomically.
+
+    Chunks go to the slot the manifest does not point at; the manifest is written last, so a
+    crash at any moment leaves the previous value whole.
+    """
+
+    def __init__(self, kv: KeyValue, *, chunk_size: int = CHUNK_SIZE) -> None:
+        self.kv = kv
+        self.chunk_size = chunk_size
+        self._manifests: dict[str, Manifest] = {}
+
+    async def _manifest(self, name: str) -> Manifest | None:
+        try:
+            entry = await self.kv.get(name)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        try:
+            return msgspec.json.decode(entry.value, type=Manifest)
+        except msgspec.DecodeError as exc:
+            raise StoreError(f"KV key {name}: unreadable manifest: {exc}") from None
+
+    async def put(self, name: str, data: bytes) -> None:
+        """Store `data` under `name`, replacing the previous value only once all of it is written."""
+        previous = self._manifests.get(name) or await self._manifest(name)
+        slot: Literal["a", "b"] = "b" if previous is not None and previous.slot == "a" else "a"
+        packed = zlib.compress(data, 1)
+        chunks = [packed[i : i + self.chunk_size] for i in range(0, len(packed), self.chunk_size)] or [b""]
+        for index, chunk in enumerate(chunks):
+            await self.kv.put(f"{name}.{slot}.{index}", chunk)
+        manifest = Manifest(
+            slot=slot,
+            chunks=len(chunks),
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            written_at=time.time(),
+        )
+        await self.kv.put(name, msgspec.json.encode(manifest))
+        self._manifests[name] = manifest
+
+    async def get(self, name: str) -> bytes | None:
+        """The value stored under `name`, None if there is none; StoreError if it is damaged."""
+        manifest = await self._manifest(name)
+        if manifest is None:
+            return None
+        parts = []
+        for index in range(manifest.chunks):
+            key = f"{name}.{manifest.slot}.{index}"
+            try:
+                entry = await self.kv.get(key)
+            except KeyNotFoundError:
+                raise StoreError(f"KV key {key} is missing") from None
+            parts.append(entry.value or b"")
+        try:
+            data = zlib.decompress(b"".join(parts))
+        except zlib.error as exc:
+            raise StoreError(f"KV key {name}: corrupt data: {exc}") from None
+        if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
+            raise StoreError(f"KV key {name}: checksum mismatch")
+        self._manifests[name] = manifest
+        return data

@@ -1,0 +1,257 @@
+"""Records several parts share through KV: label matchers, silences, acks and the active alerts.
+
+The evaluator writes the active alerts and obeys silences and acks; the command line and the
+console read them and write silences and acks. Their types and keys live here, on the wire.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
+
+from bus.kvblob import BlobStore, StoreError
+
+MatchOp = Literal["=", "!=", "=~", "!~"]
+MATCH_OPS: tuple[str, ...] = ("=", "!=", "=~", "!~")
+LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+SILENCE_PREFIX = "silence."
+ACK_PREFIX = "ack."
+ACTIVE_KEY = "active"  # in the state bucket, written by the evaluator as a chunked blob
+# Expired silences stay listed (`silence list --all`) this long, as in Alertmanager.
+SILENCE_RETENTION = 5 * 86400.0
+_KEY_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_MATCHER = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*(=~|!~|!=|=)\s*(.*?)\s*")
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_regex(pattern: str) -> re.Pattern[str]:
+    """A label regex, anchored at both ends as in Prometheus; ValueError names the pattern."""
+    try:
+        return re.compile(pattern)  # always used with fullmatch: anchored at both ends
+    except re.error as exc:
+        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+
+
+class Matcher(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One label matcher as in Prometheus: a missing label matches as the empty string."""
+
+    name: Annotated[str, Meta(description="label name", examples=["host"])]
+    op: Annotated[MatchOp, Meta(description="=, !=, =~ (regex, fully anchored) or !~", examples=["=~"])] = "="
+    value: Annotated[str, Meta(description="value, or regex for =~ and !~", examples=["web0[1-3]"])]
+
+    def __post_init__(self) -> None:
+        if not LABEL_NAME.fullmatch(self.name):
+            raise ValueError(f"invalid label name {self.name!r} in matcher")
+        if self.op not in MATCH_OPS:
+            raise ValueError(f"unknown matcher operator {self.op!r}: use one of {', '.join(MATCH_OPS)}")
+        if self.op in ("=~", "!~"):
+            compile_regex(self.value)
+
+    def matches_value(self, value: str) -> bool:
+        """Does a label value (empty string when the label is missing) satisfy this matcher?"""
+        op = self.op
+        if op == "=":
+            return value == self.value
+        if op == "!=":
+            return value != self.value
+        found = compile_regex(self.value).fullmatch(value) is not None
+        return found if op == "=~" else not found
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.op}{self.value}"
+
+
+def parse_matcher(text: str) -> Matcher:
+    """A matcher from "host=web01", "rule=~disk.*", 'severity!="info"'; ValueError if malformed."""
+    match = _MATCHER.fullmatch(text)
+    if match is None:
+        raise ValueError(
+            f"invalid matcher {text!r}: write label=value, label!=value, label=~regex or label!~regex"
+        )
+    name, op, value = match.groups()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return Matcher(name=name, op=op, value=value)  # type: ignore[arg-type]  # op is one of MatchOp
+
+
+def matches_all(matchers: Sequence[Matcher], labels: Mapping[str, str]) -> bool:
+    """Do all matchers hold for these labels (a missing label being the empty string)?"""
+    return all(m.matches_value(labels.get(m.name, "")) for m in matchers)
+
+
+class Silence(msgspec.Struct, frozen=True, kw_only=True):
+    """Mutes notifications of matching alerts from starts_at until ends_at."""
+
+    id: str
+    matchers: list[Matcher]
+    starts_at: float
+    ends_at: float
+    author: str
+    comment: str
+
+    def active(self, now: float) -> bool:
+        return self.starts_at <= now < self.ends_at
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        # A silence without matchers would mute everything by accident: it matches nothing.
+        return bool(self.matchers) and matches_all(self.matchers, labels)
+
+
+def silence_state(silence: Silence, now: float) -> str:
+    """`active`, `pending` (starts later) or `expired`."""
+    if silence.ends_at <= now:
+        return "expired"
+    return "active" if silence.starts_at <= now else "pending"
+
+
+class AckRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """Someone acknowledged an alert: no reminders until it resolves."""
+
+    fingerprint: str
+    author: str
+    at: float
+
+
+class ActiveAlert(msgspec.Struct, frozen=True, kw_only=True):
+    """A pending or firing alert as `jarvis-monitor alerts` lists it."""
+
+    fingerprint: str
+    rule: str
+    severity: str
+    state: str
+    labels: dict[str, str]
+    summary: str
+    value: float | None
+    since: float
+    silenced_by: list[str]
+    inhibited_by: list[str]
+    acked: bool
+    flapping: bool
+
+
+class ActiveAlerts(msgspec.Struct, frozen=True, kw_only=True):
+    """What `jarvis-monitor alerts` shows: the evaluator's active alerts at `ts`."""
+
+    ts: float
+    alerts: list[ActiveAlert]
+
+
+def valid_key_token(value: str) -> bool:
+    """True for an id or fingerprint usable as one KV key token."""
+    return _KEY_TOKEN.fullmatch(value) is not None
+
+
+def new_silence_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+_silence_decoder = msgspec.json.Decoder(Silence)
+_ack_decoder = msgspec.json.Decoder(AckRecord)
+_active_decoder = msgspec.json.Decoder(ActiveAlerts)
+
+
+def decode_silence(data: bytes) -> Silence | None:
+    """A stored silence, or None for a value that is not one (written by hand, or deleted)."""
+    try:
+        return _silence_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def decode_ack(data: bytes) -> AckRecord | None:
+    try:
+        return _ack_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+async def save_active(blobs: BlobStore, active: ActiveAlerts) -> None:
+    """Store the active alerts under ACTIVE_KEY (the evaluator's job)."""
+    await blobs.put(ACTIVE_KEY, msgspec.json.encode(active))
+
+
+async def load_active(blobs: BlobStore) -> ActiveAlerts | None:
+    """The active alerts last stored, None before the evaluator's first save; StoreError if damaged."""
+    data = await blobs.get(ACTIVE_KEY)
+    if data is None:
+        return None
+    try:
+        return _active_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StoreError(f"KV key {ACTIVE_KEY}: {exc}") from None
+
+
+class SilenceStore:
+    """Silences and acks, shared by every evaluator, the command line and the console."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def add(self, silence: Silence) -> None:
+        await self.kv.put(SILENCE_PREFIX + silence.id, msgspec.json.encode(silence))
+
+    async def silences(self) -> list[Silence]:
+        """Every stored silence, expired ones included."""
+        found = []
+        for key in await self.keys(SILENCE_PREFIX):
+            try:
+                entry = await self.kv.get(key)
+            except KeyNotFoundError:  # deleted meanwhile
+                continue
+            silence = decode_silence(entry.value or b"")
+            if silence is not None:
+                found.append(silence)
+        return sorted(found, key=lambda s: (s.starts_at, s.id))
+
+    async def expire(self, silence_id: str, now: float) -> Silence:
+        """End the silence now; KeyError if there is no such silence."""
+        if not valid_key_token(silence_id):
+            raise KeyError(silence_id)
+        try:
+            entry = await self.kv.get(SILENCE_PREFIX + silence_id)
+        except KeyNotFoundError:
+            raise KeyError(silence_id) from None
+        silence = decode_silence(entry.value or b"")
+        if silence is None:
+            raise KeyError(silence_id)
+        ended = msgspec.structs.replace(
+            silence, ends_at=min(silence.ends_at, now), starts_at=min(silence.starts_at, now)
+        )
+        await self.add(ended)
+        return ended
+
+    async def ack(self, record: AckRecord) -> None:
+        await self.kv.put(ACK_PREFIX + record.fingerprint, msgspec.json.encode(record))
+
+    async def acks(self) -> list[AckRecord]:
+        """Every stored ack."""
+        found = []
+        for key in await self.keys(ACK_PREFIX):
+            try:
+                entry = await self.kv.get(key)
+            except KeyNotFoundError:
+                continue
+            record = decode_ack(entry.value or b"")
+            if record is not None:
+                found.append(record)
+        return found
+
+    async def delete(self, key: str) -> None:
+        await self.kv.purge(key)
+
+    async def keys(self, prefix: str) -> list[str]:
+        """The stored keys starting with `prefix`."""
+        try:
+            keys = await self.kv.keys()
+        except NoKeysError:
+            return []
+        return [key for key in keys if key.startswith(prefix)]
