@@ -1,0 +1,1 @@
+"""The web console and its Prometheus /metrics endpoint, built from the event stream."""
