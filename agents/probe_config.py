@@ -13,6 +13,7 @@ from msgspec import Meta
 
 from agents.runner import AgentConfig
 from bus import vocabulary as vocab
+from bus.limits import MAX_NAME
 from bus.redact import redact_url
 from bus.subjects import sanitize_token
 from bus.units import Duration
@@ -278,6 +279,8 @@ class ProbeAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_
         """Names are unique, and stay unique as subject tokens ('a.b' and 'a_b' would share one)."""
         names = Counter(check.name for _, check in self.all_checks())
         for name, count in names.items():
+            if len(name) > MAX_NAME:  # consumers would refuse its events as too long
+                raise ValueError(f"check name {name[:40]!r}... is longer than {MAX_NAME} characters")
             if count > 1:
                 raise ValueError(f"check name {name!r} is used {count} times; names must be unique")
         tokens: dict[str, str] = {}

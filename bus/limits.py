@@ -10,7 +10,7 @@ from typing import Annotated
 
 import msgspec
 
-MAX_NAME = 256  # host, agent, target, rule, metric and label names, event kinds
+MAX_NAME = 1024  # host, agent, target, rule, metric and label names, event kinds
 MAX_LABEL_VALUE = 4096
 MAX_LABELS = 64
 MAX_TEXT = 16384  # detail, summary, description

@@ -15,7 +15,7 @@ def test_a_host_name_of_400_kb_is_a_reject_that_names_the_field() -> None:
         + b"h" * 400_000
         + b'","agent":"host","ts":1,"interval":10,"samples":[]}'
     )
-    with pytest.raises(EventDecodeError, match=r"length <= 256.*\$\.host"):
+    with pytest.raises(EventDecodeError, match=rf"length <= {MAX_NAME}.*\$\.host"):
         metric_batch.decode(payload, "jarvis.metrics.x.host")
 
 

@@ -203,3 +203,9 @@ def test_hostile_check_names_are_accepted_as_they_are() -> None:
     names = ["a.b c", "*", "> all", "<!channel>", "x" * 300]
     config = probe(http=[http(name=name) for name in names])
     assert [check.name for check in config.http] == names
+
+
+def test_a_check_name_longer_than_consumers_accept_is_refused_at_config() -> None:
+    """Its events would be refused at decode (bus/limits.py), so the config refuses it first."""
+    (problem,) = problems(http=[{"name": "x" * 2000, "url": "http://127.0.0.1/"}])
+    assert "is longer than 1024 characters" in problem
