@@ -7,10 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from bus.events import HealthEvent, MetricBatch, Sample
-from sinks.report.config import ReportSinkConfig
+from bus.events import Alert, AlertStatus, HealthEvent, MetricBatch, Sample, Severity
+from bus.units import Duration
+from sinks.report.config import ReportSinkConfig, ServiceSLA
+from sinks.report.model import Report
 from sinks.report.render import produce
 from sinks.report.rollups import RollupStore
 from sinks.report.sketch import RELATIVE_ERROR
@@ -48,6 +53,20 @@ def test_executive_summary(day_report: dict[str, Any]) -> None:
     assert summary["availability_percent"] == pytest.approx(100 * (4320 - 2) / 4320)
     assert (summary["incidents"], summary["critical_incidents"], summary["sla_breaches"]) == (16, 2, 1)
     assert (summary["hosts"], summary["containers"]) == (1, 1)
+
+
+def test_the_summary_says_why_the_day_is_critical_naming_incidents_and_checks(
+    day_report: dict[str, Any],
+) -> None:
+    reasons = [(r["level"], r["text"], r["subjects"]) for r in day_report["summary"]["reasons"]]
+    assert reasons == [
+        ("critical", "2 critical incidents", ["ContainerDown", "DiskFull"]),
+        ("critical", "SLA breached", ["backend"]),
+        ("warning", "disk filling up", ["web01 /"]),
+        ("warning", "sustained memory pressure", ["web01"]),
+        ("warning", "latency or errors outside the acceptable range", ["frontend"]),
+        ("warning", "1 incident still open", ["DiskFull"]),
+    ]
 
 
 def test_host_cpu_memory_and_disk(day_report: dict[str, Any]) -> None:
@@ -100,6 +119,142 @@ def test_a_day_with_every_check_down_is_critical_however_quiet_the_rest(tmp_path
     report, _ = produce(store, ReportSinkConfig(), "day", DAY, tmp_path, NOW)
     assert report.summary.availability_percent == 0
     assert report.summary.status == "critical"
+    (reason, *_) = report.summary.reasons
+    assert (reason.level, reason.subjects) == ("critical", ["api"])  # the check to look at
+    assert "availability 0.000% under the lowest SLA target" in reason.text
+
+
+def _probe_day(*alerts: Alert) -> list[MetricBatch | HealthEvent | Alert]:
+    """A quiet day: one probe check, up every 10 minutes, and the given alerts."""
+    checks = [
+        HealthEvent(host="p", agent="probe", target="api", status="ok", latency=0.01, ts=T0 + 600 * n)
+        for n in range(144)
+    ]
+    return [*checks, *alerts]
+
+
+def _critical(status: AlertStatus, starts: float = T0 + 3600, ends: float | None = None) -> Alert:
+    return Alert(
+        fingerprint="fp",
+        rule="ApiDown",
+        severity="critical",
+        status=status,
+        labels={"host": "p"},
+        summary="api is down",
+        starts_at=starts,
+        ends_at=ends,
+    )
+
+
+def _report(tmp_path: Path, events: list[MetricBatch | HealthEvent | Alert]) -> Report:
+    store = RollupStore(tmp_path / "r.sqlite3")
+    store.ingest(events)
+    config = ReportSinkConfig(services=[])
+    return produce(store, config, "day", DAY, tmp_path, NOW)[0]
+
+
+def test_a_critical_incident_makes_the_day_critical_and_is_named(tmp_path: Path) -> None:
+    alerts = (_critical("firing"), _critical("resolved", ends=T0 + 3900))
+    summary = _report(tmp_path, _probe_day(*alerts)).summary
+    assert (summary.status, summary.critical_incidents, summary.availability_percent) == ("critical", 1, 100)
+    assert [(r.level, r.text, r.subjects) for r in summary.reasons if r.level != "info"] == [
+        ("critical", "1 critical incident", ["ApiDown"])
+    ]
+
+
+def test_pending_inactive_and_never_fired_resolves_are_no_incidents_and_leave_the_day_healthy(
+    tmp_path: Path,
+) -> None:
+    # an evaluator older than `inactive` sent "resolved" for a pending series that never fired
+    alerts = (
+        _critical("pending"),
+        _critical("inactive", ends=T0 + 3700),
+        _critical("resolved", ends=T0 + 3700),
+    )
+    report = _report(tmp_path, _probe_day(*alerts))
+    assert (report.alerts.incidents, report.summary.critical_incidents) == (0, 0)
+    assert report.summary.status == "healthy"
+    assert {r.level for r in report.summary.reasons} == {"info"}
+    assert "no critical incident, no SLA breach" in report.summary.reasons[0].text
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    down=st.lists(st.booleans(), min_size=0, max_size=30),
+    incidents=st.lists(
+        st.tuples(st.sampled_from(["critical", "warning", "info"]), st.booleans()), max_size=4
+    ),
+)
+def test_the_status_agrees_with_the_incidents_and_checks_it_shows(
+    tmp_path: Path, down: list[bool], incidents: list[tuple[Severity, bool]]
+) -> None:
+    """Critical only with a critical incident or a named check; healthy only with nothing to show."""
+    events: list[MetricBatch | HealthEvent | Alert] = [
+        HealthEvent(
+            host="p", agent="probe", target=f"c{n % 3}", status="critical" if d else "ok", ts=T0 + 60 * n
+        )
+        for n, d in enumerate(down)
+    ]
+    for n, (severity, resolved) in enumerate(incidents):
+        firing = Alert(
+            fingerprint=f"f{n}",
+            rule=f"R{n}",
+            severity=severity,
+            status="firing",
+            labels={},
+            summary="",
+            starts_at=T0 + 7200 + n,
+        )
+        events += (
+            [firing, msgspec.structs.replace(firing, status="resolved", ends_at=T0 + 8000)]
+            if resolved
+            else [firing]
+        )
+    store = RollupStore.empty()
+    store.ingest(events)
+    config = ReportSinkConfig(
+        services=[
+            ServiceSLA(
+                name="svc", checks=["c0", "c1", "c2"], availability_percent=99.0, latency_p95=Duration(1)
+            )
+        ]
+    )
+    report = produce(store, config, "day", DAY, tmp_path, NOW)[0]
+    summary, levels = report.summary, {r.level for r in report.summary.reasons}
+    assert summary.reasons
+    if not events:
+        assert summary.status == "no data"
+        return
+    critical = [r for r in summary.reasons if r.level == "critical"]
+    assert (summary.status == "critical") == bool(critical)
+    assert all(r.subjects for r in critical)  # something to look at, never a bare verdict
+    if summary.status == "critical":
+        assert summary.critical_incidents or summary.sla_breaches or any(d for d in down)
+    if summary.critical_incidents or summary.sla_breaches:
+        assert summary.status == "critical"
+    if summary.status == "healthy":
+        assert levels == {"info"}
+        assert (summary.critical_incidents, report.alerts.open, summary.sla_breaches) == (0, 0, 0)
+    assert summary.status != "degraded" or "warning" in levels
+
+
+def test_a_day_without_data_says_no_data_never_healthy(tmp_path: Path) -> None:
+    report, (json_path, markdown_path, html_path) = produce(
+        RollupStore.empty(), ReportSinkConfig(), "day", DAY, tmp_path, NOW
+    )
+    assert report.summary.status == "no data"
+    assert [r.text for r in report.summary.reasons] == [
+        "nothing recorded in this period: no metrics, no checks, no alerts"
+    ]
+    assert json.loads(json_path.read_text())["summary"]["status"] == "no data"
+    for path in (markdown_path, html_path):
+        text = path.read_text().split("</style>")[-1]  # what a reader sees, not the CSS
+        assert "NO DATA" in text
+        assert "healthy" not in text.lower()
+        assert "No action needed" not in text  # no data is no verdict either
+        for empty in ("No host metrics in this period", "No container data", "No HTTP metrics"):
+            assert empty in text
+    assert "Availability: no data" in markdown_path.read_text()
 
 
 def test_performance_against_baselines(day_report: dict[str, Any]) -> None:
@@ -212,7 +367,7 @@ def test_an_hour_with_data_only_before_the_period_stays_out(tmp_path: Path) -> N
     _, paths = produce(store, ReportSinkConfig(), "day", DAY + dt.timedelta(days=1), tmp_path, NOW)
     report = json.loads(paths[0].read_text())
     assert report["hosts"] == []
-    assert report["summary"]["status"] == "healthy"  # incidents count on the day they started
+    assert report["summary"]["status"] == "no data"  # incidents count on the day they started
     assert report["summary"]["availability_percent"] is None
 
 

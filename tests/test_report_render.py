@@ -1,17 +1,21 @@
-"""Rendering: every section present, hostile names escaped in HTML, SVG and Markdown."""
+"""Rendering: every section present, hostile names inert in HTML, SVG and Markdown, long names bounded,
+single points drawn."""
 
 from __future__ import annotations
 
 import html.parser
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from bus.events import Alert, HealthEvent, MetricBatch, Sample
-from sinks.report.charts import line_chart
+from sinks.report.charts import BOTTOM, HEIGHT, LEFT, RIGHT, TOP, WIDTH, line_chart
 from sinks.report.config import ReportSinkConfig
 from sinks.report.model import Chart, Series
-from sinks.report.render import md_cell, produce, prune_reports
+from sinks.report.render import NAME_LIMIT, md_cell, md_code, md_text, produce, prune_reports
 from sinks.report.rollups import RollupStore
 from tests.test_report_synthetic import DAY, T0, fill, synthetic_day
 
@@ -116,7 +120,7 @@ def test_every_section_is_in_the_html_and_the_markdown(tmp_path: Path) -> None:
         "Resource trends",
     ):
         assert f"## {heading}" in markdown
-    assert "| backend | 99.861% | 99.9% | 2 / 1440 |" in markdown
+    assert "| `backend` | 99.861% | 99.9% | 2 / 1440 |" in markdown
 
 
 def test_hostile_names_render_as_text_in_html(tmp_path: Path) -> None:
@@ -146,11 +150,88 @@ def test_svg_chart_escapes_its_title_and_legend() -> None:
 def test_markdown_cells_cannot_break_the_table(tmp_path: Path) -> None:
     markdown = _write(tmp_path, hostile_events())[1].read_text()
     rows = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert "<" not in markdown.replace("&lt;", "")
     performance = next(line for line in rows if "quoted" in line)
-    assert performance.replace("\\|", "").count("|") == 8
-    assert "a\\|b c" in performance
-    assert "\\`tick\\` \\*star\\*" in performance
+    assert len(_cells(performance)) == 7  # as many as the header: the pipe in the name is escaped
+    assert _cells(performance)[0] == '``a\\|b c "quoted" `tick` *star*``'
+    tables = re.findall(r"(?:^\|.*\n)+", markdown, re.MULTILINE)
+    assert len(tables) >= 6
+    for table in tables:
+        widths = {len(_cells(row)) for row in table.splitlines()}
+        assert len(widths) == 1, table  # every row as wide as its header
+
+
+def _cells(row: str) -> list[str]:
+    """A GFM table row split as GFM does: on every pipe not escaped, code spans included."""
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip())[1:-1]]
+
+
+def code_spans(line: str) -> tuple[list[str], str]:
+    """CommonMark's code spans of `line` (a run of n backticks closed by the next run of n) and the
+    text outside them."""
+    spans, outside, i = [], [], 0
+    while i < len(line):
+        if line[i] != "`":
+            outside.append(line[i])
+            i += 1
+            continue
+        opening = re.match(r"`+", line[i:])
+        assert opening is not None
+        fence = opening.group()
+        closing = re.search(f"(?<!`){fence}(?!`)", line[i + len(fence) :])
+        if closing is None:  # no closing run: the backticks are literal
+            outside.append(fence)
+            i += len(fence)
+            continue
+        content = line[i + len(fence) : i + len(fence) + closing.start()]
+        if content.startswith(" ") and content.endswith(" ") and content.strip():
+            content = content[1:-1]
+        spans.append(content)
+        outside.append(" ")
+        i += len(fence) + closing.end()
+    return spans, "".join(outside)
+
+
+# Entity references a Markdown renderer would decode: the report never writes one.
+ENTITY = re.compile(r"&(#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
+
+
+def test_markdown_has_no_html_entities_and_outside_text_only_in_code_spans(tmp_path: Path) -> None:
+    events = [
+        *hostile_events(),
+        *(  # a hostile mount filling up: named in the summary and in a recommendation too
+            MetricBatch(
+                host="db\u202e01",
+                agent="host",
+                ts=T0 + 3600 * h,
+                interval=60,
+                samples=[Sample("disk.percent", 90.0 + h, {"mount": "/`x` | <b>&"})],
+            )
+            for h in range(5)
+        ),
+    ]
+    markdown = _write(tmp_path, events)[1].read_text()
+    assert not ENTITY.search(markdown)
+    assert "\u202e" not in markdown
+    spans: list[str] = []
+    for line in markdown.splitlines():
+        inside, outside = code_spans(line)
+        spans += [span.replace("\\|", "|") if line.startswith("| ") else span for span in inside]
+        assert not re.search(r"<[A-Za-z/!?]", outside), line  # no tag, comment or autolink
+        assert "\\`" not in outside, line  # no escaped backticks: code spans with longer fences
+    for name in (HOSTILE, CHANNEL, "<img src=x onerror=alert(1)>", '/"><svg onload=alert(1)>', "/`x` | <b>&"):
+        assert name in spans
+    assert 'a|b c "quoted" `tick` *star*' in spans
+    assert "db\ufffd01 /`x` | <b>&" in spans  # the recommendation's subject, the bidi control shown as U+FFFD
+
+
+def test_our_own_markdown_is_written_as_markdown_not_escaped(tmp_path: Path) -> None:
+    store = RollupStore(tmp_path / "r.sqlite3")
+    fill(store, synthetic_day())
+    markdown = produce(store, ReportSinkConfig(), "day", DAY, tmp_path, T0 + 86400)[1][1].read_text()
+    assert "tune its threshold, `for` duration or grouping" in markdown
+    assert "SLA breached: availability 99.861% < 99.9%." in markdown
+    assert "&lt;" not in markdown
+    assert "\\" not in markdown  # nothing in the synthetic day needs an escape
 
 
 def test_control_characters_never_reach_a_page(tmp_path: Path) -> None:
@@ -162,9 +243,77 @@ def test_control_characters_never_reach_a_page(tmp_path: Path) -> None:
     assert "nul\x00host\nx" in hosts  # the data keeps what was sent
 
 
-def test_md_cell_escapes_pipes_newlines_and_markup() -> None:
-    assert md_cell("a|b\r\nc") == "a\\|b c"
-    assert md_cell("<!channel> & [x](y)") == "&lt;!channel&gt; &amp; \\[x\\](y)"
+def test_md_cell_is_a_code_span_on_one_line_with_its_pipes_escaped() -> None:
+    assert md_cell("a|b\r\nc") == "`a\\|b c`"
+    assert md_cell("<!channel> & [x](y)") == "`<!channel> & [x](y)`"
+    assert md_cell("") == ""
+
+
+def test_md_code_fences_backticks_with_a_longer_run() -> None:
+    assert md_code("`tick`") == "`` `tick` ``"  # padded: CommonMark strips the spaces again
+    assert md_code("a``b`c") == "```a``b`c```"
+    assert code_spans(md_code("x ``` y"))[0] == ["x ``` y"]
+
+
+def test_md_text_keeps_our_markdown_and_escapes_what_could_start_html() -> None:
+    assert md_text("tune `for`: 99.1% < 99.9% & more") == "tune `for`: 99.1% < 99.9% & more"
+    assert md_text("<b>x</b> &amp;") == "\\<b>x\\</b> \\&amp;"
+
+
+LONG_NAME = "api_" + "x" * 196  # 200 characters with no place to break a line
+
+
+def long_name_events() -> list[MetricBatch | HealthEvent | Alert]:
+    """A container whose name is 200 characters long, beside one with a short name."""
+    return [
+        HealthEvent(host="web01", agent="container", target=name, status="ok", ts=T0 + 60 * n)
+        for n in range(10)
+        for name in (LONG_NAME, "db")
+    ]
+
+
+def test_a_long_container_name_is_cut_in_markdown_and_kept_whole_in_html_and_json(tmp_path: Path) -> None:
+    json_path, markdown_path, html_path = _write(tmp_path, long_name_events())
+    assert LONG_NAME in [c["container"] for c in json.loads(json_path.read_text())["containers"]]
+    row = next(line for line in markdown_path.read_text().splitlines() if "api_xxx" in line)
+    assert len(row) < 160  # a 200-character name would push the row past any reader's width
+    assert _cells(row)[1] == f"`{LONG_NAME[: NAME_LIMIT - 1]}\u2026`"
+    page = html_path.read_text()
+    # the page cuts it with an ellipsis; the full name is its tooltip
+    assert f'<span class="name" title="{LONG_NAME}">{LONG_NAME}</span>' in page
+    assert (
+        ".name { display: inline-block; max-width: 20em; overflow: hidden; text-overflow: ellipsis;" in page
+    )
+
+
+def _dots_and_lines(svg: str) -> tuple[list[ET.Element], list[ET.Element]]:
+    root = ET.fromstring(svg)
+    return root.findall("{http://www.w3.org/2000/svg}circle"), root.findall(
+        "{http://www.w3.org/2000/svg}polyline"
+    )
+
+
+@pytest.mark.parametrize("unit", ["%", "ms"])
+@pytest.mark.parametrize("days", [1, 7])
+def test_a_series_of_one_point_is_drawn_as_a_dot_inside_the_plot(unit: str, days: int) -> None:
+    chart = Chart(title="h", unit=unit, series=[Series(name="cpu", points=[(T0 + 3600, 42.0)])])
+    dots, lines = _dots_and_lines(line_chart(chart, T0, T0 + days * 86400, ReportSinkConfig().zone))
+    assert lines == []  # a polyline of one point draws nothing
+    (dot,) = dots
+    assert float(dot.get("r", "0")) >= 2
+    x, y = float(dot.get("cx", "-1")), float(dot.get("cy", "-1"))
+    assert LEFT < x < WIDTH - RIGHT
+    assert TOP < y < HEIGHT - BOTTOM
+
+
+def test_missing_hours_split_a_series_and_a_lone_hour_between_gaps_is_a_dot() -> None:
+    hours = [0, 1, 2, 5, 9, 10]  # three hours, a gap, one hour, a gap, two hours
+    chart = Chart(
+        title="h", unit="%", series=[Series(name="cpu", points=[(T0 + 3600 * h, 10.0) for h in hours])]
+    )
+    dots, lines = _dots_and_lines(line_chart(chart, T0, T0 + 86400, ReportSinkConfig().zone))
+    assert [len(line.get("points", "").split()) for line in lines] == [3, 2]
+    assert len(dots) == 1
 
 
 def test_json_keeps_hostile_names_verbatim(tmp_path: Path) -> None:

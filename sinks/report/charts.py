@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 from xml.sax.saxutils import escape, quoteattr
 
 from bus.text import BIDI_CONTROLS
 from sinks.report.model import Chart
+from sinks.report.rollups import HOUR
 
 WIDTH, HEIGHT = 640, 220
+DOT_RADIUS = 2.5
 LEFT, RIGHT, TOP, BOTTOM = 44, 150, 24, 28
 # Control characters are not text: invalid in XML, invisible or worse in a terminal or browser.
 _CONTROL = re.compile(f"[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f{BIDI_CONTROLS}]")
@@ -41,6 +44,17 @@ def _ticks(start: float, end: float, zone: dt.tzinfo) -> list[tuple[float, str]]
     return ticks
 
 
+def runs(points: Sequence[tuple[float, float]]) -> list[list[tuple[float, float]]]:
+    """Hourly points split where hours are missing, so a gap shows as a gap, not as a line."""
+    found: list[list[tuple[float, float]]] = []
+    for t, v in points:
+        if found and t - found[-1][-1][0] <= HOUR:
+            found[-1].append((t, v))
+        else:
+            found.append([(t, v)])
+    return found
+
+
 def line_chart(chart: Chart, start: float, end: float, zone: dt.tzinfo) -> str:
     """An SVG of `chart`'s series over [start, end); percent charts run from 0 to 100."""
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
@@ -59,7 +73,7 @@ def line_chart(chart: Chart, start: float, end: float, zone: dt.tzinfo) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{WIDTH}" '
         f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" aria-label={quoteattr(str(printable(label)))}>',
         f"<title>{_text(label)}</title>",
-        f'<text x="{LEFT}" y="16" font-size="13" font-weight="bold">{_text(chart.title)}</text>',
+        f'<text x="{LEFT}" y="16" font-size="13" font-weight="bold">{_text(_short(chart.title, 80))}</text>',
         f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#ccc"/>',
     ]
     for fraction in (0.0, 0.5, 1.0):
@@ -77,8 +91,16 @@ def line_chart(chart: Chart, start: float, end: float, zone: dt.tzinfo) -> str:
         )
     for index, series in enumerate(chart.series):
         colour = PALETTE[index % len(PALETTE)]
-        points = " ".join(f"{x(t + 1800):.1f},{y(v):.1f}" for t, v in series.points)  # mid-hour
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}"/>')
+        for run in runs(series.points):
+            at = [(x(t + HOUR / 2), y(v)) for t, v in run]  # mid-hour
+            if len(at) == 1:  # a polyline of one point draws nothing: a dot instead
+                ((cx, cy),) = at
+                parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{DOT_RADIUS}" fill="{colour}"/>')
+            else:
+                points = " ".join(f"{px:.1f},{py:.1f}" for px, py in at)
+                parts.append(
+                    f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{points}"/>'
+                )
         legend_y = TOP + 12 + 16 * index
         parts.append(
             f'<rect x="{WIDTH - RIGHT + 10}" y="{legend_y - 8}" width="10" height="10" fill="{colour}"/>'

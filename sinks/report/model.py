@@ -33,8 +33,21 @@ HTTP_METRICS = (
 CONTAINER_METRICS = (vocab.CONTAINER_CPU_PERCENT, vocab.CONTAINER_MEM_PERCENT)
 METRICS_READ = (*HOST_METRICS, *HTTP_METRICS, *CONTAINER_METRICS)
 
+LEVEL_ORDER: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
+# How many names a reason lists; the sections below it list them all.
+MAX_SUBJECTS = 5
+# What each kind of recommendation says about the status, in the executive summary.
+ADVICE_REASONS = {
+    "sla": "SLA breached",
+    "disk": "disk filling up",
+    "memory": "sustained memory pressure",
+    "restarts": "frequent restarts",
+    "performance": "latency or errors outside the acceptable range",
+}
+
 PeriodKind = Literal["day", "week"]
 Level = Literal["critical", "warning", "info"]
+Status = Literal["healthy", "degraded", "critical", "no data"]
 Standing = Literal["ok", "above baseline", "out of range", "no data"]
 
 
@@ -131,8 +144,8 @@ class AlertSummary(_Out, frozen=True, kw_only=True):
 class Recommendation(_Out, frozen=True, kw_only=True):
     level: Level
     kind: str
-    subject: str
-    text: str
+    subject: str  # the outside names it is about: a renderer escapes them as names
+    text: str  # our own words and figures only, so a renderer may keep its markup
 
 
 class Series(_Out, frozen=True, kw_only=True):
@@ -158,8 +171,17 @@ class Growth(_Out, frozen=True, kw_only=True):
     days_to_full: float | None
 
 
+class Reason(_Out, frozen=True, kw_only=True):
+    """One thing that made the status what it is: our words, then the names it concerns."""
+
+    level: Level
+    text: str  # our own words and figures only
+    subjects: list[str]  # rules, checks, services, hosts: outside names
+
+
 class Summary(_Out, frozen=True, kw_only=True):
-    status: Literal["healthy", "degraded", "critical"]
+    status: Status
+    reasons: list[Reason]  # why the status is what it is, the gravest first
     availability_percent: float | None
     incidents: int
     critical_incidents: int
@@ -500,7 +522,7 @@ def recommendations(
             if disk.days_to_full is not None and disk.days_to_full < advice.disk_full_days:
                 level: Level = "critical" if disk.days_to_full < 7 else "warning"
                 text = (
-                    f"Disk {disk.mount} is {disk.last:.1f}% full and growing "
+                    f"{disk.last:.1f}% full and growing "
                     f"{disk.growth_per_day:.2f} points a day: full in about {disk.days_to_full:.0f} days. "
                     "Free space or grow the volume."
                 )
@@ -532,8 +554,7 @@ def recommendations(
         if rule.incidents >= advice.noisy_rule_per_day * days:
             text = f"Fired {rule.incidents} times: tune its threshold, `for` duration or grouping."
             found.append(Recommendation(level="info", kind="noisy-rule", subject=rule.rule, text=text))
-    order = {"critical": 0, "warning": 1, "info": 2}
-    return sorted(found, key=lambda r: order[r.level])
+    return sorted(found, key=lambda r: LEVEL_ORDER[r.level])
 
 
 def charts(inputs: Inputs) -> list[Chart]:
@@ -583,11 +604,85 @@ def growth(inputs: Inputs, period: Period) -> list[Growth]:
     return result
 
 
-def overall_availability(health: Sequence[HealthHour]) -> float | None:
+def _availability_hours(health: Sequence[HealthHour]) -> list[HealthHour]:
     """Probe checks when there are any (what users see), else every periodic check."""
     probes = [h for h in health if h.agent == vocab.PROBE_AGENT]
-    hours = probes or [h for h in health if not h.target.startswith("_")]
+    return probes or [h for h in health if not h.target.startswith("_")]
+
+
+def overall_availability(health: Sequence[HealthHour]) -> float | None:
+    hours = _availability_hours(health)
     return _availability(sum(h.up for h in hours), sum(h.down for h in hours))
+
+
+def failed_checks(health: Sequence[HealthHour]) -> list[str]:
+    """The checks the availability counts that failed, most failures first."""
+    down: dict[str, int] = defaultdict(int)
+    for h in _availability_hours(health):
+        if h.down:
+            down[h.target if h.agent == vocab.PROBE_AGENT else f"{h.host} {h.target}"] += h.down
+    return [name for name, _ in sorted(down.items(), key=lambda item: (-item[1], item[0]))]
+
+
+def _names(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))[:MAX_SUBJECTS]
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _problems(
+    inputs: Inputs, advice: Sequence[Recommendation], availability: float | None, config: ReportSinkConfig
+) -> list[Reason]:
+    """Everything that makes the period critical or degraded, each with the names to look at."""
+    found = []
+    critical = [i for i in inputs.incidents if i.severity == "critical"]
+    if critical:
+        text = _plural(len(critical), "critical incident")
+        found.append(Reason(level="critical", text=text, subjects=_names(i.rule for i in critical)))
+    # availability under every SLA target is an outage, whatever else the period looked like
+    lowest_target = min((s.availability_percent for s in config.services), default=99.0)
+    if availability is not None and availability < lowest_target:
+        text = f"availability {availability:.3f}% under the lowest SLA target of {lowest_target}%; failed"
+        found.append(Reason(level="critical", text=text, subjects=_names(failed_checks(inputs.health))))
+    levels: tuple[Level, ...] = ("critical", "warning")
+    for level in levels:
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for r in advice:
+            if r.level == level and r.kind in ADVICE_REASONS:
+                by_kind[r.kind].append(r.subject)
+        found += [
+            Reason(level=level, text=ADVICE_REASONS[kind], subjects=_names(subjects))
+            for kind, subjects in by_kind.items()
+        ]
+    still_open = [i for i in inputs.incidents if i.ends_at is None]
+    if still_open:
+        text = f"{_plural(len(still_open), 'incident')} still open"
+        found.append(Reason(level="warning", text=text, subjects=_names(i.rule for i in still_open)))
+    return sorted(found, key=lambda r: LEVEL_ORDER[r.level])
+
+
+def overall_status(
+    inputs: Inputs, advice: Sequence[Recommendation], availability: float | None, config: ReportSinkConfig
+) -> tuple[Status, list[Reason]]:
+    """The period's status and why; critical only with a critical incident or check to name."""
+    if not (inputs.metrics or inputs.health or inputs.incidents):
+        nothing = "nothing recorded in this period: no metrics, no checks, no alerts"
+        return "no data", [Reason(level="info", text=nothing, subjects=[])]
+    reasons = _problems(inputs, advice, availability, config)
+    levels = {r.level for r in reasons}
+    status: Status = "critical" if "critical" in levels else "degraded" if "warning" in levels else "healthy"
+    if not reasons:
+        text = "no critical incident, no SLA breach, no warning, nothing left open"
+        reasons.append(Reason(level="info", text=text, subjects=[]))
+    missing = []
+    if availability is None:
+        missing.append("no checks in this period: availability unknown")
+    if not any(row.metric in HOST_METRICS for row in inputs.metrics):
+        missing.append("no host metrics in this period")
+    reasons += [Reason(level="info", text=text, subjects=[]) for text in missing]
+    return status, reasons
 
 
 def build_report(inputs: Inputs, config: ReportSinkConfig, period: Period, generated_at: float) -> Report:
@@ -598,19 +693,11 @@ def build_report(inputs: Inputs, config: ReportSinkConfig, period: Period, gener
     sla = [sla_result(service, inputs.health) for service in config.services]
     alerts = alert_summary(inputs.incidents)
     advice = recommendations(hosts, containers, services, sla, alerts, config, period.days)
-    levels = {r.level for r in advice}
     availability = overall_availability(inputs.health)
-    # availability under every SLA target is an outage, whatever else the day looked like
-    lowest_target = min((s.availability_percent for s in config.services), default=99.0)
-    status: Literal["healthy", "degraded", "critical"] = (
-        "critical"
-        if "critical" in levels or (availability is not None and availability < lowest_target)
-        else "degraded"
-        if "warning" in levels or alerts.open
-        else "healthy"
-    )
+    status, reasons = overall_status(inputs, advice, availability, config)
     summary = Summary(
         status=status,
+        reasons=reasons,
         availability_percent=availability,
         incidents=alerts.incidents,
         critical_incidents=alerts.by_severity.get("critical", 0),

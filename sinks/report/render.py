@@ -1,4 +1,4 @@
-"""Writing a report: HTML (autoescaped, inline SVG), Markdown (escaped cells) and JSON; retention."""
+"""Writing a report: HTML (autoescaped, inline SVG), Markdown (names in code spans) and JSON; retention."""
 
 from __future__ import annotations
 
@@ -20,7 +20,11 @@ from sinks.report.rollups import RollupStore
 REPORTS_DIR = Path("reports") / "post-golive"
 NO_DATA = "\u2013"  # an en dash: no figure for this period
 _REPORT_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})(-week)?\.(html|md|json)")
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
+# Names longer than this are cut in the Markdown (the JSON keeps them whole).
+NAME_LIMIT = 60
+_BACKTICKS = re.compile(r"`+")
+# A tag, a comment, an autolink or an entity: what a Markdown renderer would take for HTML
+_MD_HTML = re.compile(r"<(?=[A-Za-z/!?])|&(?=#?[A-Za-z0-9]+;)")
 
 
 def number(value: float | None, digits: int = 1, unit: str = "") -> str:
@@ -42,11 +46,37 @@ def local_time(ts: float, zone: dt.tzinfo) -> str:
     return dt.datetime.fromtimestamp(ts, zone).strftime("%Y-%m-%d %H:%M %Z")
 
 
+def _one_line(value: object) -> str:
+    return " ".join(str(printable(value)).split())
+
+
+def cut(text: str, limit: int = NAME_LIMIT) -> str:
+    """At most `limit` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def md_code(value: object) -> str:
+    """A name from outside as a Markdown code span: shown as typed, never markup or HTML.
+
+    The fence is one backtick longer than any run inside; a name starting or ending with a
+    backtick gets the space that CommonMark strips again.
+    """
+    text = cut(_one_line(value))
+    if not text:
+        return ""
+    fence = "`" * (max((len(run) for run in _BACKTICKS.findall(text)), default=0) + 1)
+    pad = " " if text[0] == "`" or text[-1] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def md_cell(value: object) -> str:
-    """Text safe inside a Markdown table cell: no pipes, line breaks, markup or raw HTML."""
-    text = " ".join(str(printable(value)).split())
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MD_SPECIAL.sub(r"\\\1", text)
+    """A name as a table cell: a code span whose pipes are escaped, as GFM tables require."""
+    return md_code(value).replace("|", "\\|")
+
+
+def md_text(value: object) -> str:
+    """Our own words on one line, keeping their Markdown; a `<` or `&` that could start HTML is escaped."""
+    return _MD_HTML.sub(lambda match: "\\" + match[0], _one_line(value))
 
 
 def _environment(autoescape: bool) -> jinja2.Environment:
@@ -59,7 +89,7 @@ def _environment(autoescape: bool) -> jinja2.Environment:
         keep_trailing_newline=True,
         finalize=printable,
     )
-    env.filters.update(num=number, duration=duration, cell=md_cell)
+    env.filters.update(num=number, duration=duration, cell=md_cell, code=md_code, text=md_text)
     return env
 
 

@@ -374,16 +374,22 @@ class RollupStore:
         self._db.executemany("INSERT OR REPLACE INTO health_last VALUES (?, ?, ?, ?, ?)", last_rows)
 
     def _add_alert(self, alert: Alert) -> None:
-        if alert.status not in ("firing", "resolved"):  # pending, or inactive: never an incident
+        if alert.status == "resolved":
+            # Only what fired is an incident: evaluators older than `inactive` sent "resolved" for
+            # pending series that never fired, and the stream still holds their firing otherwise.
+            ends_at = alert.starts_at if alert.ends_at is None else alert.ends_at
+            self._db.execute(
+                "UPDATE incidents SET ends_at = ? WHERE fingerprint = ? AND starts_at = ?",
+                (ends_at, alert.fingerprint, alert.starts_at),
+            )
+            return
+        if alert.status != "firing":  # pending, or inactive: never an incident
             return
         host = alert.labels.get("host", "")
-        ends_at = alert.ends_at if alert.status == "resolved" else None
-        if alert.status == "resolved" and ends_at is None:
-            ends_at = alert.starts_at
         self._db.execute(
-            "INSERT INTO incidents VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fingerprint, starts_at) "
-            "DO UPDATE SET ends_at = coalesce(excluded.ends_at, ends_at)",
-            (alert.fingerprint, alert.starts_at, alert.rule, alert.severity, host, alert.summary, ends_at),
+            "INSERT INTO incidents VALUES (?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (fingerprint, starts_at) "
+            "DO NOTHING",
+            (alert.fingerprint, alert.starts_at, alert.rule, alert.severity, host, alert.summary),
         )
 
     def prune(self, before: float) -> int:
