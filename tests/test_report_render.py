@@ -282,7 +282,7 @@ def test_a_long_container_name_is_cut_in_markdown_and_kept_whole_in_html_and_jso
     # the page cuts it with an ellipsis; the full name is its tooltip
     assert f'<span class="name" title="{LONG_NAME}">{LONG_NAME}</span>' in page
     assert (
-        ".name { display: inline-block; max-width: 20em; overflow: hidden; text-overflow: ellipsis;" in page
+        ".name { display: inline-block; max-width: 16em; overflow: hidden; text-overflow: ellipsis;" in page
     )
 
 

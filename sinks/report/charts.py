@@ -12,7 +12,7 @@ from sinks.report.model import Chart
 from sinks.report.rollups import HOUR
 
 WIDTH, HEIGHT = 640, 220
-DOT_RADIUS = 2.5
+DOT_RADIUS = 3
 LEFT, RIGHT, TOP, BOTTOM = 44, 150, 24, 28
 # Control characters are not text: invalid in XML, invisible or worse in a terminal or browser.
 _CONTROL = re.compile(f"[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f{BIDI_CONTROLS}]")
