@@ -209,9 +209,11 @@ def test_markdown_has_no_html_entities_and_outside_text_only_in_code_spans(tmp_p
             for h in range(5)
         ),
     ]
-    markdown = _write(tmp_path, events)[1].read_text()
+    _, markdown_path, html_path = _write(tmp_path, events)
+    markdown = markdown_path.read_text()
     assert not ENTITY.search(markdown)
     assert "\u202e" not in markdown
+    assert "\u202e" not in html_path.read_text()  # nor in a tooltip: titles hold the whole name
     spans: list[str] = []
     for line in markdown.splitlines():
         inside, outside = code_spans(line)
