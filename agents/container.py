@@ -4,10 +4,11 @@ Each cycle lists every container (running or not) and inspects them, at most `co
 requests at once, and publishes per container a health check (target: its name; statuses in
 `container_status`) and its samples; stats come from a stream kept open per running container
 while the watcher runs, else from one-shot requests. `watch` publishes container events at once
-(statuses in `container_events`), follows the logs of the selected containers (counts as metrics,
-the last matching lines in a check on target `log:<name>`, warning when error lines were seen),
-and when the engine goes away reports target `docker` critical, retries with capped
-exponential backoff and resumes the event stream where it left off.
+(statuses in `container_events`), follows the logs of every container (`container_follow`: counts
+and rates as metrics, a check on target `log:<name>`, warning on a burst of error lines, and the
+error and warning lines themselves for the logs stream), and when the engine goes away reports
+target `docker` critical, retries with capped exponential backoff and resumes the event stream
+where it left off.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import aiodocker
@@ -27,7 +27,8 @@ import msgspec
 from msgspec import Meta
 
 from agents.container_events import Deployments, deployed_check, event_check
-from agents.container_logs import LineSplitter, LogTally, compile_patterns, is_watched
+from agents.container_follow import LogFollowers
+from agents.container_logs import LogWatchConfig as LogWatchConfig  # re-exported: part of this config
 from agents.container_state import (
     ContainerInfo,
     container_name,
@@ -41,7 +42,7 @@ from agents.container_streams import StatsStreams
 from agents.runner import AgentConfig, Check, Collection, Emit
 from bus import vocabulary as vocab
 from bus.aio import Backoff
-from bus.events import Sample, Status
+from bus.events import Sample
 from bus.redact import redact_text
 from bus.units import Duration
 
@@ -51,53 +52,14 @@ DOCKER_TARGET = vocab.DOCKER_TARGET  # health target of the engine itself
 # Actions asked of the engine's event stream; the others (exec_start of every health check, ...)
 # are never sent. health_status matches "health_status: <status>" (the engine matches it fuzzily).
 WATCHED_EVENTS = ("create", "start", "restart", "die", "oom", "stop", "destroy", "health_status")
-LOG_TARGET = vocab.LOG_TARGET  # health target of a container's log, apart from its state
 STREAM_FRESH = 3.0  # a streamed reading older than this (the engine sends one a second) is stale
 # A log is read from this long before its container's start: the process prints before the
 # engine stamps StartedAt or its start event. A restart's previous lines are kept out by resume_at.
 START_SLACK = 1.0
 PRIME_DELAY = 0.5  # the first cycle reads stats twice this far apart, so CPU and rates show at once
 RETRY_FIRST = 0.5  # first wait before reconnecting to the engine
-SPLIT_LIMIT = 64 * 1024  # longest log line held in memory; the rest of it is skipped
 
 METRICS = vocab.CONTAINER_METRICS  # what this agent publishes, declared where the wire lives
-
-
-class LogWatchConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Which container logs are followed, and which lines count as errors and warnings."""
-
-    containers: Annotated[
-        list[str],
-        Meta(
-            description="container names (shell patterns) whose log is followed",
-            examples=[["backend", "jarvis-*"]],
-        ),
-    ] = msgspec.field(default_factory=list)
-    labels: Annotated[
-        list[str],
-        Meta(
-            description="also follow containers carrying any of these labels (`key` or `key=value`)",
-            examples=[["jarvis.logs=true"]],
-        ),
-    ] = msgspec.field(default_factory=list)
-    errors: Annotated[
-        list[str],
-        Meta(description="regular expressions; a line matching any is an error line (case matters)"),
-    ] = msgspec.field(default_factory=lambda: ["ERROR", "CRITICAL", "Traceback"])
-    warnings: Annotated[
-        list[str],
-        Meta(description="regular expressions; a line matching any (and no error pattern) is a warning line"),
-    ] = msgspec.field(default_factory=lambda: ["WARN", "WARNING"])
-    keep_lines: Annotated[
-        int, Meta(ge=0, le=100, description="last matching lines quoted in the log health event")
-    ] = 5
-    line_length: Annotated[
-        int, Meta(ge=20, le=10_000, description="quoted lines are cut to this many characters")
-    ] = 200
-
-    def __post_init__(self) -> None:
-        compile_patterns(self.errors, "errors")
-        compile_patterns(self.warnings, "warnings")
 
 
 class ContainerAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -152,17 +114,6 @@ def engine_error(exc: BaseException) -> str:
     return redact_text(text or type(exc).__name__)
 
 
-@dataclass
-class _Watched:
-    """One container whose log is followed: its tally survives restarts and recreation."""
-
-    tally: LogTally
-    labels: dict[str, str]
-    # wall time its last stream ended: following again after an engine outage starts there,
-    # so lines read before the outage are not counted twice
-    resume_at: float = 0.0
-
-
 def _since(ns: int) -> str:
     """Docker's `since` parameter from nanoseconds since the epoch."""
     return f"{ns // 10**9}.{ns % 10**9:09d}"
@@ -196,11 +147,7 @@ class ContainerCollector:
         self._meter = StatsMeter()
         self._deployments = Deployments()
         self._primed = False
-        logs = config.logs
-        self._errors = compile_patterns(logs.errors, "errors")
-        self._warnings = compile_patterns(logs.warnings, "warnings")
-        self._watched: dict[str, _Watched] = {}  # by container name
-        self._followers: dict[str, asyncio.Task[None]] = {}  # by container id
+        self.logs = LogFollowers(config.logs, clock=clock, wall_clock=wall_clock)
         self._watching_since: float | None = None  # wall time `watch` started; None: not watching
         self._engine_up: bool | None = None  # as the watcher last reported it
         self._last_event_ns = 0  # engine time of the last event published
@@ -239,11 +186,7 @@ class ContainerCollector:
 
     async def close(self) -> None:
         """Stop following logs and stats streams and close the engine connections."""
-        for task in list(self._followers.values()):
-            task.cancel()
-        for task in list(self._followers.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.logs.close()
         await self._streams.close()
         for client in (self._docker, self._stream_docker, self._log_docker):
             if client is not None:
@@ -366,73 +309,20 @@ class ContainerCollector:
 
     # logs ----------------------------------------------------------------------------------
 
-    def _log_watched(self, name: str, labels: Mapping[str, str]) -> bool:
-        return is_watched(name, labels, self.config.logs.containers, self.config.logs.labels)
-
     def _add_logs(self, collection: Collection, infos: list[ContainerInfo]) -> None:
-        """Per-interval log counts and a log health event for every watched container."""
+        """Per-interval log counts, a log health event and the kept lines of every followed container."""
         if self._watching_since is None:
             return
-        present = {info.name: info for info in infos}
         for info in infos:
-            if info.running and self._log_watched(info.name, info.labels):
+            if info.running and self.logs.selects(info.name, info.labels):
                 started = (info.started_at or 0) - START_SLACK
                 self._follow(info.id, info.name, info.sample_labels(), max(self._watching_since, started))
-        for name, watched in list(self._watched.items()):
-            summary = watched.tally.drain()
-            collection.samples.append(
-                Sample(vocab.CONTAINER_LOG_ERRORS, float(summary.errors), watched.labels)
-            )
-            collection.samples.append(
-                Sample(vocab.CONTAINER_LOG_WARNINGS, float(summary.warnings), watched.labels)
-            )
-            status: Status = "warning" if summary.errors else "ok"
-            event = "log" if summary.errors or summary.warnings else None
-            collection.checks.append(
-                Check(
-                    LOG_TARGET.format(name=name),
-                    status,
-                    detail=summary.detail(),
-                    event=event,
-                    labels={"container": name},
-                )
-            )
-            if name not in present:  # removed: its last counts are out, stop tallying
-                del self._watched[name]
+        self.logs.report(collection, {info.name for info in infos})
 
     def _follow(self, container_id: str, name: str, labels: dict[str, str], since: float) -> None:
-        """Follow a container's log from `since` (wall time), unless it is followed already."""
-        if container_id in self._followers or self._docker is None:
-            return
-        watched = self._watched.get(name)
-        if watched is None:
-            logs = self.config.logs
-            tally = LogTally(self._errors, self._warnings, logs.keep_lines, logs.line_length)
-            watched = self._watched[name] = _Watched(tally, labels)
-        watched.labels = labels
-        since = max(since, watched.resume_at)
-        task = asyncio.create_task(self._read_log(self._log_client(), container_id, watched, since))
-        self._followers[container_id] = task
-        task.add_done_callback(lambda _: self._followers.pop(container_id, None))
-
-    async def _read_log(
-        self, docker: aiodocker.Docker, container_id: str, watched: _Watched, since: float
-    ) -> None:
-        """Count matching lines until the container stops (the engine then ends the stream)."""
-        splitter = LineSplitter(SPLIT_LIMIT)
-        container = docker.containers.container(container_id)
-        try:
-            async for chunk in container.log(stdout=True, stderr=True, follow=True, since=f"{since:.6f}"):
-                for line in splitter.feed(chunk):
-                    watched.tally.add(line)
-            for line in splitter.flush():
-                watched.tally.add(line)
-        except ENGINE_ERRORS as exc:
-            log.info(
-                "container agent: log of %s no longer followed: %s", container_id[:12], engine_error(exc)
-            )
-        finally:
-            watched.resume_at = self.wall_clock()
+        """Follow a container's log from `since` (wall time), while the engine is reachable."""
+        if self._docker is not None:
+            self.logs.follow(self._log_client(), container_id, name, labels, since)
 
     # the event stream ----------------------------------------------------------------------
 
@@ -522,7 +412,7 @@ class ContainerCollector:
         if (
             event.get("Action") == "start"
             and self._watching_since is not None
-            and self._log_watched(name, attributes)
+            and self.logs.selects(name, attributes)
         ):
             labels = sample_labels(name, str(attributes.get("image", "")), attributes)
             since = (stamp / 1e9 if isinstance(stamp, int) else self.wall_clock()) - START_SLACK

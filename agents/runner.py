@@ -19,7 +19,7 @@ from msgspec import Meta
 
 from agents.blocking import StillBlocked
 from bus import vocabulary as vocab
-from bus.events import HealthEvent, Heartbeat, MetricBatch, Sample, Status
+from bus.events import HealthEvent, Heartbeat, LogLine, LogLines, MetricBatch, Sample, Status
 from bus.publisher import Publisher
 from bus.redact import redact_text
 from bus.units import Duration
@@ -103,12 +103,36 @@ class Check:
         )
 
 
+@dataclass(frozen=True)
+class LogBatch:
+    """Kept log lines of one container, before the run loop stamps host, agent and time on them."""
+
+    container: str
+    lines: list[LogLine]
+    labels: dict[str, str] = field(default_factory=dict)
+    dropped: int = 0
+    unkept: int = 0
+
+    def to_event(self, host: str, agent: str, ts: float) -> LogLines:
+        return LogLines(
+            host=host,
+            agent=agent,
+            container=self.container,
+            ts=ts,
+            lines=self.lines,
+            labels=self.labels,
+            dropped=self.dropped,
+            unkept=self.unkept,
+        )
+
+
 @dataclass
 class Collection:
     """What one collection produced."""
 
     samples: list[Sample] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    logs: list[LogBatch] = field(default_factory=list)
 
 
 class Collector(Protocol):
@@ -328,6 +352,9 @@ class AgentRunner:
                     samples=collection.samples,
                 )
                 await self.publisher.publish(subjects.metrics(self.host, self.agent), batch)
+            for lines in collection.logs:
+                event = lines.to_event(self.host, self.agent, ts)
+                await self.publisher.publish(subjects.logs(self.host, lines.container), event)
             for check in collection.checks:
                 await self._publish_check(check, ts)
         self.cycles += 1

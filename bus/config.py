@@ -72,7 +72,9 @@ DEFAULT_MAX_BYTES = {
     "heartbeat": 256 * 1024**2,
     "alerts": -1,
     "notifications": -1,
+    "logs": 1024**3,
 }
+LOG_RETENTION = 7 * 86400.0  # the runbook's log retention
 
 
 class StreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -86,16 +88,23 @@ class CappedStreamConfig(StreamConfig, frozen=True, forbid_unknown_fields=True, 
         Annotated[int, Meta(ge=-1)] | None,
         Meta(
             description="size cap in bytes, oldest dropped first; -1 for none; "
-            "unset: 2 GiB metrics, 1 GiB health, 256 MiB heartbeat",
+            "unset: 2 GiB metrics, 1 GiB health, 256 MiB heartbeat, 1 GiB logs",
             examples=[4294967296],
         ),
     ] = None
+
+
+class LogStreamConfig(CappedStreamConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    max_age: Annotated[Duration, Meta(description="how long log lines are kept")] = Duration(LOG_RETENTION)
 
 
 class StreamsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     metrics: Annotated[CappedStreamConfig, Meta(description="jarvis.metrics.>")] = CappedStreamConfig()
     health: Annotated[CappedStreamConfig, Meta(description="jarvis.health.>")] = CappedStreamConfig()
     heartbeat: Annotated[CappedStreamConfig, Meta(description="jarvis.heartbeat.>")] = CappedStreamConfig()
+    logs: Annotated[
+        LogStreamConfig, Meta(description="jarvis.logs.>: the containers' error and warning lines")
+    ] = LogStreamConfig()
     alerts: Annotated[StreamConfig, Meta(description="jarvis.alerts.>, never size-capped")] = StreamConfig()
     notifications: Annotated[StreamConfig, Meta(description="jarvis.notifications.>, never size-capped")] = (
         StreamConfig()

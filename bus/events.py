@@ -19,6 +19,8 @@ Severity = Literal["critical", "warning", "info"]
 # inactive: a pending alert whose condition stopped before it fired (never an incident)
 AlertStatus = Literal["pending", "firing", "resolved", "inactive"]
 NotificationStatus = Literal["firing", "resolved", "reminder"]
+LogLevel = Literal["error", "warning"]
+MAX_LOG_LINES = 1000  # lines in one LogLines message
 
 
 class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
@@ -123,10 +125,34 @@ class Notification(_Event, frozen=True, kw_only=True, tag="notification"):
     parts: int = 1
 
 
-Event = MetricBatch | HealthEvent | Heartbeat | Alert | Notification
-EVENT_TYPES: tuple[type[Event], ...] = (MetricBatch, HealthEvent, Heartbeat, Alert, Notification)
+class LogLine(msgspec.Struct, frozen=True):
+    """One kept log line: the engine's time stamp, its level, and its text cleaned and cut."""
 
-E = TypeVar("E", MetricBatch, HealthEvent, Heartbeat, Alert, Notification, Event)
+    ts: float
+    level: LogLevel
+    text: Text
+
+
+class LogLines(_Event, frozen=True, kw_only=True, tag="logs"):
+    """The error and warning lines of one container's log from one cycle, oldest first."""
+
+    host: Name
+    agent: Name
+    container: Name
+    ts: float
+    lines: Annotated[list[LogLine], msgspec.Meta(max_length=MAX_LOG_LINES)]
+    # image, service, project: what the container's samples carry
+    labels: Labels = {}
+    # since the last batch: lines not read (over the per-container rate) and matching lines not
+    # kept (over the per-cycle cap); counted, never silent
+    dropped: int = 0
+    unkept: int = 0
+
+
+Event = MetricBatch | HealthEvent | Heartbeat | Alert | Notification | LogLines
+EVENT_TYPES: tuple[type[Event], ...] = (MetricBatch, HealthEvent, Heartbeat, Alert, Notification, LogLines)
+
+E = TypeVar("E", MetricBatch, HealthEvent, Heartbeat, Alert, Notification, LogLines, Event)
 
 
 class EventDecodeError(ValueError):
@@ -169,6 +195,7 @@ health_event = Codec(HealthEvent)
 heartbeat = Codec(Heartbeat)
 alert = Codec(Alert)
 notification = Codec(Notification)
+log_lines = Codec(LogLines)
 
 
 def json_schema() -> dict[str, object]:

@@ -17,7 +17,7 @@ from bus.subjects import Subjects
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("metrics", "health", "heartbeat", "alerts", "notifications")
+FAMILIES = ("metrics", "health", "heartbeat", "alerts", "notifications", "logs")
 # Families whose publishers deduplicate with Nats-Msg-Id.
 DEDUPLICATED = ("alerts", "notifications")
 KV_BUCKETS = {

@@ -54,6 +54,9 @@ class Subjects:
     def alerts(self, severity: str, host: str, rule: str) -> str:
         return self._join("alerts", severity, host, rule)
 
+    def logs(self, host: str, container: str) -> str:
+        return self._join("logs", host, container)
+
     def notifications(self, route: str) -> str:
         return self._join("notifications", route)
 

@@ -123,6 +123,9 @@ CONTAINER_BLKIO_WRITE_RATE = "container.blkio.write_bytes_per_second"
 CONTAINER_PIDS = "container.pids"
 CONTAINER_LOG_ERRORS = "container.log.errors"
 CONTAINER_LOG_WARNINGS = "container.log.warnings"
+CONTAINER_LOG_ERROR_RATE = "container.log.errors_per_second"
+CONTAINER_LOG_WARNING_RATE = "container.log.warnings_per_second"
+CONTAINER_LOG_DROPPED = "container.log.dropped"
 CONTAINER_PREFIX = "container."  # every per-container metric starts so
 
 CONTAINER_LABELS = ("container", "image", "service", "project")
@@ -165,6 +168,15 @@ CONTAINER_METRICS = catalog(
         CONTAINER_LOG_WARNINGS,
         "lines",
         "log lines matching the warning patterns (and no error pattern) since the last cycle",
+        _C,
+    ),
+    MetricSpec(CONTAINER_LOG_ERROR_RATE, "lines/s", "error lines a second since the last cycle", _C),
+    MetricSpec(CONTAINER_LOG_WARNING_RATE, "lines/s", "warning lines a second since the last cycle", _C),
+    MetricSpec(
+        CONTAINER_LOG_DROPPED,
+        "lines",
+        "log lines over the per-container rate (logs.max_lines_per_second) since the last cycle, "
+        "skipped unread: counts and kept lines leave them out",
         _C,
     ),
 )

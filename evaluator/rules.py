@@ -17,6 +17,8 @@ from evaluator.config import (
     template_fields,
 )
 
+# A container's log check: warning while burst_errors error lines came within burst_window.
+LOG_TARGETS = vocab.LOG_TARGET.format(name=".+")
 # Database checks by name: "postgres", "db", "database-main", "postgres:5432" (not "feedback").
 # an agent's own collection and a part's supervisor: health of the monitor, never a service
 INTERNAL_TARGETS = f"{vocab.COLLECTOR_TARGET}|{vocab.SUPERVISOR_TARGET}"
@@ -104,6 +106,16 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         severity="warning",
         summary="container {target} on {host}: {detail}",
         description="Unhealthy, restarting, dead, killed for lack of memory or exited with an error.",
+    ),
+    Rule(
+        name="container_log_errors",
+        kind="health",
+        matchers=[_m("agent", "=", vocab.CONTAINER_AGENT), _m("target", "=~", LOG_TARGETS)],
+        status=["warning"],
+        for_=Duration(120),
+        severity="warning",
+        summary="{container} on {host} keeps logging errors",
+        description="{detail}",
     ),
     Rule(
         name="docker_unreachable",

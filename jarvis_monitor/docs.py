@@ -38,6 +38,7 @@ SUBJECTS = """\
 | `jarvis.heartbeat.<host>.<agent>` | `Heartbeat` (`heartbeat`) | by each agent, every cycle |
 | `jarvis.alerts.<severity>.<host>.<rule>` | `Alert` (`alert`) | by the evaluator, on each state change |
 | `jarvis.notifications.<route>` | `Notification` (`notification`) | by the evaluator, after consolidation |
+| `jarvis.logs.<host>.<container>` | `LogLines` (`logs`) | by the container agent: error, warning lines |
 | `jarvis.deadletter.notifications.<route>` | undelivered `Notification` | by the Slack sink, giving up |
 """
 

@@ -20,6 +20,7 @@ from bus.events import (
     Event,
     HealthEvent,
     Heartbeat,
+    LogLines,
     MetricBatch,
     Notification,
     Sample,
@@ -87,6 +88,9 @@ def describe(event: Event) -> str:
         case Notification():
             where = f"route={clean(event.route)} group={clean(event.group_key)}"
             body = f"{event.status.upper()} {where} {len(event.alerts)} alert(s)"
+        case LogLines():
+            last = f"  {clean(event.lines[-1].text)}" if event.lines else ""
+            body = f"{clean(event.host)}/{clean(event.container)}  {len(event.lines)} line(s){last}"
     ts: float = event.starts_at if isinstance(event, Alert) else event.ts
     kind = type(event).__struct_config__.tag
     # a newer agent may send fields this tool does not know: say so rather than hide it

@@ -69,7 +69,7 @@ def test_config_written_back_out_reads_in_unchanged() -> None:
     [
         ({"server": ["nats://x"]}, "server"),
         ({"tls": {"ca": "/x"}}, "ca"),
-        ({"streams": {"logs": {}}}, "logs"),
+        ({"streams": {"traces": {}}}, "traces"),
         ({"streams": {"metrics": {"max_size": 5}}}, "max_size"),
     ],
 )
@@ -142,6 +142,7 @@ def test_bad_duration_text_is_refused_with_its_key_path() -> None:
         ("heartbeat", 256 * 1024**2),
         ("alerts", -1),
         ("notifications", -1),
+        ("logs", GIB),
     ],
 )
 def test_max_bytes_gives_family_defaults(family: str, default: int) -> None:

@@ -14,7 +14,7 @@ from agents.container import (
     LogWatchConfig,
 )
 from agents.container_events import Deployments, event_check
-from agents.container_logs import LineSplitter, LogTally, clean_line, compile_patterns, is_watched
+from agents.container_logs import LineSplitter, LogTally, clean_line, is_watched
 from agents.container_state import (
     ContainerInfo,
     container_status,
@@ -275,14 +275,9 @@ def test_stats_meter_forgets_containers_that_are_gone() -> None:
 # logs ------------------------------------------------------------------------------------------
 
 
-def tally(keep: int = 3, line_length: int = 200) -> LogTally:
-    defaults = LogWatchConfig()
-    return LogTally(
-        compile_patterns(defaults.errors, "errors"),
-        compile_patterns(defaults.warnings, "warnings"),
-        keep,
-        line_length,
-    )
+def tally(keep: int = 3, line_length: int = 200, **more: Any) -> LogTally:
+    config = LogWatchConfig(keep_lines=keep, line_length=line_length, **more)
+    return LogTally.of(config, now=0.0)
 
 
 def test_lines_are_counted_as_errors_before_warnings_and_the_last_few_kept() -> None:
@@ -294,13 +289,20 @@ def test_lines_are_counted_as_errors_before_warnings_and_the_last_few_kept() -> 
         "Traceback (most recent call last):",
         "CRITICAL x",
     ]:
-        counter.add(line)
+        counter.add(line, now=1.0)
 
-    summary = counter.drain()
+    summary = counter.drain(now=2.0, wall=100.0)
     assert (summary.errors, summary.warnings) == (3, 1)
-    assert summary.lines == ["Traceback (most recent call last):", "CRITICAL x"]
+    assert summary.quoted == ["Traceback (most recent call last):", "CRITICAL x"]
     assert summary.detail().startswith("3 error and 1 warning lines since the last cycle\n")
-    assert counter.drain() == type(summary)(0, 0, [])  # per interval: drained counts start afresh
+    assert [(line.level, line.text) for line in summary.lines] == [
+        ("warning", "WARNING disk"),
+        ("error", "ERROR db down WARN"),
+        ("error", "Traceback (most recent call last):"),
+        ("error", "CRITICAL x"),
+    ]
+    again = counter.drain(now=3.0, wall=101.0)  # per interval: drained counts start afresh
+    assert (again.errors, again.warnings, again.lines) == (0, 0, [])
 
 
 def test_quoted_lines_lose_control_characters_and_credentials_and_are_cut() -> None:

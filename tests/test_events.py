@@ -20,6 +20,8 @@ from bus.events import (
     EventDecodeError,
     HealthEvent,
     Heartbeat,
+    LogLine,
+    LogLines,
     MetricBatch,
     Notification,
     Sample,
@@ -70,6 +72,15 @@ SAMPLE_EVENTS: dict[str, Event] = {
         alerts=[ALERT, msgspec.structs.replace(ALERT, status="resolved", ends_at=TS + 60)],
         ts=TS,
     ),
+    "logs": LogLines(
+        host="web.01",
+        agent="container",
+        container="jarvis-backend",
+        ts=TS,
+        lines=[LogLine(TS - 3, "error", "ERROR psycopg2.OperationalError: connection refused")],
+        labels={"service": "backend"},
+        dropped=2,
+    ),
 }
 
 CODECS: dict[str, Codec[Any]] = {
@@ -78,13 +89,14 @@ CODECS: dict[str, Codec[Any]] = {
     "heartbeat": events.heartbeat,
     "alert": events.alert,
     "notification": events.notification,
+    "logs": events.log_lines,
 }
 
 KINDS = sorted(SAMPLE_EVENTS)
 
 
 def test_every_event_type_has_a_sample() -> None:
-    """Each of the five types is exercised by the round-trip tests below."""
+    """Each event type is exercised by the round-trip tests below."""
     assert {type(e) for e in SAMPLE_EVENTS.values()} == set(events.EVENT_TYPES)
 
 
@@ -238,7 +250,7 @@ def test_encode_never_produces_a_payload_its_codec_refuses(value: float) -> None
     events.metric_batch.decode(data, "jarvis.metrics.h.probe")
 
 
-def test_json_schema_defines_all_five_event_types() -> None:
+def test_json_schema_defines_every_event_type() -> None:
     schema = events.json_schema()
     definitions = schema["$defs"]
     assert isinstance(definitions, dict)
@@ -264,4 +276,5 @@ def test_json_schema_pins_each_kind_to_its_tag() -> None:
         "Heartbeat": ["heartbeat"],
         "Alert": ["alert"],
         "Notification": ["notification"],
+        "LogLines": ["logs"],
     }

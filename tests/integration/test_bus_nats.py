@@ -14,7 +14,7 @@ import nkeys
 import pytest
 import trustme
 
-from bus.config import BusConfig, CappedStreamConfig, StreamConfig, StreamsConfig, TLSConfig
+from bus.config import BusConfig, CappedStreamConfig, LogStreamConfig, StreamConfig, StreamsConfig, TLSConfig
 from bus.connection import Bus, BusUnavailableError, connect
 from bus.events import Alert, HealthEvent, MetricBatch, Sample, encode, health_event, metric_batch
 from bus.jetstream import (
@@ -44,6 +44,7 @@ def small_streams(**overrides: StreamConfig) -> StreamsConfig:
         "metrics": CappedStreamConfig(max_bytes=MIB),
         "health": CappedStreamConfig(max_bytes=MIB),
         "heartbeat": CappedStreamConfig(max_bytes=MIB),
+        "logs": LogStreamConfig(max_bytes=MIB),
     }
     limits.update(overrides)
     return msgspec.structs.replace(StreamsConfig(), **limits)
@@ -409,7 +410,8 @@ async def test_provisioned_streams_match_the_contract(bus: Bus, prefix: str) -> 
     for family in FAMILIES:
         info = await js.stream_info(stream_name(prefix, family))
         assert info.config.subjects == [f"{prefix}.{family}.>"]
-        assert info.config.max_age == pytest.approx(30 * 86400)
+        # the runbook's retention: 30 days, and 7 for log lines
+        assert info.config.max_age == pytest.approx((7 if family == "logs" else 30) * 86400)
         assert info.config.max_bytes == streams.max_bytes(family)
     alerts = await js.stream_info(stream_name(prefix, "alerts"))
     assert alerts.config.max_bytes == -1

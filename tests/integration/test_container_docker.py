@@ -216,7 +216,7 @@ async def test_matching_log_lines_are_counted_per_interval_and_quoted_and_a_rest
     await containers.run("spew", "sh", "-c", SPEW)
     await containers.run("labelled", "sh", "-c", SPEW, options=("--label", "jarvis.logs=true"))
     await containers.run("quiet", "sh", "-c", SPEW)  # not selected: never followed
-    logs = LogWatchConfig(containers=[by_name], labels=["jarvis.logs=true"], keep_lines=2)
+    logs = LogWatchConfig(containers=[by_name], labels=["jarvis.logs=true"], keep_lines=2, burst_errors=1)
     collector = ContainerCollector(config(containers, logs=logs))
 
     def errors(c: Collection, name: str) -> float:
@@ -264,7 +264,7 @@ async def test_log_followers_leave_the_request_connections_to_inspect_and_list(
         await collect_until(
             collector, lambda c: (sample(c, "container.log.errors", containers.name("spew2")) or 0) > 0
         )
-        assert len(collector._followers) == 2
+        assert collector.logs.following == 2
         assert collector._docker is not None
         # what stays acquired on the request client between cycles: the event stream alone
         assert len(collector._docker.connector._acquired) == 1
