@@ -7,6 +7,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from sinks.console.config import ConsoleConfig
 from sinks.report.config import ReportSinkConfig
 from sinks.slack import SlackSinkConfig
 
@@ -14,3 +15,6 @@ from sinks.slack import SlackSinkConfig
 class SinksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     slack: Annotated[SlackSinkConfig, Meta(description="Slack alerts")] = SlackSinkConfig()
     report: Annotated[ReportSinkConfig, Meta(description="the daily report")] = ReportSinkConfig()
+    console: Annotated[
+        ConsoleConfig, Meta(description="the web console and its /metrics endpoint (http://127.0.0.1:10201)")
+    ] = ConsoleConfig()

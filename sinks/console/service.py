@@ -1,0 +1,318 @@
+"""The console service: the bus into the live model and the Prometheus exporter, the web app out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import nats.errors
+from aiohttp import web
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.kv import KeyValue
+
+from bus import deadletter
+from bus.aio import cancel_and_wait, wait_unless
+from bus.connection import Bus
+from bus.events import Alert, EventDecodeError, HealthEvent, Heartbeat, MetricBatch, any_event
+from bus.heartbeat import beat
+from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket
+from bus.kvblob import BlobStore, StoreError
+from bus.records import SILENCE_PREFIX, Silence, SilenceStore, decode_silence, load_active
+from sinks.console.app import Context, make_app
+from sinks.console.config import ConsoleConfig, ConsoleSecrets, resolve_token
+from sinks.console.history import Read, read_range
+from sinks.console.live import Hub
+from sinks.console.render import Renderer
+from sinks.console.state import ConsoleState, Limits
+from sinks.report.config import ReportSinkConfig
+
+if TYPE_CHECKING:
+    from sinks.console.app import Exporter
+
+log = logging.getLogger(__name__)
+
+CONSOLE_PART = "console"  # its name on the bus, in heartbeats and in `up`'s supervisor
+FAMILIES = ("metrics", "health", "heartbeat", "alerts")
+ACTIVE_POLL = 1.0  # seconds between reads of the evaluator's active alerts
+PRUNE_EVERY = 60.0
+HISTORY_READ = 20_000  # stored batches one chart range reads at most
+KV_RETRY = 2.0
+ConsoleEvent = MetricBatch | HealthEvent | Heartbeat | Alert
+
+
+def make_exporter() -> Exporter | None:
+    """The /metrics exporter (sinks/console/prom.py), or None while it is not there."""
+    try:
+        from sinks.console.prom import MetricsExporter
+    except ImportError:
+        return None
+    return MetricsExporter()
+
+
+class ConsoleService:
+    """Subscribes to every event family, keeps the model, and serves the console until stopped."""
+
+    def __init__(
+        self,
+        config: ConsoleConfig,
+        bus: Bus,
+        *,
+        sla: Mapping[str, float] | None = None,
+        zone: dt.tzinfo = dt.UTC,
+        secrets: ConsoleSecrets | None = None,
+        clock: Callable[[], float] = time.time,
+        host: str | None = None,
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.host = host or socket.gethostname()
+        self.clock = clock
+        self.secrets = secrets if secrets is not None else resolve_token(config)
+        limits = Limits(
+            history=config.history.seconds,
+            points=config.history_points,
+            max_series=config.max_series,
+            log_lines=config.log_lines,
+        )
+        self.state = ConsoleState(limits, sla=dict(sla or {}), zone=zone)
+        self.renderer = Renderer(zone)
+        self.hub = Hub(self.state, self.renderer, clock=clock)
+        self.exporter = make_exporter()
+        self.context = Context(
+            config=config,
+            secrets=self.secrets,
+            state=self.state,
+            renderer=self.renderer,
+            hub=self.hub,
+            exporter=self.exporter,
+            read=self._read,
+            refresh=self._refresh_silences,
+            clock=clock,
+        )
+        self.rejections = deadletter.Rejections()
+        self.port: int | None = None  # the port it listens on, once it does
+        self.ready = asyncio.Event()
+        self._silences: dict[str, Silence] = {}
+        self._stopped = asyncio.Event()
+        self._subs: list[Subscription] = []
+        self._held: list[ConsoleEvent] | None = [] if config.backfill > 0 else None
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "events": self.state.counters.events,
+            "dropped_series": self.state.counters.dropped_series,
+            "pages_open": len(self.hub.subscribers),
+            "live_messages": self.hub.sent,
+            "live_overflows": self.hub.overflows,
+            **{f"refused.{reason}": n for reason, n in self.context.refused.items()},
+        }
+
+    @property
+    def url(self) -> str:
+        host = self.config.bind if ":" not in self.config.bind else f"[{self.config.bind}]"
+        return f"http://{host}:{self.port}"
+
+    async def run(self) -> None:
+        """Serve until `stop()`; NATS outages and bad messages are logged, never raised."""
+        runner = web.AppRunner(make_app(self.context), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.bind, self.config.port, shutdown_timeout=1.0)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(
+                f"console: cannot listen on {self.config.bind}:{self.config.port}: {exc.strerror or exc}"
+            ) from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.config.port
+        log.info("console: serving %s", self.url)
+        tasks = [
+            asyncio.create_task(self.hub.run(self._stopped)),
+            asyncio.create_task(self._kv()),
+            asyncio.create_task(self._prune()),
+            asyncio.create_task(
+                beat(
+                    self.bus,
+                    self.host,
+                    CONSOLE_PART,
+                    self.counters,
+                    lambda: self.rejections.by_reason,
+                    self._stopped,
+                )
+            ),
+        ]
+        try:
+            await self._subscribe()
+            self.ready.set()
+            await self._backfill()
+            await self._stopped.wait()
+        finally:
+            for sub in self._subs:
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await sub.unsubscribe()
+            await cancel_and_wait(tasks)
+            await runner.cleanup()
+
+    # -- the bus -------------------------------------------------------------------------------
+
+    async def _subscribe(self) -> None:
+        for family in FAMILIES:
+            self._subs.append(await self.bus.nc.subscribe(self.bus.subjects.family(family), cb=self._on_msg))
+
+    async def _on_msg(self, msg: Msg) -> None:
+        try:
+            event = any_event.decode(msg.data, msg.subject)
+        except EventDecodeError as exc:
+            self.rejections.count(exc.reason)
+            return
+        if not isinstance(event, ConsoleEvent):
+            return
+        if self._held is not None and len(self._held) < self.config.backfill:
+            self._held.append(event)  # applied after the stored ones, so that history stays in order
+            return
+        self.observe(event)
+
+    def observe(self, event: ConsoleEvent) -> None:
+        """One event into the model and the exporter; the pages hear of it within `coalesce`."""
+        self.state.observe(event)
+        if self.exporter is not None:
+            try:
+                self.exporter.observe(event)
+            except Exception:  # the exporter's bug must not stop the pages
+                log.exception("console: the /metrics exporter failed on an event")
+        self.hub.changed()
+
+    async def _backfill(self) -> None:
+        """The last `history` of stored events, so the charts are not empty after a restart."""
+        if self._held is None:
+            return
+        now = self.clock()
+        start = now - self.config.history.seconds
+        js = self.bus.nc.jetstream()
+        subjects = self.bus.subjects
+        try:
+            read = await read_range(
+                js, subjects, "metrics", subjects.family("metrics"), start, now, self.config.backfill
+            )
+        finally:
+            held, self._held = self._held, None
+        for event in read.events:
+            if isinstance(event, ConsoleEvent):
+                self.state.observe(event)
+        for event in held:
+            self.observe(event)
+        if read.events:
+            log.info("console: %d stored batches read back for the charts", len(read.events))
+        self.hub.changed()
+
+    async def _read(self, agent: str, start: float, end: float) -> Read:
+        subjects = self.bus.subjects
+        subject = f"{subjects.prefix}.metrics.*.probe" if agent == "*" else subjects.metrics("*", agent)
+        return await read_range(
+            self.bus.nc.jetstream(), subjects, "metrics", subject, start, end, HISTORY_READ
+        )
+
+    # -- KV: silences, acks, the evaluator's active alerts ------------------------------------
+
+    async def _open(self, bucket: str) -> KeyValue:
+        js = self.bus.nc.jetstream()
+        name = bucket_name(self.bus.subjects.prefix, bucket)
+        await ensure_bucket(js, name, KV_BUCKETS[bucket])
+        return await js.key_value(name)
+
+    async def _kv(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                silences = await self._open("silences")
+                state = await self._open("state")
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                log.warning("console: no JetStream KV yet (%s): silences and acks wait for it", exc)
+                if await wait_unless(self._stopped, KV_RETRY * 5):
+                    return
+                continue
+            self.context.store = SilenceStore(silences)
+            await self._refresh_silences()
+            tasks = [
+                asyncio.create_task(self._watch_silences(silences)),
+                asyncio.create_task(self._poll_active(BlobStore(state))),
+            ]
+            try:
+                await self._stopped.wait()
+            finally:
+                await cancel_and_wait(tasks)
+            return
+
+    async def _refresh_silences(self) -> None:
+        store = self.context.store
+        if store is None:
+            return
+        try:
+            found = await store.silences()
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("console: cannot read the silences: %s", exc)
+            return
+        self._silences = {s.id: s for s in found}
+        self.state.set_silences(list(self._silences.values()))
+        self.hub.changed()
+
+    async def _watch_silences(self, kv: KeyValue) -> None:
+        """Follow the bucket, so a silence from the command line shows on open pages at once."""
+        while True:
+            try:
+                watcher = await kv.watchall()
+                async for entry in watcher:
+                    if entry is None or not entry.key.startswith(SILENCE_PREFIX):
+                        continue
+                    silence_id = entry.key[len(SILENCE_PREFIX) :]
+                    silence = None
+                    if entry.operation not in ("DEL", "PURGE"):
+                        silence = decode_silence(entry.value or b"")
+                    if silence is None:
+                        self._silences.pop(silence_id, None)
+                    else:
+                        self._silences[silence_id] = silence
+                    self.state.set_silences(list(self._silences.values()))
+                    self.hub.changed()
+            except (nats.errors.Error, TimeoutError, OSError) as exc:
+                log.warning("console: watching silences failed, retrying: %s", exc)
+                await asyncio.sleep(KV_RETRY)
+
+    async def _poll_active(self, blobs: BlobStore) -> None:
+        warned = False
+        while True:
+            try:
+                active = await load_active(blobs)
+            except (StoreError, nats.errors.Error, TimeoutError) as exc:
+                if not warned:
+                    log.warning("console: cannot read the evaluator's active alerts: %s", exc)
+                    warned = True
+                active = None
+            if active is not None:
+                before = self.state.active
+                self.state.set_active(active)
+                if self.state.active is not before:
+                    self.hub.changed()
+            await asyncio.sleep(ACTIVE_POLL)
+
+    async def _prune(self) -> None:
+        while not await wait_unless(self._stopped, PRUNE_EVERY):
+            if self.state.prune(self.clock()):
+                self.hub.changed()
+
+
+def console_service(config: ConsoleConfig, report: ReportSinkConfig, bus: Bus) -> ConsoleService:
+    """The console with the report's SLA targets per check and its time zone for "today"."""
+    sla = {check: service.availability_percent for service in report.services for check in service.checks}
+    return ConsoleService(config, bus, sla=sla, zone=report.zone)
