@@ -13,7 +13,6 @@ from pathlib import Path
 from jarvis_monitor import (
     __version__,
     console_cli,
-    console_cli,
     deadletter_cli,
     evaluator_cli,
     logs_cli,
@@ -32,7 +31,7 @@ from jarvis_monitor.template import render_config
 log = logging.getLogger("jarvis_monitor")
 
 # Each part's own subcommands; each module's `register` adds parsers that set `handler`.
-EXTENSIONS = (evaluator_cli, slack_cli, report_cli, deadletter_cli, status_cli, console_cli, console_cli, logs_cli)
+EXTENSIONS = (evaluator_cli, slack_cli, report_cli, deadletter_cli, status_cli, console_cli, logs_cli)
 DEFAULT_INIT_PATH = "jarvis-monitor.toml"
 
 
