@@ -1,7 +1,8 @@
 """Benchmarks: `python -m tests.bench [PART ...]`. Ratios against a baseline measured in the same run.
 
 Parts: host (this module), and one module per part (`tests/bench/<part>.py`), each with
-`async def run()` returning rows of (measure, result, target).
+`async def run()` returning rows of (measure, result, target). Parts in ON_REQUEST run only when
+named, and read their own `--flags` from the command line.
 """
 
 from __future__ import annotations
@@ -107,6 +108,8 @@ async def agent_rss(url: str) -> float:
 
 
 PARTS = ("host", "container", "probe", "evaluator_engine", "evaluator_service", "report")
+# Minutes long and needs Debian's Prometheus stack: `python -m tests.bench versus [--quick]`.
+ON_REQUEST = ("versus",)
 
 
 async def host() -> None:
@@ -157,8 +160,8 @@ async def main(parts: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    chosen = sys.argv[1:] or list(PARTS)
-    unknown = sorted(set(chosen) - set(PARTS))
+    chosen = [arg for arg in sys.argv[1:] if not arg.startswith("-")] or list(PARTS)
+    unknown = sorted(set(chosen) - set(PARTS) - set(ON_REQUEST))
     if unknown:
-        sys.exit(f"unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
+        sys.exit(f"unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS + ON_REQUEST)}")
     asyncio.run(main(chosen))
