@@ -16,6 +16,7 @@ from urllib.parse import quote
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch
 from bus.records import (
     AckRecord,
     Silence,
@@ -57,11 +58,15 @@ CHART_POINTS = 300
 class Reader(Protocol):
     """Reads a range of the metrics stream (history.read_range bound to a connection)."""
 
-    def __call__(self, subject_agent: str, start: float, end: float) -> Awaitable[Read]: ...
+    def __call__(self, agent: str, start: float, end: float) -> Awaitable[Read]: ...
 
 
 class Exporter(Protocol):
-    async def handler(self, request: web.Request) -> web.StreamResponse: ...
+    """The /metrics page (sinks/console/prom.py MetricsExporter)."""
+
+    def observe(self, event: MetricBatch | HealthEvent | Heartbeat | Alert) -> None: ...
+
+    async def handler(self, request: web.Request) -> web.Response: ...
 
 
 @dataclass
@@ -244,7 +249,7 @@ async def _perf_series(
     key = ("perf", "probe", int(end - start))
     read = ctx.cache.get(key, end)
     if read is None:
-        read = await ctx.read("*", start, end)
+        read = await ctx.read("probe", start, end)
         ctx.cache.put(key, end, read)
     series = downsample(read.events, PERF_METRICS, "check", read.start, end, CHART_POINTS)
     note = ""
