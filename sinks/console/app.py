@@ -100,6 +100,9 @@ class Context:
 
 
 CONTEXT = web.AppKey("console", Context)
+# per-request values: typed keys where aiohttp has them (3.13+), plain strings before
+CLIENT: Any = web.RequestKey("client", str) if hasattr(web, "RequestKey") else "client"
+FORM: Any = web.RequestKey("form", MultiDictProxy) if hasattr(web, "RequestKey") else "form"
 
 
 def _client(request: web.Request) -> str:
@@ -138,7 +141,7 @@ async def guard(
     """Token first (pages redirect to /login), then the CSRF token on every POST."""
     ctx = request.app[CONTEXT]
     client = _client(request)
-    request["client"] = client or secrets.token_hex(16)
+    request[CLIENT] = client or secrets.token_hex(16)
     path = request.path
     public = path.startswith("/static/") or path == "/login"
     if path == "/metrics" and ctx.config.metrics_public:
@@ -165,7 +168,7 @@ def _with_client(response: web.StreamResponse, request: web.Request, client: str
     if not client and not response.prepared:
         response.set_cookie(
             CLIENT_COOKIE,
-            request["client"],
+            request[CLIENT],
             httponly=True,
             samesite="Strict",
             path="/",
@@ -184,7 +187,7 @@ async def _csrf_problem(request: web.Request, ctx: Context, client: str) -> str 
         form = await request.post()
     except ValueError:
         return "unreadable form"
-    request["form"] = form
+    request[FORM] = form
     given = form.get("csrf")
     if not client or not isinstance(given, str) or not hmac.compare_digest(given, ctx.csrf_for(client)):
         return "missing or wrong CSRF token: reload the page and try again"
@@ -207,7 +210,7 @@ def _base(request: web.Request, page: str) -> dict[str, Any]:
     ctx = request.app[CONTEXT]
     now = ctx.clock()
     context = render.base_context(
-        ctx.state, now, page, ctx.csrf_for(request["client"]), ctx.secrets.token is not None
+        ctx.state, now, page, ctx.csrf_for(request[CLIENT]), ctx.secrets.token is not None
     )
     context["range"] = ""
     context["range_note"] = ""
@@ -437,7 +440,7 @@ def _unavailable() -> web.Response:
 
 async def add_silence(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    silence, fields, problem = build_silence(request["form"], ctx.clock())
+    silence, fields, problem = build_silence(request[FORM], ctx.clock())
     if silence is None:
         return await alerts_page(request, form=fields, problem=problem, status=400)
     if ctx.store is None:
@@ -470,7 +473,7 @@ async def ack_alert(request: web.Request) -> web.Response:
         return text_response(404, "404: no active alert with this fingerprint")
     if ctx.store is None:
         return _unavailable()
-    author = str(request["form"].get("author", "")).strip()[:100] or "console"
+    author = str(request[FORM].get("author", "")).strip()[:100] or "console"
     await ctx.store.ack(AckRecord(fingerprint=fingerprint, author=author, at=ctx.clock()))
     return redirect(f"/alerts?acked={fingerprint}")
 
@@ -478,7 +481,7 @@ async def ack_alert(request: web.Request) -> web.Response:
 async def login_get(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     context = {
-        "csrf": ctx.csrf_for(request["client"]),
+        "csrf": ctx.csrf_for(request[CLIENT]),
         "next": safe_next(request.query.get("next", "/")),
         "problem": "",
     }
@@ -487,14 +490,14 @@ async def login_get(request: web.Request) -> web.Response:
 
 async def login_post(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    form = request["form"]
+    form = request[FORM]
     target = safe_next(str(form.get("next", "/")))
     if ctx.secrets.token is None:
         return redirect(target)
     given = str(form.get("token", "")).strip()
     if not hmac.compare_digest(given.encode(), ctx.secrets.token.encode()):
         ctx.refuse("wrong_token")
-        context = {"csrf": ctx.csrf_for(request["client"]), "next": target, "problem": "wrong token"}
+        context = {"csrf": ctx.csrf_for(request[CLIENT]), "next": target, "problem": "wrong token"}
         return _html(ctx.renderer.page("login", context), 403)
     response = redirect(target)
     response.set_cookie(
@@ -514,7 +517,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     page = request.query.get("page", "overview")
     if page not in render.PAGES:
         return text_response(400, "400: unknown page")
-    return await ctx.hub.stream(request, page, ctx.csrf_for(request["client"]))
+    return await ctx.hub.stream(request, page, ctx.csrf_for(request[CLIENT]))
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,281 @@
+"""The console's web app through aiohttp's test client: pages, escaping, the token, CSRF, CSP, actions."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from nats.js.errors import KeyNotFoundError, NoKeysError
+
+from bus.records import ACK_PREFIX, SILENCE_PREFIX, SilenceStore, decode_ack, decode_silence
+from sinks.console.app import CONTEXT, CSP, Context, make_app
+from sinks.console.config import ConsoleConfig, ConsoleConfigError, ConsoleSecrets, resolve_token
+from sinks.console.live import Hub
+from sinks.console.render import Renderer, script_json
+from sinks.console.state import ConsoleState, row_id
+from tests.test_console_state import alert, container_batch, health, host_batch
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+HOSTILE = "</script><script>alert(1)</script>"
+BIDI = "api\u202egnp.exe"
+
+
+class MemoryKV:
+    """The part of nats-py's KeyValue that SilenceStore uses, in memory."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def put(self, key: str, value: bytes) -> int:
+        self.data[key] = value
+        return len(self.data)
+
+    async def get(self, key: str) -> Any:
+        if key not in self.data:
+            raise KeyNotFoundError
+
+        class Entry:
+            value = self.data[key]
+
+        return Entry()
+
+    async def keys(self) -> list[str]:
+        if not self.data:
+            raise NoKeysError
+        return list(self.data)
+
+    async def purge(self, key: str) -> None:
+        self.data.pop(key, None)
+
+
+def populated(now: float) -> ConsoleState:
+    state = ConsoleState()
+    state.observe(host_batch(HOSTILE, now, 95.0))
+    state.observe(host_batch("web01", now, 10.0))
+    state.observe(container_batch("web01", BIDI, now))
+    state.observe(container_batch("web01", "x" * 200, now))
+    state.observe(health("backend", "critical", now, detail=HOSTILE))
+    state.observe(health(f"log:{BIDI}", "warning", now, agent="container", detail=f"1 error\n{HOSTILE}"))
+    state.observe(alert("fp1", "firing", now))
+    return state
+
+
+def context(state: ConsoleState, token: str | None = None, **settings: Any) -> Context:
+    renderer = Renderer()
+    return Context(
+        config=ConsoleConfig(**settings),
+        secrets=ConsoleSecrets(token=token),
+        state=state,
+        renderer=renderer,
+        hub=Hub(state, renderer),
+        store=SilenceStore(MemoryKV()),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient[Any, Any]]:
+    ctx = context(populated(time.time()))
+    async with TestClient(TestServer(make_app(ctx))) as test_client:
+        yield test_client
+
+
+async def csrf_of(client: TestClient[Any, Any], path: str = "/alerts") -> str:
+    page = await (await client.get(path)).text()
+    found = re.search(r'name="csrf" content="([0-9a-f]+)"', page) or re.search(
+        r'name="csrf" value="([0-9a-f]+)"', page
+    )
+    assert found is not None
+    return found[1]
+
+
+@pytest.mark.parametrize("path", ["/", "/performance", "/errors", "/alerts", "/login"])
+async def test_every_page_loads_with_a_strict_content_security_policy(
+    client: TestClient[Any, Any], path: str
+) -> None:
+    response = await client.get(path)
+    assert response.status == 200
+    assert response.headers["Content-Security-Policy"] == CSP
+    assert "script-src 'self'" in CSP
+    assert "unsafe-inline" not in CSP
+    assert response.headers["X-Frame-Options"] == "DENY"
+    page = await response.text()
+    assert "<script>" not in page  # scripts only from files: the CSP forbids inline ones
+    assert " style=" not in page
+
+
+async def test_hostile_names_are_escaped_and_bidi_overrides_neutralised(client: TestClient[Any, Any]) -> None:
+    overview = await (await client.get("/")).text()
+    errors = await (await client.get("/errors")).text()
+    for page in (overview, errors):
+        assert HOSTILE not in page
+        assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        assert "\u202e" not in page
+    assert "api\ufffdgnp.exe" in overview
+
+
+def test_json_in_a_page_cannot_close_its_script_block() -> None:
+    text = str(script_json([{"label": HOSTILE, "x": "a&b\u2028"}]))
+    assert "</script" not in text
+    assert "<" not in text
+    assert "&" not in text
+    assert "\\u003c/script\\u003e" in text
+
+
+async def test_what_is_wrong_comes_first_on_the_overview(client: TestClient[Any, Any]) -> None:
+    page = await (await client.get("/")).text()
+    assert page.index('id="alerts"') < page.index('id="checks"') < page.index('id="hosts"')
+    hosts = re.findall(r'<tr id="(host-[0-9a-f]+)"', page)
+    assert hosts[0] == row_id("host", "web01")  # the firing alert is on web01
+
+
+async def test_a_post_without_the_csrf_token_is_refused(client: TestClient[Any, Any]) -> None:
+    await client.get("/alerts")
+    form = {"matchers": "host=web01", "duration": "1h", "comment": "maintenance"}
+    response = await client.post("/silences", data=form, allow_redirects=False)
+    assert response.status == 403
+    assert "CSRF" in await response.text()
+    response = await client.post("/silences", data=form | {"csrf": "0" * 40}, allow_redirects=False)
+    assert response.status == 403
+
+
+async def test_a_post_from_another_site_is_refused_even_with_the_token(client: TestClient[Any, Any]) -> None:
+    csrf = await csrf_of(client)
+    form = {"matchers": "host=web01", "duration": "1h", "comment": "x", "csrf": csrf}
+    response = await client.post(
+        "/silences", data=form, headers={"Origin": "http://evil.example"}, allow_redirects=False
+    )
+    assert response.status == 403
+
+
+async def test_a_silence_made_on_the_page_is_stored_as_the_cli_does(
+    client: TestClient[Any, Any],
+) -> None:
+    ctx = client.app[CONTEXT]
+    csrf = await csrf_of(client)
+    form = {"matchers": "host=web01\nrule=~high_.*", "duration": "2h", "comment": "deploy", "csrf": csrf}
+    response = await client.post("/silences", data=form, allow_redirects=False)
+    assert response.status == 303
+    assert ctx.store is not None
+    kv: MemoryKV = ctx.store.kv
+    [key] = [k for k in kv.data if k.startswith(SILENCE_PREFIX)]
+    silence = decode_silence(kv.data[key])
+    assert silence is not None
+    assert [str(m) for m in silence.matchers] == ["host=web01", "rule=~high_.*"]
+    assert round(silence.ends_at - silence.starts_at) == 7200
+    assert silence.comment == "deploy"
+    page = await (await client.get(response.headers["Location"])).text()
+    assert f"silence {silence.id} added" in page
+
+    response = await client.post(f"/silences/{silence.id}/expire", data={"csrf": csrf}, allow_redirects=False)
+    assert response.status == 303
+    expired = decode_silence(kv.data[key])
+    assert expired is not None
+    assert expired.ends_at <= time.time()
+
+
+@pytest.mark.parametrize(
+    ("matchers", "duration", "comment", "problem"),
+    [
+        ("", "1h", "x", "name at least one"),
+        ("host", "1h", "x", "invalid matcher"),
+        ("host=~(", "1h", "x", "invalid regex"),
+        ("host=a", "soon", "x", "for:"),
+        ("host=a", "1h", "", "comment"),
+    ],
+)
+async def test_a_bad_silence_form_says_what_is_wrong(
+    client: TestClient[Any, Any], matchers: str, duration: str, comment: str, problem: str
+) -> None:
+    csrf = await csrf_of(client)
+    form = {"matchers": matchers, "duration": duration, "comment": comment, "csrf": csrf}
+    response = await client.post("/silences", data=form, allow_redirects=False)
+    assert response.status == 400
+    assert problem in await response.text()
+
+
+async def test_ack_from_the_page_stores_the_cli_ack_record(client: TestClient[Any, Any]) -> None:
+    csrf = await csrf_of(client)
+    response = await client.post("/alerts/fp1/ack", data={"csrf": csrf}, allow_redirects=False)
+    assert response.status == 303
+    ctx = client.app[CONTEXT]
+    assert ctx.store is not None
+    record = decode_ack(ctx.store.kv.data[ACK_PREFIX + "fp1"])
+    assert record is not None
+    assert record.fingerprint == "fp1"
+    response = await client.post("/alerts/nope/ack", data={"csrf": csrf}, allow_redirects=False)
+    assert response.status == 404
+
+
+async def test_with_a_token_nothing_is_shown_before_logging_in_and_the_token_is_never_on_a_page() -> None:
+    ctx = context(populated(time.time()), token=TOKEN)
+    async with TestClient(TestServer(make_app(ctx))) as client:
+        response = await client.get("/", allow_redirects=False)
+        assert response.status == 303
+        assert response.headers["Location"].startswith("/login")
+        for path in ("/events?page=overview", "/metrics"):
+            assert (await client.get(path)).status == 401
+        assert (await client.post("/silences", data={}, allow_redirects=False)).status == 401
+        csrf = await csrf_of(client, "/login")
+        wrong = await client.post("/login", data={"token": "guess", "csrf": csrf}, allow_redirects=False)
+        assert wrong.status == 403
+        right = await client.post("/login", data={"token": TOKEN, "csrf": csrf, "next": "/alerts"})
+        assert right.status == 200
+        assert right.url.path == "/alerts"
+        for path in ("/", "/performance", "/errors", "/alerts"):
+            response = await client.get(path)
+            assert response.status == 200
+            assert TOKEN not in await response.text()
+            assert all(TOKEN not in value for value in response.headers.values())
+        assert all(TOKEN not in cookie.value for cookie in client.session.cookie_jar)
+
+
+async def test_a_bearer_token_opens_the_api_and_metrics_can_be_public() -> None:
+    ctx = context(ConsoleState(), token=TOKEN, metrics_public=True)
+    async with TestClient(TestServer(make_app(ctx))) as client:
+        assert (await client.get("/metrics")).status == 503  # public, and no exporter in this test
+        ok = await client.get("/", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status == 200
+
+
+async def test_login_never_redirects_to_another_site() -> None:
+    ctx = context(ConsoleState(), token=TOKEN)
+    async with TestClient(TestServer(make_app(ctx))) as client:
+        csrf = await csrf_of(client, "/login")
+        response = await client.post(
+            "/login", data={"token": TOKEN, "csrf": csrf, "next": "//evil.example/"}, allow_redirects=False
+        )
+        assert response.headers["Location"] == "/"
+
+
+def test_a_public_bind_needs_a_token(tmp_path: Path) -> None:
+    with pytest.raises(ConsoleConfigError, match=r"^sinks.console.bind: '0.0.0.0' is not loopback"):
+        resolve_token(ConsoleConfig(bind="0.0.0.0"), {})
+    assert resolve_token(ConsoleConfig(bind="0.0.0.0"), {"JARVIS_CONSOLE_TOKEN": TOKEN}).token == TOKEN
+    assert resolve_token(ConsoleConfig(), {}).token is None  # loopback: no token needed
+    with pytest.raises(ConsoleConfigError, match="at least 16"):
+        resolve_token(ConsoleConfig(), {"JARVIS_CONSOLE_TOKEN": "short"})
+    missing = tmp_path / "missing"
+    with pytest.raises(ConsoleConfigError, match=r"^sinks.console.token_file: cannot read"):
+        resolve_token(ConsoleConfig(token_file=str(missing)), {})
+    assert "s3cret" not in repr(resolve_token(ConsoleConfig(), {"JARVIS_CONSOLE_TOKEN": TOKEN}))
+
+
+def test_a_changed_row_goes_to_every_open_overview_with_its_own_csrf_token() -> None:
+    now = time.time()
+    state = populated(now)
+    state.take_dirty()
+    hub = Hub(state, Renderer(), clock=lambda: now)
+    state.observe(health(BIDI, "critical", now, agent="container", detail="health check: unhealthy"))
+    state.observe(alert("fp2", "firing", now, "warning"))
+    messages = hub.messages(state.take_dirty(), now)
+    rows = [m for m in messages["overview"] if m["op"] == "row"]
+    assert rows[0]["id"] == row_id("container", "web01", BIDI)
+    assert "unhealthy" in rows[0]["html"]
+    assert "\u202e" not in rows[0]["html"]
+    alerts = [m for m in messages["overview"] if m.get("target") == "alerts-rows"]
+    assert "__csrf_token__" in alerts[0]["html"]
