@@ -10,6 +10,7 @@ from msgspec import Meta
 
 from agents.container import ContainerAgentConfig
 from agents.host import HostAgentConfig
+from agents.postgres import PostgresAgentConfig
 from agents.probe import ProbeAgentConfig
 
 
@@ -28,6 +29,9 @@ class AgentsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     probe: Annotated[ProbeAgentConfig, Meta(description="the probe agent (HTTP, TCP, Prometheus)")] = (
         ProbeAgentConfig()
     )
+    postgres: Annotated[
+        PostgresAgentConfig, Meta(description="the database agent (PostgreSQL, through psycopg)")
+    ] = PostgresAgentConfig()
 
     def resolved_hostname(self) -> str:
         return self.hostname or socket.gethostname()

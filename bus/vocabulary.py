@@ -12,6 +12,7 @@ from dataclasses import dataclass
 HOST_AGENT = "host"
 CONTAINER_AGENT = "container"
 PROBE_AGENT = "probe"
+POSTGRES_AGENT = "postgres"
 
 # The pipeline's own parts: they publish heartbeats with their counters as agents do, so the
 # dead-man rule covers them too.
@@ -25,6 +26,7 @@ COLLECTOR_TARGET = "_collector"  # an agent's own collection; the underscore kee
 DOCKER_TARGET = "docker"  # the container agent's check of the Docker engine itself
 LOG_TARGET = "log:{name}"  # a container's log, apart from its state; Docker names never hold ":"
 MOUNT_TARGET = "mount:{mount}"  # a mount the host agent's config names, present or not
+STATEMENTS_TARGET = "{server}:statements"  # the database agent's pg_stat_statements, apart from its login
 # a part of `up` as its supervisor sees it: failed and being restarted, or running well again
 SUPERVISOR_TARGET = "_supervisor"
 
@@ -248,10 +250,138 @@ PROBE_METRICS = catalog(
     ),
 )
 
+# Database checks by name: "postgres", "db", "database-main", "postgres:5432" (not "feedback"). The
+# built-in database rule and the database agent's server names both go by it.
+DATABASE_NAME = r"(?i)(postgres|postgresql|database|db)([-_.:].*)?"
+
+# The database agent's metrics, every one labelled with the server's configured name.
+POSTGRES_UP = "postgres.up"
+POSTGRES_CONNECT_SECONDS = "postgres.connect_seconds"
+POSTGRES_PING_SECONDS = "postgres.ping_seconds"
+POSTGRES_CONNECTIONS = "postgres.connections"
+POSTGRES_CONNECTIONS_TOTAL = "postgres.connections.total"
+POSTGRES_CONNECTIONS_MAX = "postgres.connections.max"
+POSTGRES_CONNECTIONS_PERCENT = "postgres.connections.percent"
+POSTGRES_OLDEST_QUERY = "postgres.query.oldest_seconds"
+POSTGRES_OLDEST_TRANSACTION = "postgres.transaction.oldest_seconds"
+POSTGRES_OLDEST_IDLE_IN_TRANSACTION = "postgres.idle_in_transaction.oldest_seconds"
+POSTGRES_LOCKS_WAITING = "postgres.locks.waiting"
+POSTGRES_LOCKS_OLDEST_WAIT = "postgres.locks.oldest_wait_seconds"
+POSTGRES_DEADLOCKS = "postgres.deadlocks"
+POSTGRES_CACHE_HIT_RATIO = "postgres.cache_hit_ratio"
+POSTGRES_TPS = "postgres.transactions_per_second"
+POSTGRES_IN_RECOVERY = "postgres.in_recovery"
+POSTGRES_REPLICATION_LAG = "postgres.replication.lag_seconds"
+POSTGRES_REPLICATION_LAG_BYTES = "postgres.replication.lag_bytes"
+POSTGRES_REPLAY_DELAY = "postgres.replication.replay_delay_seconds"
+POSTGRES_STATEMENT_CALLS = "postgres.statement.calls"
+POSTGRES_STATEMENT_MEAN = "postgres.statement.mean_seconds"
+POSTGRES_STATEMENT_TOTAL = "postgres.statement.total_seconds"
+POSTGRES_STATEMENT_ROWS = "postgres.statement.rows"
+POSTGRES_STATEMENT_INFO = "postgres.statement.info"
+POSTGRES_PREFIX = "postgres."  # every metric of the database agent starts so
+
+STATEMENT_LABELS = ("server", "database", "user", "queryid")
+_S = ("server",)
+_ST = STATEMENT_LABELS
+POSTGRES_METRICS = catalog(
+    MetricSpec(POSTGRES_UP, "boolean", "1 when a login and `SELECT 1` succeeded this cycle, else 0", _S),
+    MetricSpec(POSTGRES_CONNECT_SECONDS, "seconds", "time to log in (connection, TLS, authentication)", _S),
+    MetricSpec(
+        POSTGRES_PING_SECONDS,
+        "seconds",
+        "round trip of `SELECT 1` on the new session: the health event's latency and the database SLA's",
+        _S,
+    ),
+    MetricSpec(
+        POSTGRES_CONNECTIONS,
+        "connections",
+        "client sessions by state (`active`, `idle`, `idle in transaction`, ...), the agent's own included",
+        ("server", "state"),
+    ),
+    MetricSpec(POSTGRES_CONNECTIONS_TOTAL, "connections", "client sessions, the agent's own included", _S),
+    MetricSpec(POSTGRES_CONNECTIONS_MAX, "connections", "the server's max_connections", _S),
+    MetricSpec(
+        POSTGRES_CONNECTIONS_PERCENT,
+        "percent",
+        "client sessions as a share of max_connections: pool saturation",
+        _S,
+    ),
+    MetricSpec(
+        POSTGRES_OLDEST_QUERY,
+        "seconds",
+        "how long the longest running query (of any other session) has run; 0 when none runs",
+        _S,
+    ),
+    MetricSpec(
+        POSTGRES_OLDEST_TRANSACTION,
+        "seconds",
+        "age of the oldest open transaction of any other session; 0 when none is open",
+        _S,
+    ),
+    MetricSpec(
+        POSTGRES_OLDEST_IDLE_IN_TRANSACTION,
+        "seconds",
+        "longest time a session has sat idle inside a transaction; 0 when none does",
+        _S,
+    ),
+    MetricSpec(POSTGRES_LOCKS_WAITING, "sessions", "sessions waiting for a lock another session holds", _S),
+    MetricSpec(
+        POSTGRES_LOCKS_OLDEST_WAIT,
+        "seconds",
+        "longest wait of a session for a lock so far; 0 when none waits",
+        _S,
+    ),
+    MetricSpec(POSTGRES_DEADLOCKS, "deadlocks", "deadlocks detected since the last cycle, all databases", _S),
+    MetricSpec(
+        POSTGRES_CACHE_HIT_RATIO,
+        "ratio",
+        "share of block reads served from shared buffers since the last cycle (0 to 1); absent without reads",
+        _S,
+    ),
+    MetricSpec(POSTGRES_TPS, "transactions/s", "commits and rollbacks per second since the last cycle", _S),
+    MetricSpec(POSTGRES_IN_RECOVERY, "boolean", "1 on a standby (in recovery), 0 on a primary", _S),
+    MetricSpec(
+        POSTGRES_REPLICATION_LAG,
+        "seconds",
+        "on a primary, per streaming replica: how far its replay is behind (pg_stat_replication.replay_lag)",
+        ("server", "replica"),
+    ),
+    MetricSpec(
+        POSTGRES_REPLICATION_LAG_BYTES,
+        "bytes",
+        "on a primary, per streaming replica: WAL written but not yet replayed there",
+        ("server", "replica"),
+    ),
+    MetricSpec(
+        POSTGRES_REPLAY_DELAY,
+        "seconds",
+        "on a standby: time since the last transaction it replayed was committed on the primary",
+        _S,
+    ),
+    MetricSpec(
+        POSTGRES_STATEMENT_CALLS,
+        "calls",
+        "a top statement's calls since pg_stat_statements was last reset (the top N by mean and by total time)",
+        _ST,
+    ),
+    MetricSpec(POSTGRES_STATEMENT_MEAN, "seconds", "a top statement's mean execution time", _ST),
+    MetricSpec(POSTGRES_STATEMENT_TOTAL, "seconds", "a top statement's total execution time", _ST),
+    MetricSpec(POSTGRES_STATEMENT_ROWS, "rows", "rows a top statement returned or changed, in total", _ST),
+    MetricSpec(
+        POSTGRES_STATEMENT_INFO,
+        "1",
+        "always 1: names a top statement's query text (`query`, as pg_stat_statements normalises it, with any "
+        "literal left masked, cut to query_length) beside its other labels",
+        (*_ST, "query"),
+    ),
+)
+
 AGENT_METRICS: dict[str, dict[str, MetricSpec]] = {
     HOST_AGENT: HOST_METRICS,
     CONTAINER_AGENT: CONTAINER_METRICS,
     PROBE_AGENT: PROBE_METRICS,
+    POSTGRES_AGENT: POSTGRES_METRICS,
 }
 AGENTS = tuple(AGENT_METRICS)
 

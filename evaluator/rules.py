@@ -23,7 +23,7 @@ LOG_TARGETS = vocab.LOG_TARGET.format(name=".+")
 # an agent's own collection and a part's supervisor: health of the monitor, never a service
 INTERNAL_TARGETS = f"{vocab.COLLECTOR_TARGET}|{vocab.SUPERVISOR_TARGET}"
 AGENT_DOWN_RULE = "agent_down"  # the dead-man rule: the watchdog and inhibition name it
-DATABASE_CHECK = r"(?i)(postgres|postgresql|database|db)([-_.:].*)?"
+DATABASE_CHECK = vocab.DATABASE_NAME
 
 
 def _m(name: str, op: str, value: str) -> Matcher:
@@ -145,13 +145,56 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule(
         name="database_unreachable",
         kind="health",
-        matchers=[_m("agent", "=", vocab.PROBE_AGENT), _m("target", "=~", DATABASE_CHECK)],
+        # the probe's TCP check of a database, or the database agent's login and SELECT 1
+        matchers=[
+            _m("agent", "=~", f"{vocab.PROBE_AGENT}|{vocab.POSTGRES_AGENT}"),
+            _m("target", "=~", DATABASE_CHECK),
+        ],
         status=["critical"],
         for_=Duration(60),
         severity="critical",
         summary="database unreachable: {target}",
         description="{detail}",
         labels={"check": "{target}"},
+    ),
+    Rule(
+        name="postgres_connections_high",
+        metric=vocab.POSTGRES_CONNECTIONS_PERCENT,
+        threshold=80,
+        clear_threshold=75,
+        for_=Duration(300),
+        severity="warning",
+        summary="{server} on {host}: {value:.0f}% of max_connections in use",
+        description="Above 80% of max_connections for 5 minutes; resolves below 75%. New clients are "
+        "refused once it is full: look for leaked or idle sessions, or raise max_connections.",
+    ),
+    Rule(
+        name="postgres_connections_critical",
+        metric=vocab.POSTGRES_CONNECTIONS_PERCENT,
+        threshold=95,
+        clear_threshold=90,
+        for_=Duration(60),
+        severity="critical",
+        summary="{server} on {host}: {value:.0f}% of max_connections in use, nearly full",
+        description="Above 95% of max_connections for a minute; resolves below 90%.",
+    ),
+    Rule(
+        name="postgres_long_query",
+        metric=vocab.POSTGRES_OLDEST_QUERY,
+        threshold=300,
+        clear_threshold=240,
+        severity="warning",
+        summary="{server} on {host}: a query has been running for {value:.0f}s",
+        description="A query running longer than 5 minutes; pg_stat_activity shows which one.",
+    ),
+    Rule(
+        name="postgres_lock_wait",
+        metric=vocab.POSTGRES_LOCKS_OLDEST_WAIT,
+        threshold=60,
+        severity="warning",
+        summary="{server} on {host}: a session has waited {value:.0f}s for a lock",
+        description="A session waiting on a lock for more than a minute: pg_blocking_pids() names the "
+        "holder, whose transaction must end.",
     ),
     Rule(
         name=AGENT_DOWN_RULE,
@@ -196,6 +239,11 @@ DEFAULT_INHIBIT_RULES: tuple[InhibitRule, ...] = (
             _m("rule", "=~", "http_error_rate_high|http_latency_p95_high|performance_degradation")
         ],
         equal=["host", "check"],
+    ),
+    InhibitRule(
+        source_matchers=[_m("rule", "=", "postgres_connections_critical")],
+        target_matchers=[_m("rule", "=", "postgres_connections_high")],
+        equal=["host", "server"],
     ),
 )
 

@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from agents.config import AgentsConfig
+from agents.postgres import password_file_problems
 from agents.probe_config import PromQLQuery
 from bus import vocabulary
 from bus.config import BusConfig
@@ -290,6 +291,10 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] = os.environ
                 raise ConfigError(exc.problems + more.problems) from None
             raise
     check_resources(config.bus, environ)
+    if config.agents.postgres.enabled:  # a password file that cannot be read is found now, as NATS's
+        problems = password_file_problems(config.agents.postgres)
+        if problems:
+            raise ConfigError(problems)
     if config.sinks.slack.enabled:
         try:  # the Slack secrets, from their files or the environment, before anything starts
             resolve_secrets(config.sinks.slack, environ)

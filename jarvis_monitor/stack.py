@@ -15,6 +15,7 @@ from typing import Any
 
 from agents.container import ContainerCollector
 from agents.host import HostCollector
+from agents.postgres import PostgresCollector
 from agents.probe import ProbeCollector
 from agents.runner import AgentRunner, Collector
 from bus import vocabulary as vocab
@@ -23,6 +24,7 @@ from bus.connection import Bus, configured_urls, connect
 from bus.jetstream import provision
 from bus.server import EmbeddedServer, ServerError
 from evaluator.service import EvaluatorService
+from jarvis_monitor.commands import EXIT_CONFIG, error
 from jarvis_monitor.config import Config
 from jarvis_monitor.supervisor import DEFAULT_RESTART, Part, RestartPolicy, Service, Supervisor
 from sinks.console.service import CONSOLE_PART, console_service
@@ -45,7 +47,19 @@ def make_collector(name: str, config: Config) -> Collector:
         return ContainerCollector(config.agents.container)
     if name == "probe":
         return ProbeCollector(config.agents.probe)
+    if name == "postgres":
+        return PostgresCollector(config.agents.postgres)
     raise ValueError(f"unknown agent {name!r}; known: {', '.join(AGENT_NAMES)}")
+
+
+def enabled_agents(config: Config) -> list[str]:
+    """The agents `up` runs: those enabled, and the database agent only with a server to watch."""
+    return [
+        name
+        for name in AGENT_NAMES
+        if getattr(config.agents, name).enabled
+        and (name != vocab.POSTGRES_AGENT or config.agents.postgres.servers)
+    ]
 
 
 def make_runner(name: str, config: Config, bus: Bus) -> AgentRunner:
@@ -283,7 +297,7 @@ async def _until_stopped(
 
 async def up(config: Config) -> None:
     """The whole stack in one process."""
-    names = [name for name in AGENT_NAMES if getattr(config.agents, name).enabled]
+    names = enabled_agents(config)
     await _until_stopped(
         "jarvis-monitor up",
         config,
@@ -293,10 +307,16 @@ async def up(config: Config) -> None:
     )
 
 
-async def agent(config: Config, name: str) -> None:
+async def agent(config: Config, name: str) -> int | None:
     """One agent on its own, against the configured NATS (waiting for it if it is not up yet)."""
     make_collector(name, config)  # an unknown name fails before connecting
+    if name == vocab.POSTGRES_AGENT and not config.agents.postgres.servers:
+        error(
+            "agent postgres: no server to watch; add [agents.postgres] servers = [{ name = ..., dsn = ... }]"
+        )
+        return EXIT_CONFIG
     await _until_stopped(f"jarvis-monitor agent {name}", config, [name], embedded=False)
+    return None
 
 
 async def service(config: Config, component: str, make: ServiceFactory) -> None:

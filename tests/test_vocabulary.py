@@ -10,6 +10,7 @@ import pytest
 
 from agents.container import ContainerCollector
 from agents.host import HostCollector
+from agents.postgres import PostgresCollector
 from agents.probe import ProbeCollector
 from bus import vocabulary
 from evaluator.rules import DEFAULT_RULES
@@ -52,7 +53,7 @@ def test_each_metric_is_declared_by_one_agent_only() -> None:
 
 def test_each_agent_publishes_under_its_declared_name() -> None:
     """The subject token of each collector is the agent name rules and the report match on."""
-    collectors = (HostCollector, ContainerCollector, ProbeCollector)
+    collectors = (HostCollector, ContainerCollector, ProbeCollector, PostgresCollector)
     assert tuple(c.name for c in collectors) == vocabulary.AGENTS
 
 
