@@ -283,12 +283,12 @@ class DefaultRoute(Consolidation, frozen=True, forbid_unknown_fields=True, kw_on
         "default"
     )
     receiver: Annotated[str, Meta(description="Slack channel of this route")] = "#alerts"
-    critical_apart: Annotated[
+    critical_first: Annotated[
         bool,
         Meta(
-            description="critical alerts form groups of their own, batched no longer than group_wait: "
-            "a new critical is sent within its for plus group_wait, whatever else already fires "
-            "on its host; false: Alertmanager's grouping"
+            description="a critical alert that starts or ends in a group already notified waits no "
+            "longer than group_wait, not group_interval: it is sent within its for plus group_wait, "
+            "whatever else already fires on its host; false: Alertmanager's timers"
         ),
     ] = True
 
@@ -311,7 +311,7 @@ class Route(DefaultRoute, frozen=True, forbid_unknown_fields=True, kw_only=True)
         Meta(description="route name: the subject token of jarvis.notifications.<name>", examples=["ops"]),
     ]
     receiver: Annotated[str, Meta(description="Slack channel of this route", examples=["#ops-alerts"])]
-    critical_apart: Annotated[
+    critical_first: Annotated[
         bool,
         Meta(description="as default_route's; off for your own routes unless you turn it on"),
     ] = False

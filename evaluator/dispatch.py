@@ -62,14 +62,14 @@ class Dispatcher:
         route, key, missing = self.route(alert.labels)
         group = self.groups.get(key)
         if group is None:
-            group = Group(key=key, route=route.name, urgent=is_urgent(route, alert.labels))
+            group = Group(key=key, route=route.name)
             self.groups[key] = group
             self._schedule(group, now + route.group_wait.seconds)
         pinned = group.alerts.get(alert.fingerprint)
         if not force and alert.flapping and pinned is not None and pinned.flapping:
             return missing  # flapping: notified once, quiet until stable
         group.alerts[alert.fingerprint] = alert
-        self._touch(group, now)
+        self._touch(group, now, urgent=is_urgent(route, alert.labels))
         return missing
 
     def touch_all(self, now: float) -> None:
@@ -108,14 +108,15 @@ class Dispatcher:
             group.next_flush = at
             heapq.heappush(self._timers, (at, group.key))
 
-    def _touch(self, group: Group, now: float) -> None:
+    def _touch(self, group: Group, now: float, urgent: bool = False) -> None:
         """Something changed in a group: before its first flush group_wait runs, else group_interval.
 
-        An urgent group (criticals kept apart) batches no longer than group_wait.
+        An urgent change (a critical starting or ending, on a route with critical_first) waits no
+        longer than group_wait after the group's last flush, whatever else the group holds.
         """
         if group.flushed_at is not None:
             route = self._routes.get(group.route, self._default)
-            interval = route.group_wait if group.urgent else route.group_interval
+            interval = route.group_wait if urgent else route.group_interval
             self._schedule(group, max(group.flushed_at + interval.seconds, now))
 
     # --- a flush ----------------------------------------------------------------------------

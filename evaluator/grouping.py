@@ -25,8 +25,6 @@ class Group(msgspec.Struct, kw_only=True, array_like=True):
     flushed_at: float | None = None
     sent_at: float | None = None
     next_flush: float | None = None
-    # the critical alerts of a route with critical_apart: batched no longer than group_wait
-    urgent: bool = False
 
 
 def select_route(routes: Sequence[Route], default: Route, labels: Mapping[str, str]) -> Route:
@@ -40,18 +38,14 @@ def select_route(routes: Sequence[Route], default: Route, labels: Mapping[str, s
 
 
 def is_urgent(route: Route, labels: Mapping[str, str]) -> bool:
-    """A critical alert on a route that keeps criticals apart."""
-    return route.critical_apart and labels.get("severity") == "critical"
+    """A critical alert on a route that sends criticals first."""
+    return route.critical_first and labels.get("severity") == "critical"
 
 
 def group_key(route: Route, labels: Mapping[str, str]) -> tuple[str, list[str]]:
-    """(key, group_by labels missing from `labels`), as in Alertmanager: route:{host="web01"}.
-
-    Criticals kept apart group by severity too: default:{host="web01",severity="critical"}.
-    """
+    """(key, group_by labels missing from `labels`), as in Alertmanager: route:{host="web01"}."""
     missing = [name for name in route.group_by if name not in labels]
-    names = sorted({*route.group_by, "severity"} if is_urgent(route, labels) else route.group_by)
-    inner = ",".join(f"{name}={json.dumps(labels.get(name, ''))}" for name in names)
+    inner = ",".join(f"{name}={json.dumps(labels.get(name, ''))}" for name in sorted(route.group_by))
     return f"{route.name}:{{{inner}}}", missing
 
 

@@ -60,7 +60,7 @@ def heartbeat(host: str, agent: str = "host", interval: float = 10.0) -> Heartbe
 def only_rules(*rules: Rule, **settings: Any) -> EvaluatorConfig:
     """A config with just these rules: no defaults, no default inhibition, Alertmanager's grouping."""
     settings.setdefault("default_rules", False)
-    settings.setdefault("default_route", DefaultRoute(critical_apart=False))
+    settings.setdefault("default_route", DefaultRoute(critical_first=False))
     settings.setdefault("default_inhibit_rules", False)
     return EvaluatorConfig(rules=list(rules), **settings)
 

@@ -264,7 +264,7 @@ def test_agent_down_inhibits_new_alerts_of_its_host_but_not_other_hosts() -> Non
             )
     driver.at(200)
     assert sorted((n.group_key, tuple(a.rule for a in n.alerts)) for n in driver.notifications) == [
-        ('default:{host="web01",severity="critical"}', ("agent_down",)),
+        ('default:{host="web01"}', ("agent_down",)),
         ('default:{host="web02"}', ("container_unhealthy",)),
     ]
     (inhibited,) = [
