@@ -16,6 +16,7 @@ from typing import Literal, TypeVar
 import msgspec
 
 from bus import vocabulary as vocab
+from sinks.report import database
 from sinks.report.config import ReportSinkConfig, ServiceSLA
 from sinks.report.rollups import HOUR, HealthHour, Incident, MetricHour, RollupStore, hour_of
 from sinks.report.sketch import RELATIVE_ERROR, Sketch, decode_sketch
@@ -31,7 +32,7 @@ HTTP_METRICS = (
     vocab.HTTP_LATENCY,
 )
 CONTAINER_METRICS = (vocab.CONTAINER_CPU_PERCENT, vocab.CONTAINER_MEM_PERCENT)
-METRICS_READ = (*HOST_METRICS, *HTTP_METRICS, *CONTAINER_METRICS)
+METRICS_READ = (*HOST_METRICS, *HTTP_METRICS, *CONTAINER_METRICS, *database.METRICS_READ)
 
 LEVEL_ORDER: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
 # How many names a reason lists; the sections below it list them all.
@@ -204,13 +205,17 @@ class Report(_Out, frozen=True, kw_only=True):
     recommendations: list[Recommendation]
     charts: list[Chart]
     growth: list[Growth]  # weekly reports only
+    databases: list[database.DatabaseHealth] = msgspec.field(default_factory=list)
+    database_charts: list[Chart] = msgspec.field(default_factory=list)  # connection use per server
+    slow_queries: list[database.SlowQuery] = msgspec.field(default_factory=list)  # by mean time
+    busiest_queries: list[database.SlowQuery] = msgspec.field(default_factory=list)  # by total time
 
 
 @dataclass(frozen=True)
 class Inputs:
     """What the store holds for one report: the period's rows and the trend window's."""
 
-    metrics: list[MetricHour]  # host, container and http metrics of the period
+    metrics: list[MetricHour]  # host, container, http and database metrics of the period
     trend: list[MetricHour]  # host metrics of the trend window ending with the period
     health: list[HealthHour]
     incidents: list[Incident]
@@ -244,6 +249,7 @@ def load_inputs(store: RollupStore, period: Period, config: ReportSinkConfig) ->
     trend = store.metric_hours(trend_start, period.end, HOST_METRICS)
     metrics = [row for row in trend if row.hour >= hour_of(period.start)]
     metrics += store.metric_hours(period.start, period.end, HTTP_METRICS, (vocab.CONTAINER_PREFIX,))
+    metrics += store.metric_hours(period.start, period.end, (), (vocab.POSTGRES_PREFIX,))
     return Inputs(
         metrics=metrics,
         trend=trend,
@@ -448,7 +454,9 @@ def performance(inputs: Inputs, config: ReportSinkConfig) -> list[ServicePerform
 
 
 def sla_result(service: ServiceSLA, health: Sequence[HealthHour]) -> SLAResult:
-    hours = [h for h in health if h.agent == vocab.PROBE_AGENT and h.target in service.checks]
+    # the probe's checks, and the database agent's logins (its health target is the server's name)
+    agents = (vocab.PROBE_AGENT, vocab.POSTGRES_AGENT)
+    hours = [h for h in health if h.agent in agents and h.target in service.checks]
     up, down = sum(h.up for h in hours), sum(h.down for h in hours)
     latency = Sketch()
     for h in hours:
@@ -685,6 +693,19 @@ def overall_status(
     return status, reasons
 
 
+def database_charts(inputs: Inputs) -> list[Chart]:
+    """Per PostgreSQL server: hourly connection use, as a share of max_connections."""
+    rows = [r for r in inputs.metrics if r.metric == vocab.POSTGRES_CONNECTIONS_PERCENT]
+    return [
+        Chart(
+            title=f"{server} connections ({host})",
+            unit="%",
+            series=[Series(name="connections", points=hourly(group))],
+        )
+        for (host, server), group in _group(rows, lambda r: (r.host, r.labels.get("server", ""))).items()
+    ]
+
+
 def build_report(inputs: Inputs, config: ReportSinkConfig, period: Period, generated_at: float) -> Report:
     """Every section of the report from the stored rollups."""
     hosts = host_health(inputs, config)
@@ -695,6 +716,7 @@ def build_report(inputs: Inputs, config: ReportSinkConfig, period: Period, gener
     advice = recommendations(hosts, containers, services, sla, alerts, config, period.days)
     availability = overall_availability(inputs.health)
     status, reasons = overall_status(inputs, advice, availability, config)
+    found = database.statements(inputs.metrics)
     summary = Summary(
         status=status,
         reasons=reasons,
@@ -717,4 +739,8 @@ def build_report(inputs: Inputs, config: ReportSinkConfig, period: Period, gener
         recommendations=advice,
         charts=charts(inputs),
         growth=growth(inputs, period) if period.kind == "week" else [],
+        databases=database.database_health(inputs.metrics, inputs.health),
+        database_charts=database_charts(inputs),
+        slow_queries=database.slow_queries(found),
+        busiest_queries=database.busiest_queries(found),
     )
