@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from agents.probe import ProbeAgentConfig
-from agents.probe_config import HttpCheck, PromQLQuery, TcpCheck
+from agents.probe_config import HttpCheck, PromQLQuery
 from jarvis_monitor.config import Config, ConfigError, load_config, parse_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "jarvis.example.toml"
@@ -38,8 +38,9 @@ def test_the_example_config_for_the_jarvis_stack_loads_without_errors() -> None:
     checks = dict((check.name, check) for _, check in config.agents.probe.all_checks())
 
     assert {"backend-api", "frontend", "ollama", "prometheus", "grafana", "loki"} <= set(checks)
-    assert isinstance(checks["postgresql"], TcpCheck)
-    assert checks["postgresql"].port == 5432
+    # the database is watched by the database agent's login, not by a TCP connect
+    (server,) = config.agents.postgres.servers
+    assert (server.name, server.display) == ("postgres", "jarvis@127.0.0.1:5432/jarvis")
     assert checks["prometheus"].url.endswith("/-/healthy")  # type: ignore[union-attr]
     assert checks["grafana"].url.endswith("/api/health")  # type: ignore[union-attr]
     assert checks["loki"].url.endswith("/ready")  # type: ignore[union-attr]
