@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bus import vocabulary as vocab
 from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch, Sample, Status
+from bus.records import ActiveAlert, ActiveAlerts
 from sinks.console.prom import (
     DECLARED,
     RESERVED_SUFFIXES,
@@ -321,6 +322,65 @@ def test_an_alert_label_named_alertstate_cannot_pass_for_the_state(exporter: Met
     assert dict(labels)["exported_alertstate"] == "inactive"
 
 
+def active(ts: float, *alerts: tuple[str, str]) -> ActiveAlerts:
+    """The evaluator's KV snapshot at `ts` with (fingerprint, state) alerts of service_down."""
+    return ActiveAlerts(
+        ts=ts,
+        alerts=[
+            ActiveAlert(
+                fingerprint=fingerprint,
+                rule="service_down",
+                severity="critical",
+                state=state,
+                labels={"host": "web-1", "target": fingerprint},
+                summary="down",
+                value=None,
+                since=T0 - 60,
+                silenced_by=[],
+                inhibited_by=[],
+                acked=False,
+                flapping=False,
+            )
+            for fingerprint, state in alerts
+        ],
+    )
+
+
+def targets(exporter: MetricsExporter) -> dict[str, str]:
+    return {dict(labels)["target"]: dict(labels)["alertstate"] for labels in named(exporter, "ALERTS")}
+
+
+def test_alerts_active_before_the_console_started_are_served_from_the_evaluators_snapshot(
+    exporter: MetricsExporter,
+) -> None:
+    exporter.set_active(active(T0, ("api", "firing"), ("db", "pending")))
+
+    assert targets(exporter) == {"api": "firing", "db": "pending"}
+    assert (
+        named(exporter, "ALERTS_FOR_STATE")[
+            (("alertname", "service_down"), ("host", "web-1"), ("severity", "critical"), ("target", "api"))
+        ]
+        == T0 - 60
+    )
+
+
+def test_a_snapshot_drops_what_it_no_longer_holds_but_never_overrides_a_later_event(
+    exporter: MetricsExporter, clock: Clock
+) -> None:
+    exporter.set_active(active(T0, ("api", "firing"), ("db", "firing")))
+    clock.now = T0 + 2
+    exporter.observe(alert("resolved", fingerprint="api", target="api"))  # after the next snapshot's time
+    exporter.observe(alert("firing", fingerprint="web", target="web"))
+
+    exporter.set_active(active(T0 + 1, ("api", "firing")))  # taken before both events
+
+    assert targets(exporter) == {"web": "firing"}  # db left; api stays resolved; web stays
+
+    exporter.set_active(active(T0 + 3))
+
+    assert targets(exporter) == {}
+
+
 def test_a_parts_heartbeat_serves_its_age_counters_lag_and_rejections(exporter: MetricsExporter) -> None:
     exporter.observe(
         Heartbeat(
@@ -477,3 +537,17 @@ async def test_get_metrics_serves_the_text_format(exporter: MetricsExporter) -> 
         "ALERTS",
         "jarvis_heartbeat_timestamp_seconds",
     } <= families
+
+
+def test_undeclared_names_beyond_the_cap_are_refused_and_counted(
+    exporter: MetricsExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publisher inventing a new name each cycle cannot grow the name table without bound."""
+    monkeypatch.setattr("sinks.console.prom.MAX_NAMES", 2)
+    exporter.observe(batch([Sample(f"shop.metric_{i}", i) for i in range(4)], agent="probe"))
+
+    assert {name for name, _ in page(exporter) if name.startswith("jarvis_shop_")} == {
+        "jarvis_shop_metric_0",
+        "jarvis_shop_metric_1",
+    }
+    assert named(exporter, "jarvis_console_rejected_total") == {(("reason", "names_cap"),): 2.0}

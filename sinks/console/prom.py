@@ -16,7 +16,8 @@ Names on the page, the rule a dashboard or a PromQL query can rely on:
 
 A batch replaces its agent's previous batch; what is not updated for `stale_after` (or three of
 its agent's intervals, if longer) is dropped, heartbeats after `heartbeat_stale_after` so a silent
-agent's age stays visible; alerts stay until resolved. At most `max_series` series: the rest is
+agent's age stays visible; alerts stay until resolved, or until the evaluator's snapshot of its
+active alerts (`set_active`) no longer holds them. At most `max_series` series: the rest is
 refused and counted in `jarvis_console_rejected_total{reason="series_cap"}`.
 """
 
@@ -38,6 +39,7 @@ from prometheus_client.utils import floatToGoString
 
 from bus import vocabulary as vocab
 from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch, Status
+from bus.records import ActiveAlerts
 
 Kind = Literal["gauge", "counter"]
 LabelPairs = tuple[tuple[str, str], ...]
@@ -55,6 +57,7 @@ SWEEP_EVERY = 10.0  # seconds between sweeps for stale records while nobody scra
 STATUSES: tuple[Status, ...] = get_args(Status)
 UP_STATUSES = frozenset({"ok", "warning"})  # a warning check still answers
 ALERT_GONE = frozenset({"resolved", "inactive"})
+ALERT_SHOWN = frozenset({"pending", "firing"})
 
 UNIT_SUFFIXES = {
     "percent": "_percent",
@@ -319,6 +322,7 @@ class MetricsExporter:
         self._checks: dict[tuple[str, str, str], _Record] = {}
         self._beats: dict[tuple[str, str], _Record] = {}
         self._alerts: dict[str, _Record] = {}
+        self._gone: dict[str, float] = {}  # alerts an event resolved, and when
         self._intervals: dict[tuple[str, str], float] = {}
         self._undeclared: dict[str, Family | None] = {}
         self._taken = {family.name for family in (*DECLARED.values(), *OWN_FAMILIES)}
@@ -346,22 +350,23 @@ class MetricsExporter:
         declared = DECLARED.get(name)
         if declared is not None:
             return declared
-        found = self._undeclared[name] if name in self._undeclared else self._new_undeclared(name)
+        if name in self._undeclared:
+            found = self._undeclared[name]
+        elif len(self._undeclared) >= MAX_NAMES:
+            self.rejected["names_cap"] += 1
+            return None
+        else:
+            found = self._undeclared[name] = self._new_undeclared(name)
         if found is None:
             self.rejected["bad_name"] += 1
         return found
 
     def _new_undeclared(self, name: str) -> Family | None:
-        if len(self._undeclared) >= MAX_NAMES:
-            self.rejected["names_cap"] += 1
-            return None
         family_name = undeclared_name(name)
-        found = None
-        if family_name is not None and family_name not in self._taken:
-            self._taken.add(family_name)
-            found = _gauge(family_name, f"{name} on the bus, undeclared: its unit is its publisher's")
-        self._undeclared[name] = found
-        return found
+        if family_name is None or family_name in self._taken:
+            return None
+        self._taken.add(family_name)
+        return _gauge(family_name, f"{name} on the bus, undeclared: its unit is its publisher's")
 
     def _labels(self, own: Mapping[str, str], theirs: Mapping[str, str], builder: _Builder) -> LabelPairs:
         """`own` labels and the event's; `own` must be the same for every event of the builder's source."""
@@ -479,15 +484,60 @@ class MetricsExporter:
     def _observe_alert(self, alert: Alert, now: float) -> None:
         if alert.status in ALERT_GONE:
             self._store(self._alerts, alert.fingerprint, _Record(now, now, math.inf))
-            return
-        own = {"alertname": alert.rule, "alertstate": alert.status, "severity": alert.severity}
-        labels = self._merge(own, alert.labels)
-        builder = self._builder(self._alerts.get(alert.fingerprint))
-        builder.add(ALERTS, labels, 1.0)
-        builder.add(
-            ALERTS_FOR_STATE, tuple(pair for pair in labels if pair[0] != "alertstate"), alert.starts_at
-        )
-        self._store(self._alerts, alert.fingerprint, builder.record(now, now, math.inf))
+            self._gone[alert.fingerprint] = now  # an older snapshot of the active alerts cannot revive it
+        else:
+            self._gone.pop(alert.fingerprint, None)
+            self._put_alert(
+                alert.fingerprint,
+                alert.rule,
+                alert.status,
+                alert.severity,
+                alert.labels,
+                alert.starts_at,
+                now,
+            )
+
+    def _put_alert(
+        self,
+        fingerprint: str,
+        rule: str,
+        state: str,
+        severity: str,
+        labels: Mapping[str, str],
+        starts_at: float,
+        ts: float,
+    ) -> None:
+        own = {"alertname": rule, "alertstate": state, "severity": severity}
+        pairs = self._merge(own, labels)
+        builder = self._builder(self._alerts.get(fingerprint))
+        builder.add(ALERTS, pairs, 1.0)
+        builder.add(ALERTS_FOR_STATE, tuple(pair for pair in pairs if pair[0] != "alertstate"), starts_at)
+        self._store(self._alerts, fingerprint, builder.record(ts, ts, math.inf))
+
+    def set_active(self, active: ActiveAlerts) -> None:
+        """The evaluator's active alerts as it stores them in KV, so a console started after an alert
+        fired serves it too; what an event said after the snapshot was taken stands."""
+        current = set()
+        for alert in active.alerts:
+            if alert.state not in ALERT_SHOWN:
+                continue
+            current.add(alert.fingerprint)
+            old = self._alerts.get(alert.fingerprint)
+            newer = old.ts if old is not None else self._gone.get(alert.fingerprint, -math.inf)
+            if newer < active.ts:
+                self._put_alert(
+                    alert.fingerprint,
+                    alert.rule,
+                    alert.state,
+                    alert.severity,
+                    alert.labels,
+                    alert.since,
+                    active.ts,
+                )
+        for fingerprint in [fp for fp, r in self._alerts.items() if fp not in current and r.ts < active.ts]:
+            self._store(self._alerts, fingerprint, _Record(active.ts, active.ts, math.inf))
+        for fingerprint in [fp for fp, ts in self._gone.items() if ts < active.ts]:
+            del self._gone[fingerprint]
 
     def sweep(self, now: float | None = None) -> None:
         """Drop every record not updated within its window."""
@@ -497,6 +547,8 @@ class MetricsExporter:
         self._expire(self._beats, now)
         for key in [key for key in self._intervals if key not in self._batches and key not in self._beats]:
             del self._intervals[key]
+        for fingerprint in [fp for fp, ts in self._gone.items() if now - ts > self.stale_after]:
+            del self._gone[fingerprint]
         self._next_sweep = now + min(SWEEP_EVERY, self.stale_after / 10)
 
     def _expire(self, table: dict[K, _Record], now: float) -> None:
