@@ -107,7 +107,16 @@ async def agent_rss(url: str) -> float:
         os.unlink(config.name)
 
 
-PARTS = ("host", "container", "probe", "evaluator_engine", "evaluator_service", "report", "console_metrics")
+PARTS = (
+    "host",
+    "container",
+    "probe",
+    "postgres",
+    "evaluator_engine",
+    "evaluator_service",
+    "report",
+    "console_metrics",
+)
 # Minutes long and needs Debian's Prometheus stack: `python -m tests.bench versus [--quick]`.
 ON_REQUEST = ("versus",)
 
