@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from bus import vocabulary as vocab
-from bus.events import Heartbeat
+from bus.events import Heartbeat, MetricBatch, Sample
 from bus.server import free_port
 from sinks.console.prom import MetricsExporter
 from tests.conftest import require
@@ -195,6 +195,25 @@ def test_the_three_runbook_dashboards_are_there_for_a_current_grafana() -> None:
         "JARVIS / Request Performance",
         "JARVIS / Error Tracking",
     }
+
+
+def test_promtool_passes_every_metric_the_vocabulary_declares() -> None:
+    """Names a new declaration would get wrong (a `_count`, a type in the name) fail here, not in Grafana."""
+    exporter = MetricsExporter()
+    samples = [
+        Sample(spec.name, 1.0, dict.fromkeys(spec.labels, "x"))
+        for metrics in vocab.AGENT_METRICS.values()
+        for spec in metrics.values()
+        if spec.name in vocab.declared_metrics()
+    ]
+    exporter.observe(MetricBatch(host="h", agent="any", ts=time.time(), interval=10, samples=samples))
+    assert exporter.series == len(samples)
+
+    lint = subprocess.run(
+        [promtool(), "check", "metrics"], input=exporter.render(), capture_output=True, check=False
+    )
+
+    assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
 
 
 async def test_promtool_passes_the_page_and_every_dashboard_query_returns_data(tmp_path: Path) -> None:
