@@ -158,6 +158,15 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
             examples=["/etc/jarvis/agent.creds"],
         ),
     ] = None
+    inbox_prefix: Annotated[
+        str,
+        Meta(
+            description="first token(s) of this client's reply subjects: give each NATS user its own "
+            "(deploy/nats-server.conf allows the agent user only _INBOX_agent.>), so that no user "
+            "can read the replies meant for another",
+            examples=["_INBOX_agent"],
+        ),
+    ] = "_INBOX"
     tls: Annotated[TLSConfig, Meta(description="TLS towards the server")] = TLSConfig()
     connect_timeout: Annotated[Duration, Meta(description="time allowed for one connection attempt")] = (
         Duration(5)
@@ -179,6 +188,13 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)
+        try:
+            validate_prefix(self.inbox_prefix)
+        except ValueError:
+            raise ValueError(
+                f"inbox_prefix: {self.inbox_prefix!r} is not a subject prefix: use letters, digits, "
+                "'_' or '-', with '.' between tokens"
+            ) from None
         for url in self.servers:
             try:
                 validate_url(url)

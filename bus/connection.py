@@ -236,6 +236,7 @@ async def connect(
         "token": creds.token,
         "nkeys_seed": config.nkey_seed_file,
         "user_credentials": config.creds_file,
+        "inbox_prefix": config.inbox_prefix,
     }
     shown = ", ".join(redact_url(u) for u in urls)
     # nats-py can hang in a failed TLS handshake (nats.py#718): bound the whole first connect.
