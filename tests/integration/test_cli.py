@@ -48,6 +48,10 @@ def run_cli(
 
 
 def write_config(path: Path, text: str) -> Path:
+    """The config file of a test; its console takes any free port unless the test says otherwise,
+    so that an `up` still stopping (or another suite on the machine) never holds the test's port."""
+    if "[sinks.console]" not in text:
+        text += "\n[sinks.console]\nport = 0\n"
     path.write_text(text, encoding="utf-8")
     return path
 
