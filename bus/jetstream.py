@@ -10,7 +10,7 @@ from typing import Literal
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from bus.config import StreamsConfig
 from bus.subjects import Subjects
@@ -127,16 +127,35 @@ async def ensure_stream(js: JetStreamContext, desired: StreamConfig) -> Change:
 
 
 async def ensure_bucket(js: JetStreamContext, name: str, description: str) -> Change:
-    """Create a KV bucket if it does not exist yet."""
+    """Create a KV bucket if it does not exist yet, read through direct gets.
+
+    A direct get names its key in the request subject, so the NATS permissions can let a user
+    read single keys of a bucket and not the others (deploy/nats-server.conf).
+    """
     try:
-        await js.key_value(name)
-    except BucketNotFoundError:
+        info = await js.stream_info(f"KV_{name}")
+    except NotFoundError:
         await js.create_key_value(
-            KeyValueConfig(bucket=name, description=description, history=5, storage=StorageType.FILE)
+            KeyValueConfig(
+                bucket=name, description=description, history=5, storage=StorageType.FILE, direct=True
+            )
         )
         log.info("created KV bucket %s", name)
         return "created"
-    return "unchanged"
+    if info.config.allow_direct:
+        return "unchanged"
+    try:  # a bucket made by an earlier version; a user not allowed to update it reads it as before
+        await js.update_stream(info.config.evolve(allow_direct=True))
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.warning(
+            "KV bucket %s: cannot turn on direct gets (%s); users allowed single keys only "
+            "cannot read it until the evaluator has",
+            name,
+            exc,
+        )
+        return "unchanged"
+    log.info("KV bucket %s: direct gets turned on", name)
+    return "updated"
 
 
 async def provision(js: JetStreamContext, subjects: Subjects, streams: StreamsConfig) -> dict[str, Change]:
