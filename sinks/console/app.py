@@ -223,12 +223,9 @@ def _base(request: web.Request, page: str) -> dict[str, Any]:
 
 async def overview(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    context = _base(request, "overview") | render.overview_context(ctx.state, context_now(request))
+    rows = render.overview_context(ctx.state, ctx.clock(), ctx.renderer.when)
+    context = _base(request, "overview") | rows
     return _html(ctx.renderer.page("overview", context))
-
-
-def context_now(request: web.Request) -> float:
-    return request.app[CONTEXT].clock()
 
 
 def _range(request: web.Request) -> tuple[str, float]:

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import msgspec
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from bus.text import BIDI_CONTROLS
-from sinks.console.state import ConsoleState, Ring, row_id
+from sinks.console.state import ConsoleState, ContainerView, HostView, Ring, row_id
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
@@ -76,25 +76,89 @@ def _level(value: float | None) -> str:
     return "bad" if value >= 90 else "warn" if value >= 80 else ""
 
 
+SPARK_POINTS = 60  # two pixels a point: more would only weigh on the page
+
+
+def _thin(points: Sequence[tuple[float, float]], start: float) -> list[tuple[float, float]]:
+    """The points from `start` on, at most SPARK_POINTS: the largest of each run, so a spike shows."""
+    kept = [p for p in points if p[0] >= start]
+    if len(kept) <= SPARK_POINTS:
+        return kept
+    size = -(-len(kept) // SPARK_POINTS)
+    out = []
+    for i in range(0, len(kept), size):
+        best = kept[i]
+        for point in kept[i + 1 : i + size]:
+            if point[1] > best[1]:
+                best = point
+        out.append(best)
+    return out
+
+
 def sparkline(ring: Ring | None, start: float, end: float, top: float | None = 100.0) -> Markup:
     """A small inline SVG of one series over [start, end]; one point draws a dot."""
-    points = ring.since(start) if ring is not None else []
+    points = _thin(ring.points, start) if ring is not None else []
     if not points:
         return Markup(f'<svg class="spark" width="{SPARK_W}" height="{SPARK_H}" aria-hidden="true"></svg>')
     peak = top if top is not None else max(max(v for _, v in points), 1e-9) * 1.1
-    span = max(end - start, 1.0)
-
-    def xy(t: float, v: float) -> str:
-        x = SPARK_W * min(max((t - start) / span, 0.0), 1.0)
-        y = SPARK_H - 1 - (SPARK_H - 2) * min(max(v / peak, 0.0), 1.0)
-        return f"{x:.1f},{y:.1f}"
-
-    last = xy(*points[-1]).split(",")
-    line = " ".join(xy(t, v) for t, v in points)
+    sx = SPARK_W / max(end - start, 1.0)
+    sy = (SPARK_H - 2) / peak
+    bottom = SPARK_H - 1
+    line = " ".join(
+        f"{min(max((t - start) * sx, 0), SPARK_W):.0f},{bottom - sy * min(max(v, 0.0), peak):.1f}"
+        for t, v in points
+    )
+    x, y = line.rsplit(" ", 1)[-1].split(",")
     return Markup(
         f'<svg class="spark" width="{SPARK_W}" height="{SPARK_H}" viewBox="0 0 {SPARK_W} {SPARK_H}" '
-        f'aria-hidden="true"><polyline points="{line}"/>'
-        f'<circle cx="{last[0]}" cy="{last[1]}" r="1.8"/></svg>'
+        f'aria-hidden="true"><polyline points="{line}"/><circle cx="{x}" cy="{y}" r="1.8"/></svg>'
+    )
+
+
+def esc(value: object) -> Markup:
+    """Outside text for HTML: controls and bidi overrides neutralised, then escaped."""
+    return escape(printable(value) if isinstance(value, str) else str(value))
+
+
+ORDER = {"critical": 0, "warning": 1, "unknown": 2}
+
+
+def _gauge(value: float | None, ring: Ring | None, start: float, end: float) -> str:
+    return f'<td class="num {_level(value)}">{_pct(value)}</td><td>{sparkline(ring, start, end)}</td>'
+
+
+def host_row(view: HostView, status: str, start: float, end: float, when: Callable[[float], str]) -> Markup:
+    """One host: status, CPU, memory, disk and load now and over the history window."""
+    h = view.history
+    name = esc(view.host)
+    rid = row_id("host", view.host)
+    cells = [
+        f'<tr id="{rid}" data-order="{ORDER.get(status, 3)}|{name}" class="st-{status}">',
+        f'<td><span class="badge st-{status}">{status}</span></td>',
+        f'<td class="name" title="{name}">{name}</td>',
+        _gauge(view.cpu, h.get("cpu"), start, end),
+        _gauge(view.mem, h.get("mem"), start, end),
+        _gauge(view.disk, h.get("disk"), start, end),
+        f'<td class="num">{_num(view.load1)} / {_num(view.load5)} / {_num(view.load15)}</td>',
+        f"<td>{sparkline(h.get('load'), start, end, None)}</td>",
+        f'<td class="when">{when(view.ts)}</td></tr>',
+    ]
+    return Markup("".join(cells))
+
+
+def container_row(view: ContainerView, status: str) -> Markup:
+    """One container: status, host, name, state, health, restarts, CPU, memory and the agent's detail."""
+    host, name, detail = esc(view.host), esc(view.name), esc(view.detail)
+    running = "running" if view.running else ("stopped" if view.running is False else NONE)
+    short = esc(clean(view.detail, 120))
+    rid = row_id("container", view.host, view.name)
+    return Markup(
+        f'<tr id="{rid}" data-order="{ORDER.get(status, 3)}|{host}|{name}" class="st-{status}" '
+        f'data-health="{esc(view.health)}"><td><span class="badge st-{status}">{status}</span></td>'
+        f'<td class="name">{host}</td><td class="name" title="{name}">{name}</td>'
+        f'<td>{running}</td><td class="health h-{esc(view.health)}">{esc(view.health)}</td>'
+        f'<td class="num">{view.restarts}</td><td class="num">{_pct(view.cpu)}</td>'
+        f'<td class="num">{_bytes(view.mem_bytes)}</td><td class="detail" title="{detail}">{short}</td></tr>'
     )
 
 
@@ -114,7 +178,13 @@ class Renderer:
         self.env.filters.update(
             pct=_pct, num=_num, bytes=_bytes, secs=_secs, level=_level, clean=clean, when=self.when
         )
-        self.env.globals.update(row_id=row_id, sparkline=sparkline, ranges=RANGES)
+        self.env.globals.update(
+            row_id=row_id,
+            sparkline=sparkline,
+            ranges=RANGES,
+            host_row=lambda v, status, start, end: host_row(v, status, start, end, self.when),
+            container_row=container_row,
+        )
         self._macros: Any = None
 
     def when(self, ts: float | None) -> str:
@@ -136,6 +206,11 @@ class Renderer:
         return self._macros
 
     def fragment(self, macro: str, *args: Any) -> str:
+        if macro == "host_row":
+            view, status, start, end = args
+            return str(host_row(view, status, start, end, self.when))
+        if macro == "container_row":
+            return str(container_row(*args))
         return str(getattr(self.macros, macro)(*args))
 
 
@@ -152,12 +227,16 @@ def base_context(state: ConsoleState, now: float, page: str, csrf: str, authed: 
     }
 
 
-def overview_context(state: ConsoleState, now: float) -> dict[str, Any]:
+def overview_context(state: ConsoleState, now: float, when: Callable[[float], str]) -> dict[str, Any]:
+    """The overview's rows; the thousands of host and container rows joined here, not in the template."""
     alerts = state.alerts()
+    start = now - state.limits.history
+    hosts = state.sorted_hosts(now, alerts)
+    containers = state.sorted_containers(now)
     return {
         "alerts": alerts,
-        "hosts": state.sorted_hosts(now, alerts),
-        "containers": state.sorted_containers(now),
+        "host_rows": Markup("".join([host_row(v, status, start, now, when) for v, status in hosts])),
+        "container_rows": Markup("".join([container_row(v, status) for v, status in containers])),
         "checks": state.sorted_checks(),
         "parts": state.sorted_parts(now),
     }

@@ -116,6 +116,7 @@ PARTS = (
     "evaluator_service",
     "report",
     "console_metrics",
+    "console",
 )
 # Minutes long and needs Debian's Prometheus stack: `python -m tests.bench versus [--quick]`.
 ON_REQUEST = ("versus",)
