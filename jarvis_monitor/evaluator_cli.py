@@ -8,6 +8,8 @@ import contextlib
 import datetime
 import getpass
 import logging
+import os
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -15,10 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import msgspec
+import nats.errors
 
 from agents.runner import Check, Collection
 from bus import vocabulary as vocab
-from bus.connection import connect
+from bus.connection import Bus, BusConfigError, connect
 from bus.events import HealthEvent, MetricBatch, Status
 from bus.redact import redact_text
 from bus.units import Duration
@@ -276,11 +279,42 @@ def cmd_once(args: argparse.Namespace, config: Config) -> int:
 # --- KV-backed commands -------------------------------------------------------------------------
 
 
+# How nats-server words a refusal (nats-py lowers its case); it arrives as an asynchronous error,
+# while the refused request only times out.
+_VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"', re.IGNORECASE)
+
+
+def not_permitted(bus: Bus, user: str | None) -> str | None:
+    """The server's last refusal of this connection as one line for a person, or None."""
+    found = _VIOLATION.search(str(bus.nc.last_error or ""))
+    if found is None:
+        return None
+    kind, subject = found[1].lower(), clean(found[2], 120)
+    who = f"NATS user {clean(user)!r}" if user else "this NATS user"
+    if kind == "subscription":
+        return (
+            f"not permitted: {who} may not receive replies on {subject!r}; set bus.inbox_prefix to "
+            "the inbox its user may read (deploy/nats-server.conf names one per user)"
+        )
+    need = (
+        "changing silences and acks needs the operator's user"
+        if subject.lower().startswith("$kv.")
+        else "reading alerts and silences needs the viewer's or the operator's user"
+    )
+    return f"not permitted: {who} may not publish to {subject!r}; {need} (docs/operations.md)"
+
+
 @contextlib.asynccontextmanager
 async def _stores(config: Config, name: str) -> AsyncIterator[tuple[StateStore, SilenceStore]]:
     bus = await connect(config.bus, f"jarvis-monitor {name}")
     try:
         yield await open_buckets(bus.nc.jetstream(), bus.subjects.prefix)
+    except (TimeoutError, nats.errors.Error):
+        # a refused request is only a timeout here: the refusal itself says what went wrong
+        refusal = not_permitted(bus, config.bus.user or os.environ.get("JARVIS_NATS_USER"))
+        if refusal is None:
+            raise
+        raise BusConfigError(refusal) from None
     finally:
         await bus.close()
 

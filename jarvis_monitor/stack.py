@@ -168,9 +168,10 @@ async def provision_streams(bus: Bus, config: Config) -> None:
 
 @contextlib.asynccontextmanager
 async def open_bus(
-    config: Config, name: str, *, embedded: bool
+    config: Config, name: str, *, embedded: bool, provisions: bool = True
 ) -> AsyncIterator[tuple[Bus, EmbeddedServer | None]]:
-    """Connect (starting the embedded server first when asked), provision, and clean up after."""
+    """Connect (starting the embedded server first when asked), provision unless told not to, and
+    clean up after."""
     server = EmbeddedServer(config.server, config.resolved_data_dir()) if embedded else None
     try:
         servers = None
@@ -179,7 +180,8 @@ async def open_bus(
             servers = [server.url]
         bus = await connect(config.bus, name, servers=servers, wait=not embedded)
         try:
-            await provision_streams(bus, config)
+            if provisions:
+                await provision_streams(bus, config)
             yield bus, server
         finally:
             # a server known dead will not come back: waiting for a reconnect would only delay the exit
@@ -284,10 +286,11 @@ async def _until_stopped(
     *,
     embedded: bool,
     services: Sequence[ServiceSpec] = (),
+    provisions: bool = True,
 ) -> None:
     shutdown = Shutdown()
     try:
-        async with open_bus(config, component, embedded=embedded) as (bus, server):
+        async with open_bus(config, component, embedded=embedded, provisions=provisions) as (bus, server):
             await run_until_stopped(config, names, bus, shutdown, server, services)
     except asyncio.CancelledError:
         if not shutdown.requested.is_set():
@@ -315,14 +318,19 @@ async def agent(config: Config, name: str) -> int | None:
             "agent postgres: no server to watch; add [agents.postgres] servers = [{ name = ..., dsn = ... }]"
         )
         return EXIT_CONFIG
-    await _until_stopped(f"jarvis-monitor agent {name}", config, [name], embedded=False)
+    # the streams are the evaluator's to make: an agent's user may not (deploy/nats-server.conf),
+    # and the refused requests would hold its start for their timeouts
+    await _until_stopped(f"jarvis-monitor agent {name}", config, [name], embedded=False, provisions=False)
     return None
 
 
 async def service(config: Config, component: str, make: ServiceFactory) -> None:
-    """One service (the evaluator, a sink) on its own, against the configured NATS.
+    """One service (a sink) on its own, against the configured NATS, waiting for the streams the
+    evaluator makes (its user may not make them: deploy/nats-server.conf).
 
     Its name on the bus is the last word of `component` (`sink slack`: `slack`).
     """
     spec = ServiceSpec(component.split()[-1], component, make)
-    await _until_stopped(f"jarvis-monitor {component}", config, [], embedded=False, services=[spec])
+    await _until_stopped(
+        f"jarvis-monitor {component}", config, [], embedded=False, services=[spec], provisions=False
+    )

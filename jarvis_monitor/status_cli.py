@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from bus.connection import connect
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from jarvis_monitor.config import Config
 
 LATE, SILENT = 1.5, 3.0  # heartbeat intervals: late, then silent as the dead-man rule sees it
-READ_TIMEOUT = 5.0
 
 
 class PartStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,25 +96,18 @@ async def last_heartbeats(config: Config) -> list[Heartbeat]:
             subjects = (await js.stream_info(stream, subjects_filter=">")).state.subjects or {}
         except NotFoundError:
             return []
-        if not subjects:
-            return []
-        sub = await js.subscribe(
-            bus.subjects.family("heartbeat"),
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT),
-        )
         beats = []
-        try:
-            for _ in range(len(subjects)):
-                msg = await sub.next_msg(timeout=READ_TIMEOUT)
-                try:
-                    beats.append(heartbeat.decode(msg.data, msg.subject))
-                except EventDecodeError:
-                    continue  # the dead letters keep it; status shows what it can read
-                if msg.metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
+        # one read-only get per subject, not a consumer: a user allowed to make consumers on this
+        # stream could also replace the evaluator's (deploy/nats-server.conf lets a viewer only read)
+        for subject in subjects:
+            try:
+                msg = await js.get_last_msg(stream, subject)
+            except NotFoundError:  # removed since the stream was asked
+                continue
+            try:
+                beats.append(heartbeat.decode(msg.data or b"", subject))
+            except EventDecodeError:
+                continue  # the dead letters keep it; status shows what it can read
         return beats
     finally:
         await bus.close()
