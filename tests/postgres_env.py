@@ -28,7 +28,7 @@ SUPERUSER_PASSWORD = "admin-secret"
 MONITOR = "jarvis"  # the agent's role: pg_monitor, as docs/operations.md recommends
 MONITOR_PASSWORD = "monitor-secret"
 DATABASE = "app"
-PROGRAMS = ("initdb", "pg_ctl", "postgres")
+PROGRAMS = ("initdb", "pg_ctl", "postgres", "pg_basebackup")
 
 
 def bin_dir() -> Path | None:
@@ -82,14 +82,15 @@ class Cluster:
         if self.user is not None:
             shutil.chown(self.root, self.user)
 
-    def _run(self, *args: str) -> None:
+    def _run(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
         done = subprocess.run(
             [str(self.bindir / args[0]), *args[1:]],
             user=self.user,
             capture_output=True,
             text=True,
             timeout=120,
-            cwd=self.root,
+            cwd=cwd or self.root,
+            env={**os.environ, **(env or {})},
         )
         if done.returncode != 0:
             log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
@@ -131,6 +132,32 @@ class Cluster:
         }
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+
+    def standby(self) -> Cluster:
+        """A streaming replica of this (running) cluster, made with pg_basebackup; not yet started."""
+        replica = Cluster(self.bindir, max_connections=self.max_connections)
+        self._run(
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            SUPERUSER,
+            "-D",
+            str(replica.data),
+            "-R",
+            "-X",
+            "stream",
+            "--checkpoint=fast",  # a spread checkpoint would hold the copy for minutes
+            "--no-sync",
+            cwd=replica.root,
+            env={"PGPASSWORD": SUPERUSER_PASSWORD},
+        )
+        settings = {"port": str(replica.port), "unix_socket_directories": f"'{replica.root}'"}
+        with (replica.data / "postgresql.conf").open("a") as conf:
+            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+        return replica
 
     def start(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
