@@ -167,7 +167,7 @@ async def collect_once(config: Config, now: float) -> list[MetricBatch | HealthE
     A collection that fails or overruns becomes an unknown check of that agent, not a crash.
     """
     host = config.agents.resolved_hostname()
-    names = [name for name in stack.AGENT_NAMES if getattr(config.agents, name).enabled]
+    names = stack.enabled_agents(config)  # the database agent only with a server to watch
     outcomes = await asyncio.gather(*(_collect(name, config) for name in names), return_exceptions=True)
     events: list[MetricBatch | HealthEvent] = []
     for name, outcome in zip(names, outcomes, strict=True):

@@ -359,3 +359,21 @@ def test_the_database_agents_failed_login_is_database_unreachable_and_its_statem
             health("db01", "postgres", "postgres:statements", "warning", detail="not installed"),
         )
     assert firing(driver) == {"database_unreachable": "database unreachable: postgres"}
+
+
+async def test_once_is_critical_for_a_database_that_refuses_logins_and_skips_the_agent_without_servers() -> (
+    None
+):
+    """`jarvis-monitor once` (the runbook's --once) runs the database agent only with a server."""
+    from jarvis_monitor.evaluator_cli import run_once
+
+    agents = {"host": {"enabled": False}, "container": {"enabled": False}}
+    bare = await run_once(parse_config({"agents": agents}))
+    assert vocab.POSTGRES_AGENT not in {c.agent for c in bare.checks}
+    dsn = f"postgresql://jarvis@127.0.0.1:{closed_port()}/app"
+    watched = parse_config(
+        {"agents": {**agents, "postgres": {"servers": [{"name": "postgres", "dsn": dsn}]}}}
+    )
+    result = await run_once(watched)
+    assert result.exit_code == 2
+    assert [a.rule for a in result.alerts] == ["database_unreachable"]
