@@ -287,7 +287,7 @@ class PostgresCollector:
             prepare_threshold=None,  # a fresh session each cycle: preparing would only cost a round trip
             connect_timeout=max(2, math.ceil(self.config.connect_timeout.seconds)),  # libpq's minimum
             application_name=APPLICATION_NAME,
-            options=f"-c statement_timeout={int(self.config.query_timeout.seconds * 1000)}",
+            options=self._options(server),
             password=password,  # None leaves it to libpq: PGPASSWORD, ~/.pgpass
         )
         try:
@@ -299,6 +299,12 @@ class PostgresCollector:
             await self._statistics(conn, reading)
         finally:
             await conn.close()
+
+    def _options(self, server: PostgresServer) -> str:
+        """The DSN's own `options`, if any, and a statement_timeout for the agent's queries."""
+        own = conninfo_to_dict(server.dsn).get("options") or ""
+        timeout = f"-c statement_timeout={int(self.config.query_timeout.seconds * 1000)}"
+        return f"{own} {timeout}".strip()
 
     async def _statistics(self, conn: psycopg.AsyncConnection[Any], reading: _Reading) -> None:
         name = reading.server.name

@@ -254,6 +254,31 @@ async def test_a_stopped_server_is_database_unreachable_within_its_for(
     ]
 
 
+async def test_a_query_stuck_on_a_lock_costs_the_query_timeout_not_the_cycle(
+    postgres: Cluster, password_file: Path, sessions: list[Session]
+) -> None:
+    """pg_stat_statements locked by another session: that reading is cut at query_timeout, and the
+    server is a warning saying so, with everything else it gave (the DSN's own options kept)."""
+    dsn = postgres.dsn() + "?options=-c%20search_path%3Dpublic"
+    config = agent_config(
+        postgres,
+        password_file,
+        query_timeout="300ms",
+        servers=[{"name": "postgres", "dsn": dsn, "password_file": str(password_file)}],
+    )
+    holder = await session(postgres, sessions)
+    await holder.execute("BEGIN")
+    await holder.execute("LOCK TABLE pg_stat_statements IN ACCESS EXCLUSIVE MODE")
+    try:
+        collection = await asyncio.wait_for(PostgresCollector(config).collect(), 5)
+    finally:
+        await holder.execute("ROLLBACK")
+    check = check_of(collection, "postgres")
+    assert check.status == "warning"
+    assert "reading pg_stat_statements failed: canceling statement due to statement timeout" in check.detail
+    assert value(collection, vocab.POSTGRES_CONNECTIONS_MAX) == 20  # what came before the stuck query
+
+
 async def test_a_wrong_password_is_a_clear_unhealthy_reason_and_the_other_server_still_reads(
     postgres: Cluster, password_file: Path, tmp_path: Path
 ) -> None:
