@@ -22,6 +22,7 @@ import aiohttp
 import msgspec
 
 from agents.probe_config import HttpCheck, HttpSettings, PromQLQuery, TcpCheck
+from agents.probe_tls import served_cert_expiry
 from agents.runner import Check
 from bus import vocabulary as vocab
 from bus.events import Sample, Status
@@ -159,10 +160,17 @@ async def http_check(
         return Outcome(Check(check.name, "critical", latency, reason, labels={"url": url}))
     latency = time.perf_counter() - started
     verdict, detail = judge_response(check, status, body, latency)
-    return Outcome(
-        Check(check.name, verdict, latency, detail, labels={"url": url}),
-        [Sample(vocab.HTTP_LATENCY, round(latency, 6), labels)],
-    )
+    samples = [Sample(vocab.HTTP_LATENCY, round(latency, 6), labels)]
+    not_after = await served_cert_expiry(check.url, timeout - latency)
+    if not_after is not None:
+        samples.append(cert_expiry_sample(check.name, not_after, time.time()))
+    return Outcome(Check(check.name, verdict, latency, detail, labels={"url": url}), samples)
+
+
+def cert_expiry_sample(check: str, not_after: float, now: float) -> Sample:
+    """Seconds until the served certificate expires (negative once it has), and the day it does."""
+    expires = time.strftime("%Y-%m-%d", time.gmtime(not_after))
+    return Sample(vocab.TLS_CERT_EXPIRY, round(not_after - now), {"check": check, "expires": expires})
 
 
 async def tcp_check(check: TcpCheck, timeout: float) -> Outcome:

@@ -26,6 +26,7 @@ COLLECTOR_TARGET = "_collector"  # an agent's own collection; the underscore kee
 DOCKER_TARGET = "docker"  # the container agent's check of the Docker engine itself
 LOG_TARGET = "log:{name}"  # a container's log, apart from its state; Docker names never hold ":"
 MOUNT_TARGET = "mount:{mount}"  # a mount the host agent's config names, present or not
+DISCOVERY_TARGET = "discovery:{container}"  # the probe's reading of a container's jarvis.* labels
 STATEMENTS_TARGET = "{server}:statements"  # the database agent's pg_stat_statements, apart from its login
 # a part of `up` as its supervisor sees it: failed and being restarted, or running well again
 SUPERVISOR_TARGET = "_supervisor"
@@ -192,6 +193,7 @@ HTTP_LATENCY_P50 = "http.latency_p50_seconds"
 HTTP_LATENCY_P95 = "http.latency_p95_seconds"
 HTTP_LATENCY_P99 = "http.latency_p99_seconds"
 HTTP_RATE_WINDOW = "http.rate_window_seconds"
+TLS_CERT_EXPIRY = "tls.cert_expiry_seconds"
 PROMQL_PREFIX = "promql."
 PROMQL_METRIC = PROMQL_PREFIX + "<name>"  # how the catalogue and the docs show a query's default name
 
@@ -203,6 +205,13 @@ PROBE_METRICS = catalog(
         ("check", "url"),
     ),
     MetricSpec(TCP_CONNECT, "seconds", "time to open a TCP connection", ("check", "address")),
+    MetricSpec(
+        TLS_CERT_EXPIRY,
+        "seconds",
+        "time until the certificate an HTTPS check was served expires (negative once it has), with "
+        "`expires`, its notAfter day (UTC); seconds, not days, as Prometheus names units",
+        ("check", "expires"),
+    ),
     MetricSpec(
         HTTP_REQUEST_RATE,
         "requests/s",

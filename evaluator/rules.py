@@ -19,6 +19,8 @@ from evaluator.config import (
 
 # A container's log check: warning while burst_errors error lines came within burst_window.
 LOG_TARGETS = vocab.LOG_TARGET.format(name=".+")
+# A container whose jarvis.* labels the probe's discovery refused: one target per container.
+DISCOVERY_TARGETS = vocab.DISCOVERY_TARGET.format(container=".+")
 # Database checks by name: "postgres", "db", "database-main", "postgres:5432" (not "feedback").
 # an agent's own collection and a part's supervisor: health of the monitor, never a service
 INTERNAL_TARGETS = f"{vocab.COLLECTOR_TARGET}|{vocab.SUPERVISOR_TARGET}"
@@ -93,6 +95,34 @@ DEFAULT_RULES: tuple[Rule, ...] = (
         severity="info",
         summary="{check}: P95 latency {value:.2f}s, above its 500 ms baseline",
         description="P95 latency above its 500 ms baseline for 15 minutes; resolves below 450 ms.",
+    ),
+    Rule(
+        name="tls_cert_expiring",
+        metric=vocab.TLS_CERT_EXPIRY,
+        op="<",
+        threshold=14 * 86400,
+        severity="warning",
+        summary="{check}: TLS certificate expires on {expires}",
+        description="The certificate this HTTPS check was served expires within 14 days; renew it.",
+    ),
+    Rule(
+        name="tls_cert_expiry_critical",
+        metric=vocab.TLS_CERT_EXPIRY,
+        op="<",
+        threshold=3 * 86400,
+        severity="critical",
+        summary="{check}: TLS certificate expires on {expires}, in less than 3 days",
+        description="The certificate this HTTPS check was served expires within 3 days (or has expired, "
+        "when the check does not verify it); renew it now.",
+    ),
+    Rule(
+        name="check_labels_invalid",
+        kind="health",
+        matchers=[_m("agent", "=", vocab.PROBE_AGENT), _m("target", "=~", DISCOVERY_TARGETS)],
+        status=["warning"],
+        severity="warning",
+        summary="{target} on {host}: its jarvis.* check labels are refused",
+        description="{detail}",
     ),
     Rule(
         name="container_unhealthy",
@@ -238,6 +268,11 @@ DEFAULT_INHIBIT_RULES: tuple[InhibitRule, ...] = (
         target_matchers=[
             _m("rule", "=~", "http_error_rate_high|http_latency_p95_high|performance_degradation")
         ],
+        equal=["host", "check"],
+    ),
+    InhibitRule(
+        source_matchers=[_m("rule", "=", "tls_cert_expiry_critical")],
+        target_matchers=[_m("rule", "=", "tls_cert_expiring")],
         equal=["host", "check"],
     ),
     InhibitRule(

@@ -15,6 +15,7 @@ import trustme
 from agents.probe import METRICS, ProbeAgentConfig, ProbeCollector
 from agents.probe_checks import PromQLError, display_url, failure_reason, parse_promql_response
 from agents.runner import Check, Collection
+from bus import vocabulary as vocab
 from bus.events import Sample
 from bus.units import dec_hook
 from tests.conftest import wait_until
@@ -436,7 +437,8 @@ async def test_every_emitted_sample_is_declared_with_exactly_its_labels(targets:
         await collector.close()
 
     names = {sample.name for sample in collection.samples}
-    assert names == set(METRICS) - {"promql.<name>"}
+    # an https check's certificate expiry: tests/test_probe_tls.py checks its labels
+    assert names == set(METRICS) - {"promql.<name>", vocab.TLS_CERT_EXPIRY}
     for sample in collection.samples:
         assert set(sample.labels) == set(METRICS[sample.name].labels), sample
 
