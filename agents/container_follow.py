@@ -16,8 +16,10 @@ from collections.abc import Collection as Names
 from dataclasses import dataclass
 
 import aiodocker
+import aiohttp
 
 from agents.container_logs import (
+    FrameDecoder,
     LineSplitter,
     LogTally,
     LogWatchConfig,
@@ -38,6 +40,11 @@ SPLIT_LIMIT = 64 * 1024  # longest log line held in memory; the rest of it is sk
 # A stream holds one of the log client's connections (aiohttp pools 100) while its container
 # runs; containers beyond this many are reported as not followed rather than left waiting.
 MAX_FOLLOWED = 90
+# After each read, a log's socket is left alone this long (lines are reported once a cycle).
+COALESCE = 0.25
+GATHER_BELOW = 64 * 1024
+# no read timeout: a log may be quiet for days
+FOLLOW_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30)
 
 
 @dataclass
@@ -51,6 +58,21 @@ class _Watched:
     resume_at: float = 0.0
 
 
+async def _gather_more(transport: asyncio.BaseTransport, seconds: float) -> None:
+    """Leave the socket unread a moment: a busy log then arrives many lines a read, not one.
+
+    Each wake-up of the loop for one line costs more than all the work done with it.
+    """
+    if not isinstance(transport, asyncio.ReadTransport) or transport.is_closing():
+        return
+    transport.pause_reading()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        if not transport.is_closing():
+            transport.resume_reading()
+
+
 class LogFollowers:
     """The log streams of the selected containers, by container id, and their tallies, by name."""
 
@@ -61,8 +83,10 @@ class LogFollowers:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         limit: int = MAX_FOLLOWED,
+        coalesce: float = COALESCE,
     ) -> None:
         self.config = config
+        self.coalesce = coalesce
         self.clock = clock
         self.wall_clock = wall_clock
         self.limit = limit
@@ -77,6 +101,11 @@ class LogFollowers:
     def following(self) -> int:
         """Log streams open now."""
         return len(self._tasks)
+
+    @property
+    def lines_read(self) -> int:
+        """Lines read from the logs of the containers tallied now, since they were first followed."""
+        return sum(watched.tally.lines_read for watched in self._watched.values())
 
     def selects(self, name: str, labels: dict[str, str]) -> bool:
         return is_watched(name, labels, self.config.containers, self.config.labels)
@@ -108,16 +137,24 @@ class LogFollowers:
         """Tally lines until the container stops (the engine then ends the stream)."""
         splitter = LineSplitter(SPLIT_LIMIT)
         tally, clock = watched.tally, self.clock
-        container = docker.containers.container(container_id)
+        # the engine's own time stamps: a kept line says when it was written, not when read
+        params = {"stdout": "1", "stderr": "1", "follow": "1", "timestamps": "1", "since": f"{since:.6f}"}
         try:
-            # the engine's own time stamps: a kept line says when it was written, not when read
-            stream = container.log(
-                stdout=True, stderr=True, follow=True, timestamps=True, since=f"{since:.6f}"
-            )
-            async for chunk in stream:
-                now = clock()
-                for line in splitter.feed(chunk):
-                    tally.add(line, now)
+            shown = await docker.containers.container(container_id).show()
+            frames = FrameDecoder(raw=bool((shown.get("Config") or {}).get("Tty")))
+            # read as it comes, many frames a read: aiodocker's log() awaits twice a frame, which
+            # costs more than everything done with the line after
+            path = f"containers/{container_id}/logs"
+            async with docker._query(path, params=params, timeout=FOLLOW_TIMEOUT) as response:
+                connection = response.connection
+                transport = connection.transport if connection is not None else None
+                async for data in response.content.iter_any():
+                    now = clock()
+                    for line in splitter.feed(frames.feed(data)):
+                        tally.add(line, now)
+                    # a big read says more is waiting: read on, so a busy log never falls behind
+                    if transport is not None and self.coalesce > 0 and len(data) < GATHER_BELOW:
+                        await _gather_more(transport, self.coalesce)
             for line in splitter.flush():
                 tally.add(line, clock())
         except STREAM_ERRORS as exc:

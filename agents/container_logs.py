@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import re
 from collections import deque
@@ -27,6 +28,8 @@ OPT_OUT_LABEL = "jarvis.logs"
 # at worst and with the JSON around it, still under the server's default max_payload (1 MiB).
 BATCH_CHARS = 128 * 1024
 _LINE_OVERHEAD = 48  # {"ts":...,"level":"warning","text":""} around each line's text
+# The engine cuts log entries at 16 KiB; a frame header announcing more than this is garbage.
+MAX_FRAME = 1024 * 1024
 
 # Control characters (terminal escapes included) would garble a terminal or a Slack message.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
@@ -167,6 +170,45 @@ def stamp_time(stamp: str, fallback: float) -> float:
         return fallback
 
 
+class FrameDecoder:
+    """The engine's log stream as text: frames of an 8-byte header (stream, length) and a payload,
+    or raw bytes for a container with a TTY. Many frames are parsed per read, not one at a time;
+    a frame longer than `max_frame` (no engine sends one) is skipped, never buffered."""
+
+    def __init__(self, raw: bool, max_frame: int = MAX_FRAME) -> None:
+        self.raw = raw
+        self.max_frame = max_frame
+        self._buffer = b""
+        self._skip = 0  # bytes of an oversized frame still to pass over
+        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, data: bytes) -> str:
+        if self.raw:
+            return self._text.decode(data)
+        buffer = self._buffer + data if self._buffer else data
+        pos, end, parts = 0, len(buffer), []
+        while True:
+            if self._skip:
+                passed = min(self._skip, end - pos)
+                pos += passed
+                self._skip -= passed
+                if self._skip:
+                    break
+            if end - pos < 8:
+                break
+            length = int.from_bytes(buffer[pos + 4 : pos + 8], "big")
+            if length > self.max_frame:
+                self._skip, pos = length, pos + 8
+                parts.append(b"\n")  # the line it held ends here, unread
+                continue
+            if end - pos - 8 < length:
+                break
+            parts.append(buffer[pos + 8 : pos + 8 + length])
+            pos += 8 + length
+        self._buffer = buffer[pos:]
+        return self._text.decode(b"".join(parts))
+
+
 class LineSplitter:
     """Cuts a stream of text chunks into lines, holding at most `limit` characters of a line:
     a longer one is cut there and the rest of it skipped, so a log without newlines cannot grow
@@ -178,6 +220,10 @@ class LineSplitter:
         self._skipping = False
 
     def feed(self, chunk: str) -> list[str]:
+        if not self._partial and not self._skipping and chunk.endswith("\n") and "\r" not in chunk:
+            # the usual chunk, whole lines: what the general case below makes of it, for less
+            lines = chunk[:-1].split("\n")
+            return lines if len(chunk) <= self.limit else [line[: self.limit] for line in lines]
         *complete, last = chunk.split("\n")
         lines = []
         for piece in complete:
@@ -267,6 +313,7 @@ class LogTally:
         self._kept: list[tuple[str, Level, str]] = []
         self._drained_at = now
         self.error_count = self.warning_count = self.dropped = self.unkept = 0
+        self.lines_read = 0  # every line since the start, skipped or not
 
     @classmethod
     def of(cls, config: LogWatchConfig, now: float) -> LogTally:
@@ -287,6 +334,7 @@ class LogTally:
 
     def add(self, line: str, now: float) -> Level | None:
         """Count one line read at `now` (engine time stamp first, if any); its level, if it has one."""
+        self.lines_read += 1
         if not self._limit.take(now):
             self.dropped += 1
             return None

@@ -12,6 +12,8 @@ import pytest
 
 from agents.container_logs import (
     BATCH_CHARS,
+    FrameDecoder,
+    LineSplitter,
     LogTally,
     LogWatchConfig,
     RateLimit,
@@ -74,6 +76,39 @@ def test_every_container_is_followed_by_default_unless_it_opts_out() -> None:
 def test_bad_log_settings_are_refused_with_what_is_wrong(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(msgspec.ValidationError, match=re.escape(message)):
         msgspec.convert(raw, LogWatchConfig, dec_hook=dec_hook)
+
+
+def frame(text: str | bytes, stream: int = 1) -> bytes:
+    """One frame of the engine's multiplexed log stream."""
+    payload = text.encode() if isinstance(text, str) else text
+    return bytes([stream, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
+
+
+def test_frames_become_text_whatever_the_reads_cut() -> None:
+    stream = frame("ERROR one\n") + frame("WARNING two\n", stream=2) + frame("caf\u00e9\n")
+    for cut_at in range(len(stream)):
+        decoder, splitter = FrameDecoder(raw=False), LineSplitter(100)
+        lines = splitter.feed(decoder.feed(stream[:cut_at])) + splitter.feed(decoder.feed(stream[cut_at:]))
+        assert lines == ["ERROR one", "WARNING two", "café"], cut_at
+
+
+def test_a_tty_containers_stream_is_raw_text_and_a_huge_frame_is_skipped_not_held() -> None:
+    assert FrameDecoder(raw=True).feed(b"ERROR tty\r\n") == "ERROR tty\r\n"
+    decoder = FrameDecoder(raw=False, max_frame=64)
+    text = decoder.feed(
+        frame("ERROR before\n") + bytes([1, 0, 0, 0]) + (10**6).to_bytes(4, "big") + b"x" * 1000
+    )
+    assert text == "ERROR before\n\n"
+    assert decoder._buffer == b""  # nothing of the oversized frame is kept
+    rest = decoder.feed(b"x" * (10**6 - 1000) + frame("ERROR after\n"))
+    assert rest == "ERROR after\n"
+
+
+def test_whole_lines_split_as_the_general_case_does() -> None:
+    splitter = LineSplitter(limit=5)
+    assert splitter.feed("ERROR one\nok\n") == ["ERROR", "ok"]
+    assert splitter.feed("a\r\nb\n") == ["a", "b"]
+    assert splitter.feed("x\n") == ["x"]
 
 
 def test_rate_limit_lets_a_seconds_worth_through_then_its_rate() -> None:

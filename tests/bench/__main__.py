@@ -110,6 +110,7 @@ async def agent_rss(url: str) -> float:
 PARTS = (
     "host",
     "container",
+    "container_logs",
     "probe",
     "postgres",
     "evaluator_engine",

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,8 +18,8 @@ from pathlib import Path
 import pytest
 from nats.js.api import DeliverPolicy
 
-from agents.container import ContainerAgentConfig, ContainerCollector
-from agents.runner import AgentRunner
+from agents.container import ContainerAgentConfig, ContainerCollector, LogWatchConfig
+from agents.runner import AgentRunner, Check, Collection
 from bus.config import BusConfig
 from bus.connection import Bus
 from bus.events import Alert, LogLine, LogLines, alert, encode
@@ -182,3 +183,48 @@ async def test_a_bad_search_is_one_line_and_exit_2_and_no_stream_is_exit_1(
     assert "--since: invalid duration 'yesterday'" in since.stderr
     assert f"no logs kept yet: there is no stream {stream_name(prefix, 'logs')}" in missing.stderr
     assert "Traceback" not in regex.stderr + since.stderr + missing.stderr
+
+
+async def test_a_flooding_container_is_sampled_and_its_check_says_how_many_lines_were_skipped(
+    containers: Containers,
+) -> None:
+    name = containers.name("flood")
+    flood = (
+        "while true; do i=0; while [ $i -lt 100 ]; do echo ERROR flood; i=$((i+1)); done; sleep 0.05; done"
+    )
+    await containers.run("flood", "sh", "-c", flood)
+    logs = LogWatchConfig(max_lines_per_second=50)
+    collector = ContainerCollector(ContainerAgentConfig(filter_labels=[containers.label], logs=logs))
+
+    async def ignore(_: Check) -> None:
+        return None
+
+    watcher = asyncio.create_task(collector.watch(ignore))
+    try:
+        await collector.collect()  # starts following
+        started = time.monotonic()
+        totals = {"errors": 0.0, "dropped": 0.0}
+        detail = ""
+
+        def count(collection: Collection) -> None:
+            nonlocal detail
+            for s in collection.samples:
+                if s.labels.get("container") == name and s.name == "container.log.errors":
+                    totals["errors"] += s.value
+                elif s.labels.get("container") == name and s.name == "container.log.dropped":
+                    totals["dropped"] += s.value
+            detail = next((c.detail for c in collection.checks if c.target == f"log:{name}"), detail)
+
+        while totals["dropped"] < 500:
+            assert time.monotonic() - started < TIMEOUT, totals
+            count(await collector.collect())
+            await asyncio.sleep(0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+    assert totals["errors"] <= 50 * (elapsed + 2)  # a second's worth at once, then 50 a second
+    assert totals["errors"] > 0  # sampled, not silenced
+    assert re.search(r"\d+ lines over 50/s skipped unread", detail)
