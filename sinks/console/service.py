@@ -18,6 +18,7 @@ from nats.aio.subscription import Subscription
 from nats.js.kv import KeyValue
 
 from bus import deadletter
+from bus import vocabulary as vocab
 from bus.aio import cancel_and_wait, wait_unless
 from bus.connection import Bus
 from bus.events import Alert, EventDecodeError, HealthEvent, Heartbeat, MetricBatch, any_event
@@ -44,6 +45,8 @@ ACTIVE_POLL = 1.0  # seconds between reads of the evaluator's active alerts
 PRUNE_EVERY = 60.0
 HISTORY_READ = 20_000  # stored batches one chart range reads at most
 KV_RETRY = 2.0
+# whose health events are service checks, read back from the start of the day at start
+CHECK_AGENTS = (vocab.PROBE_AGENT, vocab.POSTGRES_AGENT)
 ConsoleEvent = MetricBatch | HealthEvent | Heartbeat | Alert
 
 
@@ -126,7 +129,7 @@ class ConsoleService:
         """Serve until `stop()`; NATS outages and bad messages are logged, never raised."""
         runner = web.AppRunner(make_app(self.context), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.bind, self.config.port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self.config.bind, self.config.port)
         try:
             await site.start()
         except OSError as exc:
@@ -195,31 +198,45 @@ class ConsoleService:
         self.hub.changed()
 
     async def _backfill(self) -> None:
-        """The last `history` of stored events, so the charts are not empty after a restart."""
+        """What the streams kept, so a restarted console is not blank: the last `history` of metrics
+        for the charts, today's checks for availability so far today, the last day's alert changes.
+
+        Live events arriving meanwhile are held and applied after, so that every row stays in order.
+        """
         if self._held is None:
             return
         now = self.clock()
-        start = now - self.config.history.seconds
-        js = self.bus.nc.jetstream()
-        subjects = self.bus.subjects
+        midnight = dt.datetime.fromtimestamp(now, self.state.zone).replace(
+            hour=0, minute=0, second=0, microsecond=0
+        )
+        prefix, limit = self.bus.subjects.prefix, self.config.backfill
+        reads = [
+            ("metrics", f"{prefix}.metrics.>", now - self.config.history.seconds),
+            *(("health", f"{prefix}.health.*.{agent}.>", midnight.timestamp()) for agent in CHECK_AGENTS),
+            ("alerts", f"{prefix}.alerts.>", now - 86400.0),
+        ]
+        stored = 0
         try:
-            read = await read_range(
-                js, subjects, "metrics", subjects.family("metrics"), start, now, self.config.backfill
-            )
+            for family, subject, start in reads:
+                read = await read_range(
+                    self.bus.nc.jetstream(), self.bus.subjects, family, subject, start, now, limit
+                )
+                for event in read.events:
+                    if isinstance(event, ConsoleEvent):
+                        self.state.observe(event)
+                stored += len(read.events)
         finally:
             held, self._held = self._held, None
-        for event in read.events:
-            if isinstance(event, ConsoleEvent):
-                self.state.observe(event)
-        for event in held:
-            self.observe(event)
-        if read.events:
-            log.info("console: %d stored batches read back for the charts", len(read.events))
-        self.hub.changed()
+            for event in held:
+                self.observe(event)
+            self.hub.changed()
+        if stored:
+            log.info("console: %d stored events read back", stored)
 
     async def _read(self, agent: str, start: float, end: float) -> Read:
+        """A range of one agent's metric batches (`agent` is ours, never outside text)."""
         subjects = self.bus.subjects
-        subject = f"{subjects.prefix}.metrics.*.probe" if agent == "*" else subjects.metrics("*", agent)
+        subject = f"{subjects.prefix}.metrics.*.{agent}"
         return await read_range(
             self.bus.nc.jetstream(), subjects, "metrics", subject, start, end, HISTORY_READ
         )

@@ -1,0 +1,169 @@
+"""The console service on a real nats-server: live events to an SSE client, what the streams kept read
+back at start and for long ranges, silences from KV, and garbage counted, never fatal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from bus import vocabulary as vocab
+from bus.connection import Bus
+from bus.events import Alert, HealthEvent, MetricBatch, Sample
+from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket, provision
+from bus.records import Matcher, Silence, SilenceStore
+from sinks.console.config import ConsoleConfig
+from sinks.console.service import ConsoleService
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+async def publish_history(bus: Bus, now: float) -> None:
+    """What agents and the evaluator published before the console started: stored by the streams."""
+    subjects = bus.subjects
+    for minutes in (300, 200, 100):
+        ts = now - minutes * 60
+        batch = MetricBatch(
+            host="web01", agent="host", ts=ts, interval=10, samples=[Sample(vocab.CPU_PERCENT, 42.0)]
+        )
+        await bus.publish(subjects.metrics("web01", "host"), batch)
+    probe = MetricBatch(
+        host="mon",
+        agent="probe",
+        ts=now - 20 * 3600,  # older than the six hours the console keeps in memory
+        interval=30,
+        samples=[Sample(vocab.HTTP_REQUEST_RATE, 17.0, {"check": "backend"})],
+    )
+    await bus.publish(subjects.metrics("mon", "probe"), probe)
+    for offset, status in ((120, "ok"), (60, "critical"), (0, "ok")):
+        event = HealthEvent(host="mon", agent="probe", target="backend", status=status, ts=now - offset)  # type: ignore[arg-type]
+        await bus.publish(subjects.health("mon", "probe", "backend"), event)
+    alert = Alert(
+        fingerprint="f1",
+        rule="service_down",
+        severity="critical",
+        status="resolved",
+        labels={"host": "mon"},
+        summary="backend is down",
+        starts_at=now - 60,
+        ends_at=now,
+    )
+    await bus.publish(subjects.alerts("critical", "mon", "service_down"), alert)
+    await bus.nc.flush()
+
+
+@pytest.fixture
+async def streams(bus: Bus) -> Bus:
+    from bus.config import StreamsConfig
+
+    await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
+    return bus
+
+
+@pytest.fixture
+async def console(streams: Bus) -> AsyncIterator[ConsoleService]:
+    service = ConsoleService(ConsoleConfig(port=0, backfill=0), streams, host="test")
+    task = asyncio.create_task(service.run())
+    await asyncio.wait_for(service.ready.wait(), 10)
+    yield service
+    service.stop()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_a_restarted_console_shows_what_the_streams_kept(streams: Bus) -> None:
+    now = time.time()
+    await publish_history(streams, now)
+    service = ConsoleService(ConsoleConfig(port=0), streams, host="test")
+    task = asyncio.create_task(service.run())
+    try:
+        state = service.state
+        await wait_until(lambda: len(state.history) == 1 and "web01" in state.hosts, 10)
+        assert len(state.hosts["web01"].history["cpu"].points) == 3  # the sparkline's last hours
+        check = state.checks[("mon", "probe", "backend")]
+        assert check.availability == pytest.approx(50.0)  # up 60 s of the 120 s seen today
+        assert state.history[0].rule == "service_down"
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_a_day_range_is_read_back_from_the_metrics_stream(streams: Bus) -> None:
+    await publish_history(streams, time.time())
+    service = ConsoleService(ConsoleConfig(port=0, backfill=0), streams, host="test")
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.ready.wait(), 10)
+        assert service.state.perf == {}  # nothing in memory: started after, without backfill
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{service.url}/performance?range=24h") as response,
+        ):
+            page = await response.text()
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 10)
+    data = json.loads(page.split('<script type="application/json" id="chart-data">')[1].split("</script>")[0])
+    [rate] = [chart for chart in data if chart["id"] == "rate-backend"]
+    assert [p[1] for p in rate["series"][0]["points"]] == [17.0]
+
+
+async def test_an_event_on_the_bus_reaches_an_open_page(streams: Bus, console: ConsoleService) -> None:
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(f"{console.url}/events?page=overview")
+        event = HealthEvent(
+            host="web01",
+            agent="container",
+            target="api",
+            status="critical",
+            detail="health check: unhealthy",
+            ts=time.time(),
+        )
+        await streams.publish(streams.subjects.health("web01", "container", "api"), event)
+
+        async def first_row() -> str:
+            async for line in response.content:
+                if line.startswith(b"data: ") and b"container-rows" in line:
+                    return line.decode()
+            raise AssertionError("the stream ended")
+
+        line = await asyncio.wait_for(first_row(), 10)
+        response.close()
+    messages = json.loads(line[len("data: ") :])
+    row = next(m for m in messages if m.get("bodies") == ["container-rows"])
+    assert 'data-health="unhealthy"' in row["html"]
+
+
+async def test_a_silence_added_to_kv_shows_on_the_alerts_page(streams: Bus, console: ConsoleService) -> None:
+    js = streams.nc.jetstream()
+    name = bucket_name(streams.subjects.prefix, "silences")
+    await ensure_bucket(js, name, KV_BUCKETS["silences"])
+    now = time.time()
+    silence = Silence(
+        id="abc123",
+        matchers=[Matcher(name="host", value="web01")],
+        starts_at=now,
+        ends_at=now + 3600,
+        author="cli",
+        comment="from the command line",
+    )
+    await SilenceStore(await js.key_value(name)).add(silence)
+    await wait_until(lambda: [s.id for s in console.state.silences] == ["abc123"], 10)
+    async with aiohttp.ClientSession() as session, session.get(f"{console.url}/alerts") as response:
+        assert "from the command line" in await response.text()
+
+
+async def test_garbage_on_the_bus_is_counted_and_the_console_goes_on(
+    streams: Bus, console: ConsoleService
+) -> None:
+    await streams.nc.publish(streams.subjects.metrics("web01", "host"), b"{not json")
+    batch = MetricBatch(
+        host="web01", agent="host", ts=time.time(), interval=10, samples=[Sample(vocab.CPU_PERCENT, 5.0)]
+    )
+    await streams.publish(streams.subjects.metrics("web01", "host"), batch)
+    await wait_until(lambda: "web01" in console.state.hosts, 10)
+    assert console.rejections.total == 1
