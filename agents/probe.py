@@ -12,12 +12,14 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 
 import aiohttp
 
 from agents.probe_checks import HeaderError, Outcome, http_check, promql_query, resolve_headers, tcp_check
 from agents.probe_config import AnyCheck, HttpCheck, ProbeAgentConfig, PromQLQuery, TcpCheck
+from agents.probe_discovery import Discovery
 from agents.probe_scrape import ScrapeTracker
 from agents.runner import Check, Collection
 from bus import vocabulary as vocab
@@ -52,6 +54,7 @@ class ProbeCollector:
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._scrapes = ScrapeTracker(config.interval.seconds, clock)
+        self.discovery = Discovery(config.discovery) if config.discovery.enabled else None
 
     def _session_in_loop(self) -> aiohttp.ClientSession:
         """The one session, made on first use inside the running loop (aiohttp binds it there)."""
@@ -68,20 +71,24 @@ class ProbeCollector:
         return self._session
 
     async def close(self) -> None:
-        """Close the HTTP session; a later `collect()` opens a new one."""
+        """Close the HTTP session and the engine connection; a later `collect()` opens new ones."""
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self.discovery is not None:
+            await self.discovery.close()
 
     async def collect(self) -> Collection:
         session = self._session_in_loop()
         slots = asyncio.Semaphore(self.config.concurrency)
         started: set[str] = set()
-        tasks = {
-            asyncio.create_task(self._run(check, session, slots, started)): check
-            for _, check in self.config.all_checks()
-        }
+        checks: list[AnyCheck] = [check for _, check in self.config.all_checks()]
         collection = Collection()
+        if self.discovery is not None:
+            discovered = await self.discovery.refresh(self.config)
+            checks += [check for _, check in discovered.run]
+            collection.checks += discovered.decided
+        tasks = {asyncio.create_task(self._run(check, session, slots, started)): check for check in checks}
         if not tasks:
             return collection
         try:
@@ -93,7 +100,9 @@ class ProbeCollector:
         for task, check in tasks.items():
             cut_off = task not in done
             outcome = Outcome(self._cut_off(check, check.name in started)) if cut_off else task.result()
-            collection.checks.append(outcome.check)
+            found = self.discovery.labels_of(check.name) if self.discovery is not None else {}
+            # a discovered check says which container it came from
+            collection.checks.append(replace(outcome.check, labels={**outcome.check.labels, **found}))
             collection.samples += outcome.samples
         return collection
 

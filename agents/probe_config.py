@@ -205,6 +205,46 @@ class PromQLQuery(HttpSettings, frozen=True, forbid_unknown_fields=True, kw_only
 AnyCheck = HttpCheck | TcpCheck | ScrapeTarget | PromQLQuery
 
 
+class DiscoveryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """HTTP checks found on the containers the Docker engine shows, by their `jarvis.check.*` labels."""
+
+    enabled: Annotated[
+        bool,
+        Meta(
+            description="list the engine's containers each cycle and probe those labelled for it; an "
+            "unreachable engine is one info line, not an error"
+        ),
+    ] = True
+    docker_host: Annotated[
+        str | None,
+        Meta(
+            description="Docker engine address; unset: DOCKER_HOST, else the local unix socket",
+            examples=["unix:///var/run/docker.sock"],
+        ),
+    ] = None
+    filter_labels: Annotated[
+        list[str],
+        Meta(
+            description="look only at containers carrying all of these labels (`key` or `key=value`)",
+            examples=[["com.docker.compose.project=jarvis"]],
+        ),
+    ] = msgspec.field(default_factory=list)
+    published_host: Annotated[
+        str,
+        Meta(
+            description="address of a port a container publishes (or of one on the host's network) when "
+            "the engine binds it to every address",
+            examples=["127.0.0.1"],
+        ),
+    ] = "127.0.0.1"
+    max_checks: Annotated[
+        int, Meta(ge=1, le=10_000, description="discovered checks at most; containers beyond are refused")
+    ] = 256
+    request_timeout: Annotated[
+        Duration, Meta(description="time allowed to list the containers, taken from the cycle's budget")
+    ] = Duration(2)
+
+
 class ProbeAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
     concurrency: Annotated[int, Meta(ge=1, description="checks in flight at once")] = 32
     check_timeout: Annotated[
@@ -236,6 +276,9 @@ class ProbeAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_
             examples=[[{"name": "backend", "url": "http://127.0.0.1:8000/metrics", "rate_window": "1m"}]],
         ),
     ] = msgspec.field(default_factory=list)
+    discovery: Annotated[
+        DiscoveryConfig, Meta(description="HTTP checks discovered from container labels (jarvis.check.*)")
+    ] = DiscoveryConfig()
     promql: Annotated[
         list[PromQLQuery],
         Meta(

@@ -263,6 +263,16 @@ PROBE_METRICS = catalog(
 # built-in database rule and the database agent's server names both go by it.
 DATABASE_NAME = r"(?i)(postgres|postgresql|database|db)([-_.:].*)?"
 
+# The runbook's SLAs (Backend API, Frontend, Ollama, Database) by the check name the report's
+# default services count, and the names a `jarvis.sla` label may give each (lower case, "-" for
+# spaces and "_").
+RUNBOOK_SLA_CHECKS: dict[str, tuple[str, ...]] = {
+    "backend": ("backend", "backend-api", "api"),
+    "frontend": ("frontend", "web"),
+    "ollama": ("ollama", "llm", "ollama-llm"),
+    "database": ("database", "db", "postgres", "postgresql"),
+}
+
 # The database agent's metrics, every one labelled with the server's configured name.
 POSTGRES_UP = "postgres.up"
 POSTGRES_CONNECT_SECONDS = "postgres.connect_seconds"
