@@ -146,15 +146,18 @@ class LogFollowers:
             # costs more than everything done with the line after
             path = f"containers/{container_id}/logs"
             async with docker._query(path, params=params, timeout=FOLLOW_TIMEOUT) as response:
-                connection = response.connection
-                transport = connection.transport if connection is not None else None
-                async for data in response.content.iter_any():
-                    now = clock()
-                    for line in splitter.feed(frames.feed(data)):
-                        tally.add(line, now)
-                    # a big read says more is waiting: read on, so a busy log never falls behind
-                    if transport is not None and self.coalesce > 0 and len(data) < GATHER_BELOW:
-                        await _gather_more(transport, self.coalesce)
+                try:
+                    connection = response.connection
+                    transport = connection.transport if connection is not None else None
+                    async for data in response.content.iter_any():
+                        now = clock()
+                        for line in splitter.feed(frames.feed(data)):
+                            tally.add(line, now)
+                        # a big read says more is waiting: read on, so a busy log never falls behind
+                        if transport is not None and self.coalesce > 0 and len(data) < GATHER_BELOW:
+                            await _gather_more(transport, self.coalesce)
+                finally:
+                    response.close()  # aiodocker's _query leaves a cancelled response open
             for line in splitter.flush():
                 tally.add(line, clock())
         except STREAM_ERRORS as exc:
