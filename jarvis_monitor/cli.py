@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from bus.units import Duration
 from jarvis_monitor import (
     __version__,
     console_cli,
@@ -24,6 +25,7 @@ from jarvis_monitor import (
 from jarvis_monitor.commands import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, run_async
 from jarvis_monitor.config import ConfigError, load_config
 from jarvis_monitor.docs import event_schema, render_events_doc
+from jarvis_monitor.interval import with_agent_interval
 from jarvis_monitor.rules_doc import render_rules_doc
 from jarvis_monitor.tail import tail
 from jarvis_monitor.template import render_config
@@ -55,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser(
+    up = commands.add_parser(
         "up", help="run the whole stack in one process (embedded NATS unless a URL is configured)"
     )
+    up.add_argument("--interval", type=_duration, help="every agent collects this often, as 60s")
 
     agent = commands.add_parser("agent", help="run one agent against the configured NATS")
     agent.add_argument("name", choices=stack.AGENT_NAMES, help="which agent")
@@ -91,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     for extension in EXTENSIONS:
         extension.register(commands)
     return parser
+
+
+def _duration(text: str) -> Duration:
+    try:
+        return Duration.parse(text if text[-1:].isalpha() else f"{text}s")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def setup_logging(level: str) -> None:
@@ -169,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args, config)
         return code
     if args.command == "up":
+        try:
+            config = with_agent_interval(config, args.interval) if args.interval else config
+        except ConfigError as exc:
+            print(f"jarvis-monitor: config: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         return run_async(stack.up(config))
     if args.command == "agent":
         return run_async(stack.agent(config, args.name))
