@@ -64,12 +64,16 @@ class Dispatcher:
         if group is None:
             group = Group(key=key, route=route.name)
             self.groups[key] = group
-            self._schedule(group, now + route.group_wait.seconds)
         pinned = group.alerts.get(alert.fingerprint)
         if not force and alert.flapping and pinned is not None and pinned.flapping:
             return missing  # flapping: notified once, quiet until stable
+        urgent = is_urgent(route, alert.labels)
+        if not group.alerts and (group.flushed_at is None or not urgent):
+            # a new incident of the group: group_wait batches its siblings, as in a new group
+            self._schedule(group, now + route.group_wait.seconds)
+        else:  # a group kept since its last notification takes a critical at once
+            self._touch(group, now, urgent=urgent)
         group.alerts[alert.fingerprint] = alert
-        self._touch(group, now, urgent=is_urgent(route, alert.labels))
         return missing
 
     def touch_all(self, now: float) -> None:
@@ -158,7 +162,12 @@ class Dispatcher:
         if remindable and group.sent_at is not None:
             self._schedule(group, group.sent_at + route.repeat_interval.seconds)
         if not group.alerts and group.next_flush is None:
-            del self.groups[group.key]
+            # Kept for repeat_interval after it last notified, so that a critical on the same
+            # labels (a service failing again) is sent at once rather than after group_wait.
+            if group.sent_at is not None and now < group.sent_at + route.repeat_interval.seconds:
+                self._schedule(group, group.sent_at + route.repeat_interval.seconds)
+            else:
+                del self.groups[group.key]
 
     def _notify(
         self, group: Group, route: Route, status: NotificationStatus, alerts: list[Alert], now: float

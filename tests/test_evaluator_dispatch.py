@@ -143,3 +143,15 @@ def test_group_timers_survive_a_restore() -> None:
     assert restored.next_deadline() == 30
     run(restored, 30)
     assert len(restored.drain()) == 1
+
+
+def test_a_group_that_notified_is_kept_for_repeat_interval_then_forgotten() -> None:
+    dispatcher, _ = make()
+    dispatcher.add(alert("a"), 0)
+    run(dispatcher, 30)
+    dispatcher.add(alert("a", status="resolved", ends_at=100.0), 100)
+    run(dispatcher, 330)
+    assert [n.status for n in dispatcher.drain()] == ["firing", "resolved"]
+    assert list(dispatcher.groups) == ['default:{host="web01"}'], "kept: a critical would go at once"
+    run(dispatcher, 330 + 3600)
+    assert dispatcher.groups == {}, "memory stays bounded"

@@ -276,3 +276,39 @@ def test_a_part_the_supervisor_restarts_is_an_alert_and_never_a_service_down() -
         ("part_failed", "resolved"),
     ]
     assert driver.alerts[0].summary == "probe on mon01 failed and is being restarted"
+
+
+def outage(driver: Driver, start: float, seconds: float, status: str = "critical") -> float:
+    t = start
+    while t < start + seconds:
+        driver.at(t, health("web01", "probe", "backend-api", status))  # type: ignore[arg-type]
+        t += 5
+    return t
+
+
+def test_a_service_failing_again_after_a_notified_outage_is_sent_as_it_fires() -> None:
+    """The group that told of the first outage is kept, so the next critical waits no group_wait."""
+    driver = Driver(EvaluatorConfig(flapping=FlappingConfig(enabled=False)))
+    t = outage(driver, 0, 120)
+    t = outage(driver, t, 600, "ok")  # notified, resolved, quiet for ten minutes
+    driver.take()
+    again = t
+    outage(driver, t, 120)
+    firing = next(a for a in driver.alerts if a.rule == "service_down" and a.status == "firing")
+    (note, *_) = [n for n in driver.notifications if n.status == "firing"]
+    assert firing.starts_at - again <= 60
+    assert note.ts == firing.starts_at, "sent as it fires, no group_wait"
+
+
+def test_a_warning_after_a_quiet_spell_still_waits_group_wait_for_its_siblings() -> None:
+    driver = Driver(EvaluatorConfig())
+    t = outage(driver, 0, 120)
+    t = outage(driver, t, 600, "ok")
+    driver.take()
+    start = t
+    while t < start + 400:
+        driver.at(t, metrics("web01", {"mem.percent": 95}, interval=10))
+        t += 10
+    warning = next(a for a in driver.alerts if a.rule == "memory_usage_high" and a.status == "firing")
+    (note,) = [n for n in driver.notifications if n.status == "firing"]
+    assert note.ts == warning.starts_at + 30
