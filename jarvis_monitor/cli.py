@@ -15,6 +15,7 @@ from jarvis_monitor import (
     __version__,
     console_cli,
     deadletter_cli,
+    discover_cli,
     evaluator_cli,
     logs_cli,
     report_cli,
@@ -33,7 +34,16 @@ from jarvis_monitor.template import render_config
 log = logging.getLogger("jarvis_monitor")
 
 # Each part's own subcommands; each module's `register` adds parsers that set `handler`.
-EXTENSIONS = (evaluator_cli, slack_cli, report_cli, deadletter_cli, status_cli, console_cli, logs_cli)
+EXTENSIONS = (
+    evaluator_cli,
+    slack_cli,
+    report_cli,
+    deadletter_cli,
+    status_cli,
+    console_cli,
+    logs_cli,
+    discover_cli,
+)
 DEFAULT_INIT_PATH = "jarvis-monitor.toml"
 
 

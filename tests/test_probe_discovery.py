@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from typing import Any
 
 import msgspec
@@ -11,6 +12,8 @@ from agents.probe_config import DiscoveryConfig, ProbeAgentConfig
 from agents.probe_discovery import Found, Refused, judge, parse_container, sla_check_name
 from bus import vocabulary as vocab
 from bus.units import dec_hook
+from jarvis_monitor.config import parse_config
+from jarvis_monitor.discover_cli import render
 from sinks.report.config import DEFAULT_SERVICES
 
 PROBE = ProbeAgentConfig()
@@ -164,3 +167,32 @@ def test_containers_beyond_max_checks_are_refused_not_probed() -> None:
     result = judge(entries, PROBE, DiscoveryConfig(max_checks=2))
     assert [c for c, _ in result.run] == ["c0", "c1"]
     assert [r.container for r in result.refused] == ["c2"]
+
+
+def test_discover_prints_toml_that_the_config_accepts_with_the_sla_targets_as_a_report_service() -> None:
+    result = judge(
+        [
+            entry(
+                {
+                    "jarvis.check.port": "8000",
+                    "jarvis.check.status": "200",
+                    "jarvis.check.timeout": "3s",
+                    "jarvis.sla": "Backend API",
+                    "jarvis.sla.availability": "99.9",
+                    "jarvis.sla.latency_p95": "200ms",
+                },
+                name="api-1",
+            ),
+            entry({"jarvis.check.port": "x"}, name='evil"\n[x]'),
+        ],
+        PROBE,
+        DiscoveryConfig(),
+    )
+    text = render(result)
+    config = parse_config(tomllib.loads(text))
+
+    (check,) = config.agents.probe.http
+    assert (check.name, check.url, check.expected_status) == ("backend", "http://172.18.0.5:8000/", [200])
+    (service,) = config.sinks.report.services
+    assert (service.name, service.checks, service.availability_percent) == ("Backend API", ["backend"], 99.9)
+    assert '# refused: container evil" [x]: label jarvis.check.port refused' in text
