@@ -217,9 +217,8 @@ async def shoot(out: Path) -> list[Path]:
         await server.start()
         bus = await connect(BusConfig(prefix=PREFIX), "screens console", servers=[server.url])
         publisher = await connect(BusConfig(prefix=PREFIX), "screens agents", servers=[server.url])
-        service = ConsoleService(
-            ConsoleConfig(port=0, backfill=0), bus, sla={"backend": 99.9, "ollama": 99.5}
-        )
+        sla = {"backend": 99.9, "ollama": 99.5}
+        service = ConsoleService(ConsoleConfig(port=0, backfill=0), bus, sla=sla, host="jarvis-ops01")
         task = asyncio.create_task(service.run())
         shots = []
         try:

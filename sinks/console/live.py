@@ -80,7 +80,7 @@ class Hub:
     def flush(self) -> dict[str, list[Message]]:
         """Render what changed and queue it for every subscriber; the messages by page."""
         dirty = self.state.take_dirty()
-        if not dirty:
+        if not dirty or not self.subscribers:  # a page opened later renders from the model itself
             return {}
         by_page = self.messages(dirty, self.clock())
         for subscriber in list(self.subscribers):
@@ -114,9 +114,16 @@ class Hub:
                     html = frag("host_row", view, status, start, now)
                 out["overview"].append(_row(rid, html, "host-rows"))
             elif table == "container":
+                # containers in trouble in the table, the healthy ones folded away below it
                 cview = state.containers.get((key[0], key[1]))
-                html = frag("container_row", cview, state.container_status(cview, now)) if cview else None
-                out["overview"].append(_row(rid, html, "container-rows"))
+                status = state.container_status(cview, now) if cview else "ok"
+                html = frag("container_row", cview, status) if cview else None
+                here, away = (
+                    ("container-ok-rows", "container-rows")
+                    if status == "ok"
+                    else ("container-rows", "container-ok-rows")
+                )
+                out["overview"] += [_row(rid, html, here), _row(rid, None, away)]
             elif table == "check":
                 check = state.checks.get((key[0], key[1], key[2]))
                 html = frag("check_row", check) if check else None

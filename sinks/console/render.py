@@ -236,7 +236,9 @@ def overview_context(state: ConsoleState, now: float, when: Callable[[float], st
     return {
         "alerts": alerts,
         "host_rows": Markup("".join([host_row(v, status, start, now, when) for v, status in hosts])),
-        "container_rows": Markup("".join([container_row(v, status) for v, status in containers])),
+        "container_rows": Markup("".join([container_row(v, s) for v, s in containers if s != "ok"])),
+        "container_ok_rows": Markup("".join([container_row(v, s) for v, s in containers if s == "ok"])),
+        "containers_ok": sum(1 for _, status in containers if status == "ok"),
         "checks": state.sorted_checks(),
         "parts": state.sorted_parts(now),
     }
