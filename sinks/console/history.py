@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -31,8 +32,8 @@ class Read:
     malformed: int = 0
 
 
-async def _pending_since(js: JetStreamContext, subject: str, stream: str, start: float) -> int:
-    """How many messages of `subject` the stream holds from `start` on (0 when none)."""
+async def _subscribe(js: JetStreamContext, subject: str, stream: str, start: float) -> tuple[Any, int]:
+    """An ordered consumer of `subject` from `start`, and how many messages it has to deliver."""
     sub = await js.subscribe(
         subject,
         stream=stream,
@@ -42,39 +43,10 @@ async def _pending_since(js: JetStreamContext, subject: str, stream: str, start:
             opt_start_time=dt.datetime.fromtimestamp(start, dt.UTC),
         ),
     )
-    try:
-        msg = await sub.next_msg(timeout=READ_TIMEOUT)
-        return int(msg.metadata.num_pending) + 1
-    except TimeoutError:
-        return 0
-    finally:
-        await sub.unsubscribe()
-
-
-async def _stream(
-    js: JetStreamContext, subject: str, stream: str, start: float, limit: int
-) -> AsyncIterator[tuple[float, bytes, str]]:
-    sub = await js.subscribe(
-        subject,
-        stream=stream,
-        ordered_consumer=True,
-        config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME,
-            opt_start_time=dt.datetime.fromtimestamp(start, dt.UTC),
-        ),
-    )
-    try:
-        for _ in range(limit):
-            try:
-                msg = await sub.next_msg(timeout=READ_TIMEOUT)
-            except TimeoutError:
-                return
-            stamp = msg.metadata.timestamp
-            yield (stamp.timestamp() if stamp else 0.0), msg.data, msg.subject
-            if msg.metadata.num_pending == 0:
-                return
-    finally:
-        await sub.unsubscribe()
+    info = await sub.consumer_info()
+    # a push consumer may have sent some already: they count as much as those still to come
+    delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+    return sub, int(info.num_pending or 0) + int(delivered or 0)
 
 
 async def read_range(
@@ -95,17 +67,24 @@ async def read_range(
     if limit <= 0:
         return read
     try:
-        total = await _pending_since(js, subject, stream, start)
+        sub, total = await _subscribe(js, subject, stream, start)
         if total > limit:
+            await sub.unsubscribe()
             read.truncated = True
             read.start = end - (end - start) * limit / total
-        async for stored_at, data, msg_subject in _stream(js, subject, stream, read.start, limit):
-            if stored_at > end:
-                break
-            try:
-                read.events.append(any_event.decode(data, msg_subject))
-            except EventDecodeError:
-                read.malformed += 1
+            sub, total = await _subscribe(js, subject, stream, read.start)
+        try:
+            for _ in range(min(total, limit)):
+                msg = await sub.next_msg(timeout=READ_TIMEOUT)
+                stamp = msg.metadata.timestamp
+                if stamp is not None and stamp.timestamp() > end:
+                    break
+                try:
+                    read.events.append(any_event.decode(msg.data, msg.subject))
+                except EventDecodeError:
+                    read.malformed += 1
+        finally:
+            await sub.unsubscribe()
     except (NotFoundError, nats.errors.Error, TimeoutError) as exc:  # no stream yet, or an outage
         log.warning("console: cannot read %s history: %s", family, exc)
     return read
