@@ -17,6 +17,7 @@ from bus.events import Alert, HealthEvent, MetricBatch, Sample
 from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket, provision
 from bus.records import Matcher, Silence, SilenceStore
 from sinks.console.config import ConsoleConfig
+from sinks.console.history import read_range
 from sinks.console.service import ConsoleService
 from tests.conftest import wait_until
 
@@ -167,3 +168,27 @@ async def test_garbage_on_the_bus_is_counted_and_the_console_goes_on(
     await streams.publish(streams.subjects.metrics("web01", "host"), batch)
     await wait_until(lambda: "web01" in console.state.hosts, 10)
     assert console.rejections.total == 1
+
+
+async def test_a_range_holding_too_many_events_is_cut_to_the_limit_and_says_so(streams: Bus) -> None:
+    now = time.time()
+    for n in range(30):
+        samples = [Sample(vocab.CPU_PERCENT, float(n))]
+        batch = MetricBatch(host="web01", agent="host", ts=now, interval=10, samples=samples)
+        await streams.publish(streams.subjects.metrics("web01", "host"), batch)
+    await streams.nc.flush()
+    subject = streams.subjects.family("metrics")
+    js = streams.nc.jetstream()
+    whole = await read_range(js, streams.subjects, "metrics", subject, now - 3600, time.time() + 1, 100)
+    assert [e.samples[0].value for e in whole.events if isinstance(e, MetricBatch)] == [
+        float(n) for n in range(30)
+    ]
+    assert not whole.truncated
+    cut = await read_range(js, streams.subjects, "metrics", subject, now - 3600, time.time() + 1, 10)
+    assert cut.truncated
+    assert cut.start > now - 3600
+    assert len(cut.events) <= 10
+    empty = await read_range(
+        js, streams.subjects, "health", streams.subjects.family("health"), now - 60, now, 10
+    )
+    assert empty.events == []
