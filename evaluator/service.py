@@ -90,6 +90,8 @@ PUBLISH_TIMEOUT = 5.0
 PUBLISH_CONCURRENCY = 1000
 ALERT_SUBJECTS_CACHED = 10_000
 MAX_BACKOFF = 5.0
+# A window of this many inputs means a busy bus: the next window waits batch_window to fill.
+BUSY_WINDOW = 50
 STUCK_AFTER = 60.0  # a loop that has not turned for this long is stuck: the watchdog stops pinging
 
 Input = MetricBatch | HealthEvent | Heartbeat
@@ -228,6 +230,8 @@ class EvaluatorService:
         self._housekeeping_at = -math.inf
         self._last_tick = -math.inf
         self._loop_at = -math.inf  # when the evaluation loop last turned (the watchdog's test)
+        self._window_at = -math.inf  # loop time at which the latest window of inputs began
+        self._window_count = 0  # inputs in it
         self.watchdog = WatchdogStats()
         self._alert_subjects: dict[tuple[str, str, str], str] = {}
         self._lease: Lease
@@ -564,14 +568,20 @@ class EvaluatorService:
             processed: dict[str, Msg] = {}
             changed = self._apply_external(self._now())
             count = self._observe_ready(processed)
-            if count:  # more may follow: fill the window, so snapshots stay cheap
-                window_end = loop.time() + self.batch_window
+            if count:
+                # Busy (a window of many inputs began less than batch_window ago): fill this one,
+                # so that snapshots stay cheap. Otherwise go now: a breach is published at once.
+                busy = self._window_count >= BUSY_WINDOW
+                window_end = self._window_at + self.batch_window if busy else loop.time()
+                self._window_at = max(loop.time(), window_end)
                 while count < self.max_batch and not self._stopping.is_set():
                     remaining = window_end - loop.time()
                     if remaining <= 0:
                         break
                     await self._wait_for_wake(remaining)
                     count += self._observe_ready(processed)
+            if count:
+                self._window_count = count
             changed |= self._tick()
             try:
                 changed |= await self._publish(self.engine.drain())

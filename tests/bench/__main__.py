@@ -115,6 +115,7 @@ PARTS = (
     "postgres",
     "evaluator_engine",
     "evaluator_service",
+    "detection",
     "report",
     "console_metrics",
     "console",
