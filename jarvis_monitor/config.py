@@ -25,7 +25,6 @@ from evaluator.config import EvaluatorConfig, Rule
 from evaluator.watchdog import WatchdogError, watchdog_url
 from sinks.config import SinksConfig
 from sinks.console.config import ConsoleConfigError, resolve_token
-from sinks.console.config import ConsoleConfigError, resolve_token
 from sinks.slack import SlackConfigError, resolve_secrets
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -299,11 +298,6 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] = os.environ
         try:  # the Slack secrets, from their files or the environment, before anything starts
             resolve_secrets(config.sinks.slack, environ)
         except SlackConfigError as exc:
-            raise ConfigError([str(exc)]) from None
-    if config.sinks.console.enabled:
-        try:  # a console on a public address without a token never starts
-            resolve_token(config.sinks.console, environ)
-        except ConsoleConfigError as exc:
             raise ConfigError([str(exc)]) from None
     if config.sinks.console.enabled:
         try:  # a console on a public address without a token never starts

@@ -28,7 +28,6 @@ from jarvis_monitor.commands import EXIT_CONFIG, error
 from jarvis_monitor.config import Config
 from jarvis_monitor.supervisor import DEFAULT_RESTART, Part, RestartPolicy, Service, Supervisor
 from sinks.console.service import CONSOLE_PART, console_service
-from sinks.console.service import CONSOLE_PART, console_service
 from sinks.report.service import ReportSink
 from sinks.slack import SlackSink
 
@@ -98,14 +97,6 @@ def enabled_services(config: Config) -> list[ServiceSpec]:
                 vocab.REPORT_PART,
                 "report sink",
                 lambda bus: ReportSink(config.sinks.report, bus, config.resolved_data_dir()),
-            )
-        )
-    if config.sinks.console.enabled:
-        specs.append(
-            ServiceSpec(
-                CONSOLE_PART,
-                "console",
-                lambda bus: console_service(config.sinks.console, config.sinks.report, bus),
             )
         )
     if config.sinks.console.enabled:
