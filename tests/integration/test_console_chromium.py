@@ -63,10 +63,11 @@ def closed_port() -> int:
     return free_port()  # bound and released: nothing listens there
 
 
-async def _answers(url: str, deadline: float, process: subprocess.Popen[str]) -> None:
+async def _answers(url: str, deadline: float, log: Path, process: subprocess.Popen[str]) -> None:
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
-            assert process.poll() is None, f"up exited: {process.communicate()[1][-3000:]}"
+            if process.poll() is not None:
+                raise AssertionError(f"up exited: {(await asyncio.to_thread(log.read_text))[-3000:]}")
             try:
                 async with session.get(f"{url}/login") as response:
                     if response.status == 200:
@@ -118,16 +119,18 @@ enabled = false
 port = {port}
 """,
     )
-    process = subprocess.Popen(  # noqa: ASYNC220 - a child that runs for the whole test
-        [*CLI, "-c", str(config), "up"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(JARVIS_CONSOLE_TOKEN=TOKEN),
-    )
+    log = tmp_path / "up.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(  # noqa: ASYNC220 - a child that runs for the whole test
+            [*CLI, "-c", str(config), "up"],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            env=cli_env(JARVIS_CONSOLE_TOKEN=TOKEN),
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        await _answers(url, time.monotonic() + START_TIMEOUT, process)
+        await _answers(url, time.monotonic() + START_TIMEOUT, log, process)
         yield Stack(url=url, config=config, process=process, containers=containers)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -136,6 +139,8 @@ port = {port}
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    # one console, running throughout: never a second one failing to bind, never a restart
+    assert "console failed" not in await asyncio.to_thread(log.read_text)
 
 
 @dataclass
