@@ -13,23 +13,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from agents.container import ContainerCollector
-from agents.host import HostCollector
-from agents.postgres import PostgresCollector
-from agents.probe import ProbeCollector
 from agents.runner import AgentRunner, Collector
 from bus import vocabulary as vocab
 from bus.aio import cancel_and_wait
 from bus.connection import Bus, configured_urls, connect
 from bus.jetstream import provision
 from bus.server import EmbeddedServer, ServerError
-from evaluator.service import EvaluatorService
 from jarvis_monitor.commands import EXIT_CONFIG, error
 from jarvis_monitor.config import Config
 from jarvis_monitor.supervisor import DEFAULT_RESTART, Part, RestartPolicy, Service, Supervisor
-from sinks.console.service import CONSOLE_PART, console_service
-from sinks.report.service import ReportSink
-from sinks.slack import SlackSink
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +31,25 @@ SERVER_GONE_GRACE = 0.5  # the same once the embedded server died: nothing they 
 
 
 def make_collector(name: str, config: Config) -> Collector:
-    """The collector of one agent, by its name on the command line."""
+    """The collector of one agent, by its name on the command line.
+
+    Each collector's module is imported here, when asked for: an agent process loads only its own
+    (`agent host` no Docker client, no PostgreSQL driver)."""
     if name == "host":
+        from agents.host import HostCollector
+
         return HostCollector(config.agents.host)
     if name == "container":
+        from agents.container import ContainerCollector
+
         return ContainerCollector(config.agents.container)
     if name == "probe":
+        from agents.probe import ProbeCollector
+
         return ProbeCollector(config.agents.probe)
     if name == "postgres":
+        from agents.postgres import PostgresCollector
+
         return PostgresCollector(config.agents.postgres)
     raise ValueError(f"unknown agent {name!r}; known: {', '.join(AGENT_NAMES)}")
 
@@ -80,6 +83,12 @@ class ServiceSpec:
 
 def enabled_services(config: Config) -> list[ServiceSpec]:
     """The evaluator and the sinks that `up` runs beside the agents."""
+    # imported only by `up`: an agent or a single sink never loads the others
+    from evaluator.service import EvaluatorService
+    from sinks.console.service import CONSOLE_PART, console_service
+    from sinks.report.service import ReportSink
+    from sinks.slack import SlackSink
+
     specs: list[ServiceSpec] = []
     if config.evaluator.enabled:
         specs.append(
