@@ -19,6 +19,8 @@ POSTGRES_AGENT = "postgres"
 EVALUATOR_PART = "evaluator"
 SLACK_PART = "slack"
 REPORT_PART = "report"
+# the web console: it beats as the parts do, but delivers no alert, so it is not in PARTS
+CONSOLE_PART = "console"
 PARTS = (EVALUATOR_PART, SLACK_PART, REPORT_PART)
 
 # Health targets that are not checks of the outside world.

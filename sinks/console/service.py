@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONSOLE_PART = "console"  # its name on the bus, in heartbeats and in `up`'s supervisor
+CONSOLE_PART = vocab.CONSOLE_PART  # its name on the bus, in heartbeats and in `up`'s supervisor
 FAMILIES = ("metrics", "health", "heartbeat", "alerts")
 ACTIVE_POLL = 1.0  # seconds between reads of the evaluator's active alerts
 PRUNE_EVERY = 60.0
