@@ -145,6 +145,12 @@ async def test_agent_command_stops_on_sigterm(
         tmp_path / "a.toml", f'[bus]\nprefix = "{prefix}"\n[agents.host]\ninterval = "1s"\n'
     )
     env = cli_env(JARVIS_NATS_URL=nats_server.url)
+    # the streams are the evaluator's to make (an agent's NATS user may not): made here as it would
+    evaluator = await connect(BusConfig(prefix=prefix), "evaluator", servers=[nats_server.url])
+    try:
+        await provision(evaluator.nc.jetstream(), evaluator.subjects, BusConfig().streams)
+    finally:
+        await evaluator.close()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
