@@ -383,7 +383,8 @@ POSTGRES_METRICS = catalog(
     MetricSpec(
         POSTGRES_STATEMENT_CALLS,
         "calls",
-        "a top statement's calls since pg_stat_statements was last reset (the top N by mean and by total time)",
+        "a top statement's calls since pg_stat_statements was last reset "
+        "(the top N by mean and by total time)",
         _ST,
     ),
     MetricSpec(POSTGRES_STATEMENT_MEAN, "seconds", "a top statement's mean execution time", _ST),
@@ -392,8 +393,8 @@ POSTGRES_METRICS = catalog(
     MetricSpec(
         POSTGRES_STATEMENT_INFO,
         "1",
-        "always 1: names a top statement's query text (`query`, as pg_stat_statements normalises it, with any "
-        "literal left masked, cut to query_length) beside its other labels",
+        "always 1: names a top statement's query text (`query`, as pg_stat_statements normalises it, "
+        "with any literal left masked, cut to query_length) beside its other labels",
         (*_ST, "query"),
     ),
 )

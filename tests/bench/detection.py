@@ -45,6 +45,7 @@ def p99(values: list[float]) -> float:
 async def round_trips(url: str) -> list[float]:
     nc = await nats.connect(url)
     try:
+
         async def echo(msg: Msg) -> None:
             await msg.respond(b"ok")
 
