@@ -9,7 +9,6 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
 import nats.errors
 from aiohttp import web
@@ -30,12 +29,10 @@ from sinks.console.app import Context, make_app
 from sinks.console.config import ConsoleConfig, ConsoleSecrets, resolve_token
 from sinks.console.history import Read, read_range
 from sinks.console.live import Hub
+from sinks.console.prom import MetricsExporter
 from sinks.console.render import Renderer
 from sinks.console.state import ConsoleState, Limits
 from sinks.report.config import ReportSinkConfig
-
-if TYPE_CHECKING:
-    from sinks.console.app import Exporter
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +45,6 @@ KV_RETRY = 2.0
 # whose health events are service checks, read back from the start of the day at start
 CHECK_AGENTS = (vocab.PROBE_AGENT, vocab.POSTGRES_AGENT)
 ConsoleEvent = MetricBatch | HealthEvent | Heartbeat | Alert
-
-
-def make_exporter() -> Exporter | None:
-    """The /metrics exporter (sinks/console/prom.py), or None while it is not there."""
-    try:
-        from sinks.console.prom import MetricsExporter
-    except ImportError:
-        return None
-    return MetricsExporter()
 
 
 class ConsoleService:
@@ -87,7 +75,7 @@ class ConsoleService:
         self.state = ConsoleState(limits, sla=dict(sla or {}), zone=zone)
         self.renderer = Renderer(zone)
         self.hub = Hub(self.state, self.renderer, clock=clock)
-        self.exporter = make_exporter()
+        self.exporter = MetricsExporter()
         self.context = Context(
             config=config,
             secrets=self.secrets,
@@ -190,11 +178,10 @@ class ConsoleService:
     def observe(self, event: ConsoleEvent) -> None:
         """One event into the model and the exporter; the pages hear of it within `coalesce`."""
         self.state.observe(event)
-        if self.exporter is not None:
-            try:
-                self.exporter.observe(event)
-            except Exception:  # the exporter's bug must not stop the pages
-                log.exception("console: the /metrics exporter failed on an event")
+        try:
+            self.exporter.observe(event)
+        except Exception:  # the exporter's bug must not stop the pages
+            log.exception("console: the /metrics exporter failed on an event")
         self.hub.changed()
 
     async def _backfill(self) -> None:
@@ -319,6 +306,7 @@ class ConsoleService:
             if active is not None:
                 before = self.state.active
                 self.state.set_active(active)
+                self.exporter.set_active(active)  # ALERTS of what fired before the console started
                 if self.state.active is not before:
                     self.hub.changed()
             await asyncio.sleep(ACTIVE_POLL)
