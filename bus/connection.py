@@ -20,7 +20,7 @@ from bus.aio import Backoff
 from bus.config import DEFAULT_URL, BusConfig, validate_url
 from bus.events import Event, encode
 from bus.redact import redact_url
-from bus.subjects import Subjects
+from bus.subjects import Subjects, validate_prefix
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,12 @@ async def connect(
     """
     urls = list(servers) if servers else server_urls(config, environ)
     creds = resolve_credentials(config, environ)
+    # the environment names the inbox beside the user, so one file serves every part (deploy/compose.yaml)
+    inbox = environ.get("JARVIS_NATS_INBOX_PREFIX", "").strip() or config.inbox_prefix
+    try:
+        validate_prefix(inbox)
+    except ValueError:
+        raise BusConfigError(f"JARVIS_NATS_INBOX_PREFIX: {inbox!r} is not a subject prefix") from None
     cap = config.max_reconnect_delay.seconds
 
     def pick_server(pool: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
@@ -236,7 +242,7 @@ async def connect(
         "token": creds.token,
         "nkeys_seed": config.nkey_seed_file,
         "user_credentials": config.creds_file,
-        "inbox_prefix": config.inbox_prefix,
+        "inbox_prefix": inbox,
     }
     shown = ", ".join(redact_url(u) for u in urls)
     # nats-py can hang in a failed TLS handshake (nats.py#718): bound the whole first connect.
