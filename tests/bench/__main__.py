@@ -119,6 +119,7 @@ PARTS = (
     "report",
     "console_metrics",
     "console",
+    "agent_rss",
 )
 # Minutes long and needs Debian's Prometheus stack: `python -m tests.bench versus [--quick]`.
 ON_REQUEST = ("versus",)
