@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
 from bus.events import Alert, HealthEvent, MetricBatch
+from sinks.report.intake import Batch, Change, Check, Input, labels_of, narrow
 from sinks.report.sketch import Sketch, decode_sketch, encode_sketch
 
 HOUR = 3600
 STORE_FILE = Path("report") / "rollups.sqlite3"
-# Kept in memory after a write so that the hour being filled is not re-read for every batch.
-_HOT_HOURS = 2
+# Kept in memory after a write so that the hour being filled (and the one before, for late
+# events) is not re-read for every batch.
+_HOT_HOURS = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -57,7 +59,7 @@ def hour_of(ts: float) -> int:
     return int(ts // HOUR) * HOUR
 
 
-@dataclass
+@dataclass(slots=True)
 class Rollup:
     """count, sum, min, max and a percentile sketch of the values of one series in one hour."""
 
@@ -82,7 +84,7 @@ class Rollup:
         self.sketch.merge(other.sketch)
 
 
-@dataclass
+@dataclass(slots=True)
 class HealthRollup:
     """Outcomes of one target's checks in one hour."""
 
@@ -156,8 +158,9 @@ class IngestStats:
     alerts: int = 0
 
 
-SeriesKey = tuple[str, str, str, tuple[tuple[str, str], ...]]
+SeriesKey = tuple[str, str, str, bytes]  # host, agent, metric, labels as sent (raw JSON)
 TargetKey = tuple[str, str, str]
+Event = MetricBatch | HealthEvent | Alert | Input
 
 
 class RollupStore:
@@ -170,8 +173,11 @@ class RollupStore:
         health_gap: float = 300.0,
         restart_events: Sequence[str] = ("start",),
         readonly: bool = False,
+        metrics: Collection[str] | None = None,
     ) -> None:
+        """`metrics`: the only metric names kept (the ones the report reads), or None for all."""
         self.path = path
+        self.metrics = None if metrics is None else frozenset(metrics)
         if readonly:
             self._db = sqlite3.connect(
                 f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
@@ -190,6 +196,7 @@ class RollupStore:
         self.stats = IngestStats()
         self._series: dict[SeriesKey, int] = {}
         self._hot: dict[tuple[int, int], Rollup] = {}
+        self._hot_health: dict[tuple[TargetKey, int], HealthRollup] = {}
         self._last: dict[TargetKey, tuple[str, float] | None] = {}
 
     def close(self) -> None:
@@ -206,9 +213,7 @@ class RollupStore:
         """The last stream sequence ingested, per stream."""
         return dict(self._db.execute("SELECT stream, seq FROM consumed").fetchall())
 
-    def ingest(
-        self, events: Iterable[MetricBatch | HealthEvent | Alert], positions: Mapping[str, int] | None = None
-    ) -> None:
+    def ingest(self, events: Iterable[Event], positions: Mapping[str, int] | None = None) -> None:
         """Add `events` (in stream order) and record `positions` in one transaction."""
         metrics: dict[tuple[int, int], Rollup] = {}
         health: dict[tuple[TargetKey, int], HealthRollup] = {}
@@ -216,12 +221,13 @@ class RollupStore:
         counts = IngestStats()
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for event in events:
-                if isinstance(event, MetricBatch):
+            for whole in events:
+                event = narrow(whole) if isinstance(whole, MetricBatch | HealthEvent | Alert) else whole
+                if isinstance(event, Batch):
                     self._add_batch(event, metrics)
                     counts.metric_batches += 1
                     counts.samples += len(event.samples)
-                elif isinstance(event, HealthEvent):
+                elif isinstance(event, Check):
                     self._add_health(event, health)
                     changed.add((event.host, event.agent, event.target))
                     counts.health_events += 1
@@ -239,19 +245,25 @@ class RollupStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             # the caches may hold what was just rolled back
-            self._series.clear()
-            self._hot.clear()
-            self._last.clear()
+            self._forget()
             raise
         for name in ("samples", "metric_batches", "health_events", "alerts"):
             setattr(self.stats, name, getattr(self.stats, name) + getattr(counts, name))
+
+    def _forget(self) -> None:
+        """Drop the caches: they may hold what a rollback undid."""
+        self._series.clear()
+        self._hot.clear()
+        self._hot_health.clear()
+        self._last.clear()
 
     def _series_id(self, key: SeriesKey) -> int:
         found = self._series.get(key)
         if found is not None:
             return found
-        host, agent, metric, labels = key
-        encoded = _labels_encoder.encode(dict(labels)).decode()
+        host, agent, metric, raw = key
+        # the same label set sent in another key order is the same series
+        encoded = _labels_encoder.encode(labels_of(msgspec.Raw(raw))).decode()
         self._db.execute(
             "INSERT OR IGNORE INTO series (host, agent, metric, labels) VALUES (?, ?, ?, ?)",
             (host, agent, metric, encoded),
@@ -263,11 +275,17 @@ class RollupStore:
         self._series[key] = series_id
         return int(series_id)
 
-    def _add_batch(self, batch: MetricBatch, into: dict[tuple[int, int], Rollup]) -> None:
+    def _add_batch(self, batch: Batch, into: dict[tuple[int, int], Rollup]) -> None:
         hour = hour_of(batch.ts)
+        host, agent, keep, series = batch.host, batch.agent, self.metrics, self._series
         for sample in batch.samples:
-            labels = tuple(sorted(sample.labels.items())) if sample.labels else ()
-            key = (self._series_id((batch.host, batch.agent, sample.name, labels)), hour)
+            if keep is not None and sample.name not in keep:
+                continue
+            found = (host, agent, sample.name, bytes(sample.labels))
+            series_id = series.get(found)
+            if series_id is None:
+                series_id = self._series_id(found)
+            key = (series_id, hour)
             rollup = into.get(key)
             if rollup is None:
                 rollup = into[key] = Rollup()
@@ -303,7 +321,7 @@ class RollupStore:
             self._last[target] = (row[0], row[1]) if row else None
         return self._last[target]
 
-    def _add_health(self, event: HealthEvent, into: dict[tuple[TargetKey, int], HealthRollup]) -> None:
+    def _add_health(self, event: Check, into: dict[tuple[TargetKey, int], HealthRollup]) -> None:
         target = (event.host, event.agent, event.target)
 
         def at(hour: int) -> HealthRollup:
@@ -343,17 +361,11 @@ class RollupStore:
         self, pending: dict[tuple[TargetKey, int], HealthRollup], changed: set[TargetKey]
     ) -> None:
         rows = []
-        for (target, hour), rollup in pending.items():
-            row = self._db.execute(
-                "SELECT up, down, unknown, healthy_seconds, unhealthy_seconds, restarts, latency_sketch "
-                "FROM health_hour WHERE host = ? AND agent = ? AND target = ? AND hour = ?",
-                (*target, hour),
-            ).fetchone()
-            if row is not None:
-                up, down, unknown, healthy, unhealthy, restarts, latency = row
-                rollup.merge(
-                    HealthRollup(up, down, unknown, healthy, unhealthy, restarts, decode_sketch(latency))
-                )
+        for key, delta in pending.items():
+            target, hour = key
+            rollup = self._hot_health.get(key) or self._load_health(key)
+            rollup.merge(delta)
+            self._hot_health[key] = rollup
             rows.append(
                 (
                     *target,
@@ -372,8 +384,24 @@ class RollupStore:
         )
         last_rows = [(*t, *last) for t in changed if (last := self._last.get(t)) is not None]
         self._db.executemany("INSERT OR REPLACE INTO health_last VALUES (?, ?, ?, ?, ?)", last_rows)
+        if pending:
+            newest = max(hour for _, hour in pending)
+            for stale in [key for key in self._hot_health if key[1] < newest - _HOT_HOURS * HOUR]:
+                del self._hot_health[stale]
 
-    def _add_alert(self, alert: Alert) -> None:
+    def _load_health(self, key: tuple[TargetKey, int]) -> HealthRollup:
+        (host, agent, target), hour = key
+        row = self._db.execute(
+            "SELECT up, down, unknown, healthy_seconds, unhealthy_seconds, restarts, latency_sketch "
+            "FROM health_hour WHERE host = ? AND agent = ? AND target = ? AND hour = ?",
+            (host, agent, target, hour),
+        ).fetchone()
+        if row is None:
+            return HealthRollup()
+        up, down, unknown, healthy, unhealthy, restarts, latency = row
+        return HealthRollup(up, down, unknown, healthy, unhealthy, restarts, decode_sketch(latency))
+
+    def _add_alert(self, alert: Change) -> None:
         if alert.status == "resolved":
             # Only what fired is an incident: evaluators older than `inactive` sent "resolved" for
             # pending series that never fired, and the stream still holds their firing otherwise.
@@ -414,9 +442,7 @@ class RollupStore:
             self._db.execute("ROLLBACK")
             raise
         finally:
-            self._series.clear()
-            self._hot.clear()
-            self._last.clear()
+            self._forget()
         return deleted
 
     # -- reading -------------------------------------------------------------------------------

@@ -23,23 +23,19 @@ from bus import deadletter
 from bus import vocabulary as vocab
 from bus.aio import Backoff, cancel_and_wait, wait_unless
 from bus.connection import Bus
-from bus.events import Alert, EventDecodeError, HealthEvent, MetricBatch, any_event
 from bus.heartbeat import beat
 from bus.jetstream import stream_name
+from sinks.report import intake
 from sinks.report.config import WEEKDAYS, ReportSinkConfig
-from sinks.report.model import PeriodKind, make_period
+from sinks.report.model import METRICS_READ, PeriodKind, make_period
 from sinks.report.render import REPORTS_DIR, produce, prune_reports
 from sinks.report.rollups import STORE_FILE, RollupStore
 
 log = logging.getLogger(__name__)
 
 # What each stream's consumer accepts; anything else on it is counted as malformed.
-FAMILIES: dict[str, type[MetricBatch] | type[HealthEvent] | type[Alert]] = {
-    "metrics": MetricBatch,
-    "health": HealthEvent,
-    "alerts": Alert,
-}
-ReportEvent = MetricBatch | HealthEvent | Alert
+FAMILIES = intake.EXPECTED
+ReportEvent = intake.Input
 FETCH_TIMEOUT = 1.0
 ACK_WAIT = 60.0
 STOP_GRACE = 5.0
@@ -131,6 +127,7 @@ class ReportSink:
                 self.store_path,
                 health_gap=self.config.health_gap.seconds,
                 restart_events=self.config.restart_events,
+                metrics=METRICS_READ,  # the rest of a batch is skipped: no report reads it
             )
         return self.store
 
@@ -232,7 +229,6 @@ class ReportSink:
     ) -> tuple[list[tuple[ReportEvent, int]], int]:
         """The batch's new events with their stream sequences, and the batch's last sequence;
         messages at or before `done` (in the store already) and bad payloads are counted and skipped."""
-        expected = FAMILIES[family]
         events: list[tuple[ReportEvent, int]] = []
         last = done
         for msg in messages:
@@ -242,16 +238,9 @@ class ReportSink:
                 continue
             last = max(last, seq)
             try:
-                event = any_event.decode(msg.data, msg.subject)
-            except EventDecodeError as exc:
+                events.append((intake.decode(family, msg.data, msg.subject), seq))
+            except intake.Refused as exc:
                 self._malformed(msg, seq, exc.reason)
-                continue
-            if not isinstance(event, expected):
-                self._malformed(
-                    msg, seq, f"a {type(event).__name__} on this stream, expected {expected.__name__}"
-                )
-                continue
-            events.append((event, seq))
         return events, last
 
     def _malformed(self, msg: Msg, seq: int, reason: str) -> None:

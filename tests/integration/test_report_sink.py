@@ -23,6 +23,7 @@ from bus.server import EmbeddedServer
 from jarvis_monitor import report_cli
 from jarvis_monitor.config import Config
 from sinks.report.config import ReportSinkConfig
+from sinks.report.intake import Batch
 from sinks.report.rollups import STORE_FILE, RollupStore
 from sinks.report.service import ReportSink
 from tests.conftest import wait_until
@@ -266,10 +267,10 @@ async def test_an_event_the_store_cannot_take_is_rejected_and_the_rest_kept_once
     armed, disk_full = [False], [disk_fails_next]
 
     def choke_on_minute_7(batch: Sequence[ReportEvent], positions: Any = None) -> None:
-        if any(isinstance(e, MetricBatch) and e.ts == T0 + 7 * 60 for e in batch):
+        if any(isinstance(e, Batch) and e.ts == T0 + 7 * 60 for e in batch):
             armed[0] = True
             raise ValueError("a bug")
-        later = any(isinstance(e, MetricBatch) and e.ts > T0 + 7 * 60 for e in batch)
+        later = any(isinstance(e, Batch) and e.ts > T0 + 7 * 60 for e in batch)
         if armed[0] and disk_full[0] and later:  # the first event after the bad one, event by event
             disk_full[0] = False
             raise sqlite3.OperationalError("database or disk is full")
