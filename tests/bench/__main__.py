@@ -117,6 +117,7 @@ PARTS = (
     "evaluator_service",
     "detection",
     "report",
+    "report_fanin",
     "console_metrics",
     "console",
     "agent_rss",
