@@ -422,8 +422,8 @@ class Engine:
             "status": series.status,
             "detail": series.detail,
         }
-        if status == "firing":
-            starts_at, ends_at = series.fired_at, None
+        if status == "firing":  # a health check flapping before any outage lasted its `for`
+            starts_at, ends_at = series.fired_at or series.active_at, None
         elif status == "pending":
             starts_at, ends_at = series.active_at, None
         elif status == "resolved":
@@ -465,8 +465,9 @@ class Engine:
         return self._now_alert(rule, series, now)
 
     def _now_alert(self, rule: CompiledRule, series: Series, now: float) -> Alert:
-        """A series that has fired, as an incident: firing now, or resolved since it last fired."""
-        status = "firing" if series.state == FIRING else "resolved"
+        """A series as an incident: firing now (or flapping: the flapping is the incident, whichever
+        state the series is in this moment), or resolved since it last fired."""
+        status = "firing" if series.state == FIRING or series.flapping else "resolved"
         return self._alert(rule, series, status, now, series.state)
 
     def acked(self, fingerprint: str) -> bool:

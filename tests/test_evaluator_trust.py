@@ -312,3 +312,13 @@ def test_a_warning_after_a_quiet_spell_still_waits_group_wait_for_its_siblings()
     warning = next(a for a in driver.alerts if a.rule == "memory_usage_high" and a.status == "firing")
     (note,) = [n for n in driver.notifications if n.status == "firing"]
     assert note.ts == warning.starts_at + 30
+
+
+def test_a_flapping_alert_is_told_as_an_ongoing_incident_even_while_the_check_is_up() -> None:
+    driver = Driver(EvaluatorConfig())
+    t = flapping_check(driver, 3)  # ends with the check up
+    driver.at(t + 30)
+    (note,) = [n for n in driver.notifications if any(a.rule == "service_down" for a in n.alerts)]
+    (alert,) = note.alerts
+    assert (note.status, alert.status, alert.flapping) == ("firing", "firing", True)
+    assert alert.starts_at > 0
