@@ -67,7 +67,11 @@ class Dispatcher:
         pinned = group.alerts.get(alert.fingerprint)
         if not force and alert.flapping and pinned is not None and pinned.flapping:
             return missing  # flapping: notified once, quiet until stable
-        urgent = is_urgent(route, alert.labels)
+        # A critical that starts, or ends after a while: urgent. One that ends within twice group_wait
+        # of firing may be the first blip of a flap: group_interval batches it, as any alert's.
+        lasted = (alert.ends_at or now) - alert.starts_at
+        brief = alert.status == "resolved" and lasted < 2 * route.group_wait.seconds
+        urgent = is_urgent(route, alert.labels) and not brief
         if not group.alerts and (group.flushed_at is None or not urgent):
             # a new incident of the group: group_wait batches its siblings, as in a new group
             self._schedule(group, now + route.group_wait.seconds)

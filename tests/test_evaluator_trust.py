@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bus.events import Alert, Notification
 from bus.units import Duration
-from evaluator.config import EvaluatorConfig, FlappingConfig, Rule, RuleTuning
+from evaluator.config import DefaultRoute, EvaluatorConfig, FlappingConfig, Rule, RuleTuning
 from evaluator.testing import Driver, health, heartbeat, metrics, only_rules
 from sinks.report.rollups import RollupStore
 
@@ -322,3 +322,25 @@ def test_a_flapping_alert_is_told_as_an_ongoing_incident_even_while_the_check_is
     (alert,) = note.alerts
     assert (note.status, alert.status, alert.flapping) == ("firing", "firing", True)
     assert alert.starts_at > 0
+
+
+def test_a_critical_that_resolves_after_a_while_is_told_at_once_a_blip_waits_group_interval() -> None:
+    """The database back after two minutes: resolved at once. Back after 10 s (perhaps the first
+    blip of a flap): the resolve waits group_interval, so a flap that follows is told once."""
+    config = EvaluatorConfig(
+        flapping=FlappingConfig(enabled=False), default_route=DefaultRoute(group_wait=Duration(10))
+    )
+    driver = Driver(config)
+    t = outage(driver, 0, 180)
+    t = outage(driver, t, 60, "ok")
+    resolved = [n for n in driver.notifications if n.status == "resolved"]
+    assert resolved
+    assert resolved[0].ts - resolved[0].alerts[0].ends_at <= 10  # type: ignore[operator]
+    driver.take()
+    t = outage(driver, t + 600, 70)
+    t = outage(driver, t, 40, "ok")
+    notes = [n.status for n in driver.notifications]
+    assert notes[0] == "firing"
+    ended = next(a.ends_at for a in driver.alerts if a.status == "resolved")
+    late = [n for n in driver.notifications if n.status == "resolved"]
+    assert not late or late[0].ts - ended >= 20  # type: ignore[operator]
