@@ -152,11 +152,23 @@ class Engine:
         """Evaluate one event against every rule that can match it."""
         self.stats.events += 1
         if isinstance(event, MetricBatch):
+            self._alive(event.host, event.agent, now)
             self._observe_metrics(event, now)
         elif isinstance(event, HealthEvent):
+            self._alive(event.host, event.agent, now)
             self._observe_health(event, now)
         elif isinstance(event, Heartbeat):
             self._observe_heartbeat(event, now)
+
+    def _alive(self, host: str, agent: str, now: float) -> None:
+        """An agent's batch or check proves it alive as its heartbeat does: after an outage its
+        buffered metrics may be read before its buffered heartbeats, and must not look like silence."""
+        key: SeriesKey = (host, agent, ())
+        for rule in self._heartbeat_rules:
+            series = self._states[rule.name].get(key)
+            if series is not None and series.state != FIRING and now > series.last_seen:
+                series.last_seen = now
+                self._reschedule(rule, series)
 
     def _observe_metrics(self, batch: MetricBatch, now: float) -> None:
         index = self._metric_index

@@ -344,3 +344,14 @@ def test_a_critical_that_resolves_after_a_while_is_told_at_once_a_blip_waits_gro
     ended = next(a.ends_at for a in driver.alerts if a.status == "resolved")
     late = [n for n in driver.notifications if n.status == "resolved"]
     assert not late or late[0].ts - ended >= 20  # type: ignore[operator]
+
+
+def test_an_agents_metrics_read_before_its_buffered_heartbeats_are_no_silence() -> None:
+    driver = Driver(EvaluatorConfig())
+    driver.at(0, heartbeat("web01", interval=2))
+    for t in (2, 4, 6, 8, 10):  # after an outage: the metrics batches come first
+        driver.at(t, metrics("web01", {"cpu.percent": 10}, interval=2))
+    driver.at(10.5, *(heartbeat("web01", interval=2) for _ in range(5)))
+    assert [a for a in driver.alerts if a.rule == "agent_down"] == []
+    driver.at(17)  # nothing at all for 3 intervals: down
+    assert [a.status for a in driver.alerts if a.rule == "agent_down"] == ["firing"]
