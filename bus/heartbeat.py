@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Mapping
 
@@ -11,8 +10,6 @@ from bus.aio import wait_unless
 from bus.connection import Bus
 from bus.events import Heartbeat
 from bus.limits import MAX_LABELS
-
-log = logging.getLogger(__name__)
 
 PART_INTERVAL = 10.0  # seconds between a part's heartbeats
 VERSION = "jarvis-monitor"

@@ -5,6 +5,7 @@ too big for max_payload is delivered in parts that each fit."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -81,8 +82,6 @@ async def dead_letters(bus: Bus) -> list[deadletter.DeadLetter]:
 
 
 def breach(host: str) -> MetricBatch:
-    import time
-
     return MetricBatch(
         host=host,
         agent="host",
