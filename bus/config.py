@@ -14,6 +14,9 @@ from bus.subjects import validate_prefix
 from bus.units import Duration
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
+# JetStream's own bounds on a stream's replicas.
+MIN_REPLICAS = 1
+MAX_REPLICAS = 5
 URL_SCHEMES = ("nats", "tls", "ws", "wss")
 
 
@@ -185,6 +188,14 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     streams: Annotated[StreamsConfig, Meta(description="JetStream retention per subject family")] = (
         StreamsConfig()
     )
+    replicas: Annotated[
+        int,
+        Meta(
+            description="copies of every stream and KV bucket: 1 on a single server, 3 on a 3-node "
+            "cluster (deploy/nats-cluster/); at most 5 and at most the cluster's JetStream servers",
+            examples=[3],
+        ),
+    ] = 1
 
     def __post_init__(self) -> None:
         validate_prefix(self.prefix)
@@ -202,3 +213,8 @@ class BusConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
                 raise ValueError(f"servers: {exc}") from None
         if self.password_file and not self.user:
             raise ValueError("password_file needs user")
+        if not MIN_REPLICAS <= self.replicas <= MAX_REPLICAS:
+            raise ValueError(
+                f"replicas: {self.replicas} is not a replica count: JetStream keeps {MIN_REPLICAS} to "
+                f"{MAX_REPLICAS} copies; set 1 for a single server, 3 for a 3-node cluster"
+            )

@@ -136,6 +136,8 @@ class Bus:
     subjects: Subjects
     name: str
     stats: PublishStats = field(default_factory=PublishStats)
+    # bus.replicas, for the parts that make a stream or bucket the evaluator has not made yet
+    replicas: int = 1
 
     async def publish(self, subject: str, event: Event) -> bool:
         """Publish `event`; a full reconnect buffer or a closed connection is counted, not raised."""
@@ -263,4 +265,4 @@ async def connect(
             continue
         nc.options["max_reconnect_attempts"] = -1
         log.info("%s: connected to %s", name, shown)
-        return Bus(nc=nc, subjects=Subjects(config.prefix), name=name)
+        return Bus(nc=nc, subjects=Subjects(config.prefix), name=name, replicas=config.replicas)

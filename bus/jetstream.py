@@ -10,7 +10,7 @@ from typing import Literal
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from bus.config import StreamsConfig
 from bus.subjects import Subjects
@@ -26,6 +26,36 @@ KV_BUCKETS = {
 }
 
 Change = Literal["created", "updated", "unchanged"]
+
+
+# The server's codes for more replicas than it can place: not clustered, or too few servers.
+_NOT_CLUSTERED = 10074
+_INSUFFICIENT_RESOURCES = 10023
+
+
+class ReplicasError(RuntimeError):
+    """A stream or bucket cannot have the configured number of replicas on this server or cluster."""
+
+    def __init__(self, names: list[str], replicas: int, where: str) -> None:
+        super().__init__(
+            f"{', '.join(names)}: cannot keep {replicas} replicas: {where}; set bus.replicas = 1 for a "
+            "single server, or at most the number of servers of the cluster (3 for deploy/nats-cluster/)"
+        )
+        self.names = names
+        self.replicas = replicas
+        self.where = where
+
+
+def _replicas_error(name: str, replicas: int, exc: APIError) -> ReplicasError | None:
+    """The error that says what to set, when `exc` is the server refusing `replicas` copies."""
+    if replicas <= 1 or exc.err_code not in (_NOT_CLUSTERED, _INSUFFICIENT_RESOURCES):
+        return None
+    where = (
+        "this nats-server is not part of a cluster"
+        if exc.err_code == _NOT_CLUSTERED
+        else "the cluster has fewer JetStream servers up than that"
+    )
+    return ReplicasError([name], replicas, f"{where} ({exc.description})")
 
 
 class ProvisioningError(RuntimeError):
@@ -55,7 +85,9 @@ def bucket_name(prefix: str, bucket: str) -> str:
     return f"{_base(prefix)}_{bucket}"
 
 
-def stream_config(subjects: Subjects, streams: StreamsConfig, family: str) -> StreamConfig:
+def stream_config(
+    subjects: Subjects, streams: StreamsConfig, family: str, *, replicas: int = 1
+) -> StreamConfig:
     """The desired config of one family's stream."""
     limits = getattr(streams, family)
     window = streams.duplicate_window.seconds if family in DEDUPLICATED else 120.0
@@ -69,6 +101,7 @@ def stream_config(subjects: Subjects, streams: StreamsConfig, family: str) -> St
         max_bytes=streams.max_bytes(family),
         # the server refuses a duplicate window longer than the stream keeps messages
         duplicate_window=min(window, limits.max_age.seconds) if limits.max_age.seconds else window,
+        num_replicas=replicas,
     )
 
 
@@ -80,7 +113,7 @@ DEADLETTER_MAX_AGE = 30 * 86400.0
 DEADLETTER_PER_SUBJECT = 10_000
 
 
-def deadletter_stream_config(subjects: Subjects) -> StreamConfig:
+def deadletter_stream_config(subjects: Subjects, *, replicas: int = 1) -> StreamConfig:
     """The stream keeping what consumers gave up on (bus/deadletter.py), for a person to replay."""
     return StreamConfig(
         name=stream_name(subjects.prefix, DEADLETTER_FAMILY),
@@ -92,6 +125,7 @@ def deadletter_stream_config(subjects: Subjects) -> StreamConfig:
         max_bytes=-1,
         max_msgs_per_subject=DEADLETTER_PER_SUBJECT,
         duplicate_window=120.0,
+        num_replicas=replicas,
     )
 
 
@@ -102,79 +136,127 @@ def _differs(current: StreamConfig, desired: StreamConfig) -> bool:
         or (current.max_bytes or -1) != desired.max_bytes
         or round(current.duplicate_window or 0) != round(desired.duplicate_window)
         or (current.max_msgs_per_subject or -1) != (desired.max_msgs_per_subject or -1)
+        or (current.num_replicas or 1) != (desired.num_replicas or 1)
     )
 
 
 async def ensure_stream(js: JetStreamContext, desired: StreamConfig) -> Change:
-    """Create the stream, or update it when its limits differ from `desired`."""
+    """Create the stream, or update it when its limits or replicas differ from `desired`.
+
+    Raises ReplicasError when the server cannot keep `desired.num_replicas` copies.
+    """
     assert desired.name is not None
+    replicas = desired.num_replicas or 1
     try:
         info = await js.stream_info(desired.name)
     except NotFoundError:
-        await js.add_stream(desired)
-        log.info("created stream %s", desired.name)
+        try:
+            await js.add_stream(desired)
+        except APIError as exc:
+            raise _replicas_error(f"stream {desired.name}", replicas, exc) or exc from None
+        log.info("created stream %s (%d replicas)", desired.name, replicas)
         return "created"
     if not _differs(info.config, desired):
         return "unchanged"
-    await js.update_stream(desired)
+    try:  # NATS scales a stream's replicas up or down in place
+        await js.update_stream(desired)
+    except APIError as exc:
+        raise _replicas_error(f"stream {desired.name}", replicas, exc) or exc from None
     log.info(
-        "updated stream %s (max_age %.0fs, max_bytes %s)",
+        "updated stream %s (max_age %.0fs, max_bytes %s, %d replicas)",
         desired.name,
         desired.max_age or 0,
         desired.max_bytes,
+        replicas,
     )
     return "updated"
 
 
-async def ensure_bucket(js: JetStreamContext, name: str, description: str) -> Change:
-    """Create a KV bucket if it does not exist yet, read through direct gets.
+async def ensure_bucket(
+    js: JetStreamContext, name: str, description: str, *, replicas: int | None = None
+) -> Change:
+    """Create a KV bucket if it does not exist yet, read through direct gets, with `replicas` copies.
 
     A direct get names its key in the request subject, so the NATS permissions can let a user
-    read single keys of a bucket and not the others (deploy/nats-server.conf).
+    read single keys of a bucket and not the others (deploy/nats-server.conf). `replicas` None
+    creates one copy and leaves an existing bucket's count alone (a caller that does not know it).
     """
     try:
         info = await js.stream_info(f"KV_{name}")
     except NotFoundError:
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=name, description=description, history=5, storage=StorageType.FILE, direct=True
+        try:
+            await js.create_key_value(
+                KeyValueConfig(
+                    bucket=name,
+                    description=description,
+                    history=5,
+                    storage=StorageType.FILE,
+                    direct=True,
+                    replicas=replicas or 1,
+                )
             )
-        )
-        log.info("created KV bucket %s", name)
+        except APIError as exc:
+            raise _replicas_error(f"KV bucket {name}", replicas or 1, exc) or exc from None
+        log.info("created KV bucket %s (%d replicas)", name, replicas or 1)
         return "created"
-    if info.config.allow_direct:
+    count = replicas if replicas is not None else info.config.num_replicas
+    wanted = info.config.evolve(allow_direct=True, num_replicas=count)
+    if info.config.allow_direct and (info.config.num_replicas or 1) == (wanted.num_replicas or 1):
         return "unchanged"
-    try:  # a bucket made by an earlier version; a user not allowed to update it reads it as before
-        await js.update_stream(info.config.evolve(allow_direct=True))
+    try:  # made by an earlier version or for another replica count; a user not allowed to update
+        # it reads it as before
+        await js.update_stream(wanted)
+    except APIError as exc:
+        error = _replicas_error(f"KV bucket {name}", wanted.num_replicas or 1, exc)
+        if error is not None:
+            raise error from None
+        _not_updated(name, exc)
+        return "unchanged"
     except (nats.errors.Error, TimeoutError) as exc:
-        log.warning(
-            "KV bucket %s: cannot turn on direct gets (%s); users allowed single keys only "
-            "cannot read it until the evaluator has",
-            name,
-            exc,
-        )
+        _not_updated(name, exc)
         return "unchanged"
-    log.info("KV bucket %s: direct gets turned on", name)
+    log.info("KV bucket %s: direct gets on, %d replicas", name, wanted.num_replicas or 1)
     return "updated"
 
 
-async def provision(js: JetStreamContext, subjects: Subjects, streams: StreamsConfig) -> dict[str, Change]:
-    """Make the streams and buckets match config; safe to run on every start."""
+def _not_updated(name: str, exc: Exception) -> None:
+    log.warning(
+        "KV bucket %s: cannot update it to direct gets and the configured replicas (%s); users "
+        "allowed single keys only cannot read it until the evaluator has",
+        name,
+        exc,
+    )
+
+
+async def provision(
+    js: JetStreamContext, subjects: Subjects, streams: StreamsConfig, *, replicas: int = 1
+) -> dict[str, Change]:
+    """Make the streams and buckets match config, each with `replicas` copies; safe to run on every
+    start."""
     changes: dict[str, Change] = {}
     failures: list[str] = []
-    wanted = [stream_config(subjects, streams, family) for family in FAMILIES]
-    for desired in [*wanted, deadletter_stream_config(subjects)]:
+    refused: list[ReplicasError] = []
+    wanted = [stream_config(subjects, streams, family, replicas=replicas) for family in FAMILIES]
+    for desired in [*wanted, deadletter_stream_config(subjects, replicas=replicas)]:
         assert desired.name is not None
         try:
             changes[desired.name] = await ensure_stream(js, desired)
+        except ReplicasError as exc:
+            refused.append(exc)
         except (nats.errors.Error, TimeoutError) as exc:  # the other streams must still be made
             failures.append(f"stream {desired.name}: {exc}")
     for bucket, description in KV_BUCKETS.items():
         name = bucket_name(subjects.prefix, bucket)
         try:
-            changes[name] = await ensure_bucket(js, name, description)
+            changes[name] = await ensure_bucket(js, name, description, replicas=replicas)
+        except ReplicasError as exc:
+            refused.append(exc)
         except (nats.errors.Error, TimeoutError) as exc:
             failures.append(f"KV bucket {name}: {exc}")
+    # the same refusal of every stream and bucket, said once
+    for where in dict.fromkeys(exc.where for exc in refused):
+        names = [name for exc in refused if exc.where == where for name in exc.names]
+        failures.append(str(ReplicasError(names, replicas, where)))
     if failures:
         raise ProvisioningError(failures)
     return changes

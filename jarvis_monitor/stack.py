@@ -157,7 +157,9 @@ class Shutdown:
 async def provision_streams(bus: Bus, config: Config) -> None:
     """Create or update the streams; a server without JetStream only loses persistence."""
     try:
-        changes = await provision(bus.nc.jetstream(), bus.subjects, config.bus.streams)
+        changes = await provision(
+            bus.nc.jetstream(), bus.subjects, config.bus.streams, replicas=config.bus.replicas
+        )
     except Exception as exc:  # no JetStream, or no permission: core publishing still works
         log.error("JetStream provisioning failed, events will not be persisted: %s", exc)
         return

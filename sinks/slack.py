@@ -368,10 +368,17 @@ class SlackSink:
         backoff = Backoff(0.2, 5.0)
         while True:
             try:
-                await ensure_stream(js, deadletter_stream_config(self.bus.subjects))
+                await ensure_stream(
+                    js, deadletter_stream_config(self.bus.subjects, replicas=self.bus.replicas)
+                )
                 if self.mode == "bot":
                     bucket = bucket_name(self.bus.subjects.prefix, "state")
-                    await ensure_bucket(js, bucket, "evaluator state, and the sinks' Slack threads")
+                    await ensure_bucket(
+                        js,
+                        bucket,
+                        "evaluator state, and the sinks' Slack threads",
+                        replicas=self.bus.replicas,
+                    )
                     self._kv = await js.key_value(bucket)
                 stream = stream_name(self.bus.subjects.prefix, "notifications")
                 await self._ensure_consumer(js, stream)

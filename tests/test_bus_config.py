@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -9,6 +10,8 @@ import pytest
 
 from bus.config import DEFAULT_MAX_BYTES, BusConfig, CappedStreamConfig, StreamsConfig, TLSConfig
 from bus.units import Duration, dec_hook, enc_hook
+from jarvis_monitor.cli import main
+from jarvis_monitor.commands import EXIT_CONFIG
 
 GIB = 1024**3
 
@@ -155,3 +158,25 @@ def test_max_bytes_honours_overrides() -> None:
     assert streams.max_bytes("metrics") == 4 * GIB
     assert streams.max_bytes("health") == -1
     assert streams.max_bytes("heartbeat") == 256 * 1024**2
+
+
+def test_replicas_default_to_one_copy_and_a_cluster_may_ask_for_three() -> None:
+    assert BusConfig().replicas == 1
+    assert load({"replicas": 3}).replicas == 3
+
+
+@pytest.mark.parametrize("count", [0, 6, -1])
+def test_a_replica_count_jetstream_cannot_keep_is_refused_with_what_to_set(count: int) -> None:
+    message = refused({"replicas": count})
+    assert f"replicas: {count} is not a replica count" in message
+    assert "set 1 for a single server, 3 for a 3-node cluster" in message
+
+
+def test_check_config_names_bad_replicas_in_the_bus_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "jarvis.toml"
+    path.write_text("[bus]\nreplicas = 7\n", encoding="utf-8")
+    assert main(["check-config", str(path)]) == EXIT_CONFIG
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("bus: replicas: 7 is not a replica count: JetStream keeps 1 to 5 copies")

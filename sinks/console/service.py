@@ -233,7 +233,7 @@ class ConsoleService:
     async def _open(self, bucket: str) -> KeyValue:
         js = self.bus.nc.jetstream()
         name = bucket_name(self.bus.subjects.prefix, bucket)
-        await ensure_bucket(js, name, KV_BUCKETS[bucket])
+        await ensure_bucket(js, name, KV_BUCKETS[bucket], replicas=self.bus.replicas)
         return await js.key_value(name)
 
     async def _kv(self) -> None:
