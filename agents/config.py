@@ -8,10 +8,10 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from agents.container import ContainerAgentConfig
-from agents.host import HostAgentConfig
-from agents.postgres import PostgresAgentConfig
-from agents.probe import ProbeAgentConfig
+from agents.container_config import ContainerAgentConfig
+from agents.host_config import HostAgentConfig
+from agents.postgres_config import PostgresAgentConfig
+from agents.probe_config import ProbeAgentConfig
 
 
 class AgentsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

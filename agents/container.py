@@ -19,13 +19,13 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any
+from typing import Any
 
 import aiodocker
 import aiohttp
-import msgspec
-from msgspec import Meta
 
+from agents.container_config import RETRY_FIRST
+from agents.container_config import ContainerAgentConfig as ContainerAgentConfig  # re-exported
 from agents.container_events import Deployments, deployed_check, event_check
 from agents.container_follow import LogFollowers
 from agents.container_logs import LogWatchConfig as LogWatchConfig  # re-exported: part of this config
@@ -39,12 +39,11 @@ from agents.container_state import (
 )
 from agents.container_stats import StatsMeter
 from agents.container_streams import StatsStreams
-from agents.runner import AgentConfig, Check, Collection, Emit
+from agents.runner import Check, Collection, Emit
 from bus import vocabulary as vocab
 from bus.aio import Backoff
 from bus.events import Sample
 from bus.redact import redact_text
-from bus.units import Duration
 
 log = logging.getLogger(__name__)
 
@@ -57,46 +56,8 @@ STREAM_FRESH = 3.0  # a streamed reading older than this (the engine sends one a
 # engine stamps StartedAt or its start event. A restart's previous lines are kept out by resume_at.
 START_SLACK = 1.0
 PRIME_DELAY = 0.5  # the first cycle reads stats twice this far apart, so CPU and rates show at once
-RETRY_FIRST = 0.5  # first wait before reconnecting to the engine
 
 METRICS = vocab.CONTAINER_METRICS  # what this agent publishes, declared where the wire lives
-
-
-class ContainerAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    docker_url: Annotated[
-        str | None,
-        Meta(
-            description="Docker engine address; unset: DOCKER_HOST, else the local unix socket",
-            examples=["unix:///var/run/docker.sock"],
-        ),
-    ] = None
-    filter_labels: Annotated[
-        list[str],
-        Meta(
-            description="watch only containers carrying all of these labels (`key` or `key=value`); "
-            "empty: every container",
-            examples=[["com.docker.compose.project=jarvis"]],
-        ),
-    ] = msgspec.field(default_factory=list)
-    concurrency: Annotated[
-        int, Meta(ge=1, le=256, description="Docker API requests (inspect, stats) in flight at once")
-    ] = 64
-    request_timeout: Annotated[
-        Duration, Meta(description="a Docker API request still unanswered after this has failed")
-    ] = Duration(5)
-    retry_max: Annotated[
-        Duration,
-        Meta(description="longest wait between attempts to reach an unreachable Docker engine"),
-    ] = Duration(30)
-    logs: Annotated[LogWatchConfig, Meta(description="log watching")] = LogWatchConfig()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.request_timeout.seconds <= 0:
-            raise ValueError("request_timeout must be more than 0s")
-        if self.retry_max.seconds < RETRY_FIRST:
-            raise ValueError(f"retry_max must be at least {RETRY_FIRST:g}s")
-
 
 # What a Docker engine that is down, restarting or hung raises.
 ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, asyncio.TimeoutError)

@@ -13,47 +13,17 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
 import psutil
-from msgspec import Meta
 
 from agents.blocking import BlockingCalls, StillBlocked
-from agents.runner import AgentConfig, Check, Collection
+from agents.host_config import PSEUDO_FS as PSEUDO_FS  # re-exported: the defaults are read with the agent
+from agents.host_config import VIRTUAL_NICS as VIRTUAL_NICS
+from agents.host_config import HostAgentConfig as HostAgentConfig
+from agents.runner import Check, Collection
 from bus import vocabulary as vocab
 from bus.events import Sample
-
-# File systems that hold no user data; their "usage" would only add noise.
-PSEUDO_FS = (
-    "autofs",
-    "binfmt_misc",
-    "bpf",
-    "cgroup",
-    "cgroup2",
-    "configfs",
-    "debugfs",
-    "devpts",
-    "devtmpfs",
-    "efivarfs",
-    "fusectl",
-    "hugetlbfs",
-    "mqueue",
-    "nsfs",
-    "overlay",
-    "proc",
-    "pstore",
-    "ramfs",
-    "rpc_pipefs",
-    "securityfs",
-    "squashfs",
-    "sysfs",
-    "tmpfs",
-    "tracefs",
-)
-
-# Loopback, and virtual interfaces whose traffic also crosses a real one (Docker, libvirt, CNI).
-VIRTUAL_NICS = ("lo", "veth*", "docker*", "br-*", "virbr*", "cni*", "flannel*", "cali*", "vxlan*")
 
 METRICS = vocab.HOST_METRICS  # what this agent publishes, declared where the wire lives
 DISK_WAIT_CAP = 5.0  # longest wait of one cycle for the mounts' usage, in seconds
@@ -61,27 +31,6 @@ DISK_WAIT_CAP = 5.0  # longest wait of one cycle for the mounts' usage, in secon
 log = logging.getLogger(__name__)
 
 Mount = tuple[str, str, str]  # mount point, device, file system type
-
-
-class HostAgentConfig(AgentConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    per_core: Annotated[bool, Meta(description="also publish cpu.core.percent for every core")] = True
-    mounts: Annotated[
-        list[str],
-        Meta(
-            description="mounts to watch; empty: every real (non-pseudo) file system",
-            examples=[["/", "/var/lib/docker"]],
-        ),
-    ] = msgspec.field(default_factory=list)
-    ignore_fs_types: Annotated[
-        list[str], Meta(description="file system types never watched", examples=[["nfs", "cifs"]])
-    ] = msgspec.field(default_factory=lambda: list(PSEUDO_FS))
-    ignore_interfaces: Annotated[
-        list[str],
-        Meta(
-            description="network interfaces (shell patterns) left out of net.* rates; the defaults "
-            "are loopback and the virtual ones whose traffic the real interface already carries"
-        ),
-    ] = msgspec.field(default_factory=lambda: list(VIRTUAL_NICS))
 
 
 def _busy_and_total(times: Any) -> tuple[float, float]:

@@ -12,17 +12,14 @@ import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Protocol, TypeVar
-
-import msgspec
-from msgspec import Meta
+from typing import Protocol, TypeVar
 
 from agents.blocking import StillBlocked
+from agents.runner_config import AgentConfig as AgentConfig  # re-exported: the agents' configs extend it
 from bus import vocabulary as vocab
 from bus.events import HealthEvent, Heartbeat, LogLine, LogLines, MetricBatch, Sample, Status
 from bus.publisher import Publisher
 from bus.redact import redact_text
-from bus.units import Duration
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,41 +30,6 @@ try:
     VERSION = version("jarvis-monitor")
 except PackageNotFoundError:  # running from a source tree that was never installed
     VERSION = "0+unknown"
-
-
-class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """What every agent's config has."""
-
-    enabled: Annotated[bool, Meta(description="run this agent in `up`")] = True
-    interval: Annotated[Duration, Meta(description="time between collections")] = Duration(10)
-    jitter: Annotated[
-        Duration,
-        Meta(
-            description="random delay up to this before each collection, so hosts do not "
-            "all publish at the same instant"
-        ),
-    ] = Duration(0)
-    warmup: Annotated[
-        Duration,
-        Meta(
-            description="during the first interval after start, collect this often, so a fresh "
-            "start shows on the bus at once; 0s turns it off"
-        ),
-    ] = Duration(1)
-    timeout: Annotated[
-        Duration | None,
-        Meta(
-            description="a collection still running after this is abandoned and reported; "
-            "unset: the interval",
-            examples=["8s"],
-        ),
-    ] = None
-
-    def __post_init__(self) -> None:
-        if self.interval.seconds < 0.1:
-            raise ValueError("interval must be at least 100ms")
-        if self.jitter.seconds >= self.interval.seconds:
-            raise ValueError("jitter must be shorter than interval")
 
 
 class _Overran(Exception):
@@ -158,7 +120,8 @@ class Watcher(Protocol):
 class Schedule:
     """When each cycle is due: every `warmup` during the first interval, then every `interval`.
 
-    Ticks sit at fixed offsets from `start`, so the schedule never drifts. The warm-up makes a
+    Ticks sit at fixed offsets from `start` (or from `first`, the first regular tick, when the
+    schedule is aligned to the wall clock), so the schedule never drifts. The warm-up makes a
     fresh start visible on the bus within a second, and gives CPU and I/O rates a real window
     at once, instead of leaving a new deployment silent for a whole interval.
     """
@@ -166,20 +129,32 @@ class Schedule:
     start: float
     interval: float
     warmup: float = 0.0
+    first: float | None = None  # the first regular tick; None: start + interval
+
+    @classmethod
+    def aligned(cls, start: float, wall: float, interval: float, warmup: float, phase: float) -> Schedule:
+        """A schedule whose regular ticks fall where the wall clock modulo `interval` is `phase`."""
+        ahead = (phase - wall) % interval or interval
+        return cls(start, interval, warmup, first=start + ahead)
+
+    @property
+    def _first(self) -> float:
+        return self.start + self.interval if self.first is None else self.first
 
     @property
     def warmup_ticks(self) -> int:
         """Ticks before the first regular one (including tick 0)."""
         if 0 < self.warmup < self.interval:
-            # whole warm-up steps that fit, so the last one is never closer than a step to `interval`
-            return max(1, math.floor(self.interval / self.warmup + 1e-9))
+            # whole warm-up steps that fit, so the last one is never closer than a step to the
+            # first regular tick
+            return max(1, math.floor((self._first - self.start) / self.warmup + 1e-9))
         return 1
 
     def at(self, tick: int) -> float:
         warm = self.warmup_ticks
         if tick < warm:
             return self.start + tick * self.warmup
-        return self.start + (tick - warm + 1) * self.interval
+        return self._first + (tick - warm) * self.interval
 
     def after(self, tick: int, now: float) -> tuple[int, int]:
         """The tick to run after `tick` finished at `now`, and how many ticks it skips.
@@ -191,7 +166,7 @@ class Schedule:
         while due < warm and self.at(due) < now:
             due += 1
         if due >= warm and self.at(due) < now:
-            due = warm - 1 + math.ceil((now - self.start) / self.interval)
+            due = warm + math.ceil((now - self._first) / self.interval)
         return due, due - tick - 1
 
 
@@ -294,7 +269,11 @@ class AgentRunner:
 
     async def _run_cycles(self) -> None:
         interval = self.config.interval.seconds
-        schedule = Schedule(self.clock(), interval, self.config.warmup.seconds)
+        warmup, phase = self.config.warmup.seconds, self.config.phase
+        if phase is None:
+            schedule = Schedule(self.clock(), interval, warmup)
+        else:
+            schedule = Schedule.aligned(self.clock(), self.wall_clock(), interval, warmup, phase.seconds)
         tick = 0
         while True:
             jittered = self.config.jitter.seconds and tick >= schedule.warmup_ticks

@@ -16,7 +16,7 @@ from bus.records import Matcher as Matcher
 from bus.records import MatchOp as MatchOp
 from bus.records import compile_regex as compile_regex
 from bus.units import Duration
-from evaluator.watchdog import WatchdogConfig
+from evaluator.watchdog_config import WatchdogConfig
 
 CompareOp = Literal[">", ">=", "<", "<=", "==", "!="]
 EventKind = Literal["metrics", "health", "heartbeat"]

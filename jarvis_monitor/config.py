@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from agents.config import AgentsConfig
-from agents.postgres import password_file_problems
+from agents.postgres_config import password_file_problems
 from agents.probe_config import PromQLQuery
 from bus import vocabulary
 from bus.config import BusConfig
@@ -22,10 +22,10 @@ from bus.connection import BusConfigError, resolve_credentials, tls_context
 from bus.server import ServerConfig
 from bus.units import dec_hook
 from evaluator.config import EvaluatorConfig, Rule
-from evaluator.watchdog import WatchdogError, watchdog_url
+from evaluator.watchdog_config import WatchdogError, watchdog_url
 from sinks.config import SinksConfig
 from sinks.console.config import ConsoleConfigError, resolve_token
-from sinks.slack import SlackConfigError, resolve_secrets
+from sinks.slack_config import SlackConfigError, resolve_secrets
 
 S = TypeVar("S", bound=msgspec.Struct)
 

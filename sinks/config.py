@@ -9,7 +9,7 @@ from msgspec import Meta
 
 from sinks.console.config import ConsoleConfig
 from sinks.report.config import ReportSinkConfig
-from sinks.slack import SlackSinkConfig
+from sinks.slack_config import SlackSinkConfig
 
 
 class SinksConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -12,20 +12,30 @@ import pytest
 
 from jarvis_monitor import cli
 
-# What `agent host` never runs. The config structs of every part are still loaded to validate the
-# whole file, and with them (for now) the modules they live in: agents.container (aiodocker),
-# agents.postgres (psycopg) and sinks.slack (slack_sdk); see docs/performance.md, "Light agents".
-NOT_FOR_A_HOST_AGENT = (
+# What no agent runs: the evaluator, the sinks and their libraries.
+NOT_FOR_ANY_AGENT = (
     "evaluator.service",
     "evaluator.engine",
     "evaluator.rules",
+    "evaluator.watchdog",
+    "sinks.slack",
     "sinks.report.service",
     "sinks.report.render",
     "sinks.console.service",
     "sinks.console.app",
+    "slack_sdk",
     "jinja2",
     "sqlite3",
 )
+# Each agent's own module, and the other agents' libraries it never needs. `aiohttp.client` stands for
+# aiohttp itself: nats-py's `import aiohttp` is deferred (bus/deferred.py) and executes nothing.
+AGENTS = {
+    "host": ("agents.host", ("aiohttp.client", "aiodocker", "psycopg", "prometheus_client")),
+    "container": ("agents.container", ("psutil", "psycopg", "prometheus_client")),
+    "probe": ("agents.probe", ("psutil", "psycopg")),
+    "postgres": ("agents.postgres", ("aiohttp.client", "aiodocker", "psutil", "prometheus_client")),
+}
+OTHER_AGENTS = {name: {module for other, (module, _) in AGENTS.items() if other != name} for name in AGENTS}
 
 START_PATH = textwrap.dedent(
     """
@@ -49,12 +59,36 @@ def modules_loaded_by(*argv: str) -> set[str]:
     return set(json.loads(done.stdout))
 
 
-def test_agent_host_imports_no_evaluator_sink_or_other_agent() -> None:
-    loaded = modules_loaded_by("agent", "host")
+@pytest.mark.parametrize("name", sorted(AGENTS))
+def test_an_agent_imports_only_what_it_runs(name: str) -> None:
+    """Loading the whole config and making the collector loads no evaluator, sink or other agent."""
+    own, foreign = AGENTS[name]
+    loaded = modules_loaded_by("agent", name)
 
-    assert "agents.host" in loaded
-    found = sorted(m for m in loaded if m in NOT_FOR_A_HOST_AGENT)
+    assert own in loaded
+    found = sorted(loaded & {*NOT_FOR_ANY_AGENT, *foreign, *OTHER_AGENTS[name]})
     assert found == []
+
+
+DEFERRED = textwrap.dedent(
+    """
+    import sys
+    import bus.connection
+    import nats.aio.transport
+    before = "aiohttp.client" in sys.modules
+    from aiohttp import web
+    import aiohttp
+    print(before, nats.aio.transport.aiohttp.ClientSession is aiohttp.ClientSession, web.Application.__name__)
+    """
+)
+
+
+def test_aiohttp_is_executed_only_when_used_and_then_is_the_real_module() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", DEFERRED], capture_output=True, text=True, timeout=60, check=True
+    )
+
+    assert done.stdout.split() == ["False", "True", "Application"]
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, str | None]:
