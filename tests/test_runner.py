@@ -288,6 +288,35 @@ def test_warmup_ticks_fill_the_first_interval_then_the_regular_grid_takes_over()
     assert schedule.after(3, now=125.0) == (7, 3)
 
 
+def test_an_aligned_schedule_ticks_where_the_wall_clock_modulo_the_interval_is_the_phase() -> None:
+    """Started at wall 1003.5 with phase 2 s on a 5 s interval: ticks at wall 1007, 1012, 1017..."""
+    schedule = Schedule.aligned(start=50.0, wall=1003.5, interval=5.0, warmup=0.0, phase=2.0)
+    walls = [schedule.at(k) - 50.0 + 1003.5 for k in range(4)]
+    assert walls == pytest.approx([1003.5, 1007.0, 1012.0, 1017.0])
+    assert schedule.after(1, now=50.0 + 3.5 + 5.2) == (3, 1)  # an overrun stays on the grid
+
+
+def test_an_aligned_schedule_warms_up_only_until_its_first_regular_tick() -> None:
+    schedule = Schedule.aligned(start=0.0, wall=100.0, interval=10.0, warmup=1.0, phase=3.5)
+    assert [schedule.at(k) for k in range(6)] == pytest.approx([0, 1, 2, 3.5, 13.5, 23.5])
+    on_the_phase = Schedule.aligned(start=0.0, wall=100.0, interval=10.0, warmup=0.0, phase=0.0)
+    assert [on_the_phase.at(k) for k in range(3)] == [0.0, 10.0, 20.0]
+
+
+async def test_a_phase_puts_every_collection_on_the_wall_clock_grid() -> None:
+    config = AgentConfig(warmup=NO_WARMUP, interval=Duration(INTERVAL), phase=Duration(4))
+    _, _, collector = await run_scripted([0.5, 9.9, 0.1], config=config)
+
+    walls = [EPOCH + start for start in collector.starts[1:]]
+    assert [wall % INTERVAL for wall in walls] == pytest.approx([4.0, 4.0])
+    assert collector.starts[0] == T0  # the first collection does not wait for the grid
+
+
+def test_a_phase_as_long_as_the_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="phase must be shorter than interval"):
+        AgentConfig(interval=Duration(5), phase=Duration(5))
+
+
 def test_warmup_longer_than_the_interval_is_no_warmup() -> None:
     assert Schedule(0.0, 10.0, warmup=10.0).warmup_ticks == 1
     assert Schedule(0.0, 10.0, warmup=0.0).at(3) == 30.0

@@ -177,6 +177,7 @@ class ScriptedExporter:
         self._health_site: web.TCPSite | None = None
         self.metrics_port = 0
         self.health_port = 0
+        self.prometheus_scrapes: list[float] = []  # wall times of Prometheus's own /metrics scrapes
 
     @staticmethod
     def _app(path: str, handler: Callable[[web.Request], object]) -> web.Application:
@@ -185,6 +186,8 @@ class ScriptedExporter:
         return app
 
     async def _page(self, request: web.Request) -> web.Response:
+        if request.headers.get("User-Agent", "").startswith("Prometheus/"):
+            self.prometheus_scrapes.append(time.time())
         return web.Response(body=self.traffic.page(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _check(self, request: web.Request) -> web.Response:

@@ -1,7 +1,10 @@
 """jarvis-monitor side by side with Prometheus + Alertmanager on one scripted service (issue 9).
 
-`python -m tests.bench versus [--quick] [--seed=N] [--keep]` (about 15 minutes, 12 with
---quick). Needs Debian's prometheus, prometheus-alertmanager and prometheus-blackbox-exporter;
+`python -m tests.bench versus [--quick] [--seed=N] [--keep] [--unaligned]` (about 15 minutes,
+12 with --quick). Both sides sample the service at the same instants (jarvis's probe `phase` is
+set to where Prometheus's scrapes fall), so the table compares the pipelines, not where two
+independent 5 s grids happen to fall against an incident; --unaligned leaves the grids apart.
+Needs Debian's prometheus, prometheus-alertmanager and prometheus-blackbox-exporter;
 it installs nothing and exits non-zero naming what is missing. Progress goes to stderr, the
 Markdown report to stdout. Every process it starts is stopped at the end, on Ctrl-C or SIGTERM too.
 """
@@ -52,6 +55,7 @@ class Options:
     quick: bool
     seed: int
     keep: bool
+    unaligned: bool = False
 
 
 def options(argv: Sequence[str]) -> Options:
@@ -62,8 +66,11 @@ def options(argv: Sequence[str]) -> Options:
     )
     parser.add_argument("--seed", type=int, default=9, help="seed of the simulated traffic")
     parser.add_argument("--keep", action="store_true", help="keep the configs, data and logs in the temp dir")
+    parser.add_argument(
+        "--unaligned", action="store_true", help="start jarvis's probe on its own grid, not on Prometheus's"
+    )
     known, _ = parser.parse_known_args(list(argv))
-    return Options(known.quick, known.seed, known.keep)
+    return Options(known.quick, known.seed, known.keep, known.unaligned)
 
 
 def progress(text: str) -> None:
@@ -118,6 +125,20 @@ async def until(
             return
         await asyncio.sleep(0.5)
     raise stack.SetupError(f"not ready after {timeout:.0f}s: {missing}")
+
+
+async def prometheus_phase(
+    exporter: ScriptedExporter, children: Sequence[stack.Child], interval: float
+) -> float:
+    """Where in each interval of the wall clock Prometheus scrapes `/metrics` (seen twice)."""
+
+    async def scraped_twice() -> str | None:
+        return None if len(exporter.prometheus_scrapes) >= 2 else "Prometheus has not scraped /metrics twice"
+
+    await until(scraped_twice, children)
+    phase = exporter.prometheus_scrapes[-1] % interval
+    progress(f"Prometheus scrapes at {phase:.3f} s into each {interval:g} s; so will jarvis's probe")
+    return phase
 
 
 async def connect_bus(port: int, children: Sequence[stack.Child]) -> Bus:
@@ -208,13 +229,18 @@ async def side_by_side(work: Path, tools: dict[str, str], run: Script, opts: Opt
             stack.prometheus_config(ports, exporter.health_url, exporter.metrics_port, timers),
         )
         stack.write_json(work / "rules.yml", stack.prometheus_rules(timers))
-        (work / "jarvis.toml").write_text(
-            stack.jarvis_config(work / "jarvis", ports, exporter.health_url, exporter.metrics_url, timers)
-        )
         children = stack.children(tools, work, ports, receiver.slack_url)
-        for child in children:
+        *theirs, jarvis = children
+        for child in theirs:
             await child.start()
             cleanup.push_async_callback(child.stop)  # stopped in reverse: jarvis first
+        phase = None if opts.unaligned else await prometheus_phase(exporter, theirs, timers.interval.seconds)
+        config = stack.jarvis_config(
+            work / "jarvis", ports, exporter.health_url, exporter.metrics_url, timers, phase
+        )
+        (work / "jarvis.toml").write_text(config)
+        await jarvis.start()
+        cleanup.push_async_callback(jarvis.stop)
         progress(f"started {', '.join(c.name for c in children)}; configs and logs in {work}")
 
         bus = await connect_bus(ports.nats, children)
@@ -269,6 +295,9 @@ def report(outcome: Outcome, run: Script, opts: Options, took: float) -> str:
         f"the whole run {took:.0f} s.",
         "",
         f"- Both sides: {timers.describe()}.",
+        "- jarvis's probe collects on Prometheus's scrape grid (the same instants)."
+        if not opts.unaligned
+        else "- jarvis's probe collects on its own grid (--unaligned).",
         f"- jarvis: the built-ins {', '.join(stack.RULES)} restated by name with that `for`, everything else "
         f"as built in ({thresholds}, service_down on a critical check). Prometheus: the same thresholds "
         "on `rate(...[1m])`, `histogram_quantile(0.95, sum by (le) (rate(..._bucket[1m])))` and "

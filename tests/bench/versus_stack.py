@@ -126,8 +126,16 @@ def jarvis_rules(timers: Timers) -> list[Rule]:
     return [msgspec.structs.replace(builtin(name), for_=timers.for_) for name in RULES]
 
 
-def jarvis_config(data_dir: Path, ports: Ports, health_url: str, metrics_url: str, timers: Timers) -> str:
-    """The jarvis-monitor TOML: embedded NATS, the probe agent alone, the bench's rules and timers."""
+def jarvis_config(
+    data_dir: Path,
+    ports: Ports,
+    health_url: str,
+    metrics_url: str,
+    timers: Timers,
+    phase: float | None = None,
+) -> str:
+    """The jarvis-monitor TOML: embedded NATS, the probe agent alone, the bench's rules and timers;
+    the probe collects at `phase` into each interval of the wall clock when it is given."""
     route = {
         "group_by": ["host"],
         "group_wait": timers.group_wait,
@@ -150,6 +158,7 @@ def jarvis_config(data_dir: Path, ports: Ports, health_url: str, metrics_url: st
         "[agents.probe]",
         f"interval = {toml_value(timers.interval)}",
         "warmup = '0s'",  # Prometheus and blackbox have no warm-up either
+        *([f"phase = '{phase:.3f}s'"] if phase is not None else []),
         f"http = [{toml_value(http)}]",
         f"scrape = [{toml_value(scrape)}]",
         "[evaluator]",
