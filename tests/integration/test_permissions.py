@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,6 +46,7 @@ from tests.integration.test_slack_sink import bot_config
 pytestmark = pytest.mark.integration
 
 SHIPPED = Path(__file__).resolve().parents[2] / "deploy" / "nats-server.conf"
+AUTHORIZATION = "nats-authorization.conf"
 ROLES = ("agent", "evaluator", "slack", "report", "operator", "viewer")
 PREFIX = "jarvis"  # the shipped file names the default prefix's streams and buckets
 TIMEOUT = 30.0
@@ -92,6 +94,8 @@ def shipped_config(directory: Path, port: int, passwords: str) -> Path:
         assert count == 1, f"deploy/nats-server.conf has {count} lines matching {pattern}, not one"
     conf = directory / "nats-server.conf"
     conf.write_text(text)
+    # the users and permissions, which the file includes from its own directory
+    shutil.copy(SHIPPED.with_name(AUTHORIZATION), directory / AUTHORIZATION)
     return conf
 
 
