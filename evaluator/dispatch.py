@@ -29,6 +29,18 @@ class AlertView(Protocol):
     def sends_resolved(self, rule: str) -> bool: ...
 
 
+class GroupChanges:
+    """Groups touched (key -> the group object then) and removed since the last delta, and the
+    groups whose notification sequence moved on: what the engine's delta writes of the dispatcher."""
+
+    __slots__ = ("dirty", "removed", "seq")
+
+    def __init__(self) -> None:
+        self.dirty: dict[str, Group] = {}
+        self.removed: dict[str, None] = {}
+        self.seq: dict[str, None] = {}
+
+
 class Dispatcher:
     """Groups per route and group labels; `flush_due` runs the group timers due by a deadline."""
 
@@ -43,11 +55,13 @@ class Dispatcher:
         self._timers: list[tuple[float, str]] = []
         self.notifications: list[Notification] = []
         self.sent = 0
+        self.changes = GroupChanges()
 
     def restore(self, groups: Iterable[Group], seq: dict[str, int]) -> None:
         """Continue from saved groups; their timers are rebuilt from each group's next flush."""
         self.groups = {group.key: group for group in groups}
         self.seq = seq
+        self.changes = GroupChanges()
         self._timers = [(g.next_flush, g.key) for g in self.groups.values() if g.next_flush is not None]
         heapq.heapify(self._timers)
 
@@ -64,6 +78,8 @@ class Dispatcher:
         if group is None:
             group = Group(key=key, route=route.name)
             self.groups[key] = group
+            self.changes.dirty.pop(key, None)  # made now: it goes after the groups that exist
+        self.changes.dirty[key] = group
         pinned = group.alerts.get(alert.fingerprint)
         if not force and alert.flapping and pinned is not None and pinned.flapping:
             return missing  # flapping: notified once, quiet until stable
@@ -102,6 +118,7 @@ class Dispatcher:
             at, key = heapq.heappop(timers)
             group = self.groups.get(key)
             if group is not None and group.next_flush == at:
+                self.changes.dirty[key] = group
                 group.next_flush = None
                 self._flush(group, at)
 
@@ -113,6 +130,7 @@ class Dispatcher:
 
     def _schedule(self, group: Group, at: float) -> None:
         if group.next_flush is None or at < group.next_flush:
+            self.changes.dirty[group.key] = group
             group.next_flush = at
             heapq.heappush(self._timers, (at, group.key))
 
@@ -172,12 +190,15 @@ class Dispatcher:
                 self._schedule(group, group.sent_at + route.repeat_interval.seconds)
             else:
                 del self.groups[group.key]
+                self.changes.dirty.pop(group.key, None)
+                self.changes.removed[group.key] = None
 
     def _notify(
         self, group: Group, route: Route, status: NotificationStatus, alerts: list[Alert], now: float
     ) -> None:
         seq = self.seq.get(group.key, 0) + 1
         self.seq[group.key] = seq
+        self.changes.seq[group.key] = None
         self.notifications.append(
             Notification(
                 id=notification_id(route.name, group.key, seq),

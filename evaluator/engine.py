@@ -7,6 +7,10 @@ into notifications, and one mute stage (evaluator/mute.py) answers for silences,
 windows and inhibition. Timers (for, keep_firing_for, staleness, dead-man, flap stability,
 silence and window boundaries, group flushes) run in tick(now), each at its own deadline, so
 outputs do not depend on how often or how late tick runs. Same snapshot + same calls = same outputs.
+
+Persistence is a snapshot (the whole state) plus deltas: every series and group the engine touched
+since the last delta(), those it dropped, and the small globals. A snapshot followed by its deltas
+restores exactly the state a snapshot taken at the last delta would.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch, Notification
 from bus.records import ActiveAlert
 from evaluator import flapping
 from evaluator.config import EvaluatorConfig, Rule
-from evaluator.dispatch import Dispatcher
+from evaluator.dispatch import Dispatcher, GroupChanges
 from evaluator.grouping import Group
 from evaluator.mute import MAINTENANCE_RULE, Inhibitor, MaintenanceWindows, MuteStage, Silences
 from evaluator.rules import CompiledRule, TemplateError, effective_inhibit_rules, effective_rules
@@ -48,6 +52,7 @@ __all__ = ["MAINTENANCE_RULE", "ActiveAlert", "Engine", "EngineStats", "Output",
 _SERIES, _GROUP, _SILENCE, _WINDOW = 0, 1, 2, 3  # timer kinds, in the order they run at one instant
 STALE_INTERVALS = 3  # a series is stale after at least this many of its own intervals
 SNAPSHOT_VERSION = 2
+DELTA_VERSION = 1
 
 # The announcement of a maintenance window: an info alert, firing while the window is open.
 _MAINTENANCE = Rule(
@@ -97,8 +102,32 @@ class _Snapshot(msgspec.Struct, kw_only=True, array_like=True):
     stats: EngineStats
 
 
+class _Delta(msgspec.Struct, kw_only=True, array_like=True):
+    """What changed since the previous delta: series and groups written whole, or removed.
+
+    Removals apply before upserts, so a series dropped and made again since the previous delta
+    moves to the end, as it did in the engine: the restored order (of `active()`, of inhibiting
+    sources) is the engine's own.
+    """
+
+    version: int
+    series: list[Series]
+    removed: list[str]
+    groups: list[Group]
+    removed_groups: list[str]
+    seq: dict[str, int]
+    silences: list[Silence] | None  # None: unchanged
+    silence_timer: float | None
+    windows: dict[str, bool]
+    window_timers: dict[str, float | None]
+    alerts: list[Alert]
+    notifications: list[Notification]
+    stats: EngineStats
+
+
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
+_delta_decoder = msgspec.msgpack.Decoder(_Delta)
 
 
 class Engine:
@@ -134,6 +163,11 @@ class Engine:
             r for r in self._rules.values() if r.kind == "heartbeat" and r.name != MAINTENANCE_RULE
         ]
         self._by_fp: dict[str, Series] = {}
+        # Touched since the last delta() (fingerprint -> the series object then), and dropped:
+        # every method that changes a series touches it, so a delta misses nothing.
+        self._dirty: dict[str, Series] = {}
+        self._removed: dict[str, None] = {}
+        self._silences_dirty = False
         self._firing: dict[str, Series] = {}
         self._timers: list[tuple[float, int, str]] = []
         self._silences = Silences()
@@ -167,6 +201,7 @@ class Engine:
         for rule in self._heartbeat_rules:
             series = self._states[rule.name].get(key)
             if series is not None and series.state != FIRING and now > series.last_seen:
+                self._dirty[series.fingerprint] = series
                 series.last_seen = now
                 self._reschedule(rule, series)
 
@@ -209,6 +244,7 @@ class Engine:
                         continue
                 if series.state == FIRING and rule.still_holds is not None:
                     holds = rule.still_holds(value)
+                self._dirty[series.fingerprint] = series
                 series.value = value
                 series.last_seen = now
                 series.interval = interval
@@ -230,6 +266,7 @@ class Engine:
                 if not holds:
                     continue
                 series = self._new_series(rule, key, labels, now)
+            self._dirty[series.fingerprint] = series
             series.status, series.detail, series.context = event.status, event.detail, event.labels
             series.value = None  # a check's latency says nothing of the alert
             series.last_seen = now
@@ -254,6 +291,7 @@ class Engine:
             series = states.get(key)
             if series is None:
                 series = self._new_series(rule, key, {"host": event.host, "agent": event.agent}, now)
+            self._dirty[series.fingerprint] = series
             series.last_seen = now
             series.interval = max(event.interval, 0.001)
             series.value = 0.0
@@ -278,6 +316,8 @@ class Engine:
         series = Series(rule=rule.name, key=key, fingerprint=fp, labels=labels, last_seen=now)
         self._states[rule.name][key] = series
         self._by_fp[fp] = series
+        self._dirty.pop(fp, None)  # made now: it goes after the series that exist
+        self._dirty[fp] = series
         self._count_live(rule, key, 1)
         return series
 
@@ -297,6 +337,7 @@ class Engine:
 
     def _step(self, rule: CompiledRule, series: Series, holds: bool, now: float) -> None:
         """One evaluation of a series whose condition does (not) hold at `now`."""
+        self._dirty[series.fingerprint] = series
         before = series.state
         series.holding = holds
         if holds:
@@ -319,6 +360,7 @@ class Engine:
             self._reschedule(rule, series)
 
     def _transition(self, rule: CompiledRule, series: Series, state: int, now: float) -> None:
+        self._dirty[series.fingerprint] = series
         before = series.state
         series.state = state
         if state == FIRING:
@@ -415,10 +457,13 @@ class Engine:
     def _drop(self, series: Series) -> None:
         if self._states[series.rule].pop(series.key, None) is not None:
             self._count_live(self._rules[series.rule], series.key, -1)
-        self._by_fp.pop(series.fingerprint, None)
+        if self._by_fp.pop(series.fingerprint, None) is not None:
+            self._removed[series.fingerprint] = None
+        self._dirty.pop(series.fingerprint, None)
 
     def _stop_flapping(self, series: Series, now: float) -> None:
         """Stable again: the group is told once, whatever state the series settled in."""
+        self._dirty[series.fingerprint] = series
         series.flapping = False
         rule = self._rules.get(series.rule)
         if rule is not None and series.episodes:
@@ -463,6 +508,7 @@ class Engine:
 
     def _emit(self, rule: CompiledRule, series: Series, status: str, now: float, before: int) -> Alert:
         alert = self._alert(rule, series, status, now, before)
+        self._dirty[series.fingerprint] = series
         series.alert = alert
         self._alerts.append(alert)
         self.stats.alerts += 1
@@ -517,16 +563,20 @@ class Engine:
     def _push(self, deadline: float, kind: int, ref: str) -> None:
         heapq.heappush(self._timers, (deadline, kind, ref))
 
-    def _reschedule(self, rule: CompiledRule, series: Series) -> None:
-        deadline = self._series_deadline(rule, series)
+    def _reschedule(self, rule: CompiledRule, series: Series, checked: float = -math.inf) -> None:
+        """Arm the series' earliest deadline; `checked`: a timer of this instant just ran."""
+        deadline = self._series_deadline(rule, series, checked)
         if deadline is not None and (series.timer is None or deadline < series.timer):
+            self._dirty[series.fingerprint] = series
             series.timer = deadline
             self._push(deadline, _SERIES, series.fingerprint)
 
     def _stale_after(self, series: Series) -> float:
         return max(self._stale_seconds, STALE_INTERVALS * series.interval)
 
-    def _series_deadline(self, rule: CompiledRule, series: Series) -> float | None:
+    def _series_deadline(
+        self, rule: CompiledRule, series: Series, checked: float = -math.inf
+    ) -> float | None:
         state = series.state
         if (
             rule.kind == "metrics"
@@ -543,7 +593,9 @@ class Engine:
             deadlines.append(series.active_at + rule.for_seconds)
         if series.state == FIRING and not series.holding:
             deadlines.append(series.last_true + rule.keep_firing_seconds)
-        if series.flapping:
+        # Once its stable_for has passed, a series still changing too often settles only at an
+        # evaluation (which checks it): armed again at the instant just checked, tick would spin.
+        if series.flapping and series.changed_at + self._stable_for > checked:
             deadlines.append(series.changed_at + self._stable_for)
         if rule.kind == "heartbeat":
             if series.state != FIRING:
@@ -559,6 +611,7 @@ class Engine:
 
     def _check_series(self, series: Series, now: float) -> None:
         """A series' timer is due: fire, resolve, go stale, miss a heartbeat, settle, or be forgotten."""
+        self._dirty[series.fingerprint] = series
         rule = self._rules.get(series.rule)
         if rule is None:
             return
@@ -592,7 +645,7 @@ class Engine:
         elif series.state == INACTIVE and self._quiet(series, now):
             self._drop(series)
             return
-        self._reschedule(rule, series)
+        self._reschedule(rule, series, checked=now)
 
     def _forget(self, rule: CompiledRule, series: Series, now: float) -> None:
         """A series gone quiet: resolve it if active (no zombie alerts), then drop its state."""
@@ -623,6 +676,7 @@ class Engine:
             _, _, ref = heapq.heappop(self._timers)
             if kind == _SERIES:
                 series = self._by_fp[ref]
+                self._dirty[ref] = series
                 series.timer = None
                 self._check_series(series, deadline)
             elif kind == _SILENCE:
@@ -655,6 +709,7 @@ class Engine:
     def set_silences(self, silences: Sequence[Silence], now: float) -> None:
         """Replace the set of silences; groups re-check what they may notify."""
         self._silences.items = list(silences)
+        self._silences_dirty = True
         self._silence_timer = None
         self._schedule_silences(now)
         self.dispatcher.touch_all(now)
@@ -680,6 +735,7 @@ class Engine:
         series = self._states[MAINTENANCE_RULE].get(key)
         if series is None:
             series = self._new_series(rule, key, {"window": window}, now)
+        self._dirty[series.fingerprint] = series
         series.status = "started" if started else "ended"
         series.last_seen = now
         if started and series.state != FIRING:
@@ -702,6 +758,7 @@ class Engine:
                 or (rule.kind == "heartbeat" and series.state == FIRING)
             ):
                 continue
+            self._dirty[series.fingerprint] = series
             series.last_seen = now
             series.timer = None
             self._reschedule(rule, series)
@@ -721,6 +778,7 @@ class Engine:
         series = self._by_fp.get(fingerprint)
         if series is None or series.state == INACTIVE:
             return False
+        self._dirty[fingerprint] = series
         series.acked = True
         return True
 
@@ -755,8 +813,7 @@ class Engine:
 
     def snapshot(self) -> bytes:
         """The whole state: msgpack-encoded with msgspec, then zlib-compressed (labels repeat a lot)."""
-        pending = self.dispatcher.drain()  # undrained notifications are state too
-        self._notifications += pending
+        self._notifications += self.dispatcher.drain()  # undrained notifications are state too
         state = _Snapshot(
             version=SNAPSHOT_VERSION,
             series=list(self._by_fp.values()),
@@ -772,15 +829,48 @@ class Engine:
         )
         return zlib.compress(_snapshot_encoder.encode(state), 1)
 
+    def delta(self) -> bytes:
+        """What changed since the previous delta() (or since the engine was made or restored),
+        compressed as a snapshot is; its size follows the change, not the state."""
+        self._notifications += self.dispatcher.drain()
+        by_fp, groups = self._by_fp, self.dispatcher.groups
+        # a series or group touched after it was dropped is not in the state any more
+        series = [s for fp, s in self._dirty.items() if by_fp.get(fp) is s]
+        changed = self.dispatcher.changes
+        state = _Delta(
+            version=DELTA_VERSION,
+            series=series,
+            removed=list(self._removed),
+            groups=[g for key, g in changed.dirty.items() if groups.get(key) is g],
+            removed_groups=list(changed.removed),
+            seq={key: self.dispatcher.seq[key] for key in changed.seq},
+            silences=self._silences.items if self._silences_dirty else None,
+            silence_timer=self._silence_timer,
+            windows=self._windows.open,
+            window_timers=self._window_timers,
+            alerts=self._alerts,
+            notifications=self._notifications,
+            stats=self.stats,
+        )
+        data = zlib.compress(_snapshot_encoder.encode(state), 1)
+        self._dirty, self._removed, self._silences_dirty = {}, {}, False
+        self.dispatcher.changes = GroupChanges()
+        return data
+
     @classmethod
-    def restore(cls, config: EvaluatorConfig, data: bytes, now: float) -> Engine:
-        """An engine continuing from a snapshot; series of rules no longer configured resolve."""
+    def restore(
+        cls, config: EvaluatorConfig, data: bytes, now: float, deltas: Sequence[bytes] = ()
+    ) -> Engine:
+        """An engine continuing from a snapshot and the deltas taken after it, in order; series of
+        rules no longer configured resolve."""
         try:
             state = _snapshot_decoder.decode(zlib.decompress(data))
         except (zlib.error, msgspec.DecodeError) as exc:
             raise ValueError(f"unreadable evaluator snapshot: {exc}") from None
         if state.version != SNAPSHOT_VERSION:
             raise ValueError(f"snapshot version {state.version} is not {SNAPSHOT_VERSION}")
+        if deltas:
+            _apply_deltas(state, deltas)
         engine = cls.__new__(cls)
         engine._setup(config)
         engine._restore(state, now)
@@ -825,6 +915,38 @@ class Engine:
         for name in self._windows.windows:
             if name not in self._window_timers:
                 self._update_window(name, now)
+
+
+def _apply_deltas(state: _Snapshot, deltas: Sequence[bytes]) -> None:
+    """Bring a decoded snapshot forward through deltas, in the order they were taken."""
+    series = {s.fingerprint: s for s in state.series}
+    groups = {g.key: g for g in state.groups}
+    for number, data in enumerate(deltas):
+        try:
+            delta = _delta_decoder.decode(zlib.decompress(data))
+        except (zlib.error, msgspec.DecodeError) as exc:
+            raise ValueError(f"unreadable evaluator delta {number}: {exc}") from None
+        if delta.version != DELTA_VERSION:
+            raise ValueError(f"delta version {delta.version} is not {DELTA_VERSION}")
+        for fp in delta.removed:
+            series.pop(fp, None)
+        for item in delta.series:
+            series[item.fingerprint] = item
+        for key in delta.removed_groups:
+            groups.pop(key, None)
+        for group in delta.groups:
+            groups[group.key] = group
+        state.seq.update(delta.seq)
+        if delta.silences is not None:
+            state.silences = delta.silences
+        state.silence_timer = delta.silence_timer
+        state.windows = delta.windows
+        state.window_timers = delta.window_timers
+        state.alerts = delta.alerts
+        state.notifications = delta.notifications
+        state.stats = delta.stats
+    state.series = list(series.values())
+    state.groups = list(groups.values())
 
 
 def _orphan_rule(series: Series) -> Rule:
