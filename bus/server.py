@@ -220,9 +220,27 @@ class EmbeddedServer:
         return f"exit code {code}"
 
     async def wait(self, poll: float = WATCH_POLL) -> None:
-        """Return when the server process has exited (for a watchdog)."""
-        while self.running:
-            await asyncio.sleep(poll)
+        """Return when the server process has exited (for a watchdog).
+
+        Linux tells at once through a pidfd, with no wakeup until then; elsewhere it is polled."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        try:
+            pidfd = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):  # not Linux 5.3+: look every `poll` seconds
+            while self.running:
+                await asyncio.sleep(poll)
+            return
+        loop = asyncio.get_running_loop()
+        exited = asyncio.Event()
+        loop.add_reader(pidfd, exited.set)
+        try:
+            await exited.wait()
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        process.poll()  # reaps it, so that `running` and `exit_reason` know
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Ask the server to shut down (SIGTERM), then kill it if it has not gone in `timeout`."""

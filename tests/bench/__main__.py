@@ -122,8 +122,8 @@ PARTS = (
     "console",
     "agent_rss",
 )
-# Minutes long and needs Debian's Prometheus stack: `python -m tests.bench versus [--quick]`.
-ON_REQUEST = ("versus",)
+# Minutes long and need Debian's Prometheus stack: `python -m tests.bench versus [--quick]`, `idle_cpu`.
+ON_REQUEST = ("versus", "idle_cpu")
 
 
 async def host() -> None:
