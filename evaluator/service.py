@@ -1,9 +1,10 @@
 """The evaluator service: JetStream in, the pure engine in the middle, alerts and notifications out.
 
 Each window of input messages goes: observe -> drain -> publish outputs with Nats-Msg-Id (PubAcks
-awaited) -> save the engine snapshot to KV -> ack the inputs. Killed at any point, a restart
-restores the last snapshot, gets the unacked inputs again, makes the same outputs with the same
-ids, and the streams' duplicate window drops what was already published.
+awaited) -> save what the window changed in the engine to KV (a journal entry with its cursors, or
+now and then a whole new base) -> ack the inputs. Killed at any point, a restart restores the base
+and its journal, gets the unacked inputs again, makes the same outputs with the same ids, and the
+streams' duplicate window drops what was already published.
 
 One evaluator evaluates per prefix: it holds a lease in KV, renewed every few seconds; others
 stand by and take over when it stops, or when it stops renewing (at once if it was a process on
@@ -57,12 +58,14 @@ from evaluator.store import (
     SILENCE_RETENTION,
     AckRecord,
     ActiveAlerts,
+    JournalEntry,
     Lease,
     LeaseRecord,
     SavedState,
     StoreError,
     decode_ack,
     decode_silence,
+    new_journal_id,
     open_buckets,
 )
 from evaluator.watchdog import WatchdogError, WatchdogStats, run_watchdog, watchdog_url
@@ -110,8 +113,9 @@ class ServiceStats:
     alerts: int = 0
     notifications: int = 0
     publish_retries: int = 0
-    snapshots: int = 0
-    snapshot_bytes: int = 0
+    snapshots: int = 0  # commits of the state: journal entries and bases
+    snapshot_bytes: int = 0  # the engine bytes the latest commit wrote
+    bases: int = 0  # commits that wrote the whole state
 
 
 @dataclass(slots=True)
@@ -437,10 +441,12 @@ class EvaluatorService:
     async def _restore(self) -> None:
         now = self.clock()
         try:
-            saved = await self._state.load()
+            saved = await self._state.load_journaled()
         except StoreError as exc:  # better to start afresh than to stop evaluating
             log.error("evaluator: saved state unusable, starting with an empty state: %s", exc)
             saved = None
+        if self._state.broken:
+            log.error("evaluator: the journal of the saved state ends early: %s", self._state.broken)
         # The engine's time is its inputs' time: restored or fresh, it starts where its inputs
         # start, never at the wall clock, or the backlog of heartbeats still to evaluate would
         # look missing and every agent would seem down.
@@ -448,14 +454,19 @@ class EvaluatorService:
         if saved is not None:
             start = saved.input_time if saved.input_time is not None else now - LOOKBACK
             try:
-                self._engine = Engine.restore(self.config, saved.engine, start)
+                self._engine = Engine.restore(self.config, saved.base, start, saved.deltas)
             except ValueError as exc:  # e.g. written by an incompatible version
                 log.error("evaluator: saved state unusable, starting with an empty state: %s", exc)
             else:
                 self._cursors = dict(saved.cursors)
                 self._engine_now = saved.input_time if saved.input_time is not None else -math.inf
                 self._given_silences = saved.silences
-                log.info("evaluator: state restored (%d bytes)", len(saved.engine))
+                log.info(
+                    "evaluator: state restored (%d bytes and %d deltas of %d bytes)",
+                    len(saved.base),
+                    len(saved.deltas),
+                    sum(map(len, saved.deltas)),
+                )
                 return
         self._engine = Engine(self.config, now - LOOKBACK)
         self._cursors = {}
@@ -775,21 +786,33 @@ class EvaluatorService:
                 raise _Stopped
             await self._sleep(backoff.next())
 
+    def _commit_record(self) -> SavedState | JournalEntry:
+        """What this commit writes: the engine's changes since the last one as a journal entry, or
+        the whole state as a new base when the journal is long enough (see StateStore.wants_base)."""
+        delta = self.engine.delta()
+        input_time = self._engine_now if self._engine_now > -math.inf else None
+        if not self._state.wants_base(len(delta)):
+            return self._state.entry(delta, self._cursors, input_time, self._given_silences)
+        return SavedState(
+            engine=self.engine.snapshot(),
+            cursors=dict(self._cursors),
+            input_time=input_time,
+            silences=self._given_silences,
+            journal=new_journal_id(),
+        )
+
     async def _commit(self, processed: dict[str, Msg]) -> bool:
         """Save the state, then ack the window's inputs; False if stopped before it was saved."""
         backoff = Backoff(0.1, MAX_BACKOFF)
+        record = self._commit_record()  # made once: a retry writes the same
         while True:
             if self._lease_lost:  # the state is another evaluator's to save now
                 return False
             try:
-                snapshot = self.engine.snapshot()
-                state = SavedState(
-                    engine=snapshot,
-                    cursors=self._cursors,
-                    input_time=self._engine_now if self._engine_now > -math.inf else None,
-                    silences=self._given_silences,
-                )
-                await self._state.save(state)
+                if isinstance(record, SavedState):
+                    await self._state.save(record)
+                else:
+                    await self._state.append(record)
                 break
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 if _worth_logging(backoff.attempts + 1):
@@ -798,7 +821,11 @@ class EvaluatorService:
                 return False
             await self._sleep(backoff.next())
         self.stats.snapshots += 1
-        self.stats.snapshot_bytes = len(snapshot)
+        if isinstance(record, SavedState):
+            self.stats.bases += 1
+            self.stats.snapshot_bytes = len(record.engine)
+        else:
+            self.stats.snapshot_bytes = len(record.delta)
         for msg in processed.values():  # ack policy "all": the last one acks the window
             with contextlib.suppress(nats.errors.Error, OSError):  # redelivered, then skipped
                 await msg.ack()

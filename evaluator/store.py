@@ -1,8 +1,18 @@
-"""The evaluator's JetStream KV stores: its saved state, the active alerts, silences and acks."""
+"""The evaluator's JetStream KV stores: its saved state, the active alerts, silences and acks.
+
+The saved state is a base (a whole engine snapshot, chunked by BlobStore under `snapshot`) and a
+journal of the deltas committed after it, `journal.0`, `journal.1`, ... Each entry carries the
+input cursors of its commit, so a delta and its cursors are written in one KV put (its chunks, if
+any, first). An entry counts only if it names the base's journal id and its own slot, and the
+journal is read up to the first that does not: a new base (a new id) makes the old entries void
+without deleting them, so a crash between any two writes leaves a base and a journal that agree.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import os
 import socket
 import time
@@ -38,6 +48,14 @@ from bus.records import valid_key_token as valid_key_token
 from evaluator.silences import Silence
 
 SNAPSHOT_KEY = "snapshot"
+JOURNAL_PREFIX = "journal"
+# A base takes at most this many journal entries (the slots are reused by later bases).
+JOURNAL_SLOTS = 512
+# A new base is written once the journal would hold more bytes than the base (so a restore reads
+# at most about twice the state), or this much for a small base.
+JOURNAL_MIN_BYTES = 256 * 1024
+# Journal entries read at once at a restore.
+READ_AHEAD = 32
 LEASE_KEY = "lease"
 # An evaluator that stops renewing its lease loses it after this long.
 LEASE_TTL = 15.0
@@ -50,16 +68,59 @@ _WRONG_LAST_SEQUENCE = (10071, 10164)
 
 class SavedState(msgspec.Struct, frozen=True, kw_only=True):
     """The engine snapshot, the last stream sequence it includes per input stream, the time of
-    its latest input, and the silences it was given."""
+    its latest input, and the silences it was given.
+
+    `journal` names the journal that may follow this base (written by save_base); a state saved
+    without one (as before journals existed) takes none: the next commit writes a base.
+    """
 
     engine: bytes
     cursors: dict[str, int]
     input_time: float | None = None
     silences: list[Silence] = []
+    journal: str = ""
+
+
+class JournalEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One commit after the base: the engine's delta and the cursors and input time it includes.
+
+    A delta too large for one KV value is in chunks `journal.<slot>.<i>` (written first); then
+    `delta` is empty and `size` and `sha256` check the chunks.
+    """
+
+    journal: str
+    slot: int
+    delta: bytes = b""
+    chunks: int = 0
+    size: int = 0
+    sha256: str = ""
+    cursors: dict[str, int]
+    input_time: float | None = None
+    silences: list[Silence] | None = None  # None: those of the entry (or base) before
+
+
+class Journaled(msgspec.Struct, frozen=True, kw_only=True):
+    """A saved state as a restore reads it: the base, the deltas after it in order, and the
+    cursors, input time and silences of the latest commit."""
+
+    base: bytes
+    deltas: list[bytes]
+    cursors: dict[str, int]
+    input_time: float | None
+    silences: list[Silence]
 
 
 _state = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(SavedState)
+_entry_decoder = msgspec.msgpack.Decoder(JournalEntry)
+
+
+def new_journal_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _journal_key(slot: int) -> str:
+    return f"{JOURNAL_PREFIX}.{slot}"
 
 
 class StateStore:
@@ -67,11 +128,25 @@ class StateStore:
 
     def __init__(self, kv: KeyValue, *, chunk_size: int = CHUNK_SIZE) -> None:
         self.blobs = BlobStore(kv, chunk_size=chunk_size)
+        self.chunk_size = chunk_size
+        # where the next journal entry goes: None until a base with a journal id is known
+        self._journal: str | None = None
+        self._slot = 0
+        self._base_bytes = 0
+        self._journal_bytes = 0
+        self._silences: list[Silence] | None = None  # the latest silences written
+        self.broken: str | None = None  # why the journal last loaded ended early, if it did
 
     async def save(self, state: SavedState) -> None:
-        await self.blobs.put(SNAPSHOT_KEY, _state.encode(state))
+        """Write a new base; the journal of the previous one is void from then on."""
+        data = _state.encode(state)
+        await self.blobs.put(SNAPSHOT_KEY, data)
+        self._journal = state.journal or None
+        self._slot, self._journal_bytes, self._base_bytes = 0, 0, len(state.engine)
+        self._silences = state.silences
 
     async def load(self) -> SavedState | None:
+        """The base alone (without the journal after it)."""
         data = await self.blobs.get(SNAPSHOT_KEY)
         if data is None:
             return None
@@ -79,6 +154,116 @@ class StateStore:
             return _state_decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StoreError(f"KV key {SNAPSHOT_KEY}: {exc}") from None
+
+    def wants_base(self, delta_size: int) -> bool:
+        """Should this commit write a new base rather than a journal entry of `delta_size` bytes?"""
+        if self._journal is None or self._slot >= JOURNAL_SLOTS:
+            return True
+        return self._journal_bytes + delta_size > max(self._base_bytes, JOURNAL_MIN_BYTES)
+
+    def entry(
+        self, delta: bytes, cursors: dict[str, int], input_time: float | None, silences: list[Silence]
+    ) -> JournalEntry:
+        """The next journal entry (to pass to append, again if a write failed)."""
+        assert self._journal is not None, "a journal entry follows a base (see wants_base)"
+        return JournalEntry(
+            journal=self._journal,
+            slot=self._slot,
+            delta=delta,
+            cursors=dict(cursors),
+            input_time=input_time,
+            silences=None if silences == self._silences else list(silences),
+        )
+
+    async def append(self, entry: JournalEntry) -> None:
+        """Write a journal entry made by entry(); its chunks, if any, before the entry itself."""
+        key = _journal_key(entry.slot)
+        record = entry
+        if len(entry.delta) > self.chunk_size:
+            data = entry.delta
+            chunks = [data[i : i + self.chunk_size] for i in range(0, len(data), self.chunk_size)]
+            for index, chunk in enumerate(chunks):
+                await self.blobs.kv.put(f"{key}.{index}", chunk)
+            record = msgspec.structs.replace(
+                entry, delta=b"", chunks=len(chunks), size=len(data), sha256=hashlib.sha256(data).hexdigest()
+            )
+        await self.blobs.kv.put(key, _state.encode(record))
+        if entry.slot == self._slot and entry.journal == self._journal:
+            self._slot += 1
+            self._journal_bytes += len(entry.delta)
+            if entry.silences is not None:
+                self._silences = entry.silences
+
+    async def load_journaled(self) -> Journaled | None:
+        """The base and the journal after it, up to its first entry missing or of another base.
+
+        StoreError if the base is unreadable; an unreadable entry ends the journal there (`broken`
+        says why). The first commit after a load writes a new base: a journal is only ever continued
+        by the process that began it, so no entry written after the ones read here (an evaluator
+        that lost its lease, a journal cut short) can ever follow them.
+        """
+        self.broken = None
+        base = await self.load()
+        self._journal = (base.journal or None) if base is not None else None
+        if base is None:
+            return None
+        self._slot, self._journal_bytes, self._base_bytes = 0, 0, len(base.engine)
+        cursors, input_time, silences = base.cursors, base.input_time, base.silences
+        deltas: list[bytes] = []
+        while self._journal is not None and self._slot < JOURNAL_SLOTS:
+            first = self._slot
+            slots = range(first, min(first + READ_AHEAD, JOURNAL_SLOTS))
+            entries = await asyncio.gather(*(self._read_entry(slot) for slot in slots))
+            for entry in entries:
+                if isinstance(entry, str):
+                    self.broken = entry
+                if not isinstance(entry, JournalEntry):
+                    break
+                try:
+                    delta = await self._delta_of(entry)
+                except StoreError as exc:
+                    self.broken = str(exc)
+                    break
+                deltas.append(delta)
+                cursors, input_time = entry.cursors, entry.input_time
+                silences = entry.silences if entry.silences is not None else silences
+                self._slot += 1
+                self._journal_bytes += len(delta)
+            if self._slot < first + len(slots) or self.broken:
+                break
+        self._journal = None  # the next commit writes a base
+        return Journaled(
+            base=base.engine, deltas=deltas, cursors=cursors, input_time=input_time, silences=silences
+        )
+
+    async def _read_entry(self, slot: int) -> JournalEntry | str | None:
+        """The entry in `slot` if it belongs to the current base's journal, None if it does not,
+        why not if it cannot be read."""
+        key = _journal_key(slot)
+        try:
+            value = (await self.blobs.kv.get(key)).value
+        except KeyNotFoundError:
+            return None
+        try:
+            entry = _entry_decoder.decode(value or b"")
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return f"KV key {key}: {exc}"
+        return entry if entry.journal == self._journal and entry.slot == slot else None
+
+    async def _delta_of(self, entry: JournalEntry) -> bytes:
+        if not entry.chunks:
+            return entry.delta
+        key = _journal_key(entry.slot)
+        parts = []
+        for index in range(entry.chunks):
+            try:
+                parts.append((await self.blobs.kv.get(f"{key}.{index}")).value or b"")
+            except KeyNotFoundError:
+                raise StoreError(f"KV key {key}.{index} is missing") from None
+        data = b"".join(parts)
+        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise StoreError(f"KV key {key}: checksum mismatch")
+        return data
 
     async def save_active(self, active: ActiveAlerts) -> None:
         await save_active(self.blobs, active)
