@@ -122,8 +122,9 @@ PARTS = (
     "console",
     "agent_rss",
 )
-# Minutes long and need Debian's Prometheus stack: `python -m tests.bench versus [--quick]`, `idle_cpu`.
-ON_REQUEST = ("versus", "idle_cpu")
+# Minutes long and need Debian's Prometheus stack: `python -m tests.bench versus [--quick]`, `idle_cpu`;
+# minutes long: `commit_cost [--quick]`.
+ON_REQUEST = ("versus", "idle_cpu", "commit_cost")
 
 
 async def host() -> None:
