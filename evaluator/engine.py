@@ -52,6 +52,9 @@ __all__ = ["MAINTENANCE_RULE", "ActiveAlert", "Engine", "EngineStats", "Output",
 _SERIES, _GROUP, _SILENCE, _WINDOW = 0, 1, 2, 3  # timer kinds, in the order they run at one instant
 STALE_INTERVALS = 3  # a series is stale after at least this many of its own intervals
 SNAPSHOT_VERSION = 2
+# A sample stamped this close to the end of its series' `for` ends it: stamps a whole number of
+# intervals apart differ by that number only up to float rounding (agents/runner.py TickStamps).
+FOR_SLACK = 1e-3
 DELTA_VERSION = 1
 
 # The announcement of a maintenance window: an info alert, firing while the window is open.
@@ -352,7 +355,7 @@ class Engine:
         elif before == PENDING:
             if not holds:
                 self._transition(rule, series, INACTIVE, now)
-            elif now >= series.active_at + rule.for_seconds:
+            elif now >= series.active_at + rule.for_seconds - FOR_SLACK:
                 self._transition(rule, series, FIRING, now)
         elif not holds and now >= series.last_true + rule.keep_firing_seconds:
             self._transition(rule, series, INACTIVE, now)

@@ -3,6 +3,7 @@ named as people see it, critical first, a notification true when sent, pending n
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from bus.events import Alert, Notification
@@ -355,3 +356,14 @@ def test_an_agents_metrics_read_before_its_buffered_heartbeats_are_no_silence() 
     assert [a for a in driver.alerts if a.rule == "agent_down"] == []
     driver.at(17)  # nothing at all for 3 intervals: down
     assert [a.status for a in driver.alerts if a.rule == "agent_down"] == ["firing"]
+
+
+def test_the_sample_that_ends_a_for_fires_the_alert_though_its_stamp_is_rounded() -> None:
+    """Stamps on the wall clock a whole `for` apart may differ from it by a float's last bit."""
+    driver = Driver(EvaluatorConfig(tune={"service_down": RuleTuning(for_=Duration(10))}))
+    first = 1_764_593_234.7
+    end = math.nextafter(first + 10.0, 0.0)  # one ulp short of first + 10
+    for t in (first, first + 5.0, end):
+        driver.at(t, health("probe01", "probe", "backend-api", "critical"))
+    firing = [a for a in driver.alerts if a.rule == "service_down" and a.status == "firing"]
+    assert [a.starts_at for a in firing] == [end], "fired by that sample, not by a later timer"
