@@ -124,8 +124,22 @@ class ReportSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         "report"
     )
     batch_size: Annotated[
-        int, Meta(description="messages written to SQLite in one transaction at most", ge=1, le=100_000)
-    ] = 1000
+        int,
+        Meta(
+            description="messages rolled up in memory before they are written to SQLite in one "
+            "transaction, at most (memory grows with the series, not the messages)",
+            ge=1,
+            le=10_000_000,
+        ),
+    ] = 1_000_000
+    commit_every: Annotated[
+        Duration,
+        Meta(
+            description="how long messages are rolled up in memory before they are written: each "
+            "write costs about one row per series, however many samples it holds; a crash takes "
+            "back at most this much, redelivered at the next start"
+        ),
+    ] = Duration(60)
     health_gap: Annotated[
         Duration,
         Meta(

@@ -1,7 +1,9 @@
 """What the report sink decodes of each event: only the fields the rollups read, with the wire's bounds.
 
 A metric batch's label sets stay raw JSON until a sample of a metric the report reads needs
-them, so the thousands of labels an agent sends each cycle cost a scan, not a dict each.
+them, so the thousands of labels an agent sends each cycle cost a scan, not a dict each. None of
+these types can hold a reference cycle, so the garbage collector need not track the thousands a
+second the sink decodes (gc=False).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info
 NO_LABELS = msgspec.Raw(b"{}")
 
 
-class Point(msgspec.Struct, frozen=True):
+class Point(msgspec.Struct, frozen=True, gc=False):
     """One sample: labels undecoded (`labels_of` decodes and checks them)."""
 
     name: Name
@@ -35,14 +37,14 @@ class Point(msgspec.Struct, frozen=True):
     labels: msgspec.Raw = NO_LABELS
 
 
-class Batch(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="metrics"):
+class Batch(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="kind", tag="metrics"):
     host: Name
     agent: Name
     ts: float
     samples: Annotated[list[Point], msgspec.Meta(max_length=MAX_SAMPLES)]
 
 
-class Check(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="health"):
+class Check(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="kind", tag="health"):
     host: Name
     agent: Name
     target: Name
@@ -52,7 +54,7 @@ class Check(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="he
     event: Name | None = None
 
 
-class Change(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="alert"):
+class Change(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="kind", tag="alert"):
     fingerprint: Name
     rule: Name
     severity: Name

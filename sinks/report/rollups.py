@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -21,9 +22,6 @@ from sinks.report.sketch import Sketch, decode_sketch, encode_sketch
 
 HOUR = 3600
 STORE_FILE = Path("report") / "rollups.sqlite3"
-# Kept in memory after a write so that the hour being filled (and the one before, for late
-# events) is not re-read for every batch.
-_HOT_HOURS = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -72,8 +70,10 @@ class Rollup:
     def add(self, value: float) -> None:
         self.count += 1
         self.total += value
-        self.low = min(self.low, value)
-        self.high = max(self.high, value)
+        if value < self.low:
+            self.low = value
+        if value > self.high:
+            self.high = value
         self.sketch.add(value)
 
     def merge(self, other: Rollup) -> None:
@@ -161,10 +161,32 @@ class IngestStats:
 SeriesKey = tuple[str, str, str, bytes]  # host, agent, metric, labels as sent (raw JSON)
 TargetKey = tuple[str, str, str]
 Event = MetricBatch | HealthEvent | Alert | Input
+# Above this many rows of one hour in a write, that hour's stored rows are read in one query
+# rather than one by one.
+_BULK_READ = 256
+
+
+# A window's metrics: (host, agent, hour) -> metric -> labels as sent -> rollup. Nested so that a
+# sample costs dict lookups and no new key of its own (many small objects a second would keep the
+# garbage collector busy).
+MetricWindow = dict[tuple[str, str, int], dict[str, dict[bytes, Rollup]]]
+HealthWindow = dict[int, dict[TargetKey, HealthRollup]]  # hour -> target -> rollup
+
+
+@dataclass
+class Window:
+    """What came in since the last write, rolled up as it came: what one `write` commits."""
+
+    metrics: MetricWindow = field(default_factory=dict)
+    health: HealthWindow = field(default_factory=dict)
+    last: list[tuple[str, str, str, str, float]] = field(default_factory=list)  # set by `take`
+    alerts: list[Change] = field(default_factory=list)
+    counts: IngestStats = field(default_factory=IngestStats)
 
 
 class RollupStore:
-    """Hourly rollups in one SQLite file; `ingest` is the single way events get in."""
+    """Hourly rollups in one SQLite file; events are `add`ed to a window in memory, and `write`
+    commits a window with the stream positions it came from (`ingest` does both)."""
 
     def __init__(
         self,
@@ -185,7 +207,7 @@ class RollupStore:
         else:
             if isinstance(path, Path):
                 path.parent.mkdir(parents=True, exist_ok=True)
-            # used from worker threads, one at a time (the sink serialises with a lock)
+            # written from a worker thread while the event loop adds to the next window
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -194,10 +216,12 @@ class RollupStore:
         self.health_gap = health_gap
         self.restart_events = frozenset(restart_events)
         self.stats = IngestStats()
+        # committed series ids: only `write` changes it (after its commit), `add` only reads it
         self._series: dict[SeriesKey, int] = {}
-        self._hot: dict[tuple[int, int], Rollup] = {}
-        self._hot_health: dict[tuple[TargetKey, int], HealthRollup] = {}
-        self._last: dict[TargetKey, tuple[str, float] | None] = {}
+        self._names: dict[str, str] = {}  # one copy of each host, agent and metric name
+        self._window = Window()
+        # each target's latest status: read for every health event, so all of it is in memory
+        self._last: dict[TargetKey, tuple[str, float]] = {} if readonly else self._load_last()
 
     def close(self) -> None:
         self._db.close()
@@ -207,35 +231,157 @@ class RollupStore:
         """A store in memory with nothing in it (a report before any data)."""
         return cls(":memory:")
 
-    # -- writing -------------------------------------------------------------------------------
+    # -- taking in (the event loop) ------------------------------------------------------------
 
     def positions(self) -> dict[str, int]:
         """The last stream sequence ingested, per stream."""
         return dict(self._db.execute("SELECT stream, seq FROM consumed").fetchall())
 
     def ingest(self, events: Iterable[Event], positions: Mapping[str, int] | None = None) -> None:
-        """Add `events` (in stream order) and record `positions` in one transaction."""
-        metrics: dict[tuple[int, int], Rollup] = {}
-        health: dict[tuple[TargetKey, int], HealthRollup] = {}
-        changed: set[TargetKey] = set()
-        counts = IngestStats()
+        """Add `events` (in stream order) and record `positions` in one transaction; on failure
+        nothing of them is kept."""
+        try:
+            for event in events:
+                self.add(event)
+            self.write(self.take(), positions)
+        except BaseException:
+            self._window = Window()
+            self._last = self._load_last()
+            raise
+
+    def add(self, whole: Event) -> None:
+        """Roll one event (in stream order) into the window; ValueError if it cannot be stored."""
+        event = whole if isinstance(whole, Check | Batch | Change) else narrow(whole)
+        counts = self._window.counts
+        if isinstance(event, Check):
+            self._add_health(event)
+            counts.health_events += 1
+        elif isinstance(event, Batch):
+            self._add_batch(event)
+            counts.metric_batches += 1
+            counts.samples += len(event.samples)
+        else:
+            self._window.alerts.append(event)
+            counts.alerts += 1
+
+    def take(self) -> Window:
+        """The window so far, to `write`; the next events go to a new one."""
+        window, self._window = self._window, Window()
+        last = self._last
+        targets = {target for by_target in window.health.values() for target in by_target}
+        window.last = [(*target, *last[target]) for target in targets if target in last]
+        return window
+
+    def _name(self, name: str) -> str:
+        return self._names.setdefault(name, name)
+
+    def _add_batch(self, batch: Batch) -> None:
+        hour = int(batch.ts // HOUR) * HOUR
+        keep = self.metrics
+        window = self._window.metrics
+        group = window.get((batch.host, batch.agent, hour))
+        if group is None:
+            group = window[(self._name(batch.host), self._name(batch.agent), hour)] = {}
+        found: list[tuple[Rollup | None, float]] = []
+        fresh: list[tuple[str, bytes]] = []
+        for sample in batch.samples:
+            name = sample.name
+            if keep is not None and name not in keep:
+                continue
+            raw = bytes(sample.labels)
+            by_name = group.get(name)
+            rollup = by_name.get(raw) if by_name is not None else None
+            if rollup is None:
+                fresh.append((name, raw))
+            found.append((rollup, sample.value))
+        if fresh:  # series new to this window: checked first, so a batch is refused whole
+            host, agent, known = self._name(batch.host), self._name(batch.agent), self._series
+            for name, raw in fresh:
+                if (host, agent, name, raw) not in known:
+                    labels_of(msgspec.Raw(raw))
+            made = iter(fresh)
+            for index, (rollup, value) in enumerate(found):
+                if rollup is None:
+                    name, raw = next(made)
+                    by_name = group.get(name)
+                    if by_name is None:
+                        by_name = group[self._name(name)] = {}
+                    rollup = by_name.get(raw)
+                    if rollup is None:
+                        rollup = by_name[raw] = Rollup()
+                    found[index] = (rollup, value)
+        for rollup, value in found:
+            rollup.add(value)  # type: ignore[union-attr]
+
+    def _add_health(self, event: Check) -> None:
+        target = (event.host, event.agent, event.target)
+        ts = event.ts
+        hour = int(ts // HOUR) * HOUR
+        hours = self._window.health
+        by_target = hours.get(hour)
+        if by_target is None:
+            by_target = hours[hour] = {}
+        now = by_target.get(target)
+        if now is None:
+            now = by_target[target] = HealthRollup()
+        if event.event is None:  # a periodic check: what availability is counted from
+            status = event.status
+            if status == "ok" or status == "warning":
+                now.up += 1
+            elif status == "critical":
+                now.down += 1
+            else:
+                now.unknown += 1
+            latency = event.latency
+            if latency is not None and math.isfinite(latency):
+                now.latency.add(latency)
+        last = self._last.get(target)
+        if last is None:
+            self._last[target] = (event.status, ts)
+            return
+        if event.event in self.restart_events:
+            now.restarts += 1
+        if ts > last[1] and last[0] != "unknown":
+            self._add_duration(target, last, ts, hour, now)
+        if ts >= last[1]:
+            self._last[target] = (event.status, ts)
+
+    def _add_duration(
+        self, target: TargetKey, last: tuple[str, float], ts: float, hour: int, now: HealthRollup
+    ) -> None:
+        """The previous status lasted until `ts` (up to health_gap): split it over its hours."""
+        healthy = last[0] == "ok"
+        start, end = last[1], min(ts, last[1] + self.health_gap)
+        while start < end:
+            piece_hour = int(start // HOUR) * HOUR
+            piece = min(end, piece_hour + HOUR) - start
+            if piece_hour == hour:
+                rollup = now
+            else:
+                by_target = self._window.health.setdefault(piece_hour, {})
+                rollup = by_target.get(target) or by_target.setdefault(target, HealthRollup())
+            if healthy:
+                rollup.healthy_seconds += piece
+            else:
+                rollup.unhealthy_seconds += piece
+            start += piece
+
+    def _load_last(self) -> dict[TargetKey, tuple[str, float]]:
+        rows = self._db.execute("SELECT host, agent, target, status, ts FROM health_last")
+        return {(host, agent, target): (status, ts) for host, agent, target, status, ts in rows}
+
+    # -- writing (a worker thread) -------------------------------------------------------------
+
+    def write(self, window: Window, positions: Mapping[str, int] | None = None) -> None:
+        """Commit `window` and `positions` in one transaction, merged into the stored hours. The
+        window is left as it was, so a failed write can be tried again."""
+        new_ids: dict[SeriesKey, int] = {}
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for whole in events:
-                event = narrow(whole) if isinstance(whole, MetricBatch | HealthEvent | Alert) else whole
-                if isinstance(event, Batch):
-                    self._add_batch(event, metrics)
-                    counts.metric_batches += 1
-                    counts.samples += len(event.samples)
-                elif isinstance(event, Check):
-                    self._add_health(event, health)
-                    changed.add((event.host, event.agent, event.target))
-                    counts.health_events += 1
-                else:
-                    self._add_alert(event)
-                    counts.alerts += 1
-            self._write_metrics(metrics)
-            self._write_health(health, changed)
+            self._write_metrics(window.metrics, new_ids)
+            self._write_health(window.health, window.last)
+            for alert in window.alerts:
+                self._add_alert(alert)
             self._db.executemany(
                 "INSERT INTO consumed (stream, seq) VALUES (?, ?) "
                 "ON CONFLICT (stream) DO UPDATE SET seq = max(seq, excluded.seq)",
@@ -244,21 +390,13 @@ class RollupStore:
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
-            # the caches may hold what was just rolled back
-            self._forget()
             raise
+        self._series.update(new_ids)  # only now are they the store's
         for name in ("samples", "metric_batches", "health_events", "alerts"):
-            setattr(self.stats, name, getattr(self.stats, name) + getattr(counts, name))
+            setattr(self.stats, name, getattr(self.stats, name) + getattr(window.counts, name))
 
-    def _forget(self) -> None:
-        """Drop the caches: they may hold what a rollback undid."""
-        self._series.clear()
-        self._hot.clear()
-        self._hot_health.clear()
-        self._last.clear()
-
-    def _series_id(self, key: SeriesKey) -> int:
-        found = self._series.get(key)
+    def _series_id(self, key: SeriesKey, new_ids: dict[SeriesKey, int]) -> int:
+        found = self._series.get(key) or new_ids.get(key)
         if found is not None:
             return found
         host, agent, metric, raw = key
@@ -272,134 +410,114 @@ class RollupStore:
             "SELECT id FROM series WHERE host = ? AND agent = ? AND metric = ? AND labels = ?",
             (host, agent, metric, encoded),
         ).fetchone()
-        self._series[key] = series_id
+        new_ids[key] = series_id
         return int(series_id)
 
-    def _add_batch(self, batch: Batch, into: dict[tuple[int, int], Rollup]) -> None:
-        hour = hour_of(batch.ts)
-        host, agent, keep, series = batch.host, batch.agent, self.metrics, self._series
-        for sample in batch.samples:
-            if keep is not None and sample.name not in keep:
-                continue
-            found = (host, agent, sample.name, bytes(sample.labels))
-            series_id = series.get(found)
-            if series_id is None:
-                series_id = self._series_id(found)
-            key = (series_id, hour)
-            rollup = into.get(key)
-            if rollup is None:
-                rollup = into[key] = Rollup()
-            rollup.add(sample.value)
+    def _stored(self, one: str, every: str, keys: Sequence[tuple[Any, ...]], hour: int) -> dict[Any, Any]:
+        """The stored columns of `keys` in `hour`: one query for the whole hour when many are
+        wanted (`every` selects the key columns first), else one query per key."""
+        found: dict[Any, Any] = {}
+        if len(keys) > _BULK_READ:
+            width = len(keys[0])
+            wanted = set(keys)
+            for row in self._db.execute(every, (hour,)):
+                if (key := row[:width]) in wanted:
+                    found[key] = row[width:]
+            return found
+        for key in keys:
+            row = self._db.execute(one, (*key, hour)).fetchone()
+            if row is not None:
+                found[key] = row
+        return found
 
-    def _write_metrics(self, pending: dict[tuple[int, int], Rollup]) -> None:
+    def _write_metrics(self, pending: MetricWindow, new_ids: dict[SeriesKey, int]) -> None:
+        by_hour: dict[int, list[tuple[int, Rollup]]] = {}
+        for (host, agent, hour), group in pending.items():
+            deltas = by_hour.setdefault(hour, [])
+            for name, by_labels in group.items():
+                for raw, delta in by_labels.items():
+                    deltas.append((self._series_id((host, agent, name, raw), new_ids), delta))
         rows = []
-        for key, rollup in pending.items():
-            base = self._hot.get(key) or self._load_rollup(key)
-            base.merge(rollup)
-            self._hot[key] = base
-            rows.append((*key, base.count, base.total, base.low, base.high, encode_sketch(base.sketch)))
-        self._db.executemany("INSERT OR REPLACE INTO metric_hour VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        if pending:
-            newest = max(hour for _, hour in pending)
-            stale = [key for key in self._hot if key[1] < newest - _HOT_HOURS * HOUR]
-            for key in stale:
-                del self._hot[key]
-
-    def _load_rollup(self, key: tuple[int, int]) -> Rollup:
-        row = self._db.execute(
-            "SELECT count, sum, min, max, sketch FROM metric_hour WHERE series = ? AND hour = ?", key
-        ).fetchone()
-        if row is None:
-            return Rollup()
-        return Rollup(row[0], row[1], row[2], row[3], decode_sketch(row[4]))
-
-    def _last_of(self, target: TargetKey) -> tuple[str, float] | None:
-        if target not in self._last:
-            row = self._db.execute(
-                "SELECT status, ts FROM health_last WHERE host = ? AND agent = ? AND target = ?", target
-            ).fetchone()
-            self._last[target] = (row[0], row[1]) if row else None
-        return self._last[target]
-
-    def _add_health(self, event: Check, into: dict[tuple[TargetKey, int], HealthRollup]) -> None:
-        target = (event.host, event.agent, event.target)
-
-        def at(hour: int) -> HealthRollup:
-            rollup = into.get((target, hour))
-            if rollup is None:
-                rollup = into[(target, hour)] = HealthRollup()
-            return rollup
-
-        now = at(hour_of(event.ts))
-        if event.event is None:  # a periodic check: what availability is counted from
-            if event.status in ("ok", "warning"):
-                now.up += 1
-            elif event.status == "critical":
-                now.down += 1
-            else:
-                now.unknown += 1
-            if event.latency is not None and math.isfinite(event.latency):
-                now.latency.add(event.latency)
-        last = self._last_of(target)
-        if last is not None and event.event in self.restart_events:
-            now.restarts += 1
-        if last is not None and event.ts > last[1] and last[0] != "unknown":
-            healthy = last[0] == "ok"
-            start, end = last[1], min(event.ts, last[1] + self.health_gap)
-            while start < end:  # the previous status lasted until now: split it over hours
-                hour = hour_of(start)
-                piece = min(end, hour + HOUR) - start
-                if healthy:
-                    at(hour).healthy_seconds += piece
-                else:
-                    at(hour).unhealthy_seconds += piece
-                start += piece
-        if last is None or event.ts >= last[1]:
-            self._last[target] = (event.status, event.ts)
-
-    def _write_health(
-        self, pending: dict[tuple[TargetKey, int], HealthRollup], changed: set[TargetKey]
-    ) -> None:
-        rows = []
-        for key, delta in pending.items():
-            target, hour = key
-            rollup = self._hot_health.get(key) or self._load_health(key)
-            rollup.merge(delta)
-            self._hot_health[key] = rollup
-            rows.append(
-                (
-                    *target,
-                    hour,
-                    rollup.up,
-                    rollup.down,
-                    rollup.unknown,
-                    rollup.healthy_seconds,
-                    rollup.unhealthy_seconds,
-                    rollup.restarts,
-                    encode_sketch(rollup.latency),
-                )
+        for hour, deltas in by_hour.items():
+            stored = self._stored(
+                "SELECT count, sum, min, max, sketch FROM metric_hour WHERE series = ? AND hour = ?",
+                "SELECT series, count, sum, min, max, sketch FROM metric_hour WHERE hour = ?",
+                [(series_id,) for series_id, _ in deltas],
+                hour,
             )
+            for series_id, delta in deltas:
+                row = stored.get((series_id,))
+                if row is None:
+                    total = delta
+                else:
+                    total = Rollup(row[0], row[1], row[2], row[3], decode_sketch(row[4]))
+                    total.merge(delta)
+                rows.append(
+                    (
+                        series_id,
+                        hour,
+                        total.count,
+                        total.total,
+                        total.low,
+                        total.high,
+                        encode_sketch(total.sketch),
+                    )
+                )
         self._db.executemany(
-            "INSERT OR REPLACE INTO health_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            "INSERT INTO metric_hour VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, hour) DO UPDATE SET "
+            "count = excluded.count, sum = excluded.sum, min = excluded.min, max = excluded.max, "
+            "sketch = excluded.sketch",
+            rows,
         )
-        last_rows = [(*t, *last) for t in changed if (last := self._last.get(t)) is not None]
-        self._db.executemany("INSERT OR REPLACE INTO health_last VALUES (?, ?, ?, ?, ?)", last_rows)
-        if pending:
-            newest = max(hour for _, hour in pending)
-            for stale in [key for key in self._hot_health if key[1] < newest - _HOT_HOURS * HOUR]:
-                del self._hot_health[stale]
 
-    def _load_health(self, key: tuple[TargetKey, int]) -> HealthRollup:
-        (host, agent, target), hour = key
-        row = self._db.execute(
-            "SELECT up, down, unknown, healthy_seconds, unhealthy_seconds, restarts, latency_sketch "
-            "FROM health_hour WHERE host = ? AND agent = ? AND target = ? AND hour = ?",
-            (host, agent, target, hour),
-        ).fetchone()
-        if row is None:
-            return HealthRollup()
-        up, down, unknown, healthy, unhealthy, restarts, latency = row
-        return HealthRollup(up, down, unknown, healthy, unhealthy, restarts, decode_sketch(latency))
+    def _write_health(self, pending: HealthWindow, last: list[tuple[str, str, str, str, float]]) -> None:
+        rows = []
+        for hour, by_target in pending.items():
+            deltas = list(by_target.items())
+            stored = self._stored(
+                "SELECT up, down, unknown, healthy_seconds, unhealthy_seconds, restarts, latency_sketch "
+                "FROM health_hour WHERE host = ? AND agent = ? AND target = ? AND hour = ?",
+                "SELECT host, agent, target, up, down, unknown, healthy_seconds, unhealthy_seconds, "
+                "restarts, latency_sketch FROM health_hour WHERE hour = ?",
+                [target for target, _ in deltas],
+                hour,
+            )
+            for target, delta in deltas:
+                row = stored.get(target)
+                if row is None:
+                    total = delta
+                else:
+                    up, down, unknown, healthy, unhealthy, restarts, latency = row
+                    total = HealthRollup(
+                        up, down, unknown, healthy, unhealthy, restarts, decode_sketch(latency)
+                    )
+                    total.merge(delta)
+                rows.append(
+                    (
+                        *target,
+                        hour,
+                        total.up,
+                        total.down,
+                        total.unknown,
+                        total.healthy_seconds,
+                        total.unhealthy_seconds,
+                        total.restarts,
+                        encode_sketch(total.latency),
+                    )
+                )
+        self._db.executemany(
+            "INSERT INTO health_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (host, agent, target, hour) DO UPDATE SET up = excluded.up, down = excluded.down, "
+            "unknown = excluded.unknown, healthy_seconds = excluded.healthy_seconds, "
+            "unhealthy_seconds = excluded.unhealthy_seconds, restarts = excluded.restarts, "
+            "latency_sketch = excluded.latency_sketch",
+            rows,
+        )
+        self._db.executemany(
+            "INSERT INTO health_last VALUES (?, ?, ?, ?, ?) ON CONFLICT (host, agent, target) "
+            "DO UPDATE SET status = excluded.status, ts = excluded.ts",
+            last,
+        )
 
     def _add_alert(self, alert: Change) -> None:
         if alert.status == "resolved":
@@ -441,8 +559,12 @@ class RollupStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        finally:
-            self._forget()
+        # May run beside `add` (in a thread, under the sink's store lock): each step below is one
+        # atomic dict operation, and a series forgotten here is only looked up again.
+        self._series.clear()
+        for target, (_, ts) in list(self._last.items()):
+            if ts < before:
+                self._last.pop(target, None)
         return deleted
 
     # -- reading -------------------------------------------------------------------------------

@@ -11,12 +11,12 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import nats.errors
+import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from bus import deadletter
@@ -28,6 +28,7 @@ from bus.jetstream import stream_name
 from sinks.report import intake
 from sinks.report.config import WEEKDAYS, ReportSinkConfig
 from sinks.report.model import METRICS_READ, PeriodKind, make_period
+from sinks.report.pull import Broken, Feed
 from sinks.report.render import REPORTS_DIR, produce, prune_reports
 from sinks.report.rollups import STORE_FILE, RollupStore
 
@@ -36,8 +37,8 @@ log = logging.getLogger(__name__)
 # What each stream's consumer accepts; anything else on it is counted as malformed.
 FAMILIES = intake.EXPECTED
 ReportEvent = intake.Input
-FETCH_TIMEOUT = 1.0
-ACK_WAIT = 60.0
+FETCH_TIMEOUT = 1.0  # a pull waits this long for its messages, at most
+PULL_BATCH = 2000  # messages asked for in one pull, at most
 STOP_GRACE = 5.0
 RETRY_CAP = 30.0
 
@@ -72,6 +73,7 @@ def out_dir_of(config: ReportSinkConfig, data_dir: Path) -> Path:
 
 @dataclass
 class SinkStats:
+    messages: int = 0  # taken in: rolled up, set aside or refused
     malformed: int = 0  # undecodable, or an event of the wrong kind for its stream
     duplicates: int = 0  # redelivered messages already in the store
     rejected: int = 0  # decoded but refused by the store
@@ -102,14 +104,21 @@ class ReportSink:
         self.clock = clock
         self.stats = SinkStats()
         self.rejections = deadletter.Rejections()
-        self._letters: list[deadletter.Letter] = []  # kept once their batch is in the store
+        self._letters: list[deadletter.Letter] = []  # kept once their window is in the store
         self.store: RollupStore | None = None
         self._stopped = asyncio.Event()
+        self._feeds: dict[str, Feed] = {}
+        self._seen: dict[str, int] = {}  # per stream, the last message taken into the store or window
+        self._taken = 0  # messages in the window
+        self._full = asyncio.Event()  # the window holds batch_size messages (or the sink stops)
+        self._writable = asyncio.Event()  # cleared while a write fails
+        self._writable.set()
         # SQLite work runs in a thread, so `up`'s agents keep their timing; one at a time
         self._store_lock = asyncio.Lock()
 
     def stop(self) -> None:
         self._stopped.set()
+        self._full.set()
 
     def counters(self) -> dict[str, int]:
         """What the sink did since it started, for its heartbeat and `jarvis-monitor status`."""
@@ -141,107 +150,111 @@ class ReportSink:
             return
         assert self.store is not None
         log.info("report sink: rollups in %s, reports in %s", self.store_path, self.out_dir / "reports")
+        backoff = Backoff(0.2, RETRY_CAP)
+        while True:  # where each stream stands: the consumers start right after it
+            try:
+                self._seen = await asyncio.to_thread(self.store.positions)
+                break
+            except sqlite3.Error as exc:  # locked, say: retried, as a failed write is
+                self.stats.store_errors += 1
+                if backoff.attempts == 0:
+                    log.error("report sink: cannot read %s: %s; retrying", self.store_path, exc)
+                if await wait_unless(self._stopped, backoff.next()):
+                    self.store.close()
+                    self.store = None
+                    return
         consumers = [asyncio.create_task(self._consume(family)) for family in FAMILIES]
+        commits = asyncio.create_task(self._commits())
         schedule = asyncio.create_task(self._schedule())
-        consumers.append(
-            asyncio.create_task(
-                beat(
-                    self.bus,
-                    self.host,
-                    vocab.REPORT_PART,
-                    self.counters,
-                    lambda: self.rejections.by_reason,
-                    self._stopped,
-                )
+        heartbeat = asyncio.create_task(
+            beat(
+                self.bus,
+                self.host,
+                vocab.REPORT_PART,
+                self.counters,
+                lambda: self.rejections.by_reason,
+                self._stopped,
             )
         )
         try:
             await self._stopped.wait()
-            # a fetch in flight finishes and its batch is committed and acked: cancelling it would
-            # leave messages delivered to nobody until ack_wait, holding up the next start
-            await asyncio.wait(consumers, timeout=FETCH_TIMEOUT + STOP_GRACE)
+            # Nothing is acknowledged: a pull cut short only leaves its messages to the next start.
+            await cancel_and_wait(consumers)
+            for feed in self._feeds.values():
+                await feed.close()
+            await asyncio.wait([commits], timeout=STOP_GRACE)  # a write under way finishes
+            if commits.done():
+                await self.commit()
         finally:
-            await cancel_and_wait([*consumers, schedule])
-            self.store.close()
+            await cancel_and_wait([*consumers, commits, schedule, heartbeat])
+            for feed in self._feeds.values():
+                await feed.close()
+            async with self._store_lock:  # no write may still be running in its thread
+                self.store.close()
             self.store = None
 
     # -- consuming -----------------------------------------------------------------------------
 
-    async def _subscribe(self, family: str) -> JetStreamContext.PullSubscription:
-        """A pull subscription on the family's stream, retried until the stream exists."""
+    async def _open_feed(self, family: str) -> Feed:
+        """The family's feed from right after what the sink has taken in, retried until the stream
+        exists (the evaluator makes the streams)."""
         stream = stream_name(self.bus.subjects.prefix, family)
-        subject = self.bus.subjects.family(family)
-        consumer = ConsumerConfig(
-            durable_name=self.config.durable,
-            deliver_policy=DeliverPolicy.ALL,
-            # One batch in flight, acknowledged by one ack once committed. With no more pending
-            # than a batch, messages come in stream order even after a crash (the lost batch is
-            # redelivered before anything newer), so the committed stream position is an exact
-            # test for "already in the store".
-            ack_policy=AckPolicy.ALL,
-            ack_wait=ACK_WAIT,
-            max_ack_pending=self.config.batch_size,
-            filter_subject=subject,
-        )
-        js = self.bus.nc.jetstream()
+        feed = self._feeds.get(family)
+        if feed is None:
+            handle: Callable[[Msg, int], None] = partial(self._take_in, family, stream)
+            feed = self._feeds[family] = Feed(self.bus.nc, stream, self.config.durable, handle)
         backoff = Backoff(0.2, RETRY_CAP)
         while True:
             try:
-                return await js.pull_subscribe(
-                    subject, durable=self.config.durable, stream=stream, config=consumer
-                )
-            except (NotFoundError, nats.errors.Error, TimeoutError) as exc:
+                await feed.open(self.bus.subjects.family(family), self._seen.get(stream, 0))
+                return feed
+            except (NotFoundError, nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 if backoff.attempts == 0:
                     log.warning("report sink: cannot consume %s yet (%s); retrying", stream, exc)
-                await asyncio.sleep(backoff.next())
+                if await wait_unless(self._stopped, backoff.next()):
+                    return feed
 
     async def _consume(self, family: str) -> None:
-        stream = stream_name(self.bus.subjects.prefix, family)
-        sub = await self._subscribe(family)
+        feed = await self._open_feed(family)
         backoff = Backoff(0.2, RETRY_CAP)
         while not self._stopped.is_set():
+            await self._writable.wait()  # while a write fails, the window grows no further
             try:
-                messages = await sub.fetch(self.config.batch_size, timeout=FETCH_TIMEOUT)
-            except TimeoutError:
+                await feed.pull(min(PULL_BATCH, self.config.batch_size), FETCH_TIMEOUT)
+            except Broken as exc:
+                log.warning("report sink: %s: %s; consuming afresh from where it stands", feed.stream, exc)
+                await wait_unless(self._stopped, backoff.next())
+                feed = await self._open_feed(family)
                 continue
             except nats.errors.Error as exc:  # an outage: the client reconnects, we wait
                 if backoff.attempts == 0:
-                    log.warning("report sink: fetching from %s failed: %s", stream, exc)
-                await asyncio.sleep(backoff.next())
+                    log.warning("report sink: fetching from %s failed: %s", feed.stream, exc)
+                await wait_unless(self._stopped, backoff.next())
                 continue
             backoff.reset()
-            if messages:
-                self.lag[family] = messages[-1].metadata.num_pending
-            try:
-                ingested = bool(messages) and await self._ingest(family, stream, messages)
-            except Exception:  # a bug: the batch stays unacked and comes again, the consumer goes on
-                log.exception("report sink: a batch from %s could not be ingested", stream)
-                ingested = False
-            if ingested:
-                await self._keep_letters()
-                try:
-                    await messages[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
-                except nats.errors.Error as exc:  # redelivered later and recognised as duplicates
-                    log.warning("report sink: ack on %s failed: %s", stream, exc)
+            self.lag[family] = feed.pending
 
-    def _decode(
-        self, family: str, messages: list[Msg], done: int
-    ) -> tuple[list[tuple[ReportEvent, int]], int]:
-        """The batch's new events with their stream sequences, and the batch's last sequence;
-        messages at or before `done` (in the store already) and bad payloads are counted and skipped."""
-        events: list[tuple[ReportEvent, int]] = []
-        last = done
-        for msg in messages:
-            seq = msg.metadata.sequence.stream
-            if seq <= done:
-                self.stats.duplicates += 1
-                continue
-            last = max(last, seq)
+    def _take_in(self, family: str, stream: str, msg: Msg, seq: int) -> None:
+        """One message into the window (the feed's callback): counted, set aside, or rolled up."""
+        if seq <= self._seen.get(stream, 0):
+            self.stats.duplicates += 1
+            return
+        self._seen[stream] = seq
+        self._taken += 1
+        self.stats.messages += 1
+        try:
+            event = intake.decode(family, msg.data, msg.subject)
+        except intake.Refused as exc:
+            self._malformed(msg, seq, exc.reason)
+        else:
+            assert self.store is not None
             try:
-                events.append((intake.decode(family, msg.data, msg.subject), seq))
-            except intake.Refused as exc:
-                self._malformed(msg, seq, exc.reason)
-        return events, last
+                self.store.add(event)
+            except Exception as exc:  # a bug on this event, or a label set over the wire's bounds
+                self.stats.rejected += 1
+                log.error("report sink: rejected a %s from %s: %s", type(event).__name__, stream, exc)
+        if self._taken >= self.config.batch_size:
+            self._full.set()
 
     def _malformed(self, msg: Msg, seq: int, reason: str) -> None:
         """Counted by reason and kept as a dead letter (the evaluator keeps the same one, same id)."""
@@ -257,63 +270,56 @@ class ReportSink:
                 reason,
             )
 
-    async def _keep_letters(self) -> None:
-        letters, self._letters = self._letters, []
+    async def _keep_letters(self, letters: list[deadletter.Letter]) -> None:
         js = self.bus.nc.jetstream()
         for letter in letters:
             await deadletter.publish(js, *letter, max_payload=self.bus.nc.max_payload, stopped=self._stopped)
         self.stats.dead_lettered += len(letters)
 
-    async def _ingest(self, family: str, stream: str, messages: list[Msg]) -> bool:
-        """Commit the batch; True once it is in the store (only then may it be acked)."""
+    async def _commits(self) -> None:
+        """Write the window every `commit_every` or when full, and once more when stopping."""
+        every = self.config.commit_every.seconds
+        while not self._stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), every)
+            if self._stopped.is_set():  # `run` writes the last window once consuming has ended
+                return
+            await self.commit()
+
+    async def commit(self) -> bool:
+        """Write what came in so far with the stream positions it reaches; True once written.
+
+        A failed write keeps the window and is retried (consuming paused meanwhile) until it
+        succeeds or the sink stops: then nothing of it was written, and the consumers, made
+        afresh at the next start where the store stands, deliver it again.
+        """
         store = self.store
         assert store is not None
+        self._full.clear()
+        if self._taken == 0:
+            return True
+        window, positions = store.take(), dict(self._seen)
+        letters, self._letters, self._taken = self._letters, [], 0
         backoff = Backoff(0.2, RETRY_CAP)
-        decoded: tuple[list[tuple[ReportEvent, int]], int] | None = None
         async with self._store_lock:
-            while True:  # at least once, even when stopping: a fetched batch is finished
+            while True:  # at least once, even when stopping
                 try:
-                    if decoded is None:  # in the thread: the positions may wait on a locked database
-                        done = (await asyncio.to_thread(store.positions)).get(stream, 0)
-                        decoded = self._decode(family, messages, done)
-                    events, last = decoded
-                    await asyncio.to_thread(store.ingest, [event for event, _ in events], {stream: last})
-                    return True
-                except sqlite3.Error as exc:  # disk full, locked: keep the batch unacked and retry
+                    await asyncio.to_thread(store.write, window, positions)
+                    break
+                except Exception as exc:  # disk full, locked (or a bug): keep the window, retry
                     self.stats.store_errors += 1
+                    self._writable.clear()
                     if backoff.attempts == 0:
-                        log.error("report sink: cannot write %s: %s; retrying", self.store_path, exc)
-                    if self._stopped.is_set():
+                        if isinstance(exc, sqlite3.Error):
+                            log.error("report sink: cannot write %s: %s; retrying", self.store_path, exc)
+                        else:
+                            log.exception("report sink: writing %s failed; retrying", self.store_path)
+                    if await wait_unless(self._stopped, backoff.next()):
+                        log.error("report sink: stopped before the last write; redelivered at the next start")
                         return False
-                    await wait_unless(self._stopped, backoff.next())
-                except Exception:  # a bug on some event: find it, keep the rest
-                    if decoded is None:
-                        raise
-                    log.exception(
-                        "report sink: ingesting a batch from %s failed; retrying event by event", stream
-                    )
-                    try:
-                        await asyncio.to_thread(self._ingest_one_by_one, *decoded, stream)
-                    except sqlite3.Error as exc:  # unacked: redelivered, and what got in is known
-                        self.stats.store_errors += 1
-                        log.error("report sink: cannot write %s: %s", self.store_path, exc)
-                        return False
-                    return True
-
-    def _ingest_one_by_one(self, events: list[tuple[ReportEvent, int]], last: int, stream: str) -> None:
-        """Each event in a transaction of its own with its stream position, so that one the store
-        refuses is skipped and, should the store fail meanwhile, none is counted twice."""
-        assert self.store is not None
-        for event, seq in events:
-            try:
-                self.store.ingest([event], {stream: seq})
-            except sqlite3.Error:
-                raise
-            except Exception as exc:
-                self.stats.rejected += 1
-                log.error("report sink: rejected a %s from %s: %s", type(event).__name__, stream, exc)
-                self.store.ingest([], {stream: seq})
-        self.store.ingest([], {stream: last})
+        self._writable.set()
+        await self._keep_letters(letters)
+        return True
 
     # -- reports -------------------------------------------------------------------------------
 

@@ -80,8 +80,9 @@ async def sink_consume(url: str, data_dir: Path) -> float:
     )
     start = time.perf_counter()
     task = asyncio.create_task(sink.run())
-    while sink.store is None or sink.store.stats.metric_batches < MESSAGES:
+    while sink.stats.messages < MESSAGES:
         await asyncio.sleep(0.005)
+    await sink.commit()  # in the store, as a timed commit would have it
     rate = MESSAGES / (time.perf_counter() - start)
     sink.stop()
     await task

@@ -20,6 +20,7 @@ from bus.connection import Bus
 from bus.events import Alert, Heartbeat, MetricBatch, encode
 from bus.jetstream import provision, stream_name
 from bus.server import EmbeddedServer
+from bus.units import Duration
 from jarvis_monitor import report_cli
 from jarvis_monitor.config import Config
 from sinks.report.config import ReportSinkConfig
@@ -56,7 +57,8 @@ class Running:
     """A sink running in a task, stopped and awaited on exit."""
 
     def __init__(self, bus: Bus, data_dir: Path) -> None:
-        self.sink = ReportSink(ReportSinkConfig(batch_size=400), bus, data_dir, clock=lambda: T0 + 3600)
+        config = ReportSinkConfig(batch_size=400, commit_every=Duration(0.2))
+        self.sink = ReportSink(config, bus, data_dir, clock=lambda: T0 + 3600)
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ReportSink:
@@ -132,22 +134,21 @@ async def test_a_restarted_sink_continues_where_it_stopped_without_counting_twic
         assert sum(r.count for r in rows) == 1440
 
 
-async def test_redelivered_messages_are_recognised_and_not_counted_again(
-    streams: Bus, data_dir: Path
-) -> None:
+async def test_a_lost_consumer_is_made_again_where_the_store_stands(streams: Bus, data_dir: Path) -> None:
+    """The store, not the consumer, knows what was taken in: with the consumer deleted while the
+    sink was down, what it had is not counted again and what came since is not missed."""
     bus = streams
-    events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:300]
-    await publish(bus, events)
+    events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:350]
+    await publish(bus, events[:300])
     async with Running(bus, data_dir) as sink:
         await wait_until(lambda: ingested(sink)[0] == 300, timeout=30)
-    # as if every ack had been lost: a consumer that starts over from the first message
     await bus.nc.jetstream().delete_consumer(stream_name(bus.subjects.prefix, "metrics"), "report")
+    await publish(bus, events[300:])
     async with Running(bus, data_dir) as sink:
-        await wait_until(lambda: sink.stats.duplicates == 300, timeout=30)
+        await wait_until(lambda: ingested(sink)[0] == 50, timeout=30)
         assert sink.store is not None
-        assert sink.store.stats.metric_batches == 0
         rows = sink.store.metric_hours(T0, T0 + 86400, ["cpu.percent"])
-        assert sum(r.count for r in rows) == 300
+        assert sum(r.count for r in rows) == 350
 
 
 async def test_the_sink_waits_for_streams_that_do_not_exist_yet(
@@ -198,7 +199,9 @@ async def test_sink_report_command_consumes_until_sigterm_and_report_writes_the_
 ) -> None:
     data_dir = tmp_path / "data"
     config = tmp_path / "jarvis.toml"
-    config.write_text(f'data_dir = "{data_dir}"\n[bus]\nprefix = "{prefix}"\n')
+    config.write_text(
+        f'data_dir = "{data_dir}"\n[bus]\nprefix = "{prefix}"\n[sinks.report]\ncommit_every = "200ms"\n'
+    )
     env = {**os.environ, "JARVIS_NATS_URL": nats_server.url}
     command = [sys.executable, "-m", "jarvis_monitor", "-c", str(config)]
     process = await asyncio.create_subprocess_exec(
@@ -225,7 +228,7 @@ async def test_sink_report_command_consumes_until_sigterm_and_report_writes_the_
 
 
 @pytest.mark.parametrize(
-    ("method", "error"), [("ingest", "database or disk is full"), ("positions", "database is locked")]
+    ("method", "error"), [("write", "database or disk is full"), ("positions", "database is locked")]
 )
 async def test_a_failing_store_keeps_the_batch_and_retries_until_it_is_written(
     streams: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch, method: str, error: str
@@ -257,33 +260,34 @@ async def test_a_failing_store_keeps_the_batch_and_retries_until_it_is_written(
 async def test_an_event_the_store_cannot_take_is_rejected_and_the_rest_kept_once(
     streams: Bus, data_dir: Path, monkeypatch: pytest.MonkeyPatch, disk_fails_next: bool
 ) -> None:
-    """Event by event, each commit carries its stream position: should the store fail meanwhile,
-    the redelivered batch resumes there and nothing is counted twice."""
+    """One event the store refuses is counted and left out; should the write of the rest fail
+    then, it is tried again and nothing is counted twice."""
     bus = streams
     events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:20]
     running = Running(bus, data_dir)
     store = running.sink.open()
-    real_ingest = store.ingest
-    armed, disk_full = [False], [disk_fails_next]
+    real_add, real_write = store.add, store.write
+    disk_full = [disk_fails_next]
 
-    def choke_on_minute_7(batch: Sequence[ReportEvent], positions: Any = None) -> None:
-        if any(isinstance(e, Batch) and e.ts == T0 + 7 * 60 for e in batch):
-            armed[0] = True
+    def choke_on_minute_7(event: ReportEvent) -> None:
+        if isinstance(event, Batch) and event.ts == T0 + 7 * 60:
             raise ValueError("a bug")
-        later = any(isinstance(e, Batch) and e.ts > T0 + 7 * 60 for e in batch)
-        if armed[0] and disk_full[0] and later:  # the first event after the bad one, event by event
+        real_add(event)
+
+    def write(window: Any, positions: Any = None) -> None:
+        if disk_full[0]:
             disk_full[0] = False
             raise sqlite3.OperationalError("database or disk is full")
-        real_ingest(batch, positions)
+        real_write(window, positions)
 
-    monkeypatch.setattr(store, "ingest", choke_on_minute_7)
-    monkeypatch.setattr("sinks.report.service.ACK_WAIT", 1.0)  # an unacked batch comes back soon
+    monkeypatch.setattr(store, "add", choke_on_minute_7)
+    monkeypatch.setattr(store, "write", write)
     await publish(bus, events)
     metrics = stream_name(bus.subjects.prefix, "metrics")
     async with running as sink:
-        await wait_until(lambda: store.stats.metric_batches == 19 and not disk_full[0], timeout=30)
         await wait_until(lambda: store.positions().get(metrics) == 20, timeout=30)
-        assert sink.stats.rejected >= 1
+        assert sink.stats.rejected == 1
+        assert sink.stats.store_errors == (1 if disk_fails_next else 0)
         rows = store.metric_hours(T0, T0 + 86400, ["cpu.percent"])
         assert sum(r.count for r in rows) == 19
         assert store.stats.metric_batches == 19
