@@ -227,6 +227,44 @@ async def test_sink_report_command_consumes_until_sigterm_and_report_writes_the_
     assert written["hosts"][0]["cpu"]["avg"] == pytest.approx(29.5)
 
 
+async def test_a_killed_sink_restarted_has_every_message_once(
+    nats_server: EmbeddedServer, bus: Bus, prefix: str, tmp_path: Path
+) -> None:
+    """SIGKILL between (or during) writes: what was written stays, what was not comes again, and
+    the restarted sink ends with every message in the store exactly once."""
+    data_dir = tmp_path / "data"
+    config = tmp_path / "jarvis.toml"
+    config.write_text(
+        f'data_dir = "{data_dir}"\n[bus]\nprefix = "{prefix}"\n[sinks.report]\ncommit_every = "100ms"\n'
+    )
+    env = {**os.environ, "JARVIS_NATS_URL": nats_server.url}
+    command = [sys.executable, "-m", "jarvis_monitor", "-c", str(config), "sink", "report"]
+    await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
+    events = [e for e in synthetic_day() if isinstance(e, MetricBatch) and e.agent == "host"][:600]
+    await publish(bus, events[:300])
+    first = await asyncio.create_subprocess_exec(*command, env=env, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await wait_until(lambda: stored_batches(data_dir) >= 100, timeout=30)
+        sending = asyncio.create_task(publish(bus, events[300:]))
+        first.kill()  # while taking in the first half and the second arrives
+        await first.wait()
+        await sending
+    finally:
+        if first.returncode is None:
+            first.kill()
+            await first.wait()
+    written = stored_batches(data_dir)
+    assert 100 <= written <= 600
+    second = await asyncio.create_subprocess_exec(*command, env=env, stderr=asyncio.subprocess.PIPE)
+    try:
+        await wait_until(lambda: stored_batches(data_dir) >= 600, timeout=30)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(second.communicate(), 30)
+    assert second.returncode == 0, stderr.decode()
+    assert stored_batches(data_dir) == 600
+
+
 @pytest.mark.parametrize(
     ("method", "error"), [("write", "database or disk is full"), ("positions", "database is locked")]
 )
