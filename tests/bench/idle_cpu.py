@@ -200,6 +200,19 @@ class Usage:
     wakeups: int  # voluntary context switches
 
 
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of `pid` (psutil reads the main thread's alone)."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # the thread ended
+            continue
+        match = re.search(r"^voluntary_ctxt_switches:\s+(\d+)$", text, re.M)
+        total += int(match[1]) if match else 0
+    return total
+
+
 def tree_usage(pid: int) -> dict[str, Usage]:
     """CPU and wakeups of a process and of each of its descendants, by name (pid when names repeat)."""
     root = psutil.Process(pid)
@@ -208,12 +221,12 @@ def tree_usage(pid: int) -> dict[str, Usage]:
         try:
             with process.oneshot():
                 times = process.cpu_times()
-                switches = process.num_ctx_switches()
                 name = process.name()
+            switches = wakeups(process.pid)
         except psutil.NoSuchProcess:
             continue
         key = name if name not in found else f"{name}[{process.pid}]"
-        found[key] = Usage(times.user + times.system, switches.voluntary)
+        found[key] = Usage(times.user + times.system, switches)
     return found
 
 
@@ -263,8 +276,8 @@ async def run() -> list[tuple[str, str, str]]:
         ("window", f"{window:.0f} s after {opts.warmup:.0f} s warm-up; load {os.getloadavg()[0]:.1f}", "-")
     ]
     for name, processes in used.items():
-        for process, usage in processes.items():
-            label = process if process == name or name != ours.name else f"  {process} (child of up)"
+        for index, (process, usage) in enumerate(processes.items()):
+            label = name if index == 0 else f"  {process} (child of {name})"
             rows.append(
                 (
                     f"{label}",
