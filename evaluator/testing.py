@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -76,11 +77,13 @@ class Driver:
         self.notifications: list[Notification] = []
 
     def at(self, t: float, *events: MetricBatch | HealthEvent | Heartbeat) -> Driver:
-        """Advance to t (ticking every due timer on the way), then observe events at t."""
+        """Advance to t as the service does: timers due before t, the events at t, then the
+        timers due at t (they see what was stamped t)."""
         self.now = t
-        self.engine.tick(t)
+        self.engine.tick(math.nextafter(t, -math.inf))
         for event in events:
             self.engine.observe(event, t)
+        self.engine.tick(t)
         self.collect()
         return self
 

@@ -367,3 +367,31 @@ def test_the_sample_that_ends_a_for_fires_the_alert_though_its_stamp_is_rounded(
         driver.at(t, health("probe01", "probe", "backend-api", "critical"))
     firing = [a for a in driver.alerts if a.rule == "service_down" and a.status == "firing"]
     assert [a.starts_at for a in firing] == [end], "fired by that sample, not by a later timer"
+
+
+def test_a_flush_due_as_a_check_comes_in_tells_what_that_check_shows() -> None:
+    """The versus bench's sequence: a 60 s outage, then a check down 20 s / up 20 s; the first
+    flapping outage's firing resolved 10 s later waits group_interval, and that flush falls on the
+    check that shows the alert flapping: it must tell it flapping, never resolved."""
+    config = EvaluatorConfig(
+        tune={"service_down": RuleTuning(for_=Duration(10))},
+        default_route=DefaultRoute(
+            group_by=["host"],
+            group_wait=Duration(10),
+            group_interval=Duration(30),
+            repeat_interval=Duration(3600),
+        ),
+    )
+    driver = Driver(config)
+    t = 0.0
+    for status in ["critical"] * 12 + ["ok"] * 18:  # the outage, then a healthy gap
+        driver.at(t, health("probe01", "probe", "backend-api", status))  # type: ignore[arg-type]
+        t += 5
+    driver.take()
+    flapping_check(driver, 5, start=t)
+    told = [a for n in driver.notifications for a in n.alerts if a.rule == "service_down"]
+    assert [a.status for a in told][:1] == ["firing"], "the first outage is told as it fires"
+    assert not [a for a in told if a.status == "resolved" and not a.flapping], [
+        (a.status, a.flapping) for a in told
+    ]
+    assert any(a.flapping for a in told)
