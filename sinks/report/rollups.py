@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from array import array
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,13 @@ class Rollup:
             self.high = value
         self.sketch.add(value)
 
+    def add_all(self, values: array[float]) -> None:
+        self.count += len(values)
+        self.total += sum(values)
+        self.low = min(self.low, min(values))
+        self.high = max(self.high, max(values))
+        self.sketch.add_all(values)
+
     def merge(self, other: Rollup) -> None:
         self.count += other.count
         self.total += other.total
@@ -95,6 +103,16 @@ class HealthRollup:
     unhealthy_seconds: float = 0.0
     restarts: int = 0
     latency: Sketch = field(default_factory=Sketch)
+
+    def add_delta(self, delta: HealthDelta) -> None:
+        self.up += delta.up
+        self.down += delta.down
+        self.unknown += delta.unknown
+        self.healthy_seconds += delta.healthy_seconds
+        self.unhealthy_seconds += delta.unhealthy_seconds
+        self.restarts += delta.restarts
+        if delta.latencies is not None:
+            self.latency.add_all(delta.latencies)
 
     def merge(self, other: HealthRollup) -> None:
         self.up += other.up
@@ -164,29 +182,61 @@ Event = MetricBatch | HealthEvent | Alert | Input
 # Above this many rows of one hour in a write, that hour's stored rows are read in one query
 # rather than one by one.
 _BULK_READ = 256
+_CHUNK = 4096  # rows merged and written at a time
 
 
-# A window's metrics: (host, agent, hour) -> metric -> labels as sent -> rollup. Nested so that a
-# sample costs dict lookups and no new key of its own (many small objects a second would keep the
-# garbage collector busy).
-MetricWindow = dict[tuple[str, str, int], dict[str, dict[bytes, Rollup]]]
-HealthWindow = dict[int, dict[TargetKey, HealthRollup]]  # hour -> target -> rollup
+class Series:
+    """A series the sink has seen: its id once stored, and its values since the last write
+    (of `hour`, the latest hour it had values of)."""
+
+    __slots__ = ("hour", "id", "values")
+
+    def __init__(self) -> None:
+        self.id = 0
+        self.hour = -1
+        self.values: array[float] | None = None
+
+
+class HealthDelta:
+    """A target's outcomes in one hour since the last write (latencies folded at the write)."""
+
+    __slots__ = ("down", "healthy_seconds", "latencies", "restarts", "unhealthy_seconds", "unknown", "up")
+
+    def __init__(self) -> None:
+        self.up = self.down = self.unknown = self.restarts = 0
+        self.healthy_seconds = self.unhealthy_seconds = 0.0
+        self.latencies: array[float] | None = None
+
+
+class Target:
+    """A health target the sink knows: its latest status, and what came since the last write."""
+
+    __slots__ = ("delta", "hour", "key", "status", "ts")
+
+    def __init__(self, key: TargetKey, status: str, ts: float) -> None:
+        self.key = key
+        self.status = status
+        self.ts = ts
+        self.hour = -1
+        self.delta: HealthDelta | None = None  # of `hour`
 
 
 @dataclass
 class Window:
-    """What came in since the last write, rolled up as it came: what one `write` commits."""
+    """What came in since the last write, as `take` detached it: what one `write` commits."""
 
-    metrics: MetricWindow = field(default_factory=dict)
-    health: HealthWindow = field(default_factory=dict)
-    last: list[tuple[str, str, str, str, float]] = field(default_factory=list)  # set by `take`
+    metrics: list[tuple[Series, int, array[float]]] = field(default_factory=list)
+    new_series: list[tuple[Series, SeriesKey]] = field(default_factory=list)
+    health: list[tuple[TargetKey, int, HealthDelta]] = field(default_factory=list)
+    last: list[tuple[str, str, str, str, float]] = field(default_factory=list)
     alerts: list[Change] = field(default_factory=list)
     counts: IngestStats = field(default_factory=IngestStats)
 
 
 class RollupStore:
-    """Hourly rollups in one SQLite file; events are `add`ed to a window in memory, and `write`
-    commits a window with the stream positions it came from (`ingest` does both)."""
+    """Hourly rollups in one SQLite file. Events are `add`ed in memory, each series' values and
+    each target's outcomes kept beside it until `take` detaches them as a window, which `write`
+    commits with the stream positions it came from (`ingest` does all three)."""
 
     def __init__(
         self,
@@ -216,12 +266,18 @@ class RollupStore:
         self.health_gap = health_gap
         self.restart_events = frozenset(restart_events)
         self.stats = IngestStats()
-        # committed series ids: only `write` changes it (after its commit), `add` only reads it
-        self._series: dict[SeriesKey, int] = {}
-        self._names: dict[str, str] = {}  # one copy of each host, agent and metric name
-        self._window = Window()
-        # each target's latest status: read for every health event, so all of it is in memory
-        self._last: dict[TargetKey, tuple[str, float]] = {} if readonly else self._load_last()
+        # (host, agent) -> metric -> labels as sent -> series: nested, so that a sample costs
+        # lookups and no key of its own (many small objects a second keep the collector busy)
+        self._series: dict[tuple[str, str], dict[str, dict[bytes, Series]]] = {}
+        self._touched: list[Series] = []
+        self._new: list[tuple[Series, SeriesKey]] = []
+        self._spilled: list[tuple[Series, int, array[float]]] = []  # values of an earlier hour
+        self._targets: dict[TargetKey, Target] = {} if readonly else self._load_targets()
+        self._changed: list[Target] = []
+        self._spilled_health: list[tuple[TargetKey, int, HealthDelta]] = []
+        self._alerts: list[Change] = []
+        self._counts = IngestStats()
+        self._names: dict[str, str] = {}  # one copy of each host and agent name
 
     def close(self) -> None:
         self._db.close()
@@ -245,14 +301,15 @@ class RollupStore:
                 self.add(event)
             self.write(self.take(), positions)
         except BaseException:
-            self._window = Window()
-            self._last = self._load_last()
+            self.take()
+            self._series.clear()
+            self._targets = self._load_targets()
             raise
 
     def add(self, whole: Event) -> None:
-        """Roll one event (in stream order) into the window; ValueError if it cannot be stored."""
+        """Roll one event (in stream order) in; ValueError if it cannot be stored."""
         event = whole if isinstance(whole, Check | Batch | Change) else narrow(whole)
-        counts = self._window.counts
+        counts = self._counts
         if isinstance(event, Check):
             self._add_health(event)
             counts.health_events += 1
@@ -261,15 +318,26 @@ class RollupStore:
             counts.metric_batches += 1
             counts.samples += len(event.samples)
         else:
-            self._window.alerts.append(event)
+            self._alerts.append(event)
             counts.alerts += 1
 
     def take(self) -> Window:
-        """The window so far, to `write`; the next events go to a new one."""
-        window, self._window = self._window, Window()
-        last = self._last
-        targets = {target for by_target in window.health.values() for target in by_target}
-        window.last = [(*target, *last[target]) for target in targets if target in last]
+        """What came in since the last `take`, to `write`; what comes next is kept apart."""
+        metrics = self._spilled
+        for series in self._touched:
+            if series.values is not None:
+                metrics.append((series, series.hour, series.values))
+                series.values = None
+        health = self._spilled_health
+        last = []
+        for target in self._changed:
+            if target.delta is not None:
+                health.append((target.key, target.hour, target.delta))
+                target.delta = None
+            last.append((*target.key, target.status, target.ts))
+        window = Window(metrics, self._new, health, last, self._alerts, self._counts)
+        self._touched, self._new, self._spilled, self._changed, self._spilled_health = [], [], [], [], []
+        self._alerts, self._counts = [], IngestStats()
         return window
 
     def _name(self, name: str) -> str:
@@ -278,52 +346,81 @@ class RollupStore:
     def _add_batch(self, batch: Batch) -> None:
         hour = int(batch.ts // HOUR) * HOUR
         keep = self.metrics
-        window = self._window.metrics
-        group = window.get((batch.host, batch.agent, hour))
+        group = self._series.get((batch.host, batch.agent))
         if group is None:
-            group = window[(self._name(batch.host), self._name(batch.agent), hour)] = {}
-        found: list[tuple[Rollup | None, float]] = []
+            group = self._series[(batch.host, batch.agent)] = {}
+        found: list[tuple[Series | None, float]] = []
         fresh: list[tuple[str, bytes]] = []
         for sample in batch.samples:
             name = sample.name
             if keep is not None and name not in keep:
                 continue
             raw = bytes(sample.labels)
-            by_name = group.get(name)
-            rollup = by_name.get(raw) if by_name is not None else None
-            if rollup is None:
+            by_labels = group.get(name)
+            series = by_labels.get(raw) if by_labels is not None else None
+            if series is None:
                 fresh.append((name, raw))
-            found.append((rollup, sample.value))
-        if fresh:  # series new to this window: checked first, so a batch is refused whole
-            host, agent, known = self._name(batch.host), self._name(batch.agent), self._series
-            for name, raw in fresh:
-                if (host, agent, name, raw) not in known:
-                    labels_of(msgspec.Raw(raw))
+            found.append((series, sample.value))
+        if fresh:  # series not seen yet: checked first, so that a batch is refused whole
+            for _, raw in fresh:
+                labels_of(msgspec.Raw(raw))
             made = iter(fresh)
-            for index, (rollup, value) in enumerate(found):
-                if rollup is None:
+            for index, (series, value) in enumerate(found):
+                if series is None:
                     name, raw = next(made)
-                    by_name = group.get(name)
-                    if by_name is None:
-                        by_name = group[self._name(name)] = {}
-                    rollup = by_name.get(raw)
-                    if rollup is None:
-                        rollup = by_name[raw] = Rollup()
-                    found[index] = (rollup, value)
-        for rollup, value in found:
-            rollup.add(value)  # type: ignore[union-attr]
+                    by_labels = group.get(name)
+                    if by_labels is None:
+                        by_labels = group[name] = {}
+                    series = by_labels.get(raw)
+                    if series is None:
+                        series = by_labels[raw] = Series()
+                        self._new.append((series, (batch.host, batch.agent, name, raw)))
+                    found[index] = (series, value)
+        touched = self._touched
+        for series, value in found:
+            assert series is not None
+            values = series.values
+            if series.hour == hour and values is not None:
+                values.append(value)
+                continue
+            if hour < series.hour:  # a late sample of an earlier hour: on its own
+                self._spilled.append((series, hour, array("d", (value,))))
+                continue
+            if values is not None:  # a new hour: the last one's values go as they are
+                self._spilled.append((series, series.hour, values))
+            else:
+                touched.append(series)
+            series.hour = hour
+            series.values = array("d", (value,))
+
+    def _delta(self, target: Target, hour: int) -> HealthDelta:
+        """The target's outcomes of `hour` in this window."""
+        delta = target.delta
+        if target.hour == hour and delta is not None:
+            return delta
+        fresh = HealthDelta()
+        if hour < target.hour:  # an earlier hour (a late event, or a status lasting back then)
+            self._spilled_health.append((target.key, hour, fresh))
+            return fresh
+        if delta is not None:
+            self._spilled_health.append((target.key, target.hour, delta))
+        target.hour, target.delta = hour, fresh
+        return fresh
 
     def _add_health(self, event: Check) -> None:
-        target = (event.host, event.agent, event.target)
+        key = (event.host, event.agent, event.target)
         ts = event.ts
         hour = int(ts // HOUR) * HOUR
-        hours = self._window.health
-        by_target = hours.get(hour)
-        if by_target is None:
-            by_target = hours[hour] = {}
-        now = by_target.get(target)
-        if now is None:
-            now = by_target[target] = HealthRollup()
+        target = self._targets.get(key)
+        if target is None:
+            key = (self._name(event.host), self._name(event.agent), event.target)
+            target = self._targets[key] = Target(key, "", -math.inf)
+            first = True
+        else:
+            first = target.ts == -math.inf
+        if target.delta is None:
+            self._changed.append(target)
+        now = self._delta(target, hour)
         if event.event is None:  # a periodic check: what availability is counted from
             status = event.status
             if status == "ok" or status == "warning":
@@ -334,51 +431,49 @@ class RollupStore:
                 now.unknown += 1
             latency = event.latency
             if latency is not None and math.isfinite(latency):
-                now.latency.add(latency)
-        last = self._last.get(target)
-        if last is None:
-            self._last[target] = (event.status, ts)
+                if now.latencies is None:
+                    now.latencies = array("d")
+                now.latencies.append(latency)
+        if first:
+            target.status, target.ts = event.status, ts
             return
         if event.event in self.restart_events:
             now.restarts += 1
-        if ts > last[1] and last[0] != "unknown":
-            self._add_duration(target, last, ts, hour, now)
-        if ts >= last[1]:
-            self._last[target] = (event.status, ts)
+        if ts > target.ts and target.status != "unknown":
+            self._add_duration(target, ts)
+        if ts >= target.ts:
+            target.status, target.ts = event.status, ts
 
-    def _add_duration(
-        self, target: TargetKey, last: tuple[str, float], ts: float, hour: int, now: HealthRollup
-    ) -> None:
-        """The previous status lasted until `ts` (up to health_gap): split it over its hours."""
-        healthy = last[0] == "ok"
-        start, end = last[1], min(ts, last[1] + self.health_gap)
+    def _add_duration(self, target: Target, ts: float) -> None:
+        """The target's latest status lasted until `ts` (up to health_gap): split over its hours."""
+        healthy = target.status == "ok"
+        start, end = target.ts, min(ts, target.ts + self.health_gap)
         while start < end:
-            piece_hour = int(start // HOUR) * HOUR
-            piece = min(end, piece_hour + HOUR) - start
-            if piece_hour == hour:
-                rollup = now
-            else:
-                by_target = self._window.health.setdefault(piece_hour, {})
-                rollup = by_target.get(target) or by_target.setdefault(target, HealthRollup())
+            hour = int(start // HOUR) * HOUR
+            piece = min(end, hour + HOUR) - start
+            delta = self._delta(target, hour)
             if healthy:
-                rollup.healthy_seconds += piece
+                delta.healthy_seconds += piece
             else:
-                rollup.unhealthy_seconds += piece
+                delta.unhealthy_seconds += piece
             start += piece
 
-    def _load_last(self) -> dict[TargetKey, tuple[str, float]]:
+    def _load_targets(self) -> dict[TargetKey, Target]:
         rows = self._db.execute("SELECT host, agent, target, status, ts FROM health_last")
-        return {(host, agent, target): (status, ts) for host, agent, target, status, ts in rows}
+        return {(h, a, t): Target((h, a, t), status, ts) for h, a, t, status, ts in rows}
 
     # -- writing (a worker thread) -------------------------------------------------------------
 
     def write(self, window: Window, positions: Mapping[str, int] | None = None) -> None:
         """Commit `window` and `positions` in one transaction, merged into the stored hours. The
         window is left as it was, so a failed write can be tried again."""
-        new_ids: dict[SeriesKey, int] = {}
+        new_ids: list[tuple[Series, int]] = []
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._write_metrics(window.metrics, new_ids)
+            for series, key in window.new_series:
+                if series.id == 0:
+                    new_ids.append((series, self._series_id(key)))
+            self._write_metrics(window.metrics, dict(new_ids))
             self._write_health(window.health, window.last)
             for alert in window.alerts:
                 self._add_alert(alert)
@@ -391,14 +486,12 @@ class RollupStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        self._series.update(new_ids)  # only now are they the store's
+        for series, series_id in new_ids:  # only now are they the store's
+            series.id = series_id
         for name in ("samples", "metric_batches", "health_events", "alerts"):
             setattr(self.stats, name, getattr(self.stats, name) + getattr(window.counts, name))
 
-    def _series_id(self, key: SeriesKey, new_ids: dict[SeriesKey, int]) -> int:
-        found = self._series.get(key) or new_ids.get(key)
-        if found is not None:
-            return found
+    def _series_id(self, key: SeriesKey) -> int:
         host, agent, metric, raw = key
         # the same label set sent in another key order is the same series
         encoded = _labels_encoder.encode(labels_of(msgspec.Raw(raw))).decode()
@@ -410,17 +503,17 @@ class RollupStore:
             "SELECT id FROM series WHERE host = ? AND agent = ? AND metric = ? AND labels = ?",
             (host, agent, metric, encoded),
         ).fetchone()
-        new_ids[key] = series_id
         return int(series_id)
 
     def _stored(self, one: str, every: str, keys: Sequence[tuple[Any, ...]], hour: int) -> dict[Any, Any]:
-        """The stored columns of `keys` in `hour`: one query for the whole hour when many are
-        wanted (`every` selects the key columns first), else one query per key."""
+        """The stored columns of `keys` (sorted) in `hour`: when many are wanted, one query over
+        their range (`every` selects the key columns first, bounded by two row values), else one
+        query per key."""
         found: dict[Any, Any] = {}
         if len(keys) > _BULK_READ:
             width = len(keys[0])
             wanted = set(keys)
-            for row in self._db.execute(every, (hour,)):
+            for row in self._db.execute(every, (hour, *keys[0], *keys[-1])):
                 if (key := row[:width]) in wanted:
                     found[key] = row[width:]
             return found
@@ -430,89 +523,96 @@ class RollupStore:
                 found[key] = row
         return found
 
-    def _write_metrics(self, pending: MetricWindow, new_ids: dict[SeriesKey, int]) -> None:
-        by_hour: dict[int, list[tuple[int, Rollup]]] = {}
-        for (host, agent, hour), group in pending.items():
-            deltas = by_hour.setdefault(hour, [])
-            for name, by_labels in group.items():
-                for raw, delta in by_labels.items():
-                    deltas.append((self._series_id((host, agent, name, raw), new_ids), delta))
-        rows = []
-        for hour, deltas in by_hour.items():
-            stored = self._stored(
-                "SELECT count, sum, min, max, sketch FROM metric_hour WHERE series = ? AND hour = ?",
-                "SELECT series, count, sum, min, max, sketch FROM metric_hour WHERE hour = ?",
-                [(series_id,) for series_id, _ in deltas],
-                hour,
-            )
-            for series_id, delta in deltas:
-                row = stored.get((series_id,))
-                if row is None:
-                    total = delta
-                else:
-                    total = Rollup(row[0], row[1], row[2], row[3], decode_sketch(row[4]))
-                    total.merge(delta)
-                rows.append(
-                    (
-                        series_id,
-                        hour,
-                        total.count,
-                        total.total,
-                        total.low,
-                        total.high,
-                        encode_sketch(total.sketch),
-                    )
+    def _write_metrics(
+        self, pending: list[tuple[Series, int, array[float]]], new_ids: dict[Series, int]
+    ) -> None:
+        by_hour: dict[int, dict[int, list[array[float]]]] = {}
+        for series, hour, values in pending:
+            series_id = series.id or new_ids[series]
+            by_hour.setdefault(hour, {}).setdefault(series_id, []).append(values)
+        for hour, by_id in by_hour.items():
+            ids = sorted(by_id)
+            for at in range(0, len(ids), _CHUNK):  # in chunks: what a write holds stays small
+                chunk = [(series_id,) for series_id in ids[at : at + _CHUNK]]
+                stored = self._stored(
+                    "SELECT count, sum, min, max, sketch FROM metric_hour WHERE series = ? AND hour = ?",
+                    "SELECT series, count, sum, min, max, sketch FROM metric_hour "
+                    "WHERE hour = ? AND series BETWEEN ? AND ?",
+                    chunk,
+                    hour,
                 )
-        self._db.executemany(
-            "INSERT INTO metric_hour VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, hour) DO UPDATE SET "
-            "count = excluded.count, sum = excluded.sum, min = excluded.min, max = excluded.max, "
-            "sketch = excluded.sketch",
-            rows,
-        )
+                rows = []
+                for key in chunk:
+                    row = stored.get(key)
+                    if row is None:
+                        total = Rollup()
+                    else:
+                        total = Rollup(row[0], row[1], row[2], row[3], decode_sketch(row[4]))
+                    for values in by_id[key[0]]:
+                        total.add_all(values)
+                    sketch = encode_sketch(total.sketch)
+                    rows.append((key[0], hour, total.count, total.total, total.low, total.high, sketch))
+                self._db.executemany(
+                    "INSERT INTO metric_hour VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, hour) "
+                    "DO UPDATE SET count = excluded.count, sum = excluded.sum, min = excluded.min, "
+                    "max = excluded.max, sketch = excluded.sketch",
+                    rows,
+                )
 
-    def _write_health(self, pending: HealthWindow, last: list[tuple[str, str, str, str, float]]) -> None:
-        rows = []
-        for hour, by_target in pending.items():
-            deltas = list(by_target.items())
-            stored = self._stored(
-                "SELECT up, down, unknown, healthy_seconds, unhealthy_seconds, restarts, latency_sketch "
-                "FROM health_hour WHERE host = ? AND agent = ? AND target = ? AND hour = ?",
-                "SELECT host, agent, target, up, down, unknown, healthy_seconds, unhealthy_seconds, "
-                "restarts, latency_sketch FROM health_hour WHERE hour = ?",
-                [target for target, _ in deltas],
-                hour,
-            )
-            for target, delta in deltas:
-                row = stored.get(target)
-                if row is None:
-                    total = delta
-                else:
-                    up, down, unknown, healthy, unhealthy, restarts, latency = row
-                    total = HealthRollup(
-                        up, down, unknown, healthy, unhealthy, restarts, decode_sketch(latency)
-                    )
-                    total.merge(delta)
-                rows.append(
-                    (
-                        *target,
-                        hour,
-                        total.up,
-                        total.down,
-                        total.unknown,
-                        total.healthy_seconds,
-                        total.unhealthy_seconds,
-                        total.restarts,
-                        encode_sketch(total.latency),
-                    )
+    def _write_health(
+        self, pending: list[tuple[TargetKey, int, HealthDelta]], last: list[tuple[str, str, str, str, float]]
+    ) -> None:
+        by_hour: dict[int, dict[TargetKey, list[HealthDelta]]] = {}
+        for target, hour, delta in pending:
+            by_hour.setdefault(hour, {}).setdefault(target, []).append(delta)
+        for hour, by_target in by_hour.items():
+            targets = sorted(by_target)
+            for at in range(0, len(targets), _CHUNK):
+                chunk = targets[at : at + _CHUNK]
+                stored = self._stored(
+                    "SELECT up, down, unknown, healthy_seconds, unhealthy_seconds, restarts, "
+                    "latency_sketch FROM health_hour "
+                    "WHERE host = ? AND agent = ? AND target = ? AND hour = ?",
+                    "SELECT host, agent, target, up, down, unknown, healthy_seconds, unhealthy_seconds, "
+                    "restarts, latency_sketch FROM health_hour WHERE hour = ? "
+                    "AND (host, agent, target) BETWEEN (?, ?, ?) AND (?, ?, ?)",
+                    chunk,
+                    hour,
                 )
-        self._db.executemany(
-            "INSERT INTO health_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (host, agent, target, hour) DO UPDATE SET up = excluded.up, down = excluded.down, "
-            "unknown = excluded.unknown, healthy_seconds = excluded.healthy_seconds, "
-            "unhealthy_seconds = excluded.unhealthy_seconds, restarts = excluded.restarts, "
-            "latency_sketch = excluded.latency_sketch",
-            rows,
-        )
+                rows = []
+                for target in chunk:
+                    row = stored.get(target)
+                    if row is None:
+                        total = HealthRollup()
+                    else:
+                        up, down, unknown, healthy, unhealthy, restarts, latency = row
+                        total = HealthRollup(
+                            up, down, unknown, healthy, unhealthy, restarts, decode_sketch(latency)
+                        )
+                    for delta in by_target[target]:
+                        total.add_delta(delta)
+                    rows.append(
+                        (
+                            *target,
+                            hour,
+                            total.up,
+                            total.down,
+                            total.unknown,
+                            total.healthy_seconds,
+                            total.unhealthy_seconds,
+                            total.restarts,
+                            encode_sketch(total.latency),
+                        )
+                    )
+                self._db.executemany(
+                    "INSERT INTO health_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (host, agent, target, hour) DO UPDATE SET up = excluded.up, "
+                    "down = excluded.down, unknown = excluded.unknown, "
+                    "healthy_seconds = excluded.healthy_seconds, "
+                    "unhealthy_seconds = excluded.unhealthy_seconds, restarts = excluded.restarts, "
+                    "latency_sketch = excluded.latency_sketch",
+                    rows,
+                )
         self._db.executemany(
             "INSERT INTO health_last VALUES (?, ?, ?, ?, ?) ON CONFLICT (host, agent, target) "
             "DO UPDATE SET status = excluded.status, ts = excluded.ts",
@@ -540,6 +640,12 @@ class RollupStore:
 
     def prune(self, before: float) -> int:
         """Delete everything that ended before `before`; returns the rows deleted."""
+        deleted = self.prune_rows(before)
+        self.forget(before)
+        return deleted
+
+    def prune_rows(self, before: float) -> int:
+        """The stored part of `prune` (for a worker thread; `forget` follows in the event loop)."""
         cutoff = hour_of(before)
         deleted = 0
         self._db.execute("BEGIN IMMEDIATE")
@@ -559,13 +665,24 @@ class RollupStore:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        # May run beside `add` (in a thread, under the sink's store lock): each step below is one
-        # atomic dict operation, and a series forgotten here is only looked up again.
-        self._series.clear()
-        for target, (_, ts) in list(self._last.items()):
-            if ts < before:
-                self._last.pop(target, None)
         return deleted
+
+    def forget(self, before: float) -> None:
+        """Drop the series and targets that `prune_rows(before)` deleted (nothing since): the
+        series whose latest hour it deleted, the targets last heard of before `before`."""
+        cutoff = hour_of(before)
+        for host_agent, group in list(self._series.items()):
+            for name, by_labels in list(group.items()):
+                for raw, series in list(by_labels.items()):
+                    if series.hour < cutoff and series.values is None:
+                        del by_labels[raw]
+                if not by_labels:
+                    del group[name]
+            if not group:
+                del self._series[host_agent]
+        for key, target in list(self._targets.items()):
+            if target.ts < before and target.delta is None:
+                del self._targets[key]
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -362,7 +362,10 @@ class ReportSink:
         await self.retain(at)
 
     async def write(self, kind: PeriodKind, day: dt.date) -> list[Path]:
-        """Write one report from a reader of its own, off the event loop; failures are logged."""
+        """Write one report from a reader of its own, off the event loop; failures are logged.
+        What came in so far is written first, so the report has the period up to its end."""
+        if self.store is not None:
+            await self.commit()
 
         def work() -> list[Path]:
             store = RollupStore(self.store_path, readonly=True)
@@ -391,8 +394,10 @@ class ReportSink:
         assert store is not None
         today = dt.datetime.fromtimestamp(now, self.config.zone).date()
         try:
+            before = now - self.config.rollup_retention.seconds
             async with self._store_lock:
-                await asyncio.to_thread(store.prune, now - self.config.rollup_retention.seconds)
+                await asyncio.to_thread(store.prune_rows, before)
+                store.forget(before)  # here: beside `add`, in the event loop
             keep_days = self.config.report_retention.seconds / 86400
             await asyncio.to_thread(prune_reports, self.out_dir, today, keep_days)
         except (OSError, sqlite3.Error) as exc:
