@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -56,6 +56,8 @@ SNAPSHOT_VERSION = 2
 # intervals apart differ by that number only up to float rounding (agents/runner.py TickStamps).
 FOR_SLACK = 1e-3
 DELTA_VERSION = 1
+# snapshot_parts(): about this much msgpack per part (a few ms of encoding)
+SNAPSHOT_PART_BYTES = 1 << 20
 
 # The announcement of a maintenance window: an info alert, firing while the window is open.
 _MAINTENANCE = Rule(
@@ -832,6 +834,33 @@ class Engine:
         )
         return zlib.compress(_snapshot_encoder.encode(state), 1)
 
+    def snapshot_parts(self, part_bytes: int = SNAPSHOT_PART_BYTES) -> Iterator[bytes]:
+        """snapshot() before compression, in parts encoded one at a time as they are asked for.
+
+        The series and groups are those of this call, each encoded as it is when its part is made:
+        whatever changes meanwhile is in the next delta(), so the parts and the deltas taken after
+        this call restore the state (a caller can give its loop back between parts).
+        """
+        self._notifications += self.dispatcher.drain()
+        series = list(self._by_fp.values())
+        groups = list(self.dispatcher.groups.values())
+        rest = _snapshot_encoder.encode(
+            _Snapshot(
+                version=SNAPSHOT_VERSION,
+                series=[],
+                groups=[],
+                seq=self.dispatcher.seq,
+                silences=self._silences.items,
+                silence_timer=self._silence_timer,
+                windows=self._windows.open,
+                window_timers=self._window_timers,
+                alerts=self._alerts,
+                notifications=self._notifications,
+                stats=self.stats,
+            )
+        )
+        return _snapshot_parts(rest, series, groups, part_bytes)
+
     def delta(self) -> bytes:
         """What changed since the previous delta() (or since the engine was made or restored),
         compressed as a snapshot is; its size follows the change, not the state."""
@@ -950,6 +979,40 @@ def _apply_deltas(state: _Snapshot, deltas: Sequence[bytes]) -> None:
         state.stats = delta.stats
     state.series = list(series.values())
     state.groups = list(groups.values())
+
+
+def _array_header(length: int) -> bytes:
+    """The msgpack header of an array of `length` items (the smallest form, as msgspec writes)."""
+    if length < 16:
+        return bytes([0x90 | length])
+    if length < 1 << 16:
+        return b"\xdc" + length.to_bytes(2, "big")
+    return b"\xdd" + length.to_bytes(4, "big")
+
+
+def _snapshot_parts(
+    rest: bytes, series: list[Series], groups: list[Group], part_bytes: int
+) -> Iterator[bytes]:
+    """A _Snapshot's msgpack with its two lists spliced in, part by part (`rest` has them empty)."""
+    # array_like: the header of its fields, the version, then series and groups ([] each: 0x90)
+    at = 1 + len(_snapshot_encoder.encode(SNAPSHOT_VERSION))
+    assert rest[at : at + 2] == b"\x90\x90", "the snapshot's layout begins version, series, groups"
+    yield rest[:at] + _array_header(len(series))
+    yield from _items(series, part_bytes)
+    yield _array_header(len(groups))
+    yield from _items(groups, part_bytes)
+    yield rest[at + 2 :]
+
+
+def _items(items: Sequence[Series | Group], part_bytes: int) -> Iterator[bytes]:
+    """The items' msgpack without the array header, about `part_bytes` at a time."""
+    start, count = 0, 1  # the first item measures what a part of part_bytes holds
+    while start < len(items):
+        chunk = items[start : start + count]
+        data = _snapshot_encoder.encode(chunk)
+        yield data[len(_array_header(len(chunk))) :]
+        start += len(chunk)
+        count = max(1, count * part_bytes // len(data))
 
 
 def _orphan_rule(series: Series) -> Rule:

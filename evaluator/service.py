@@ -1,8 +1,9 @@
 """The evaluator service: JetStream in, the pure engine in the middle, alerts and notifications out.
 
 Each window of input messages goes: observe -> drain -> publish outputs with Nats-Msg-Id (PubAcks
-awaited) -> save what the window changed in the engine to KV (a journal entry with its cursors, or
-now and then a whole new base) -> ack the inputs. Killed at any point, a restart restores the base
+awaited) -> save what the window changed in the engine to KV (a journal entry with its cursors) ->
+ack the inputs. Now and then a new base (the whole state) is written by a task beside the loop,
+encoded a part at a time, while the entries go on. Killed at any point, a restart restores the base
 and its journal, gets the unacked inputs again, makes the same outputs with the same ids, and the
 streams' duplicate window drops what was already published.
 
@@ -21,7 +22,7 @@ import math
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import msgspec
@@ -58,11 +59,14 @@ from evaluator.store import (
     SILENCE_RETENTION,
     AckRecord,
     ActiveAlerts,
+    Journaled,
     JournalEntry,
     Lease,
     LeaseRecord,
     SavedState,
+    StaleWriter,
     StoreError,
+    compress_parts,
     decode_ack,
     decode_silence,
     new_journal_id,
@@ -115,7 +119,9 @@ class ServiceStats:
     publish_retries: int = 0
     snapshots: int = 0  # commits of the state: journal entries and bases
     snapshot_bytes: int = 0  # the engine bytes the latest commit wrote
-    bases: int = 0  # commits that wrote the whole state
+    bases: int = 0  # whole states written: at each start, beside the loop, in a commit
+    inline_bases: int = 0  # of those, written in a commit (the journal's ring was full)
+    base_bytes: int = 0  # the engine bytes of the latest base
 
 
 @dataclass(slots=True)
@@ -148,9 +154,12 @@ class _Feed:
             try:
                 msgs = await self.sub.fetch(FETCH_BATCH, timeout=TICK_EVERY)
             except TimeoutError:
-                # nothing new; during an outage we do not know that, and the server may still hold
-                # messages stored before it went away
-                self.pending = 0 if connected() else None
+                # nothing new, or nobody answered: during an outage, or in a cluster while the
+                # consumer has no leader (its node died), the stream may still hold anything, and
+                # timers run at wall time must not judge agents by what is not read yet
+                self.pending = None
+                if connected():
+                    self.pending = await self._still_pending()
                 self.wake.set()
                 continue
             except (nats.errors.Error, OSError) as exc:
@@ -168,6 +177,14 @@ class _Feed:
             if len(self.buffer) >= BUFFER_LIMIT:
                 self.space.clear()
             self.wake.set()
+
+    async def _still_pending(self) -> int | None:
+        """What the consumer holds for this feed, as its leader says; None when none answers."""
+        try:
+            info = await self.sub.consumer_info()
+        except (nats.errors.Error, TimeoutError, OSError):
+            return None
+        return info.num_pending or 0
 
     @property
     def behind(self) -> bool:
@@ -240,6 +257,11 @@ class EvaluatorService:
         self._alert_subjects: dict[tuple[str, str, str], str] = {}
         self._lease: Lease
         self._lease_lost = False
+        self._base_task: asyncio.Task[None] | None = None  # a base being written beside the loop
+        self._records_made = 0  # commit records made (each takes the engine's delta)
+        self._records_saved = 0  # the latest of them written
+        self._saved = asyncio.Event()  # set at each commit written
+        self._commit_wanted = False  # a base waits for a commit, changes or not
         # the evaluator holding the lease while this one waits; None when this one evaluates
         self.standing_by: LeaseRecord | None = None
 
@@ -337,7 +359,7 @@ class EvaluatorService:
                     return
                 await self._loop()
             finally:
-                await cancel_and_wait(self._tasks)
+                await cancel_and_wait([*self._tasks, *([self._base_task] if self._base_task else [])])
                 self._tasks.clear()
             if not self._lease_lost:
                 await self._lease.release()
@@ -358,7 +380,7 @@ class EvaluatorService:
                 await self._restore()
                 feeds = [await self._subscribe(family, decode) for family, decode in _INPUTS.items()]
                 await self._load_silences()
-            except (nats.errors.Error, TimeoutError, OSError) as exc:
+            except (nats.errors.Error, TimeoutError, OSError, StaleWriter) as exc:
                 log.warning("evaluator: cannot start yet (%s), retrying", exc)
                 await self._sleep(backoff.next())
                 continue
@@ -439,12 +461,30 @@ class EvaluatorService:
         return feed
 
     async def _restore(self) -> None:
-        now = self.clock()
+        """Restore the saved state (or start afresh), then write it as the base of a new journal."""
         try:
             saved = await self._state.load_journaled()
         except StoreError as exc:  # better to start afresh than to stop evaluating
             log.error("evaluator: saved state unusable, starting with an empty state: %s", exc)
             saved = None
+        self._restore_engine(saved)
+        # Only this process continues the new journal: entries a stale evaluator still writes in
+        # the old one are void, and its late bases are refused (StateStore._put_base).
+        self.engine.delta()  # the base holds everything so far
+        base = SavedState(
+            engine=self.engine.snapshot(),
+            cursors=dict(self._cursors),
+            input_time=self._input_time(),
+            silences=self._given_silences,
+            journal=new_journal_id(),
+            first_slot=self._state.journal_slot(),
+        )
+        await self._state.save(base)
+        self.stats.bases += 1
+        self.stats.base_bytes = len(base.engine)
+
+    def _restore_engine(self, saved: Journaled | None) -> None:
+        now = self.clock()
         if self._state.broken:
             log.error("evaluator: the journal of the saved state ends early: %s", self._state.broken)
         # The engine's time is its inputs' time: restored or fresh, it starts where its inputs
@@ -599,7 +639,7 @@ class EvaluatorService:
             except _Stopped:
                 log.warning("evaluator: stopped before its outputs were published; a restart redoes them")
                 return
-            if count or changed:
+            if count or changed or self._commit_wanted:
                 if not await self._commit(processed):
                     return
                 log.debug("evaluator: window of %d messages committed, cursors %s", count, self._cursors)
@@ -654,8 +694,10 @@ class EvaluatorService:
         now = max(min(max(event.ts, message.ts - skew), message.ts), self._engine_now)
         try:
             deadline = engine.next_deadline()
-            if deadline is not None and deadline <= now:
-                engine.tick(now)
+            if deadline is not None and deadline < now:
+                # timers due at `now` run after the events stamped `now`: a flush then tells what
+                # the check of that instant showed, a heartbeat on its deadline is not missed
+                engine.tick(math.nextafter(now, -math.inf))
             engine.observe(event, now)
         except Exception:
             stats.failed += 1
@@ -788,10 +830,11 @@ class EvaluatorService:
 
     def _commit_record(self) -> SavedState | JournalEntry:
         """What this commit writes: the engine's changes since the last one as a journal entry, or
-        the whole state as a new base when the journal is long enough (see StateStore.wants_base)."""
+        the whole state when the journal's ring is full (a base beside the loop was too slow)."""
+        self._records_made += 1
         delta = self.engine.delta()
-        input_time = self._engine_now if self._engine_now > -math.inf else None
-        if not self._state.wants_base(len(delta)):
+        input_time = self._input_time()
+        if not self._state.needs_base():
             return self._state.entry(delta, self._cursors, input_time, self._given_silences)
         return SavedState(
             engine=self.engine.snapshot(),
@@ -799,12 +842,19 @@ class EvaluatorService:
             input_time=input_time,
             silences=self._given_silences,
             journal=new_journal_id(),
+            first_slot=self._state.journal_slot(),
         )
+
+    def _input_time(self) -> float | None:
+        return self._engine_now if self._engine_now > -math.inf else None
 
     async def _commit(self, processed: dict[str, Msg]) -> bool:
         """Save the state, then ack the window's inputs; False if stopped before it was saved."""
+        if self._state.needs_base() and self._base_task is not None:
+            await cancel_and_wait([self._base_task])  # this commit writes a base itself
         backoff = Backoff(0.1, MAX_BACKOFF)
         record = self._commit_record()  # made once: a retry writes the same
+        number = self._records_made
         while True:
             if self._lease_lost:  # the state is another evaluator's to save now
                 return False
@@ -814,22 +864,79 @@ class EvaluatorService:
                 else:
                     await self._state.append(record)
                 break
+            except StaleWriter as exc:
+                self._lost_to_another(exc)
+                return False
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 if _worth_logging(backoff.attempts + 1):
                     log.warning("evaluator: saving the state failed (%s), retrying", exc)
             if self._stopping.is_set():
                 return False
             await self._sleep(backoff.next())
+        self._records_saved = number
+        self._commit_wanted = False
+        self._saved.set()
         self.stats.snapshots += 1
         if isinstance(record, SavedState):
             self.stats.bases += 1
-            self.stats.snapshot_bytes = len(record.engine)
+            self.stats.inline_bases += 1
+            self.stats.snapshot_bytes = self.stats.base_bytes = len(record.engine)
+            log.warning(
+                "evaluator: the journal filled before a base beside the loop was written; one in the commit"
+            )
         else:
             self.stats.snapshot_bytes = len(record.delta)
+            if self._state.base_due():
+                self._begin_base()
         for msg in processed.values():  # ack policy "all": the last one acks the window
             with contextlib.suppress(nats.errors.Error, OSError):  # redelivered, then skipped
                 await msg.ack()
         return True
+
+    def _begin_base(self) -> None:
+        """Write the state of the commit just saved as a new base, beside the loop."""
+        state = self._state.begin_base(self._cursors, self._input_time(), self._given_silences)
+        parts = self.engine.snapshot_parts()  # takes the series and groups now, encodes them later
+        self._base_task = asyncio.create_task(self._write_base(state, parts))
+
+    async def _write_base(self, state: SavedState, parts: Iterator[bytes]) -> None:
+        """Encode the base a part at a time, wait until a commit holds whatever changed meanwhile,
+        then write it; the entries go on in the journal all along."""
+        try:
+            engine = await compress_parts(parts)
+            # parts encoded after the commit of the base hold later changes: the next commit
+            # (its delta taken after the last part) must be saved before the base names it
+            wanted = self._records_made + 1
+            while self._records_saved < wanted:
+                self._commit_wanted = True
+                self._wake.set()
+                self._saved.clear()
+                await self._saved.wait()
+            state = msgspec.structs.replace(state, engine=engine)
+            backoff = Backoff(0.1, MAX_BACKOFF)
+            while not self._lease_lost:
+                try:
+                    await self._state.finish_base(state)
+                except StaleWriter as exc:
+                    self._lost_to_another(exc)
+                    return
+                except (nats.errors.Error, TimeoutError, OSError) as exc:
+                    if _worth_logging(backoff.attempts + 1):
+                        log.warning("evaluator: writing a new base failed (%s), retrying", exc)
+                    await self._sleep(backoff.next())
+                    continue
+                self.stats.bases += 1
+                self.stats.base_bytes = len(engine)
+                return
+        finally:
+            self._state.abandon_base()  # no-op once written
+            self._commit_wanted = False
+            self._base_task = None
+
+    def _lost_to_another(self, exc: StaleWriter) -> None:
+        log.error("evaluator: %s; standing by", exc)
+        self._lease_lost = True
+        self._wake.set()
 
     async def _write_active(self) -> None:
         """The active alerts for `jarvis-monitor alerts`, at most once a second."""

@@ -1,11 +1,18 @@
 """The evaluator's JetStream KV stores: its saved state, the active alerts, silences and acks.
 
-The saved state is a base (a whole engine snapshot, chunked by BlobStore under `snapshot`) and a
-journal of the deltas committed after it, `journal.0`, `journal.1`, ... Each entry carries the
-input cursors of its commit, so a delta and its cursors are written in one KV put (its chunks, if
-any, first). An entry counts only if it names the base's journal id and its own slot, and the
-journal is read up to the first that does not: a new base (a new id) makes the old entries void
-without deleting them, so a crash between any two writes leaves a base and a journal that agree.
+The saved state is a base (a whole engine snapshot under `snapshot`, chunked as bus/kvblob.py lays
+values out) and a journal of the deltas committed after it: entry n (counted from the journal's
+start) in `journal.<n % JOURNAL_SLOTS>`, a ring. Each entry carries the input cursors of its
+commit, so a delta and its cursors are written in one KV put (its chunks, if any, first). A base
+names its journal and the slot of the first entry after it; an entry counts only if it names
+that journal and its own slot, and the journal is read up to the first that does not.
+
+A new base is written in the background while entries continue: the base of commit n names slot
+n + 1 of the same journal, and until its manifest is written the previous base and the whole
+journal after it restore the same state. The ring never overwrites an entry the newest complete
+base needs. A restart writes a base with a new journal (so a stale evaluator's late entries are
+void), and a base's manifest is only written over the revision its writer last saw, so a stale
+evaluator's late base is refused.
 """
 
 from __future__ import annotations
@@ -17,13 +24,15 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from typing import Literal
 
 import msgspec
 import nats.errors
 import psutil
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket
@@ -49,10 +58,13 @@ from evaluator.silences import Silence
 
 SNAPSHOT_KEY = "snapshot"
 JOURNAL_PREFIX = "journal"
-# A base takes at most this many journal entries (the slots are reused by later bases).
+# The journal's ring: a base takes at most this many entries after it.
 JOURNAL_SLOTS = 512
-# A new base is written once the journal would hold more bytes than the base (so a restore reads
-# at most about twice the state), or this much for a small base.
+# A new base is begun once the journal since the newest base holds this many entries, so that it
+# is complete long before the ring comes round to the entries the newest base still needs.
+BASE_EVERY_SLOTS = JOURNAL_SLOTS // 2
+# ... or once the journal would hold more bytes than the base (so a restore reads at most about
+# twice the state), or this much for a small base.
 JOURNAL_MIN_BYTES = 256 * 1024
 # Journal entries read at once at a restore.
 READ_AHEAD = 32
@@ -66,12 +78,16 @@ RENEW_ATTEMPTS = 5
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
+class StaleWriter(StoreError):
+    """Another evaluator wrote a base since this one read or wrote its own: this one must stop."""
+
+
 class SavedState(msgspec.Struct, frozen=True, kw_only=True):
     """The engine snapshot, the last stream sequence it includes per input stream, the time of
     its latest input, and the silences it was given.
 
-    `journal` names the journal that may follow this base (written by save_base); a state saved
-    without one (as before journals existed) takes none: the next commit writes a base.
+    `journal` names the journal that may follow this base and `first_slot` its first entry after
+    it; a state saved without a journal (as before journals existed) takes none: a base follows.
     """
 
     engine: bytes
@@ -79,13 +95,15 @@ class SavedState(msgspec.Struct, frozen=True, kw_only=True):
     input_time: float | None = None
     silences: list[Silence] = []
     journal: str = ""
+    first_slot: int = 0
 
 
 class JournalEntry(msgspec.Struct, frozen=True, kw_only=True):
     """One commit after the base: the engine's delta and the cursors and input time it includes.
 
-    A delta too large for one KV value is in chunks `journal.<slot>.<i>` (written first); then
-    `delta` is empty and `size` and `sha256` check the chunks.
+    `slot` counts from the journal's start (the KV key is that modulo JOURNAL_SLOTS). A delta too
+    large for one KV value is in chunks `journal.<key slot>.<i>` (written first); then `delta` is
+    empty and `size` and `sha256` check the chunks.
     """
 
     journal: str
@@ -108,6 +126,7 @@ class Journaled(msgspec.Struct, frozen=True, kw_only=True):
     cursors: dict[str, int]
     input_time: float | None
     silences: list[Silence]
+    next_slot: int = 0  # the slot after the last entry read
 
 
 _state = msgspec.msgpack.Encoder()
@@ -119,8 +138,26 @@ def new_journal_id() -> str:
     return uuid.uuid4().hex
 
 
+def _decode_manifest(value: bytes | None) -> Manifest | None:
+    if value is None:
+        return None
+    try:
+        return msgspec.json.decode(value, type=Manifest)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StoreError(f"KV key {SNAPSHOT_KEY}: unreadable manifest: {exc}") from None
+
+
 def _journal_key(slot: int) -> str:
-    return f"{JOURNAL_PREFIX}.{slot}"
+    return f"{JOURNAL_PREFIX}.{slot % JOURNAL_SLOTS}"
+
+
+async def compress_parts(parts: Iterator[bytes]) -> bytes:
+    """zlib (level 1, as Engine.snapshot) of the parts joined: each part is made on the event loop
+    (Engine.snapshot_parts encodes it then) and compressed in a thread, the loop free meanwhile."""
+    compressor = zlib.compressobj(1)
+    out = [await asyncio.to_thread(compressor.compress, part) for part in parts]
+    out.append(compressor.flush())
+    return b"".join(out)
 
 
 class StateStore:
@@ -132,42 +169,156 @@ class StateStore:
         # where the next journal entry goes: None until a base with a journal id is known
         self._journal: str | None = None
         self._slot = 0
+        self._needed_from = 0  # the first entry the newest complete base needs
         self._base_bytes = 0
-        self._journal_bytes = 0
+        self._journal_bytes = 0  # of the entries from _needed_from
+        self._pending_from: int | None = None  # the first slot of the base being written
+        self._pending_bytes = 0  # of the entries from _pending_from
         self._silences: list[Silence] | None = None  # the latest silences written
+        # the base's manifest and its revision as this store last read or wrote them
+        self._manifest: Manifest | None = None
+        self._revision = 0
         self.broken: str | None = None  # why the journal last loaded ended early, if it did
 
+    # --- bases --------------------------------------------------------------------------------
+
     async def save(self, state: SavedState) -> None:
-        """Write a new base; the journal of the previous one is void from then on."""
-        data = _state.encode(state)
-        await self.blobs.put(SNAPSHOT_KEY, data)
+        """Write a new base at once; the journal of the previous one is void from then on
+        (unless `state` continues it). StaleWriter if another evaluator wrote one meanwhile."""
+        assert self._pending_from is None, "a base being written is abandoned first"
+        await self._put_base(state)
         self._journal = state.journal or None
-        self._slot, self._journal_bytes, self._base_bytes = 0, 0, len(state.engine)
+        self._slot = self._needed_from = state.first_slot
+        self._journal_bytes, self._base_bytes = 0, len(state.engine)
         self._silences = state.silences
+
+    def needs_base(self) -> bool:
+        """Must this commit write a whole base (none with a journal yet, or the ring is full)?"""
+        return self._journal is None or self._slot >= self._needed_from + JOURNAL_SLOTS
+
+    def base_due(self) -> bool:
+        """Should a base be begun in the background now (see begin_base)?"""
+        if self._journal is None or self._pending_from is not None:
+            return False
+        if self._slot - self._needed_from >= BASE_EVERY_SLOTS:
+            return True
+        return self._journal_bytes > max(self._base_bytes, JOURNAL_MIN_BYTES)
+
+    def begin_base(
+        self, cursors: dict[str, int], input_time: float | None, silences: list[Silence]
+    ) -> SavedState:
+        """The base of the latest commit, engine still to fill in, continuing the journal at the
+        next slot; finish_base writes it (abandon_base if it never will)."""
+        assert self._journal is not None
+        assert self._pending_from is None
+        self._pending_from, self._pending_bytes = self._slot, 0
+        return SavedState(
+            engine=b"",
+            cursors=dict(cursors),
+            input_time=input_time,
+            silences=list(silences),
+            journal=self._journal,
+            first_slot=self._slot,
+        )
+
+    async def finish_base(self, state: SavedState) -> None:
+        """Write the base begun by begin_base (again if a write failed). Call it only once every
+        change encoded into `state.engine` is in an entry already written."""
+        assert self._pending_from == state.first_slot
+        assert state.journal == self._journal
+        await self._put_base(state)
+        self._needed_from, self._pending_from = state.first_slot, None
+        self._journal_bytes, self._base_bytes = self._pending_bytes, len(state.engine)
+
+    def abandon_base(self) -> None:
+        self._pending_from = None
+
+    async def _put_base(self, state: SavedState) -> None:
+        """Chunks in the slot the manifest does not name, then the manifest over its revision."""
+        data = _state.encode(state)
+        # the engine is compressed already: the layout's zlib only frames it (level 0)
+        packed = await asyncio.to_thread(zlib.compress, data, 0)
+        digest = await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+        value, revision = await self._stored_manifest()
+        if self._manifest is None and not self._revision:  # never loaded: go over what is there
+            self._revision = revision
+            with contextlib.suppress(StoreError):
+                self._manifest = _decode_manifest(value)
+        elif revision != self._revision:
+            # checked before the chunks too: they would go over those of the other's base
+            try:
+                ours = self._manifest is not None and _decode_manifest(value) == self._manifest
+            except StoreError:
+                ours = False
+            if not ours:
+                raise StaleWriter("another evaluator wrote the saved state meanwhile")
+            self._revision = revision  # a write of ours whose reply was lost
+        slot: Literal["a", "b"] = "b" if self._manifest is not None and self._manifest.slot == "a" else "a"
+        size = self.chunk_size
+        chunks = range(0, len(packed), size)
+        for index, at in enumerate(chunks):
+            await self.blobs.kv.put(f"{SNAPSHOT_KEY}.{slot}.{index}", packed[at : at + size])
+        manifest = Manifest(
+            slot=slot, chunks=len(chunks), size=len(data), sha256=digest, written_at=time.time()
+        )
+        encoded = msgspec.json.encode(manifest)
+        try:
+            self._revision = await self.blobs.kv.update(SNAPSHOT_KEY, encoded, last=self._revision)
+        except KeyWrongLastSequenceError:
+            value, revision = await self._stored_manifest()
+            if value != encoded:  # not a write of ours whose reply was lost
+                raise StaleWriter("another evaluator wrote the saved state meanwhile") from None
+            self._revision = revision
+        self._manifest = manifest
+
+    async def _stored_manifest(self) -> tuple[bytes | None, int]:
+        """The base's manifest as stored (None: there is none) and its revision."""
+        try:
+            entry = await self.blobs.kv.get(SNAPSHOT_KEY)
+        except KeyDeletedError as exc:  # the next write goes over the delete marker
+            return None, (exc.entry.revision if exc.entry is not None else 0) or 0
+        except KeyNotFoundError:
+            return None, 0
+        return entry.value or None, entry.revision or 0
 
     async def load(self) -> SavedState | None:
         """The base alone (without the journal after it)."""
-        data = await self.blobs.get(SNAPSHOT_KEY)
-        if data is None:
+        value, self._revision = await self._stored_manifest()
+        self._manifest = manifest = _decode_manifest(value)
+        if manifest is None:
             return None
+        parts = []
+        for index in range(manifest.chunks):
+            key = f"{SNAPSHOT_KEY}.{manifest.slot}.{index}"
+            try:
+                parts.append((await self.blobs.kv.get(key)).value or b"")
+            except KeyNotFoundError:
+                raise StoreError(f"KV key {key} is missing") from None
+        try:
+            data = zlib.decompress(b"".join(parts))
+        except zlib.error as exc:
+            raise StoreError(f"KV key {SNAPSHOT_KEY}: corrupt data: {exc}") from None
+        if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
+            raise StoreError(f"KV key {SNAPSHOT_KEY}: checksum mismatch")
         try:
             return _state_decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StoreError(f"KV key {SNAPSHOT_KEY}: {exc}") from None
 
-    def wants_base(self, delta_size: int) -> bool:
-        """Should this commit write a new base rather than a journal entry of `delta_size` bytes?"""
-        if self._journal is None or self._slot >= JOURNAL_SLOTS:
-            return True
-        return self._journal_bytes + delta_size > max(self._base_bytes, JOURNAL_MIN_BYTES)
+    def journal_slot(self) -> int:
+        """The first slot of a new journal: half a ring on from where this one stands, so that the
+        late entries of an evaluator still writing the old one land where the new one comes last."""
+        return self._slot + JOURNAL_SLOTS // 2
+
+    # --- the journal --------------------------------------------------------------------------
 
     def entry(
         self, delta: bytes, cursors: dict[str, int], input_time: float | None, silences: list[Silence]
     ) -> JournalEntry:
         """The next journal entry (to pass to append, again if a write failed)."""
-        assert self._journal is not None, "a journal entry follows a base (see wants_base)"
+        assert not self.needs_base(), "a journal entry follows a base, in a ring with room"
         return JournalEntry(
-            journal=self._journal,
+            journal=self._journal or "",
             slot=self._slot,
             delta=delta,
             cursors=dict(cursors),
@@ -191,6 +342,7 @@ class StateStore:
         if entry.slot == self._slot and entry.journal == self._journal:
             self._slot += 1
             self._journal_bytes += len(entry.delta)
+            self._pending_bytes += len(entry.delta)
             if entry.silences is not None:
                 self._silences = entry.silences
 
@@ -203,16 +355,19 @@ class StateStore:
         that lost its lease, a journal cut short) can ever follow them.
         """
         self.broken = None
+        self._pending_from = None
         base = await self.load()
         self._journal = (base.journal or None) if base is not None else None
         if base is None:
             return None
-        self._slot, self._journal_bytes, self._base_bytes = 0, 0, len(base.engine)
+        self._slot = self._needed_from = base.first_slot
+        self._journal_bytes, self._base_bytes = 0, len(base.engine)
         cursors, input_time, silences = base.cursors, base.input_time, base.silences
         deltas: list[bytes] = []
-        while self._journal is not None and self._slot < JOURNAL_SLOTS:
+        end = base.first_slot + JOURNAL_SLOTS
+        while self._journal is not None and self._slot < end:
             first = self._slot
-            slots = range(first, min(first + READ_AHEAD, JOURNAL_SLOTS))
+            slots = range(first, min(first + READ_AHEAD, end))
             entries = await asyncio.gather(*(self._read_entry(slot) for slot in slots))
             for entry in entries:
                 if isinstance(entry, str):
@@ -233,7 +388,12 @@ class StateStore:
                 break
         self._journal = None  # the next commit writes a base
         return Journaled(
-            base=base.engine, deltas=deltas, cursors=cursors, input_time=input_time, silences=silences
+            base=base.engine,
+            deltas=deltas,
+            cursors=cursors,
+            input_time=input_time,
+            silences=silences,
+            next_slot=self._slot,
         )
 
     async def _read_entry(self, slot: int) -> JournalEntry | str | None:

@@ -2,13 +2,16 @@
 
 The danger of incremental state is a change the engine forgets to record. A seeded random run
 through every path (metrics, checks, deploy events, heartbeats that stop, silences, acks, windows,
-flapping, staleness, restarts) compares, after every step, base + journal against a full snapshot.
+flapping, staleness, restarts) compares, after every step, base + journal against a full snapshot;
+the same run again with each new base encoded a part at a time (snapshot_parts) while the engine
+goes on changing and committing, as the service writes one beside its loop.
 """
 
 from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -97,6 +100,45 @@ class Journal:
     def restore(self, config: EvaluatorConfig, now: float) -> Engine:
         return Engine.restore(config, self.base, now, self.deltas)
 
+    def between(self, engine: Engine) -> None:
+        """Called between events (a base beside the loop would encode a part then)."""
+
+
+class BesideJournal(Journal):
+    """As the service keeps it: a compaction takes the series and groups at a commit and encodes
+    them a part at a time between later events; the new base replaces the old one only once a
+    commit follows its last part, and takes the deltas from its own commit on."""
+
+    def __init__(self, engine: Engine, rng: random.Random) -> None:
+        super().__init__(engine)
+        self.rng = rng
+        self.parts: Iterator[bytes] | None = None
+        self.pieces: list[bytes] = []
+        self.first = 0  # the first delta after the base being encoded
+        self.encoded = False
+        self.commits = 0
+        self.bases = 0
+
+    def commit(self, engine: Engine, compact: bool) -> None:
+        self.deltas.append(engine.delta())
+        self.commits += 1
+        if self.parts is not None and self.encoded:  # a commit after its last part: it is whole
+            self.base = zlib.compress(b"".join(self.pieces))
+            self.deltas = self.deltas[self.first :]
+            self.parts, self.bases = None, self.bases + 1
+        if compact and self.parts is None:
+            self.parts = engine.snapshot_parts(self.rng.choice([1, 300, 1 << 20]))
+            self.pieces, self.first, self.encoded = [], len(self.deltas), False
+
+    def between(self, engine: Engine) -> None:
+        if self.parts is None or self.encoded or self.rng.random() < 0.5:
+            return
+        piece = next(self.parts, None)
+        if piece is None:
+            self.encoded = True
+        else:
+            self.pieces.append(piece)
+
 
 def _state(engine: Engine) -> _Snapshot:
     return msgspec.msgpack.decode(zlib.decompress(engine.snapshot()), type=_Snapshot)
@@ -125,13 +167,14 @@ def _external(engine: Engine, rng: random.Random, now: float) -> None:
         engine.bus_restored(now)
 
 
+@pytest.mark.parametrize("beside", [False, True], ids=["inline", "beside"])
 @pytest.mark.parametrize("seed", [1, 2])
-def test_base_and_deltas_restore_exactly_the_full_snapshot_at_every_step(seed: int) -> None:
+def test_base_and_deltas_restore_exactly_the_full_snapshot_at_every_step(seed: int, beside: bool) -> None:
     rng = random.Random(seed)
     fleet = Fleet(rng)
     now = 0.0
     engine = Engine(CONFIG, now)
-    journal = Journal(engine)
+    journal = BesideJournal(engine, random.Random(seed)) if beside else Journal(engine)
     kinds: set[str] = set()
     for step in range(STEPS):
         now += rng.choice([1, 5, 15, 30, 30, 30, 60, 240])
@@ -141,16 +184,19 @@ def test_base_and_deltas_restore_exactly_the_full_snapshot_at_every_step(seed: i
             if rng.random() < 0.1:
                 engine.tick(now)  # timers between events, as the service runs them
             engine.observe(event, now)
+            journal.between(engine)
         if rng.random() < 0.7:  # some outputs stay undrained through the commit
             output = engine.drain()
             kinds |= {a.status for a in output.alerts} | {n.status for n in output.notifications}
-        journal.commit(engine, compact=rng.random() < 0.05)
+        journal.commit(engine, compact=rng.random() < (0.2 if beside else 0.05))
         full = Engine.restore(CONFIG, engine.snapshot(), now)
         incremental = journal.restore(CONFIG, now)
         assert _state(incremental) == _state(full) == _state(engine), f"step {step}"
         assert incremental.snapshot() == full.snapshot(), f"step {step}"
         if rng.random() < 0.05:  # a restart: the restored engine carries on with the same journal
             engine = incremental
+    if isinstance(journal, BesideJournal):
+        assert journal.bases > 20
     # the run went through what a delta must carry
     assert {"pending", "firing", "resolved", "reminder"} <= kinds
     assert any(s.flapping for s in _state(engine).series) or any(
@@ -201,3 +247,15 @@ def test_an_unreadable_or_foreign_delta_is_refused_clearly() -> None:
     foreign.version = 99
     with pytest.raises(ValueError, match="delta version 99 is not 1"):
         Engine.restore(CONFIG, base, 0, [zlib.compress(msgspec.msgpack.encode(foreign))])
+
+
+def test_snapshot_parts_join_into_the_snapshot() -> None:
+    """Encoded a part at a time with nothing changing meanwhile, the parts are the snapshot."""
+    config = only_rules(Rule(name="cpu", metric="cpu.percent", threshold=90, for_=Duration(60)))
+    engine = Engine(config, 0)
+    assert zlib.compress(b"".join(engine.snapshot_parts()), 1) == engine.snapshot()
+    for n in range(70_000):  # past 65,535 series: the longest form of a msgpack array's header
+        engine.observe(metrics(f"h{n}", {"cpu.percent": 95}), 0)
+    parts = list(engine.snapshot_parts(64 * 1024))
+    assert len(parts) > 10
+    assert b"".join(parts) == zlib.decompress(engine.snapshot())

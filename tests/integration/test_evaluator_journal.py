@@ -1,22 +1,30 @@
-"""The evaluator's state in KV as a base and a journal: restored whole after a crash at any write."""
+"""The evaluator's state in KV as a base and a journal: restored whole after a crash at any write,
+a base written beside the journal included."""
 
 from __future__ import annotations
 
+import zlib
+from typing import Any, cast
+
 import msgspec
 import pytest
+from nats.js.kv import KeyValue
 
 from bus.config import BusConfig
 from bus.connection import Bus
-from bus.jetstream import provision
+from bus.jetstream import ensure_bucket, provision
 from bus.units import Duration
 from evaluator.config import Rule
-from evaluator.engine import Engine
+from evaluator.engine import Engine, _Snapshot
 from evaluator.silences import Silence, parse_matcher
 from evaluator.store import (
+    BASE_EVERY_SLOTS,
     JOURNAL_SLOTS,
     SNAPSHOT_KEY,
     SavedState,
+    StaleWriter,
     StateStore,
+    compress_parts,
     new_journal_id,
     open_buckets,
 )
@@ -35,13 +43,14 @@ async def _store(bus: Bus, chunk_size: int = 64 * 1024) -> StateStore:
     return StateStore(state.blobs.kv, chunk_size=chunk_size)
 
 
-def _base(engine: bytes, seq: int, silences: list[Silence] | None = None) -> SavedState:
+def _base(engine: bytes, seq: int, silences: list[Silence] | None = None, first_slot: int = 0) -> SavedState:
     return SavedState(
         engine=engine,
         cursors={"metrics": seq},
         input_time=float(seq),
         silences=silences or [],
         journal=new_journal_id(),
+        first_slot=first_slot,
     )
 
 
@@ -49,9 +58,9 @@ async def test_a_base_and_its_journal_restore_the_latest_commit(bus: Bus) -> Non
     """Deltas in order, the cursors and input time of the last, silences carried from the last
     entry that changed them; the first commit after a load is a new base."""
     store = await _store(bus)
-    assert store.wants_base(10)  # nothing saved yet
+    assert store.needs_base()  # nothing saved yet
     await store.save(_base(b"base", 1))
-    assert not store.wants_base(10)
+    assert not store.needs_base()
     await store.append(store.entry(b"d1", {"metrics": 2}, 2.0, [SILENCE]))
     entry = store.entry(b"d2", {"metrics": 3}, 3.0, [SILENCE])
     assert entry.silences is None  # unchanged: not written again
@@ -62,7 +71,7 @@ async def test_a_base_and_its_journal_restore_the_latest_commit(bus: Bus) -> Non
     assert (loaded.cursors, loaded.input_time, loaded.silences) == ({"metrics": 3}, 3.0, [SILENCE])
     reader = StateStore(store.blobs.kv)
     await reader.load_journaled()
-    assert reader.wants_base(1)
+    assert reader.needs_base()
 
 
 async def test_a_new_base_voids_the_old_journal_without_deleting_it(bus: Bus) -> None:
@@ -152,18 +161,196 @@ async def test_a_state_saved_before_journals_existed_restores_and_takes_no_journ
     )
     restored = Engine.restore(engine.config, loaded.base, 5.0, loaded.deltas)
     assert [a.state for a in restored.active(5.0)] == ["pending"]
-    assert store.wants_base(1)
+    assert store.needs_base()
 
 
-async def test_a_full_journal_or_one_outgrowing_its_base_asks_for_a_new_base(bus: Bus) -> None:
+async def test_a_journal_outgrowing_its_base_or_half_its_ring_asks_for_a_base_beside_it(bus: Bus) -> None:
     store = await _store(bus)
     await store.save(_base(bytes(1_000_000), 1))
-    assert not store.wants_base(900_000)
-    assert store.wants_base(1_000_001)
-    await store.append(store.entry(bytes(600_000), {"metrics": 2}, 2.0, []))
-    assert store.wants_base(500_000)  # 1.1 MB of journal after a 1 MB base
+    await store.append(store.entry(bytes(900_000), {"metrics": 2}, 2.0, []))
+    assert not store.base_due()
+    await store.append(store.entry(bytes(200_000), {"metrics": 3}, 3.0, []))
+    assert store.base_due()  # 1.1 MB of journal after a 1 MB base
     await store.save(_base(b"tiny", 3))
-    for seq in range(JOURNAL_SLOTS):
-        assert not store.wants_base(1)
+    for seq in range(BASE_EVERY_SLOTS):
+        assert not store.base_due()
         await store.append(store.entry(b"d", {"metrics": seq}, float(seq), []))
-    assert store.wants_base(1)
+    assert store.base_due()
+    store.begin_base({"metrics": 9}, 9.0, [])
+    assert not store.base_due()  # one at a time
+
+
+async def test_the_ring_never_overwrites_an_entry_the_newest_complete_base_needs(bus: Bus) -> None:
+    """A base being written does not free the ring: the entries of the base before it are still
+    needed, so a full ring asks for a base in the commit; once written, the ring comes round."""
+    store = await _store(bus)
+    await store.save(_base(b"first", 0))
+    deltas = [f"d{slot}".encode() for slot in range(JOURNAL_SLOTS + BASE_EVERY_SLOTS)]
+    for slot in range(BASE_EVERY_SLOTS):
+        await store.append(store.entry(deltas[slot], {"metrics": slot}, float(slot), []))
+    pending = store.begin_base({"metrics": BASE_EVERY_SLOTS - 1}, float(BASE_EVERY_SLOTS - 1), [])
+    assert pending.first_slot == BASE_EVERY_SLOTS
+    for slot in range(BASE_EVERY_SLOTS, JOURNAL_SLOTS):
+        assert not store.needs_base()
+        await store.append(store.entry(deltas[slot], {"metrics": slot}, float(slot), []))
+    assert store.needs_base()  # the next entry would overwrite slot 0, which "first" needs
+    loaded = await StateStore(store.blobs.kv).load_journaled()
+    assert loaded is not None
+    assert (loaded.base, loaded.deltas) == (b"first", deltas[:JOURNAL_SLOTS])
+    await store.finish_base(msgspec.structs.replace(pending, engine=b"second"))
+    for slot in range(JOURNAL_SLOTS, JOURNAL_SLOTS + BASE_EVERY_SLOTS):  # over slots 0..255
+        assert not store.needs_base()
+        await store.append(store.entry(deltas[slot], {"metrics": slot}, float(slot), []))
+    assert store.needs_base()
+    loaded = await StateStore(store.blobs.kv).load_journaled()
+    assert loaded is not None
+    assert (loaded.base, loaded.deltas) == (b"second", deltas[BASE_EVERY_SLOTS:])
+    assert loaded.cursors == {"metrics": JOURNAL_SLOTS + BASE_EVERY_SLOTS - 1}
+
+
+async def test_a_stale_evaluators_late_base_is_refused_and_its_late_entries_are_void(bus: Bus) -> None:
+    """The evaluator that took over wrote a base over the one it read: the one it took over from
+    can neither replace that base (at once or beside its loop) nor extend the new journal."""
+    stale = await _store(bus)
+    await stale.save(_base(b"old", 1))
+    await stale.append(stale.entry(b"d2", {"metrics": 2}, 2.0, []))
+    pending = stale.begin_base({"metrics": 2}, 2.0, [])
+    successor = StateStore(stale.blobs.kv)
+    await successor.load_journaled()
+    await successor.save(_base(b"new", 2, first_slot=successor.journal_slot()))
+    with pytest.raises(StaleWriter):
+        await stale.finish_base(msgspec.structs.replace(pending, engine=b"late"))
+    stale.abandon_base()
+    with pytest.raises(StaleWriter):
+        await stale.save(_base(b"late", 3))
+    await stale.append(stale.entry(b"late", {"metrics": 3}, 3.0, []))
+    await successor.append(successor.entry(b"d3", {"metrics": 3}, 3.0, []))
+    loaded = await StateStore(stale.blobs.kv).load_journaled()
+    assert loaded is not None
+    assert (loaded.base, loaded.deltas, loaded.cursors) == (b"new", [b"d3"], {"metrics": 3})
+
+
+# --- a crash at any write while a base is written beside the journal -------------------------------
+
+
+class _Died(Exception):
+    """The process died at this write: it never reaches the server."""
+
+
+class _Mortal:
+    """A KV bucket whose process dies at its `budget`-th write; reads pass through."""
+
+    def __init__(self, kv: KeyValue, budget: int) -> None:
+        self.kv = kv
+        self.budget = budget
+        self.writes = 0
+
+    def _write(self) -> None:
+        if self.writes == self.budget:
+            raise _Died
+        self.writes += 1
+
+    async def put(self, key: str, value: bytes) -> int:
+        self._write()
+        return await self.kv.put(key, value)
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        self._write()
+        return await self.kv.update(key, value, last=last)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kv, name)
+
+
+CPU = only_rules(Rule(name="cpu", metric="cpu.percent", threshold=90, for_=Duration(20)))
+
+
+def _decoded(snapshot: bytes) -> _Snapshot:
+    return msgspec.msgpack.decode(zlib.decompress(snapshot), type=_Snapshot)
+
+
+class _Commits:
+    """An engine committing to a store as the service does; `acked` is the state of each commit
+    the store acknowledged, with its cursors."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+        self.engine = Engine(CPU, 0)
+        self.acked: list[tuple[bytes, dict[str, int]]] = []
+
+    def change(self, t: int, hosts: int = 6) -> None:
+        for host in range(hosts):  # a varying share breaching: series begin, fire, resolve
+            value = 95.0 if (host + t) % 4 else 50.0
+            self.engine.observe(metrics(f"web{host}", {"cpu.percent": value}), float(t))
+        self.engine.tick(float(t))
+        self.engine.drain()
+
+    async def base(self, t: int) -> None:
+        self.engine.delta()
+        await self.store.save(
+            SavedState(engine=self.engine.snapshot(), cursors={"metrics": t}, journal=new_journal_id())
+        )
+        self.acked.append((self.engine.snapshot(), {"metrics": t}))
+
+    async def commit(self, t: int) -> None:
+        entry = self.store.entry(self.engine.delta(), {"metrics": t}, float(t), [])
+        await self.store.append(entry)
+        self.acked.append((self.engine.snapshot(), {"metrics": t}))
+
+
+async def _run_beside(commits: _Commits) -> None:
+    """A base of commit 4 encoded a part at a time while commits 5..9 change the engine; commit 9
+    follows its last part, then the base is written and commits go on."""
+    await commits.base(0)
+    for t in range(1, 5):
+        commits.change(t)
+        await commits.commit(t)
+    pending = commits.store.begin_base({"metrics": 4}, 4.0, [])
+    parts = commits.engine.snapshot_parts(1)  # a series a part
+    pieces = []
+    for t in range(5, 9):  # each part made after a change (of two hosts) and before its commit
+        commits.change(t, hosts=2)
+        pieces += [next(parts)]
+        await commits.commit(t)
+    commits.change(9)
+    pieces += list(parts)  # hosts 3..5 as changed at 9 alone: the base waits for commit 9
+    await commits.commit(9)
+    engine = await compress_parts(iter(pieces))
+    await commits.store.finish_base(msgspec.structs.replace(pending, engine=engine))
+    for t in range(10, 13):
+        commits.change(t)
+        await commits.commit(t)
+
+
+async def test_a_crash_at_any_write_while_a_base_is_written_beside_the_journal(bus: Bus) -> None:
+    """Killed before each write in turn (a base's chunks, its manifest, every entry before, during
+    and after it), a restart restores exactly the last acknowledged commit."""
+    js = bus.nc.jetstream()
+    budget = 0
+    while True:
+        name = f"{bus.subjects.prefix}_crash{budget}"
+        await ensure_bucket(js, name, "crash test")
+        kv = await js.key_value(name)
+        mortal = _Mortal(kv, budget)
+        commits = _Commits(StateStore(cast("KeyValue", mortal), chunk_size=256))
+        try:
+            await _run_beside(commits)
+        except _Died:
+            died = True
+        else:
+            died = False
+        loaded = await StateStore(kv).load_journaled()
+        if not commits.acked:
+            assert loaded is None, f"killed at write {budget}"
+        else:
+            assert loaded is not None, f"killed at write {budget}"
+            snapshot, cursors = commits.acked[-1]
+            restored = Engine.restore(CPU, loaded.base, 12.0, loaded.deltas)
+            assert _decoded(restored.snapshot()) == _decoded(snapshot), f"killed at write {budget}"
+            assert loaded.cursors == cursors, f"killed at write {budget}"
+        await js.delete_key_value(name)
+        if not died:
+            break
+        budget += 1
+    # the run wrote bases and deltas in several chunks each: the kills fell inside them
+    assert budget > 40
