@@ -185,40 +185,40 @@ _BULK_READ = 256
 _CHUNK = 4096  # rows merged and written at a time
 
 
-class Series:
+# The sink keeps one Series per series and one Target per health target for as long as it runs:
+# hundreds of thousands at 1,000 hosts. None can hold a reference cycle, so the garbage collector
+# need not track them (gc=False), and each is its own key (eq=False).
+
+
+class Series(msgspec.Struct, gc=False, eq=False):
     """A series the sink has seen: its id once stored, and its values since the last write
     (of `hour`, the latest hour it had values of)."""
 
-    __slots__ = ("hour", "id", "values")
-
-    def __init__(self) -> None:
-        self.id = 0
-        self.hour = -1
-        self.values: array[float] | None = None
+    id: int = 0
+    hour: int = -1
+    values: array[float] | None = None
 
 
-class HealthDelta:
+class HealthDelta(msgspec.Struct, gc=False, eq=False):
     """A target's outcomes in one hour since the last write (latencies folded at the write)."""
 
-    __slots__ = ("down", "healthy_seconds", "latencies", "restarts", "unhealthy_seconds", "unknown", "up")
+    up: int = 0
+    down: int = 0
+    unknown: int = 0
+    restarts: int = 0
+    healthy_seconds: float = 0.0
+    unhealthy_seconds: float = 0.0
+    latencies: array[float] | None = None
 
-    def __init__(self) -> None:
-        self.up = self.down = self.unknown = self.restarts = 0
-        self.healthy_seconds = self.unhealthy_seconds = 0.0
-        self.latencies: array[float] | None = None
 
-
-class Target:
+class Target(msgspec.Struct, gc=False, eq=False):
     """A health target the sink knows: its latest status, and what came since the last write."""
 
-    __slots__ = ("delta", "hour", "key", "status", "ts")
-
-    def __init__(self, key: TargetKey, status: str, ts: float) -> None:
-        self.key = key
-        self.status = status
-        self.ts = ts
-        self.hour = -1
-        self.delta: HealthDelta | None = None  # of `hour`
+    key: TargetKey
+    status: str
+    ts: float
+    hour: int = -1
+    delta: HealthDelta | None = None  # of `hour`
 
 
 @dataclass
