@@ -1,4 +1,9 @@
-"""The report sink service: durable JetStream consumers into the rollup store, and the daily report."""
+"""The report sink service: JetStream consumers into the rollup store, and the daily report.
+
+Messages are rolled up in memory as they arrive and written every `commit_every` with the stream
+positions they reach; the consumers acknowledge nothing and are made afresh at every start right
+after those positions, so what a crash took back is delivered again and nothing is counted twice.
+"""
 
 from __future__ import annotations
 
