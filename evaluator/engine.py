@@ -52,9 +52,10 @@ __all__ = ["MAINTENANCE_RULE", "ActiveAlert", "Engine", "EngineStats", "Output",
 _SERIES, _GROUP, _SILENCE, _WINDOW = 0, 1, 2, 3  # timer kinds, in the order they run at one instant
 STALE_INTERVALS = 3  # a series is stale after at least this many of its own intervals
 SNAPSHOT_VERSION = 2
-# A sample stamped this close to the end of its series' `for` ends it: stamps a whole number of
-# intervals apart differ by that number only up to float rounding (agents/runner.py TickStamps).
-FOR_SLACK = 1e-3
+# Stamps this close are one instant: stamps a whole number of intervals apart differ by that
+# number only up to float rounding (agents/runner.py TickStamps). A sample this close to the end
+# of its series' `for` ends it; a timer this close to an event runs after it (before_instant).
+INSTANT = 1e-3
 DELTA_VERSION = 1
 # snapshot_parts(): about this much msgpack per part (a few ms of encoding)
 SNAPSHOT_PART_BYTES = 1 << 20
@@ -357,7 +358,7 @@ class Engine:
         elif before == PENDING:
             if not holds:
                 self._transition(rule, series, INACTIVE, now)
-            elif now >= series.active_at + rule.for_seconds - FOR_SLACK:
+            elif now >= series.active_at + rule.for_seconds - INSTANT:
                 self._transition(rule, series, FIRING, now)
         elif not holds and now >= series.last_true + rule.keep_firing_seconds:
             self._transition(rule, series, INACTIVE, now)

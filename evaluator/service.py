@@ -50,7 +50,7 @@ from bus.heartbeat import beat
 from bus.jetstream import stream_name
 from bus.payload import payload_limit, split_notification
 from evaluator.config import EvaluatorConfig
-from evaluator.engine import Engine, Output
+from evaluator.engine import INSTANT, Engine, Output
 from evaluator.rules import AGENT_DOWN_RULE
 from evaluator.silences import Silence
 from evaluator.store import (
@@ -94,6 +94,7 @@ LEASE_RETRY = 1.0
 # An ack whose alert is gone is kept this long (an evaluator catching up may not know it yet).
 ACK_RETENTION = 3600.0
 PUBLISH_TIMEOUT = 5.0
+CONSUMER_CREATE_TIMEOUT = 30.0
 PUBLISH_CONCURRENCY = 1000
 ALERT_SUBJECTS_CACHED = 10_000
 MAX_BACKOFF = 5.0
@@ -144,6 +145,8 @@ class _Feed:
     pending: int | None = None
     last_ts: float = -math.inf
     space: asyncio.Event = field(default_factory=asyncio.Event)
+    # the consumer did not answer since the service last looked: its stream may be electing a leader
+    impaired: bool = False
 
     async def run(self, connected: Callable[[], bool]) -> None:
         """Fetch until cancelled; an outage is waited out, never raised."""
@@ -160,10 +163,12 @@ class _Feed:
                 self.pending = None
                 if connected():
                     self.pending = await self._still_pending()
+                    self.impaired = self.impaired or self.pending is None
                 self.wake.set()
                 continue
             except (nats.errors.Error, OSError) as exc:
                 self.pending = None
+                self.impaired = True
                 if backoff.attempts == 0:
                     log.warning("evaluator: fetching %s failed, retrying: %s", self.family, exc)
                 await asyncio.sleep(backoff.next())
@@ -452,6 +457,9 @@ class EvaluatorService:
         else:
             config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = cursor + 1
+        # In a cluster with a node down, a consumer made again takes its replicas' election, which
+        # may outlast a request's usual timeout; a retry would delete it and start over, forever.
+        await self._js.add_consumer(stream, config, timeout=CONSUMER_CREATE_TIMEOUT)
         sub = await self._js.pull_subscribe(
             self.bus.subjects.family(family), durable=DURABLE, stream=stream, config=config
         )
@@ -694,10 +702,12 @@ class EvaluatorService:
         now = max(min(max(event.ts, message.ts - skew), message.ts), self._engine_now)
         try:
             deadline = engine.next_deadline()
-            if deadline is not None and deadline < now:
-                # timers due at `now` run after the events stamped `now`: a flush then tells what
-                # the check of that instant showed, a heartbeat on its deadline is not missed
-                engine.tick(math.nextafter(now, -math.inf))
+            # timers due at `now` run after the events stamped `now`: a flush then tells what the
+            # check of that instant showed, a heartbeat on its deadline is not missed; and never
+            # past a feed that does not answer (its heartbeats may be stored, unread)
+            until = min(now - INSTANT, self._unanswered_until())
+            if deadline is not None and deadline <= until:
+                engine.tick(until)
             engine.observe(event, now)
         except Exception:
             stats.failed += 1
@@ -705,6 +715,17 @@ class EvaluatorService:
             return
         self._engine_now = now
         stats.evaluated += 1
+
+    def _bus_restored(self) -> None:
+        """The bus answers again: agents are judged from now, not by what it could not carry."""
+        if self._engine_now > -math.inf:
+            self._blind = False
+            self.engine.bus_restored(self._now())
+
+    def _unanswered_until(self) -> float:
+        """The time timers may run to: that of the latest input of a feed whose consumer does not
+        answer (unbounded when all answer)."""
+        return min((feed.last_ts for feed in self._feeds if feed.pending is None), default=math.inf)
 
     def _caught_up(self) -> bool:
         return self.bus.nc.is_connected and not any(feed.behind or feed.buffer for feed in self._feeds)
@@ -715,11 +736,15 @@ class EvaluatorService:
         The wall clock lags by TICK_LAG, so that a message stored just before a tick but fetched
         just after it is still evaluated before the timers of that moment run.
         """
-        if not self.bus.nc.is_connected:
+        impaired = [feed for feed in self._feeds if feed.impaired]
+        for feed in impaired:
+            feed.impaired = False
+        if not self.bus.nc.is_connected or impaired:
+            # out of reach, or (in a cluster) a stream without a leader for a while: what agents
+            # sent meanwhile may come late, and must not make them look silent
             self._blind = True
-        elif self._blind and self._engine_now > -math.inf:
-            self._blind = False
-            self.engine.bus_restored(self._now())
+        elif self._blind:
+            self._bus_restored()
         now = self._now() if self._caught_up() else self._engine_now
         if now == -math.inf:  # nothing evaluated yet and the inputs not fetched: no time to tick at
             self._last_tick = self.clock()
@@ -770,6 +795,8 @@ class EvaluatorService:
             failed = await self._publish_batch(items[start : start + PUBLISH_CONCURRENCY])
             for item in failed:  # in order, one by one, until each is stored
                 await self._publish_one(*item)
+        if self._blind and self.bus.nc.is_connected:  # before the next inputs run any timer
+            self._bus_restored()
         letters, self._letters = self._letters, []
         for letter in letters:
             if not await deadletter.publish(
@@ -822,6 +849,7 @@ class EvaluatorService:
                 return
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 self.stats.publish_retries += 1
+                self._blind = True  # the stream did not answer: nor may it have taken the agents' events
                 if _worth_logging(backoff.attempts + 1):
                     log.warning("evaluator: publishing to %s failed (%s), retrying", subject, exc)
             if self._stopping.is_set():

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch, Notification, Sample, Status
 from evaluator.config import DefaultRoute, EvaluatorConfig, Rule
-from evaluator.engine import Engine
+from evaluator.engine import INSTANT, Engine
 
 
 def metrics(
@@ -80,7 +79,7 @@ class Driver:
         """Advance to t as the service does: timers due before t, the events at t, then the
         timers due at t (they see what was stamped t)."""
         self.now = t
-        self.engine.tick(math.nextafter(t, -math.inf))
+        self.engine.tick(t - INSTANT)
         for event in events:
             self.engine.observe(event, t)
         self.engine.tick(t)

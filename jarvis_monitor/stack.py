@@ -15,7 +15,7 @@ from typing import Any
 
 from agents.runner import AgentRunner, Collector
 from bus import vocabulary as vocab
-from bus.aio import cancel_and_wait
+from bus.aio import Backoff, cancel_and_wait
 from bus.connection import Bus, configured_urls, connect
 from bus.jetstream import provision
 from bus.server import EmbeddedServer, ServerError
@@ -154,15 +154,28 @@ class Shutdown:
             callback()
 
 
-async def provision_streams(bus: Bus, config: Config) -> None:
+# A cluster node still joining is "offline" to placement for a few seconds: worth waiting for.
+PROVISION_ATTEMPTS = 8
+_TRANSIENT = ("peer offline", "timeout", "no responders")
+
+
+async def provision_streams(bus: Bus, config: Config, sleep: Callable[[float], Any] = asyncio.sleep) -> None:
     """Create or update the streams; a server without JetStream only loses persistence."""
-    try:
-        changes = await provision(
-            bus.nc.jetstream(), bus.subjects, config.bus.streams, replicas=config.bus.replicas
-        )
-    except Exception as exc:  # no JetStream, or no permission: core publishing still works
-        log.error("JetStream provisioning failed, events will not be persisted: %s", exc)
-        return
+    backoff = Backoff(0.5, 5.0)
+    while True:
+        try:
+            changes = await provision(
+                bus.nc.jetstream(), bus.subjects, config.bus.streams, replicas=config.bus.replicas
+            )
+            break
+        except Exception as exc:  # no JetStream, or no permission: core publishing still works
+            transient = any(word in str(exc) for word in _TRANSIENT)
+            if transient and backoff.attempts + 1 < PROVISION_ATTEMPTS:
+                log.warning("JetStream provisioning failed (%s), retrying", exc)
+                await sleep(backoff.next())
+                continue
+            log.error("JetStream provisioning failed, events will not be persisted: %s", exc)
+            return
     changed = {name: change for name, change in changes.items() if change != "unchanged"}
     if changed:
         log.info("JetStream: %s", ", ".join(f"{n} {c}" for n, c in changed.items()))
