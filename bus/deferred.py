@@ -1,4 +1,8 @@
-"""A module imported only when one of its attributes is first used, for imports a process may never need."""
+"""A module imported only when one of its attributes is first used, for imports a process may never need.
+
+Not importlib.util.LazyLoader: on Python 3.11 the import system's own look at the lazy module
+during nats-py's `import aiohttp` executes it (tests/test_cli_imports.py fails with it).
+"""
 
 from __future__ import annotations
 
