@@ -817,13 +817,12 @@ class Engine:
 
     # --- persistence ------------------------------------------------------------------------
 
-    def snapshot(self) -> bytes:
-        """The whole state: msgpack-encoded with msgspec, then zlib-compressed (labels repeat a lot)."""
+    def _state(self, series: list[Series], groups: list[Group]) -> _Snapshot:
         self._notifications += self.dispatcher.drain()  # undrained notifications are state too
-        state = _Snapshot(
+        return _Snapshot(
             version=SNAPSHOT_VERSION,
-            series=list(self._by_fp.values()),
-            groups=list(self.dispatcher.groups.values()),
+            series=series,
+            groups=groups,
             seq=self.dispatcher.seq,
             silences=self._silences.items,
             silence_timer=self._silence_timer,
@@ -833,6 +832,10 @@ class Engine:
             notifications=self._notifications,
             stats=self.stats,
         )
+
+    def snapshot(self) -> bytes:
+        """The whole state: msgpack-encoded with msgspec, then zlib-compressed (labels repeat a lot)."""
+        state = self._state(list(self._by_fp.values()), list(self.dispatcher.groups.values()))
         return zlib.compress(_snapshot_encoder.encode(state), 1)
 
     def snapshot_parts(self, part_bytes: int = SNAPSHOT_PART_BYTES) -> Iterator[bytes]:
@@ -842,24 +845,9 @@ class Engine:
         whatever changes meanwhile is in the next delta(), so the parts and the deltas taken after
         this call restore the state (a caller can give its loop back between parts).
         """
-        self._notifications += self.dispatcher.drain()
+        rest = _snapshot_encoder.encode(self._state([], []))
         series = list(self._by_fp.values())
         groups = list(self.dispatcher.groups.values())
-        rest = _snapshot_encoder.encode(
-            _Snapshot(
-                version=SNAPSHOT_VERSION,
-                series=[],
-                groups=[],
-                seq=self.dispatcher.seq,
-                silences=self._silences.items,
-                silence_timer=self._silence_timer,
-                windows=self._windows.open,
-                window_timers=self._window_timers,
-                alerts=self._alerts,
-                notifications=self._notifications,
-                stats=self.stats,
-            )
-        )
         return _snapshot_parts(rest, series, groups, part_bytes)
 
     def delta(self) -> bytes:
