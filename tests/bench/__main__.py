@@ -124,7 +124,7 @@ PARTS = (
 )
 # Minutes long and need Debian's Prometheus stack: `python -m tests.bench versus [--quick]`, `idle_cpu`;
 # minutes long: `commit_cost [--quick]`.
-ON_REQUEST = ("versus", "idle_cpu", "commit_cost")
+ON_REQUEST = ("versus", "idle_cpu", "commit_cost", "evaluator_fanin")
 
 
 async def host() -> None:

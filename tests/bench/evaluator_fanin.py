@@ -1,0 +1,290 @@
+"""Evaluator fan-in: the evaluator as its own process under a realistic fleet at its real rate.
+
+The fleet is report_fanin's (host 22 samples, container 30 containers, probe 28 checks, every
+10 s) plus each agent's heartbeat, stamped with the time they are sent. `jarvis-monitor evaluator`
+runs on the default config (the built-in rules) while 100 and then 1,000 hosts publish: its share
+of a core over a steady minute, its peak resident memory and whether its consumers' backlog
+(num_pending of `evaluator` on the metrics, health and heartbeat streams) grows. The same-run
+baseline is a bare nats-py core subscriber, its own process too, taking the same messages over the
+same minute and decoding nothing.
+
+`python -m tests.bench evaluator_fanin [--hosts=100,1000] [--warmup=20] [--window=60]` (about
+five minutes; the machine's other load shows in the absolute figures, the ratio is the one to
+compare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import nats.js.errors
+import psutil
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from bus import vocabulary as vocab
+from bus.config import BusConfig, StreamsConfig
+from bus.connection import connect
+from bus.events import encode
+from bus.jetstream import provision, stream_name
+from bus.server import EmbeddedServer, ServerConfig
+from tests.bench.report_fanin import PREFIX, T0
+from tests.console_events import container_batch, health_events, heartbeats, host_batch, probe_batch
+
+FAMILIES = ("metrics", "health", "heartbeat")
+DURABLE = "evaluator"
+AGENTS = (vocab.HOST_AGENT, vocab.CONTAINER_AGENT, vocab.PROBE_AGENT)
+# Every payload is encoded once with this stamp, replaced by the time it is sent.
+STAMP = repr(T0).encode()
+SLICES = 100  # per 10 s cycle: each host's messages go out together, the hosts spread evenly
+DRAIN_LIMIT = 60.0
+HEARTBEAT_WAIT = 15.0  # the evaluator's own heartbeat comes every 10 s (bus.heartbeat.PART_INTERVAL)
+ISSUE_FIGURES = {100: "8%", 1000: "63%"}  # issue 13's measure of the evaluator before it
+
+
+def cycle(hosts: int) -> list[tuple[str, bytes]]:
+    """(subject, payload) of one 10 s cycle of the fleet, host by host, each stamped STAMP."""
+    out = []
+    for index in range(hosts):
+        host = f"host{index:04d}"
+        for batch in (host_batch(host, T0), container_batch(host, T0), probe_batch(host, T0)):
+            out.append((f"{PREFIX}.metrics.{host}.{batch.agent}", encode(batch)))
+        for event in health_events(host, T0):
+            out.append((f"{PREFIX}.health.{host}.{event.agent}.{event.target}", encode(event)))
+        for beat in heartbeats(host, T0):
+            out.append((f"{PREFIX}.heartbeat.{host}.{beat.agent}", encode(beat)))
+    assert all(payload.count(STAMP) >= 1 for _, payload in out)
+    return out
+
+
+def stamped(messages: Sequence[tuple[str, bytes]], now: float) -> Iterator[tuple[str, bytes]]:
+    stamp = repr(now).encode()
+    for subject, payload in messages:
+        yield subject, payload.replace(STAMP, stamp)
+
+
+async def at_rate(nc: Client, messages: Sequence[tuple[str, bytes]], seconds: float) -> int:
+    """Publish `messages` every 10 s, spread evenly and stamped as sent, for `seconds`; how many."""
+    per = -(-len(messages) // SLICES)
+    start = time.perf_counter()
+    step = sent = 0
+    while (at := start + step * 10 / SLICES) - start < seconds:
+        await asyncio.sleep(max(0.0, at - time.perf_counter()))
+        part = (step % SLICES) * per
+        for subject, payload in stamped(messages[part : part + per], time.time()):
+            await nc.publish(subject, payload)
+            sent += 1
+        step += 1
+    await nc.flush()
+    return sent
+
+
+async def backlog(js: JetStreamContext) -> int | None:
+    """Messages the evaluator's consumers have still to deliver; None before they exist."""
+    total = 0
+    for family in FAMILIES:
+        try:
+            info = await js.consumer_info(stream_name(PREFIX, family), DURABLE)
+        except nats.js.errors.NotFoundError:
+            return None
+        total += info.num_pending or 0
+    return total
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+@dataclass
+class Counters:
+    """The latest counters the evaluator's own heartbeat carried."""
+
+    latest: dict[str, int] = field(default_factory=dict)
+    beats: int = 0
+
+    async def on_msg(self, msg: Msg) -> None:
+        self.latest = json.loads(msg.data).get("counters", {})
+        self.beats += 1
+
+    async def next(self, timeout: float) -> dict[str, int]:
+        seen, deadline = self.beats, time.perf_counter() + timeout
+        while self.beats == seen and time.perf_counter() < deadline:
+            await asyncio.sleep(0.1)
+        return self.latest
+
+
+async def start(command: list[str], env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("wb") as out:
+        return await asyncio.create_subprocess_exec(
+            *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=out, stdin=asyncio.subprocess.DEVNULL
+        )
+
+
+def problems(log: Path) -> list[str]:
+    """The evaluator's warnings, errors and tracebacks, each distinct line once."""
+    seen: dict[str, None] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        found = [line.find(word) for word in ("WARNING", "ERROR", "CRITICAL", "Traceback") if word in line]
+        if found:  # from the level on: the time stamp would make every line distinct
+            seen.setdefault(line[min(found) :][:160], None)
+    return list(seen)
+
+
+async def live(hosts: int, warmup: float, window: float) -> list[tuple[str, str, str]]:
+    """The evaluator and the bare subscriber under `hosts`: CPU, RSS, backlog, the evaluator's counters."""
+    messages = cycle(hosts)
+    rate = len(messages) / 10
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        config = tmp / "jarvis.toml"
+        config.write_text(f'data_dir = "{tmp / "data"}"\n[bus]\nprefix = "{PREFIX}"\n')
+        server = EmbeddedServer(ServerConfig(port=0), tmp / "nats")
+        await server.start()
+        env = {**os.environ, "JARVIS_NATS_URL": server.url}
+        evaluator_cmd = [sys.executable, "-m", "jarvis_monitor", "-c", str(config), "evaluator"]
+        bare_cmd = [sys.executable, "-m", "tests.bench.evaluator_fanin", "--subscriber", server.url]
+        children: list[asyncio.subprocess.Process] = []
+        try:
+            bus = await connect(BusConfig(prefix=PREFIX), "bench", servers=[server.url])
+            await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
+            await bus.close()
+            nc = await nats.connect(server.url)
+            js = nc.jetstream()
+            counters = Counters()
+            await nc.subscribe(f"{PREFIX}.heartbeat.*.{vocab.EVALUATOR_PART}", cb=counters.on_msg)
+            bare = await start(bare_cmd, env, tmp / "bare.log")
+            children.append(bare)
+            assert bare.stdout is not None
+            await asyncio.wait_for(bare.stdout.readline(), 30)  # subscribed
+            evaluator = await start(evaluator_cmd, env, tmp / "evaluator.log")
+            children.append(evaluator)
+            began = time.perf_counter()
+            while (await backlog(js)) is None:
+                if evaluator.returncode is not None or time.perf_counter() - began > 60:
+                    raise RuntimeError(f"the evaluator did not start: {problems(tmp / 'evaluator.log')}")
+                await asyncio.sleep(0.2)
+            ours, theirs = psutil.Process(evaluator.pid), psutil.Process(bare.pid)
+            began = time.perf_counter()
+            publisher = asyncio.create_task(at_rate(nc, messages, warmup + window))
+            behind: list[int] = []
+            rss = 0
+            marks: list[tuple[float, float, float]] = []
+            while not publisher.done():
+                await asyncio.sleep(1)
+                rss = max(rss, ours.memory_info().rss)
+                behind.append(await backlog(js) or 0)
+                if not marks and time.perf_counter() - began >= warmup:
+                    marks.append((time.perf_counter(), cpu_seconds(ours), cpu_seconds(theirs)))
+            sent = await publisher
+            marks.append((time.perf_counter(), cpu_seconds(ours), cpu_seconds(theirs)))
+            wall = time.perf_counter() - began
+            caught = time.perf_counter()
+            while (await backlog(js) or 0) > 0 and time.perf_counter() - caught < DRAIN_LIMIT:
+                await asyncio.sleep(0.1)
+            late = time.perf_counter() - caught
+            final = await counters.next(HEARTBEAT_WAIT)
+            bare.send_signal(signal.SIGTERM)
+            received = int((await asyncio.wait_for(bare.stdout.readline(), 30)).decode() or -1)
+            evaluator.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(evaluator.wait(), 60)
+            await nc.close()
+        finally:
+            for child in children:
+                if child.returncode is None:
+                    child.kill()
+                    await child.wait()
+            await server.stop()
+            troubles = problems(tmp / "evaluator.log")
+
+    (t0, ours0, theirs0), (t1, ours1, theirs1) = marks
+    steady = t1 - t0
+    ours_cpu, bare_cpu = (ours1 - ours0) / steady, (theirs1 - theirs0) / steady
+    half = len(behind) // 2
+    growth = (max(behind[half:]) - max(behind[:half])) / (wall / 2) if half else 0.0
+    shown = ("received", "evaluated", "rejected", "dead_lettered", "failed", "alerts", "notifications")
+    label = f"evaluator fan-in: {hosts:,} hosts x 3 agents ({rate:,.0f} msg/s)"
+    return [
+        (
+            f"{label}, bare nats-py subscriber (baseline)",
+            f"{100 * bare_cpu:.1f}% of a core, {bare_cpu / rate * 1e6:.1f} us CPU/msg, "
+            f"took {received:,} of {sent:,}",
+            "-",
+        ),
+        (
+            f"{label}, evaluator process, {steady:.0f} s after {warmup:.0f} s",
+            f"{100 * ours_cpu:.1f}% of a core, {ours_cpu / rate * 1e6:.1f} us CPU/msg = "
+            f"{ours_cpu / bare_cpu:.1f} x baseline, peak RSS {rss / 2**20:.0f} MB",
+            f"issue 13 measured {ISSUE_FIGURES.get(hosts, '-')} of a core",
+        ),
+        (
+            f"{label}, evaluator backlog (num_pending)",
+            f"peak {max(behind):,} msgs, growth {growth:+,.0f} msg/s, drained {late:.1f} s after the last",
+            "no growth",
+        ),
+        (
+            f"{label}, evaluator counters",
+            ", ".join(f"{key} {final.get(key, '?'):,}" for key in shown),
+            "failed 0, dead_lettered 0",
+        ),
+        (f"{label}, evaluator log", "; ".join(troubles[:3]) or "no warning or error", "none"),
+    ]
+
+
+async def subscriber(url: str) -> None:
+    """The baseline: a bare core subscriber of the fleet's subjects; prints its count on SIGTERM."""
+    nc = await nats.connect(url)
+    count = 0
+
+    async def on_msg(msg: Msg) -> None:
+        nonlocal count
+        count += 1
+
+    subjects = [f"{PREFIX}.metrics.>", f"{PREFIX}.health.>"]
+    subjects += [f"{PREFIX}.heartbeat.*.{agent}" for agent in AGENTS]
+    for subject in subjects:
+        await nc.subscribe(subject, cb=on_msg, pending_msgs_limit=0, pending_bytes_limit=0)
+    await nc.flush()
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+    print("ready", flush=True)
+    await stopped.wait()
+    await nc.drain()
+    print(count, flush=True)
+
+
+def options(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench evaluator_fanin", add_help=False)
+    parser.add_argument("--hosts", default="100,1000", help="comma-separated fleet sizes")
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds before the measured window")
+    parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
+    known, _ = parser.parse_known_args(list(argv))
+    return known
+
+
+async def run() -> list[tuple[str, str, str]]:
+    chosen = options(sys.argv[1:])
+    rows = []
+    for hosts in (int(n) for n in chosen.hosts.split(",")):
+        rows += await live(hosts, chosen.warmup, chosen.window)
+    return rows
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--subscriber"]:
+        asyncio.run(subscriber(sys.argv[2]))
+    else:
+        for measure, result, target in asyncio.run(run()):
+            print(f"{measure:<72} {result:<60} (target: {target})")
