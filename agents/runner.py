@@ -170,34 +170,6 @@ class Schedule:
         return due, due - tick - 1
 
 
-# A cycle that starts this close to its tick is stamped with the tick's own instant.
-STAMP_TOLERANCE = 0.05
-
-
-class TickStamps:
-    """Wall-clock stamps of scheduled ticks, exactly `interval` apart however late the loop woke.
-
-    As Prometheus aligns scrape timestamps, a cycle starting within STAMP_TOLERANCE of its tick
-    carries the tick's instant, so that a `for` of whole intervals ends on a sample instead of
-    on a timer after it. A later start, or a wall clock that was stepped, is stamped as it is.
-    """
-
-    def __init__(self, clock: Callable[[], float], wall_clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.wall_clock = wall_clock
-        self._offset: float | None = None  # wall clock less monotonic clock, while it holds
-
-    def stamp(self, due: float) -> float:
-        """The stamp of a cycle due at monotonic time `due`, starting now."""
-        mono, wall = self.clock(), self.wall_clock()
-        offset = wall - mono
-        if self._offset is None or abs(offset - self._offset) > STAMP_TOLERANCE:
-            self._offset = offset
-        if abs(mono - due) > STAMP_TOLERANCE:
-            return wall
-        return due + self._offset
-
-
 class AgentRunner:
     """Runs one collector on its schedule and publishes batches, checks and heartbeats."""
 
@@ -302,17 +274,13 @@ class AgentRunner:
             schedule = Schedule(self.clock(), interval, warmup)
         else:
             schedule = Schedule.aligned(self.clock(), self.wall_clock(), interval, warmup, phase.seconds)
-        stamps = TickStamps(self.clock, self.wall_clock)
         tick = 0
         while True:
             jittered = self.config.jitter.seconds and tick >= schedule.warmup_ticks
             delay = self._rng.uniform(0, self.config.jitter.seconds) if jittered else 0.0
             if await self._wait(schedule.at(tick) + delay - self.clock()):
                 return
-            await self.run_cycle(
-                period=schedule.at(tick + 1) - schedule.at(tick),
-                ts=stamps.stamp(schedule.at(tick) + delay),
-            )
+            await self.run_cycle(period=schedule.at(tick + 1) - schedule.at(tick))
             # Judge overrun by the collection alone: a jittered start must not cost a tick.
             tick, skipped = schedule.after(tick, self.clock() - delay)
             if skipped:
@@ -324,14 +292,14 @@ class AgentRunner:
                     skipped,
                 )
 
-    async def run_cycle(self, period: float | None = None, ts: float | None = None) -> None:
-        """One collection: publish its batch and checks, then the heartbeat, stamped `ts` (now).
+    async def run_cycle(self, period: float | None = None) -> None:
+        """One collection: publish its batch and checks, then the heartbeat.
 
         `period` is the time until the next cycle (shorter during the warm-up); the batch says it.
         """
         interval = self.config.interval.seconds
         timeout = self.config.timeout.seconds if self.config.timeout else interval
-        ts = self.wall_clock() if ts is None else ts
+        ts = self.wall_clock()
         subjects = self.publisher.subjects
         try:
             collection = await self._collect(timeout)

@@ -52,9 +52,9 @@ __all__ = ["MAINTENANCE_RULE", "ActiveAlert", "Engine", "EngineStats", "Output",
 _SERIES, _GROUP, _SILENCE, _WINDOW = 0, 1, 2, 3  # timer kinds, in the order they run at one instant
 STALE_INTERVALS = 3  # a series is stale after at least this many of its own intervals
 SNAPSHOT_VERSION = 2
-# Stamps this close are one instant: stamps a whole number of intervals apart differ by that
-# number only up to float rounding (agents/runner.py TickStamps). A sample this close to the end
-# of its series' `for` ends it; a timer this close to an event runs after it (before_instant).
+# Stamps this close are one instant (stamps a whole number of intervals apart differ by that
+# number only up to float rounding): a sample this close to the end of its series' `for` ends
+# it, and a timer this close before an event runs after it (evaluator/service.py, Driver).
 INSTANT = 1e-3
 DELTA_VERSION = 1
 # snapshot_parts(): about this much msgpack per part (a few ms of encoding)

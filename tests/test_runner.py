@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 
 import msgspec
@@ -19,7 +18,6 @@ from agents.runner import (
     Collection,
     Emit,
     Schedule,
-    TickStamps,
 )
 from bus.events import HealthEvent, Heartbeat, MetricBatch, Sample
 from bus.subjects import Subjects
@@ -312,35 +310,6 @@ async def test_a_phase_puts_every_collection_on_the_wall_clock_grid() -> None:
     walls = [EPOCH + start for start in collector.starts[1:]]
     assert [wall % INTERVAL for wall in walls] == pytest.approx([4.0, 4.0])
     assert collector.starts[0] == T0  # the first collection does not wait for the grid
-
-
-def test_a_cycle_woken_a_little_late_is_stamped_with_its_tick() -> None:
-    mono = [100.0]
-    wall = [1_700_000_000.25]
-    stamps = TickStamps(lambda: mono[0], lambda: wall[0] + mono[0] - 100.0)
-    ticks = [100.0 + 5.0 * k for k in range(4)]
-    made = []
-    for due, late in zip(ticks, [0.0, 0.003, 0.049, 0.2], strict=True):
-        mono[0] = due + late
-        made.append(stamps.stamp(due))
-    assert made[:3] == [1_700_000_000.25, 1_700_000_005.25, 1_700_000_010.25]
-    assert made[3] == pytest.approx(1_700_000_015.45), "a late cycle is stamped when it ran"
-    wall[0] += 30.0  # the wall clock is stepped: stamps follow it
-    mono[0] = 120.0
-    assert stamps.stamp(120.0) == pytest.approx(1_700_000_050.25)
-
-
-async def test_batches_of_consecutive_cycles_are_stamped_exactly_an_interval_apart() -> None:
-    class Jittery(FakeClock):
-        async def sleep(self, seconds: float) -> None:
-            await super().sleep(seconds + 0.004)  # the event loop wakes a few ms late
-
-    collector = ScriptedCollector(Jittery(), [0.1, 0.1, 0.1])
-    runner, publisher = make_runner(collector)
-    await asyncio.wait_for(runner.run(), timeout=5)
-    batches = publisher.events(f"{PREFIX}.metrics.*", MetricBatch)
-    stamps = [batch.ts for batch in batches if isinstance(batch, MetricBatch)]
-    assert [b - a for a, b in itertools.pairwise(stamps)] == [INTERVAL, INTERVAL]
 
 
 def test_a_phase_as_long_as_the_interval_is_refused() -> None:
