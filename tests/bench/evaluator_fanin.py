@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ from bus.connection import connect
 from bus.events import encode
 from bus.jetstream import provision, stream_name
 from bus.server import EmbeddedServer, ServerConfig
+from evaluator.rules import AGENT_DOWN_RULE
 from tests.bench.report_fanin import PREFIX, T0
 from tests.console_events import container_batch, health_events, heartbeats, host_batch, probe_batch
 
@@ -108,6 +111,29 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def machine_busy() -> float:
+    """CPU seconds every core of the machine spent on anything but idling so far."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+@dataclass
+class Mark:
+    """CPU seconds so far of each process measured, and of the machine, at one instant."""
+
+    at: float
+    cpu: dict[str, float]
+
+    @classmethod
+    def take(cls, processes: dict[str, psutil.Process]) -> Mark:
+        cpu = {name: cpu_seconds(process) for name, process in processes.items()}
+        return cls(time.perf_counter(), {**cpu, "machine": machine_busy()})
+
+    def share(self, later: Mark, name: str) -> float:
+        """`name`'s share of a core from this mark to `later`."""
+        return (later.cpu[name] - self.cpu[name]) / (later.at - self.at)
+
+
 @dataclass
 class Counters:
     """The latest counters the evaluator's own heartbeat carried."""
@@ -124,6 +150,36 @@ class Counters:
         while self.beats == seen and time.perf_counter() < deadline:
             await asyncio.sleep(0.1)
         return self.latest
+
+
+@dataclass
+class Outputs:
+    """What the evaluator published: alerts by rule and status, notifications by status."""
+
+    alerts: Counter[str] = field(default_factory=Counter)
+    notifications: Counter[str] = field(default_factory=Counter)
+
+    # agent_down alerts that started while the fleet was still publishing: false alarms
+    early: int = 0
+    fleet_stopped: float = math.inf
+
+    async def on_alert(self, msg: Msg) -> None:
+        alert = json.loads(msg.data)
+        self.alerts[f"{alert.get('rule')} {alert.get('status')}"] += 1
+        if alert.get("rule") == AGENT_DOWN_RULE and alert.get("status") == "firing":
+            self.early += alert.get("starts_at", 0) < self.fleet_stopped
+
+    async def on_notification(self, msg: Msg) -> None:
+        notification = json.loads(msg.data)
+        self.notifications[f"{notification.get('status')} x{len(notification.get('alerts', []))}"] += 1
+
+    def told(self) -> str:
+        alerts = ", ".join(f"{key} {n:,}" for key, n in sorted(self.alerts.items()))
+        notifications = ", ".join(f"{key} {n:,}" for key, n in sorted(self.notifications.items()))
+        return (
+            f"alerts: {alerts or 'none'}; notifications (status x alerts): {notifications or 'none'}; "
+            f"agent_down started before the fleet stopped: {self.early:,}"
+        )
 
 
 async def start(command: list[str], env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
@@ -165,6 +221,9 @@ async def live(hosts: int, warmup: float, window: float) -> list[tuple[str, str,
             js = nc.jetstream()
             counters = Counters()
             await nc.subscribe(f"{PREFIX}.heartbeat.*.{vocab.EVALUATOR_PART}", cb=counters.on_msg)
+            outputs = Outputs()
+            await nc.subscribe(f"{PREFIX}.alerts.>", cb=outputs.on_alert)
+            await nc.subscribe(f"{PREFIX}.notifications.>", cb=outputs.on_notification)
             bare = await start(bare_cmd, env, tmp / "bare.log")
             children.append(bare)
             assert bare.stdout is not None
@@ -176,20 +235,27 @@ async def live(hosts: int, warmup: float, window: float) -> list[tuple[str, str,
                 if evaluator.returncode is not None or time.perf_counter() - began > 60:
                     raise RuntimeError(f"the evaluator did not start: {problems(tmp / 'evaluator.log')}")
                 await asyncio.sleep(0.2)
-            ours, theirs = psutil.Process(evaluator.pid), psutil.Process(bare.pid)
+            assert server.process is not None
+            processes = {
+                "evaluator": psutil.Process(evaluator.pid),
+                "bare": psutil.Process(bare.pid),
+                "nats-server": psutil.Process(server.process.pid),
+                "publisher": psutil.Process(),
+            }
             began = time.perf_counter()
             publisher = asyncio.create_task(at_rate(nc, messages, warmup + window))
             behind: list[int] = []
             rss = 0
-            marks: list[tuple[float, float, float]] = []
+            marks: list[Mark] = []
             while not publisher.done():
                 await asyncio.sleep(1)
-                rss = max(rss, ours.memory_info().rss)
+                rss = max(rss, processes["evaluator"].memory_info().rss)
                 behind.append(await backlog(js) or 0)
                 if not marks and time.perf_counter() - began >= warmup:
-                    marks.append((time.perf_counter(), cpu_seconds(ours), cpu_seconds(theirs)))
+                    marks.append(Mark.take(processes))
             sent = await publisher
-            marks.append((time.perf_counter(), cpu_seconds(ours), cpu_seconds(theirs)))
+            outputs.fleet_stopped = time.time()
+            marks.append(Mark.take(processes))
             wall = time.perf_counter() - began
             caught = time.perf_counter()
             while (await backlog(js) or 0) > 0 and time.perf_counter() - caught < DRAIN_LIMIT:
@@ -209,9 +275,13 @@ async def live(hosts: int, warmup: float, window: float) -> list[tuple[str, str,
             await server.stop()
             troubles = problems(tmp / "evaluator.log")
 
-    (t0, ours0, theirs0), (t1, ours1, theirs1) = marks
-    steady = t1 - t0
-    ours_cpu, bare_cpu = (ours1 - ours0) / steady, (theirs1 - theirs0) / steady
+    first, last = marks
+    steady = last.at - first.at
+    ours_cpu, bare_cpu = first.share(last, "evaluator"), first.share(last, "bare")
+    others = ", ".join(
+        f"{name} {100 * first.share(last, name):.0f}%" for name in ("nats-server", "publisher")
+    )
+    cores = psutil.cpu_count() or 1
     half = len(behind) // 2
     growth = (max(behind[half:]) - max(behind[:half])) / (wall / 2) if half else 0.0
     shown = ("received", "evaluated", "rejected", "dead_lettered", "failed", "alerts", "notifications")
@@ -239,6 +309,12 @@ async def live(hosts: int, warmup: float, window: float) -> list[tuple[str, str,
             ", ".join(f"{key} {final.get(key, '?'):,}" for key in shown),
             "failed 0, dead_lettered 0",
         ),
+        (
+            f"{label}, the machine over the same {steady:.0f} s",
+            f"{100 * first.share(last, 'machine') / cores:.0f}% of {cores} cores busy; {others} of a core",
+            "-",
+        ),
+        (f"{label}, evaluator outputs", outputs.told(), "agent_down 0 before the fleet stopped"),
         (f"{label}, evaluator log", "; ".join(troubles[:3]) or "no warning or error", "none"),
     ]
 
