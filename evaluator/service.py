@@ -47,7 +47,7 @@ from bus.events import (
     metric_batch,
 )
 from bus.heartbeat import beat
-from bus.jetstream import stream_name
+from bus.jetstream import ack_reply, stream_name
 from bus.payload import payload_limit, split_notification
 from evaluator.config import EvaluatorConfig
 from evaluator.engine import INSTANT, Engine, Output
@@ -175,7 +175,8 @@ class _Feed:
                 continue
             backoff.reset()
             for msg in msgs:
-                ts, seq, pending = _metadata(msg)
+                seq, _, stored_ns, pending = ack_reply(msg.reply)
+                ts = stored_ns / 1e9
                 self.buffer.append(_Message(ts, seq, msg))
                 self.last_ts = ts
                 self.pending = pending
@@ -194,18 +195,6 @@ class _Feed:
     @property
     def behind(self) -> bool:
         return self.pending is None or self.pending > 0
-
-
-def _metadata(msg: Msg) -> tuple[float, int, int]:
-    """(stored at, stream sequence, messages still pending) from the reply subject.
-
-    Cheaper than `msg.metadata`, which builds a datetime; the stored time keeps its nanoseconds.
-    """
-    tokens = msg.reply.split(".")
-    if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        return int(tokens[7]) / 1e9, int(tokens[5]), int(tokens[8])
-    meta = msg.metadata  # the newer form, with domain and account hash
-    return meta.timestamp.timestamp(), meta.sequence.stream, meta.num_pending
 
 
 class _Stopped(Exception):
@@ -479,14 +468,7 @@ class EvaluatorService:
         # Only this process continues the new journal: entries a stale evaluator still writes in
         # the old one are void, and its late bases are refused (StateStore._put_base).
         self.engine.delta()  # the base holds everything so far
-        base = SavedState(
-            engine=self.engine.snapshot(),
-            cursors=dict(self._cursors),
-            input_time=self._input_time(),
-            silences=self._given_silences,
-            journal=new_journal_id(),
-            first_slot=self._state.journal_slot(),
-        )
+        base = self._whole_state(self._input_time())
         await self._state.save(base)
         self.stats.bases += 1
         self.stats.base_bytes = len(base.engine)
@@ -864,6 +846,10 @@ class EvaluatorService:
         input_time = self._input_time()
         if not self._state.needs_base():
             return self._state.entry(delta, self._cursors, input_time, self._given_silences)
+        return self._whole_state(input_time)
+
+    def _whole_state(self, input_time: float | None) -> SavedState:
+        """The engine's whole state as the base of a new journal."""
         return SavedState(
             engine=self.engine.snapshot(),
             cursors=dict(self._cursors),

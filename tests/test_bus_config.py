@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from bus.config import DEFAULT_MAX_BYTES, BusConfig, CappedStreamConfig, StreamsConfig, TLSConfig
+from bus.jetstream import ack_reply
 from bus.units import Duration, dec_hook, enc_hook
 from jarvis_monitor.cli import main
 from jarvis_monitor.commands import EXIT_CONFIG
@@ -180,3 +181,21 @@ def test_check_config_names_bad_replicas_in_the_bus_table(
     assert main(["check-config", str(path)]) == EXIT_CONFIG
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("bus: replicas: 7 is not a replica count: JetStream keeps 1 to 5 copies")
+
+
+def test_a_delivery_reply_subject_is_read_in_both_layouts() -> None:
+    """Before nats-server 2.9, and with the domain, account hash and random token after it."""
+    assert ack_reply("$JS.ACK.JARVIS_METRICS.evaluator.1.42.7.1764593234700000001.3") == (
+        42,
+        7,
+        1764593234700000001,
+        3,
+    )
+    assert ack_reply("$JS.ACK._.ABCDEF.JARVIS_METRICS.report.2.43.8.1764593234700000002.0.x1y2") == (
+        43,
+        8,
+        1764593234700000002,
+        0,
+    )
+    with pytest.raises(ValueError, match="not a JetStream delivery"):
+        ack_reply("_INBOX.abc.1")

@@ -25,6 +25,8 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from bus.jetstream import ack_reply
+
 # The server answers a pull that expired, or stopped early, with a status message (no reply).
 EXPIRED = "408"
 # Beyond the request's own expiry, how long to wait for the server's word before asking again.
@@ -38,15 +40,6 @@ Handler = Callable[[Msg, int], None]
 
 class Broken(Exception):
     """The feed lost messages or its consumer: make it afresh where the sink stands."""
-
-
-def sequences(reply: str) -> tuple[int, int, int]:
-    """(stream sequence, delivery sequence, messages pending) from a JetStream reply subject."""
-    tokens = reply.split(".")
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>, or with
-    # <domain>.<account hash> after $JS.ACK (and a random token at the end) since nats-server 2.9
-    at = 2 if len(tokens) >= 11 else 0
-    return int(tokens[5 + at]), int(tokens[6 + at]), int(tokens[8 + at])
 
 
 class Feed:
@@ -126,7 +119,7 @@ class Feed:
             return
         if self._broken:
             return
-        sequence, delivered, self.pending = sequences(msg.reply)
+        sequence, delivered, _, self.pending = ack_reply(msg.reply)
         if delivered != self._delivered + 1:  # one never reached us: it must come again
             self._broken = True
             self._done.set()
