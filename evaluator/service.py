@@ -687,9 +687,10 @@ class EvaluatorService:
             # timers due at `now` run after the events stamped `now`: a flush then tells what the
             # check of that instant showed, a heartbeat on its deadline is not missed; and never
             # past a feed that does not answer (its heartbeats may be stored, unread)
-            until = min(now - INSTANT, self._unanswered_until())
-            if deadline is not None and deadline <= until:
-                engine.tick(until)
+            if deadline is not None and deadline <= now - INSTANT:
+                until = min(now - INSTANT, self._unanswered_until())
+                if deadline <= until:
+                    engine.tick(until)
             engine.observe(event, now)
         except Exception:
             stats.failed += 1
