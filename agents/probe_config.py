@@ -157,8 +157,8 @@ class ScrapeTarget(HttpSettings, frozen=True, forbid_unknown_fields=True, kw_onl
     rate_window: Annotated[
         Duration,
         Meta(
-            description="request rate, error ratio and latency cover the scrapes of this last span, as "
-            "PromQL's rate(...[1m]); at least the probe's interval",
+            description="request rate, error ratio and latency cover the scrapes less than this old, as "
+            "PromQL's rate(...[1m]) just after a scrape; at least the probe's interval",
             examples=["5m"],
         ),
     ] = Duration(60)

@@ -72,7 +72,7 @@ class ScrapeTracker:
                 return outcome("ok", "first scrape: rates from the next one")
             return outcome("ok", f"no other scrape in the last {target.rate_window}: rates from the next one")
         samples = _samples(target, stats)
-        return outcome("ok", _summary(target, samples, stats.covered), samples)
+        return outcome("ok", _summary(target, samples, stats.covered, window.full), samples)
 
     def _window_of(self, target: ScrapeTarget) -> RateWindow:
         window = self._windows.get(target.name)
@@ -96,11 +96,11 @@ def _samples(target: ScrapeTarget, stats: IntervalStats) -> list[Sample]:
     return samples
 
 
-def _summary(target: ScrapeTarget, samples: list[Sample], covered: float) -> str:
+def _summary(target: ScrapeTarget, samples: list[Sample], covered: float, full: bool) -> str:
     rates = [
         f"{s.name.removeprefix('http.')} {s.value:g}" for s in samples if s.name != vocab.HTTP_RATE_WINDOW
     ]
     span = Duration(round(covered, 1))
-    if span.seconds < target.rate_window.seconds:
+    if not full:
         return f"{', '.join(rates) or 'no traffic'} over {span} of the {target.rate_window} window"
     return f"{', '.join(rates) or 'no traffic'} over {span}"

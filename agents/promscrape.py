@@ -245,20 +245,25 @@ def _delta(first: Mapping[K, float], last: Mapping[K, float]) -> dict[K, float]:
 class RateWindow:
     """One target's scrapes over the last `window` seconds: rates, ratio and quantiles across all of them.
 
-    As PromQL's `rate(x[window])`: the increase from the oldest scrape in the window to the newest,
-    counter resets included, over the seconds between the two. Until the scrapes span the whole
-    window, the stats cover what they span (`IntervalStats.covered`). Memory is bounded:
-    window/interval + 1 scrapes, at most `max_scrapes`, thinned evenly when more come
-    (the warm-up's fast scrapes, a jittered schedule).
+    As PromQL's `rate(x[window])` evaluated just after the newest scrape: the increase from the
+    oldest scrape less than `window` old to the newest, counter resets included, over the seconds
+    between the two (the scrape a whole window old is out, as in Prometheus's range, which a rule
+    evaluation a moment after it no longer reaches). Until the scrapes span the window, the stats
+    cover what they span (`IntervalStats.covered`). Memory is bounded: window/interval scrapes, at
+    most `max_scrapes`, thinned evenly when more come (the warm-up's fast scrapes, a jittered
+    schedule).
     """
 
     def __init__(self, window: float, interval: float, max_scrapes: int = MAX_SCRAPES) -> None:
         if not window > 0 or not interval > 0:
             raise ValueError(f"window ({window}) and interval ({interval}) must be above zero")
         self.window = window
-        # a scrape due exactly one window ago, a little late, still belongs in the window
+        self.interval = interval
+        # a scrape due a whole interval less than a window ago, a little early, still belongs in it
         self.slack = min(0.1 * interval, 0.1 * window)
-        self.limit = max(2, min(max_scrapes, math.floor(window / interval + 1e-9) + 1))
+        # a window of one interval still holds the scrape before the newest
+        self.reach = max(window - self.slack, interval + self.slack)
+        self.limit = max(2, min(max_scrapes, math.ceil(window / interval - 1e-9)))
         self._points: list[_Point] = []
         self._requests: _Totals[SeriesKey] = _Totals()
         self._buckets: _Totals[BucketKey] = _Totals()
@@ -271,11 +276,16 @@ class RateWindow:
         """Seconds between the oldest and the newest scrape kept."""
         return self._points[-1].at - self._points[0].at if self._points else 0.0
 
+    @property
+    def full(self) -> bool:
+        """True once the scrapes span the window less one interval, all that a steady schedule keeps."""
+        return self.covered >= self.window - self.interval - self.slack
+
     def add(self, scrape: Scrape, at: float) -> None:
         """Take a scrape made at `at` (seconds on a monotonic clock)."""
         if self._points:
             at = max(at, self._points[-1].at)  # a clock that ran back must not make a negative span
-        horizon = at - self.window - self.slack
+        horizon = at - self.reach
         while self._points and self._points[0].at < horizon:
             del self._points[0]
         # A series unseen since the oldest scrape kept has one total in all of them: dropped from

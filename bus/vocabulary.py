@@ -249,8 +249,9 @@ PROBE_METRICS = catalog(
     MetricSpec(
         HTTP_RATE_WINDOW,
         "seconds",
-        "seconds of scrapes the rates, ratio and quantiles beside it cover: the target's rate_window, "
-        "less until it has filled after start or a gap",
+        "seconds of scrapes the rates, ratio and quantiles beside it cover: the target's rate_window "
+        "less one interval (the scrapes `rate(...[window])` takes just after a scrape), less until it "
+        "has filled after start or a gap",
         ("check",),
     ),
     MetricSpec(

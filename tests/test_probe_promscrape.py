@@ -231,9 +231,10 @@ def test_one_quiet_interval_in_an_incident_never_brings_the_windowed_ratio_down_
         pairwise.append(interval_stats(before, app.scrape(), 5.0).error_ratio)
 
     assert pairwise[20] == pytest.approx(0.05)  # what the two-scrape ratio said: a resolve
-    assert min(ratios) > 0.095  # 115 errors in the 1200 requests of the worst minute
-    assert ratios[20:32] == pytest.approx([115 / 1200] * 12)  # the quiet 5 s inside the last minute
-    assert ratios[32] == pytest.approx(0.1)  # and out of it
+    # as `rate(...[1m])` just after each scrape: the 11 intervals of the last 55 s
+    assert min(ratios) > 0.095  # 105 errors in the 1100 requests of the worst window
+    assert ratios[20:31] == pytest.approx([105 / 1100] * 11)  # the quiet 5 s inside the window
+    assert ratios[31] == pytest.approx(0.1)  # and out of it
 
 
 def test_until_the_window_is_full_the_stats_cover_what_the_scrapes_span() -> None:
@@ -248,10 +249,11 @@ def test_until_the_window_is_full_the_stats_cover_what_the_scrapes_span() -> Non
         assert stats is not None
         assert stats.requests_per_second == pytest.approx(20.0)
         covered.append(stats.covered)
-        assert len(window) <= 60 / 5 + 1
+        assert len(window) <= 60 / 5
 
-    assert covered[:12] == [5.0 * n for n in range(1, 13)]
-    assert set(covered[12:]) == {60.0}
+    # the scrape a whole window old is out, as in `rate(...[1m])` evaluated a moment after a scrape
+    assert covered[:11] == [5.0 * n for n in range(1, 12)]
+    assert set(covered[11:]) == {55.0}
 
 
 def test_a_counter_reset_inside_the_window_counts_its_new_value_as_the_increase() -> None:
@@ -268,14 +270,14 @@ def test_a_counter_reset_inside_the_window_counts_its_new_value_as_the_increase(
 
     stats = window.stats()
     assert stats is not None
-    assert stats.covered == 60.0
-    # 5 intervals of 100 before it, 60 across it, 6 intervals of 100 after it; 50 + 30 + 60 errors
-    assert stats.requests_per_second == pytest.approx(1160 / 60)
-    assert stats.error_ratio == pytest.approx(140 / 1160)
+    assert stats.covered == 55.0
+    # 4 intervals of 100 before it, 60 across it, 6 intervals of 100 after it; 40 + 30 + 60 errors
+    assert stats.requests_per_second == pytest.approx(1060 / 55)
+    assert stats.error_ratio == pytest.approx(130 / 1060)
 
 
 def test_warm_up_scrapes_are_thinned_without_losing_a_reset_among_them() -> None:
-    """A 1 s warm-up, then every 5 s: never more than window/interval + 1 scrapes kept, rates exact."""
+    """A 1 s warm-up, then every 5 s: never more than window/interval scrapes kept, rates exact."""
     app, window = App(), RateWindow(window=30, interval=5)
     times = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, *(5.0 + 5 * n for n in range(1, 10))]
     served: list[tuple[float, int]] = []  # (time, requests served since the previous scrape)
@@ -286,7 +288,7 @@ def test_warm_up_scrapes_are_thinned_without_losing_a_reset_among_them() -> None
         serve_second(app, round(at - served[-1][0]) if served else 0)
         served.append((at, requests))
         window.add(app.scrape(), at)
-        assert len(window) <= 30 / 5 + 1
+        assert len(window) <= 30 / 5
         stats = window.stats()
         if stats is None:
             continue
@@ -319,8 +321,8 @@ def test_a_slow_burst_shows_in_the_quantiles_until_it_leaves_the_window() -> Non
         stats = window.stats()
         assert stats is not None
         p99.append(stats.latency[0.99])
-    assert all(value > 0.5 for value in p99[:12])  # the burst lies inside the last minute
-    assert all(value <= 0.1 for value in p99[12:])
+    assert all(value > 0.5 for value in p99[:11])  # the burst lies inside the window's 55 s
+    assert all(value <= 0.1 for value in p99[11:])
 
 
 def test_a_series_gone_from_the_page_counts_while_it_was_seen_and_from_zero_when_it_returns() -> None:
@@ -342,8 +344,8 @@ def test_a_series_gone_from_the_page_counts_while_it_was_seen_and_from_zero_when
     window.add(page(200, 3), 35.0)  # back, counting from zero after a restart
     stats = window.stats()
     assert stats is not None
-    assert stats.covered == 20.0
-    assert stats.error_ratio == pytest.approx(3 / (200 - 150 + 3))
+    assert stats.covered == 15.0
+    assert stats.error_ratio == pytest.approx(3 / (200 - 160 + 3))
 
 
 def test_a_counter_that_once_reads_nan_or_inf_does_not_spoil_its_window() -> None:
@@ -377,3 +379,15 @@ def test_a_window_of_zero_or_no_interval_is_a_bug_not_a_silent_default() -> None
         RateWindow(window=0, interval=5)
     with pytest.raises(ValueError, match="must be above zero"):
         RateWindow(window=60, interval=0)
+
+
+def test_a_window_of_one_interval_still_rates_each_scrape_against_the_one_before() -> None:
+    app, window = App(), RateWindow(window=5, interval=5)
+    window.add(app.scrape(), 0.0)
+    for step in range(1, 4):
+        serve_second(app, 5, error_share=0.2 * step)
+        window.add(app.scrape(), 5.0 * step)
+        stats = window.stats()
+        assert stats is not None
+        assert stats.covered == 5.0
+        assert stats.error_ratio == pytest.approx(0.2 * step)
