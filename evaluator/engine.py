@@ -52,10 +52,12 @@ __all__ = ["MAINTENANCE_RULE", "ActiveAlert", "Engine", "EngineStats", "Output",
 _SERIES, _GROUP, _SILENCE, _WINDOW = 0, 1, 2, 3  # timer kinds, in the order they run at one instant
 STALE_INTERVALS = 3  # a series is stale after at least this many of its own intervals
 SNAPSHOT_VERSION = 2
-# Stamps this close are one instant (stamps a whole number of intervals apart differ by that
-# number only up to float rounding): a sample this close to the end of its series' `for` ends
-# it, and a timer this close before an event runs after it (evaluator/service.py, Driver).
-INSTANT = 1e-3
+# Stamps this close are one instant: an agent stamps a cycle when its schedule wakes it, a few
+# milliseconds after the instant due (more under load), so two stamps a whole number of intervals
+# apart differ from it by that jitter. A sample this close to the end of its series' `for` ends
+# it, a timer this close before an event runs after it, and a group flush due this soon after
+# the events just evaluated goes out with them (evaluator/service.py, Driver).
+INSTANT = 0.025
 DELTA_VERSION = 1
 # snapshot_parts(): about this much msgpack per part (a few ms of encoding)
 SNAPSHOT_PART_BYTES = 1 << 20
@@ -672,13 +674,18 @@ class Engine:
             return group, _GROUP
         return own
 
-    def tick(self, now: float) -> None:
-        """Run every timer due by `now`, each at its own deadline: outputs do not depend on when tick runs."""
-        while (due := self._next_timer()) is not None and due[0] <= now:
+    def tick(self, now: float, flush_within: float = 0.0) -> None:
+        """Run every timer due by `now`, each at its own deadline: outputs do not depend on when tick
+        runs. Group flushes due within `flush_within` after `now` run too, telling what `now` showed."""
+        while (due := self._next_timer()) is not None:
             deadline, kind = due
             if kind == _GROUP:
+                if deadline > now + flush_within:
+                    break
                 self.dispatcher.flush_due(deadline)
                 continue
+            if deadline > now:
+                break
             _, _, ref = heapq.heappop(self._timers)
             if kind == _SERIES:
                 series = self._by_fp[ref]

@@ -728,16 +728,20 @@ class EvaluatorService:
             self._blind = True
         elif self._blind:
             self._bus_restored()
-        now = self._now() if self._caught_up() else self._engine_now
+        caught_up = self._caught_up()
+        now = self._now() if caught_up else self._engine_now
         if now == -math.inf:  # nothing evaluated yet and the inputs not fetched: no time to tick at
             self._last_tick = self.clock()
             return False
+        # a flush due at the instant of the check just evaluated goes out with it, not TICK_LAG
+        # later; not while inputs of that instant may still wait in a buffer
+        flush_within = INSTANT if caught_up else 0.0
         deadline = self.engine.next_deadline()
-        due = deadline is not None and deadline <= now
+        due = deadline is not None and deadline <= now + flush_within
         if due or self.clock() - self._last_tick >= TICK_EVERY:
             self._last_tick = self.clock()
             try:
-                self.engine.tick(now)
+                self.engine.tick(now, flush_within)
             except Exception:  # a bug in the engine: logged, and the service goes on
                 self.stats.failed += 1
                 log.exception("evaluator: the engine failed running its timers")

@@ -77,12 +77,12 @@ class Driver:
 
     def at(self, t: float, *events: MetricBatch | HealthEvent | Heartbeat) -> Driver:
         """Advance to t as the service does: timers due before t, the events at t, then the
-        timers due at t (they see what was stamped t)."""
+        timers due at t and group flushes due within INSTANT after it (they see what was stamped t)."""
         self.now = t
         self.engine.tick(t - INSTANT)
         for event in events:
             self.engine.observe(event, t)
-        self.engine.tick(t)
+        self.engine.tick(t, flush_within=INSTANT)
         self.collect()
         return self
 

@@ -4,6 +4,7 @@ named as people see it, critical first, a notification true when sent, pending n
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 from bus.events import Alert, Notification
@@ -385,10 +386,13 @@ def test_a_flush_due_as_a_check_comes_in_tells_what_that_check_shows() -> None:
         ),
     )
     statuses = ["critical"] * 12 + ["ok"] * 18 + (["critical"] * 4 + ["ok"] * 4) * 5
+    jitter = random.Random(9)
     for attempt in range(40):
         monotonic = 10_000.0 + attempt * 0.137
         offset = 1_764_593_234.7 + attempt * 1.3 - monotonic
-        stamps = [monotonic + 5.0 * k + offset for k in range(len(statuses))]
+        # from attempt 20 on, each stamp also lags its tick by the event loop's wake-up, unevenly
+        lag = 0.02 if attempt >= 20 else 0.0
+        stamps = [monotonic + 5.0 * k + offset + jitter.uniform(0, lag) for k in range(len(statuses))]
         driver = Driver(config, start=stamps[0])
         for at, status in zip(stamps, statuses, strict=True):
             driver.at(at, health("probe01", "probe", "backend-api", status))  # type: ignore[arg-type]
@@ -397,3 +401,26 @@ def test_a_flush_due_as_a_check_comes_in_tells_what_that_check_shows() -> None:
         assert flapping_phase[0].status == "firing", "the first outage is told as it fires"
         assert not [a for a in flapping_phase if a.status == "resolved" and not a.flapping], attempt
         assert any(a.flapping for a in flapping_phase)
+
+
+def test_stamps_lagging_their_schedule_unevenly_still_end_a_for_and_flush_a_group_on_time() -> None:
+    """An agent stamps a cycle when its schedule wakes it, up to 20 ms late here: the sample due at
+    the end of `for` ends it, and the flush due at the end of group_wait goes out with the sample
+    due then, not a tick later (versus runs 6-11: TICK_LAG after Alertmanager)."""
+    config = EvaluatorConfig(
+        tune={"http_error_rate_high": RuleTuning(for_=Duration(10))},
+        default_route=DefaultRoute(group_by=["host"], group_wait=Duration(10)),
+    )
+    jitter = random.Random(5)
+    for attempt in range(20):
+        driver = Driver(config)
+        start = 1_764_593_234.7 + attempt
+        fired_on, told_on = None, None
+        for k in range(6):
+            lag = 0.02 if k == 0 else jitter.uniform(0, 0.02)  # the first the latest: the others "early"
+            driver.at(start + 5.0 * k + lag, metrics("probe01", error_ratio(0.1), agent="probe", interval=5))
+            if fired_on is None and "firing" in rule_statuses(driver.alerts, "http_error_rate_high"):
+                fired_on = k
+            if told_on is None and any(n.status == "firing" for n in driver.notifications):
+                told_on = k
+        assert (fired_on, told_on) == (2, 4), attempt
