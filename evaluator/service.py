@@ -87,6 +87,9 @@ MAX_ACK_PENDING = 200_000
 TICK_EVERY = 1.0
 # Timers run this long after they are due, as messages stored before then may be in flight.
 TICK_LAG = 0.5
+# A timer due at the instant of the latest input runs once no input came for this long: an agent's
+# batch, checks and heartbeat of one instant travel on three streams and arrive a little apart.
+SETTLE = 0.05
 ACTIVE_EVERY = 1.0
 ACTIVE_REFRESH = 30.0
 HOUSEKEEPING_EVERY = 60.0
@@ -235,6 +238,7 @@ class EvaluatorService:
         self._cursors: dict[str, int] = {}
         self._engine: Engine | None = None
         self._engine_now = -math.inf
+        self._settled_at = -math.inf  # when the latest input's instant may be taken as complete
         self._silences: dict[str, Silence] = {}
         self._silences_changed = False
         self._given_silences: list[Silence] = []  # what the engine has, saved with its state
@@ -599,6 +603,8 @@ class EvaluatorService:
         deadline = self.engine.next_deadline()
         if deadline is not None and self._caught_up():  # else the next input moves time on
             wait = min(wait, deadline + TICK_LAG - self.clock())
+            if deadline <= self._engine_now + INSTANT:  # due at the latest input's instant
+                wait = min(wait, self._settled_at - self.clock())
         return max(0.0, wait)
 
     async def _loop(self) -> None:
@@ -608,6 +614,7 @@ class EvaluatorService:
             await self._wait_for_wake(self._timeout())
             processed: dict[str, Msg] = {}
             changed = self._apply_external(self._now())
+            prior = self.engine.next_deadline()
             count = self._observe_ready(processed)
             if count:
                 # Busy (a window of many inputs began less than batch_window ago): fill this one,
@@ -623,7 +630,8 @@ class EvaluatorService:
                     count += self._observe_ready(processed)
             if count:
                 self._window_count = count
-            changed |= self._tick()
+                self._settled_at = self.clock() + SETTLE
+            changed |= self._tick(prior)
             try:
                 changed |= await self._publish(self.engine.drain())
             except _Stopped:
@@ -713,11 +721,14 @@ class EvaluatorService:
     def _caught_up(self) -> bool:
         return self.bus.nc.is_connected and not any(feed.behind or feed.buffer for feed in self._feeds)
 
-    def _tick(self) -> bool:
+    def _tick(self, prior: float | None = None) -> bool:
         """Run due timers; at wall-clock time only once every input is evaluated. True if due.
 
         The wall clock lags by TICK_LAG, so that a message stored just before a tick but fetched
-        just after it is still evaluated before the timers of that moment run.
+        just after it is still evaluated before the timers of that moment run. Timers due at the
+        latest input's instant run once it settled (SETTLE without input), so that they see all the
+        instant showed; a timer this very input made (earlier than `prior`, the first due before
+        it) runs at once: a breach with group_wait 0s is told as it comes.
         """
         impaired = [feed for feed in self._feeds if feed.impaired]
         for feed in impaired:
@@ -728,15 +739,19 @@ class EvaluatorService:
             self._blind = True
         elif self._blind:
             self._bus_restored()
-        caught_up = self._caught_up()
-        now = self._now() if caught_up else self._engine_now
-        if now == -math.inf:  # nothing evaluated yet and the inputs not fetched: no time to tick at
+        latest = self._engine_now
+        if latest == -math.inf and not self._caught_up():
+            # nothing evaluated yet and the inputs not fetched: no time to tick at
             self._last_tick = self.clock()
             return False
-        # a flush due at the instant of the check just evaluated goes out with it, not TICK_LAG
-        # later; not while inputs of that instant may still wait in a buffer
-        flush_within = INSTANT if caught_up else 0.0
         deadline = self.engine.next_deadline()
+        now, flush_within = latest - INSTANT, 0.0
+        if self._caught_up():
+            fresh = deadline is not None and (prior is None or deadline < prior)
+            if fresh or self.clock() >= self._settled_at:
+                # the instant is complete: its timers, and group flushes due within INSTANT after it
+                now, flush_within = latest, INSTANT
+            now = max(self.clock() - TICK_LAG, now)
         due = deadline is not None and deadline <= now + flush_within
         if due or self.clock() - self._last_tick >= TICK_EVERY:
             self._last_tick = self.clock()

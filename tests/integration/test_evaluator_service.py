@@ -21,7 +21,7 @@ from nats.js.api import DeliverPolicy
 
 from bus.config import BusConfig
 from bus.connection import Bus, connect
-from bus.events import Alert, Heartbeat, MetricBatch, Notification, Sample, alert, notification
+from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch, Notification, Sample, alert, notification
 from bus.jetstream import provision
 from bus.server import EmbeddedServer, ServerConfig, free_port
 from bus.units import Duration
@@ -612,3 +612,53 @@ async def test_killed_after_a_silence_still_silenced(
 
         await silenced(observer, recorder, process.restart, silence)
     assert process.kills == 1
+
+
+async def test_a_flush_due_at_an_instant_tells_what_all_of_its_streams_carried(bus: Bus) -> None:
+    """An agent's batch, checks and heartbeat of one instant travel on three streams: a group flush
+    due at that instant waits until they have all arrived (SETTLE), not only the first of them
+    (versus run 12: a flush run on the probe's batch told RESOLVED while its check said flapping)."""
+    await provisioned(bus)
+    config = evaluator_config()
+    config = msgspec.structs.replace(
+        config,
+        rules=[Rule(name="check_failed", kind="health", severity="warning")],
+        default_rules=False,
+        default_inhibit_rules=False,
+        default_route=Route(
+            name="default",
+            receiver="#alerts",
+            group_by=["host"],
+            group_wait=Duration(1),
+            group_interval=Duration(2),
+            repeat_interval=Duration(3600),
+        ),
+    )
+    subjects = bus.subjects
+
+    async def check(target: str, ts: float) -> None:
+        event = HealthEvent(host="web01", agent="probe", target=target, status="critical", ts=ts)
+        await bus.publish(subjects.health("web01", "probe", target), event)
+
+    async with Recorder.on(bus) as recorder:
+        service = EvaluatorService(config, bus)
+        task = asyncio.create_task(service.run())
+        try:
+            await asyncio.wait_for(service.ready.wait(), TIMEOUT)
+            first = time.time()
+            await check("a", first)
+            await recorder.wait_for(lambda: recorder.notified("web01"), "the first flush")
+            await check("b", time.time())  # flushed with the group's next one, at first + 1 + 2
+            due = first + 3.0
+            await asyncio.sleep(max(0.0, due + 0.05 - time.time()))  # before the wall clock's tick
+            batch = MetricBatch(host="web01", agent="probe", ts=due, interval=5, samples=[Sample("x.y", 1)])
+            await bus.publish(subjects.metrics("web01", "probe"), batch)
+            await asyncio.sleep(0.005)
+            await check("c", due)  # the same instant, a moment later, on another stream
+            await recorder.wait_for(lambda: len(recorder.notified("web01")) >= 2, "the second flush")
+        finally:
+            service.stop()
+            await asyncio.wait_for(task, TIMEOUT)
+
+    second = recorder.notified("web01")[1]
+    assert sorted(a.labels["target"] for a in second.alerts) == ["a", "b", "c"]
