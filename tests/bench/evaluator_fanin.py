@@ -201,7 +201,9 @@ def problems(log: Path) -> list[str]:
     return list(seen)
 
 
-async def live(hosts: int, warmup: float, window: float) -> list[tuple[str, str, str]]:
+async def live(
+    hosts: int, warmup: float, window: float, profile: Path | None = None
+) -> list[tuple[str, str, str]]:
     """The evaluator and the bare subscriber under `hosts`: CPU, RSS, backlog, the evaluator's counters."""
     messages = cycle(hosts)
     rate = len(messages) / 10
@@ -212,7 +214,8 @@ async def live(hosts: int, warmup: float, window: float) -> list[tuple[str, str,
         server = EmbeddedServer(ServerConfig(port=0), tmp / "nats")
         await server.start()
         env = {**os.environ, "JARVIS_NATS_URL": server.url}
-        evaluator_cmd = [sys.executable, "-m", "jarvis_monitor", "-c", str(config), "evaluator"]
+        profiler = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        evaluator_cmd = [sys.executable, *profiler, "-m", "jarvis_monitor", "-c", str(config), "evaluator"]
         bare_cmd = [sys.executable, "-m", "tests.bench.evaluator_fanin", "--subscriber", server.url]
         children: list[asyncio.subprocess.Process] = []
         try:
@@ -351,6 +354,7 @@ def options(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--hosts", default="100,1000", help="comma-separated fleet sizes")
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds before the measured window")
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
+    parser.add_argument("--profile", help="write the evaluator's cProfile to PATH.<hosts> (slows it)")
     known, _ = parser.parse_known_args(list(argv))
     return known
 
@@ -359,7 +363,8 @@ async def run() -> list[tuple[str, str, str]]:
     chosen = options(sys.argv[1:])
     rows = []
     for hosts in (int(n) for n in chosen.hosts.split(",")):
-        rows += await live(hosts, chosen.warmup, chosen.window)
+        profile = Path(f"{chosen.profile}.{hosts}") if chosen.profile else None
+        rows += await live(hosts, chosen.warmup, chosen.window, profile)
     return rows
 
 
