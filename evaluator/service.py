@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 
-from bus import deadletter
+from bus import deadletter, pull
 from bus import vocabulary as vocab
 from bus.aio import Backoff, cancel_and_wait
 from bus.connection import Bus
@@ -47,7 +46,7 @@ from bus.events import (
     metric_batch,
 )
 from bus.heartbeat import beat
-from bus.jetstream import ack_reply, stream_name
+from bus.jetstream import stream_name
 from bus.payload import payload_limit, split_notification
 from evaluator.config import EvaluatorConfig
 from evaluator.engine import INSTANT, Engine, Output
@@ -98,6 +97,9 @@ LEASE_RETRY = 1.0
 ACK_RETENTION = 3600.0
 PUBLISH_TIMEOUT = 5.0
 CONSUMER_CREATE_TIMEOUT = 30.0
+# Beyond a pull's expiry (TICK_EVERY), how long to wait for the server's word: a feed whose
+# consumer does not answer holds the timers soon (see _unanswered_until).
+PULL_MARGIN = 0.25
 PUBLISH_CONCURRENCY = 1000
 ALERT_SUBJECTS_CACHED = 10_000
 MAX_BACKOFF = 5.0
@@ -137,37 +139,71 @@ class _Message:
 
 @dataclass
 class _Feed:
-    """One input stream: a durable pull consumer fetched in the background into a buffer."""
+    """One input stream: a durable consumer pulled in the background into a buffer."""
 
     family: str
     decode: Callable[[bytes, str], Input]
-    sub: JetStreamContext.PullSubscription
     wake: asyncio.Event
+    config: ConsumerConfig  # the consumer's, to make it again after a gap
+    puller: pull.Feed | None = None
     buffer: deque[_Message] = field(default_factory=deque)
-    # messages the server still holds after the last fetch; None until the first fetch answered
+    # messages the server still holds after the last one pulled; None until the first pull answered
     pending: int | None = None
     last_ts: float = -math.inf
+    last_seq: int = 0  # stream sequence of the latest message buffered
     space: asyncio.Event = field(default_factory=asyncio.Event)
     # the consumer did not answer since the service last looked: its stream may be electing a leader
     impaired: bool = False
 
+    @classmethod
+    async def open(
+        cls,
+        family: str,
+        decode: Callable[[bytes, str], Input],
+        bus: Bus,
+        config: ConsumerConfig,
+        wake: asyncio.Event,
+    ) -> _Feed:
+        feed = cls(family=family, decode=decode, wake=wake, config=config)
+        feed.puller = pull.Feed(bus.nc, stream_name(bus.subjects.prefix, family), DURABLE, feed._take)
+        # In a cluster with a node down, a consumer made again takes its replicas' election, which
+        # may outlast a request's usual timeout; a retry would delete it and start over, forever.
+        await feed.puller.open(config, timeout=CONSUMER_CREATE_TIMEOUT)
+        if (await feed.puller.consumer_info()).num_pending == 0:
+            feed.pending = 0  # nothing to wait for: other streams need not wait for its first pull
+        return feed
+
+    def _take(self, msg: Msg, seq: int, stored_ns: int) -> None:
+        """A message as it arrives (the puller's callback): into the buffer, and the loop woken."""
+        ts = stored_ns / 1e9
+        self.buffer.append(_Message(ts, seq, msg))
+        self.last_ts, self.last_seq = ts, seq
+        assert self.puller is not None
+        self.pending = self.puller.pending
+        if len(self.buffer) >= BUFFER_LIMIT:
+            self.space.clear()
+        self.wake.set()
+
     async def run(self, connected: Callable[[], bool]) -> None:
-        """Fetch until cancelled; an outage is waited out, never raised."""
+        """Pull until cancelled; an outage is waited out, never raised."""
+        puller = self.puller
+        assert puller is not None
         self.space.set()
         backoff = Backoff(0.1, MAX_BACKOFF)
         while True:
             await self.space.wait()
             try:
-                msgs = await self.sub.fetch(FETCH_BATCH, timeout=TICK_EVERY)
-            except TimeoutError:
-                # nothing new, or nobody answered: during an outage, or in a cluster while the
-                # consumer has no leader (its node died), the stream may still hold anything, and
-                # timers run at wall time must not judge agents by what is not read yet
+                got = await puller.pull(FETCH_BATCH, TICK_EVERY, margin=PULL_MARGIN)
+            except pull.Broken as exc:
+                # a message lost on the way (a reconnect): acking a later one would ack it too
                 self.pending = None
-                if connected():
-                    self.pending = await self._still_pending()
-                    self.impaired = self.impaired or self.pending is None
-                self.wake.set()
+                self.impaired = True
+                log.warning("evaluator: %s: %s; consuming again after %d", self.family, exc, self.last_seq)
+                await asyncio.sleep(backoff.next())
+                # after the latest buffered, or as first made if none came (from the recent past)
+                again = pull.resume_after(self.config, self.last_seq) if self.last_seq else self.config
+                with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):  # else at the next pull
+                    await puller.open(again, CONSUMER_CREATE_TIMEOUT)
                 continue
             except (nats.errors.Error, OSError) as exc:
                 self.pending = None
@@ -177,20 +213,21 @@ class _Feed:
                 await asyncio.sleep(backoff.next())
                 continue
             backoff.reset()
-            for msg in msgs:
-                seq, _, stored_ns, pending = ack_reply(msg.reply)
-                ts = stored_ns / 1e9
-                self.buffer.append(_Message(ts, seq, msg))
-                self.last_ts = ts
-                self.pending = pending
-            if len(self.buffer) >= BUFFER_LIMIT:
-                self.space.clear()
-            self.wake.set()
+            if not got:
+                # nothing new, or nobody answered: during an outage, or in a cluster while the
+                # consumer has no leader (its node died), the stream may still hold anything, and
+                # timers run at wall time must not judge agents by what is not read yet
+                self.pending = None
+                if connected():
+                    self.pending = await self._still_pending()
+                    self.impaired = self.impaired or self.pending is None
+                self.wake.set()
 
     async def _still_pending(self) -> int | None:
         """What the consumer holds for this feed, as its leader says; None when none answers."""
+        assert self.puller is not None
         try:
-            info = await self.sub.consumer_info()
+            info = await self.puller.consumer_info()
         except (nats.errors.Error, TimeoutError, OSError):
             return None
         return info.num_pending or 0
@@ -435,31 +472,15 @@ class EvaluatorService:
         Made afresh at every start: the messages a killed evaluator had fetched but not acked
         would otherwise wait out ack_wait before their redelivery.
         """
-        stream = stream_name(self.bus.subjects.prefix, family)
-        with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self._js.delete_consumer(stream, DURABLE)
-        config = ConsumerConfig(
-            durable_name=DURABLE,
-            ack_policy=AckPolicy.ALL,
-            ack_wait=ACK_WAIT,
-            max_ack_pending=MAX_ACK_PENDING,
-        )
+        config = ConsumerConfig(ack_policy=AckPolicy.ALL, ack_wait=ACK_WAIT, max_ack_pending=MAX_ACK_PENDING)
         cursor = self._cursors.get(family)
         if cursor is None:  # never evaluated this stream: start with the recent past
             config.deliver_policy = DeliverPolicy.BY_START_TIME
             config.opt_start_time = datetime.datetime.fromtimestamp(self.clock() - LOOKBACK, datetime.UTC)
         else:
-            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = cursor + 1
-        # In a cluster with a node down, a consumer made again takes its replicas' election, which
-        # may outlast a request's usual timeout; a retry would delete it and start over, forever.
-        await self._js.add_consumer(stream, config, timeout=CONSUMER_CREATE_TIMEOUT)
-        sub = await self._js.pull_subscribe(
-            self.bus.subjects.family(family), durable=DURABLE, stream=stream, config=config
-        )
-        feed = _Feed(family=family, decode=decode, sub=sub, wake=self._wake)
-        if (await sub.consumer_info()).num_pending == 0:
-            feed.pending = 0  # nothing to wait for: other streams need not wait for its first fetch
+            pull.resume_after(config, cursor)
+        feed = await _Feed.open(family, decode, self.bus, config, self._wake)
+        feed.last_seq = cursor or 0
         return feed
 
     async def _restore(self) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from bus import deadletter
@@ -30,10 +31,10 @@ from bus.aio import Backoff, cancel_and_wait, wait_unless
 from bus.connection import Bus
 from bus.heartbeat import beat
 from bus.jetstream import stream_name
+from bus.pull import Broken, Feed, Handler, resume_after
 from sinks.report import intake
 from sinks.report.config import WEEKDAYS, ReportSinkConfig
 from sinks.report.model import METRICS_READ, PeriodKind, make_period
-from sinks.report.pull import Broken, Feed
 from sinks.report.render import REPORTS_DIR, produce, prune_reports
 from sinks.report.rollups import STORE_FILE, RollupStore
 
@@ -206,12 +207,14 @@ class ReportSink:
         stream = stream_name(self.bus.subjects.prefix, family)
         feed = self._feeds.get(family)
         if feed is None:
-            handle: Callable[[Msg, int], None] = partial(self._take_in, family, stream)
+            handle: Handler = partial(self._take_in, family, stream)
             feed = self._feeds[family] = Feed(self.bus.nc, stream, self.config.durable, handle)
+        subject = self.bus.subjects.family(family)
         backoff = Backoff(0.2, RETRY_CAP)
         while True:
             try:
-                await feed.open(self.bus.subjects.family(family), self._seen.get(stream, 0))
+                config = ConsumerConfig(ack_policy=AckPolicy.NONE, filter_subject=subject)
+                await feed.open(resume_after(config, self._seen.get(stream, 0)))
                 return feed
             except (NotFoundError, nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 if backoff.attempts == 0:
@@ -239,7 +242,7 @@ class ReportSink:
             backoff.reset()
             self.lag[family] = feed.pending
 
-    def _take_in(self, family: str, stream: str, msg: Msg, seq: int) -> None:
+    def _take_in(self, family: str, stream: str, msg: Msg, seq: int, _stored_ns: int) -> None:
         """One message into the window (the feed's callback): counted, set aside, or rolled up."""
         if seq <= self._seen.get(stream, 0):
             self.stats.duplicates += 1
