@@ -23,11 +23,13 @@ LogLevel = Literal["error", "warning"]
 MAX_LOG_LINES = 1000  # lines in one LogLines message
 
 
-class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+# Events are plain data, never in a reference cycle: the garbage collector need not track them
+# (consumers decode thousands a second, and the evaluator keeps every series' latest alert).
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", gc=False):
     v: int = SCHEMA_VERSION
 
 
-class Sample(msgspec.Struct, frozen=True):
+class Sample(msgspec.Struct, frozen=True, gc=False):
     """One measurement: a dotted lower-case metric name, its value and its labels.
 
     JSON has no NaN or infinity, so a non-finite value is refused here; agents skip such values.
@@ -125,7 +127,7 @@ class Notification(_Event, frozen=True, kw_only=True, tag="notification"):
     parts: int = 1
 
 
-class LogLine(msgspec.Struct, frozen=True):
+class LogLine(msgspec.Struct, frozen=True, gc=False):
     """One kept log line: the engine's time stamp, its level, and its text cleaned and cut."""
 
     ts: float

@@ -13,7 +13,7 @@ from evaluator.config import Route
 from evaluator.silences import matches_all
 
 
-class Group(msgspec.Struct, kw_only=True, array_like=True):
+class Group(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     """One aggregation group of one route: its alerts and what was last notified."""
 
     key: str

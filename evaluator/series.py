@@ -19,7 +19,7 @@ STATE_NAMES = ("inactive", "pending", "firing")
 SeriesKey = tuple[str, str, tuple[tuple[str, str], ...]]
 
 
-class Series(msgspec.Struct, kw_only=True, array_like=True):
+class Series(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     """The state of one (rule, series)."""
 
     rule: str
