@@ -95,6 +95,11 @@ class Feed:
             with contextlib.suppress(Exception):  # closing connection: nothing left to unsubscribe
                 await sub.unsubscribe()
 
+    @property
+    def expired(self) -> bool:
+        """The last request ran out with the server's word (408): it had nothing more to deliver."""
+        return self._status is not None and self._status.startswith(EXPIRED)
+
     async def consumer_info(self) -> ConsumerInfo:
         info: ConsumerInfo = await self.nc.jetstream().consumer_info(self.stream, self.durable)
         return info

@@ -213,10 +213,13 @@ class _Feed:
                 await asyncio.sleep(backoff.next())
                 continue
             backoff.reset()
-            if not got:
-                # nothing new, or nobody answered: during an outage, or in a cluster while the
-                # consumer has no leader (its node died), the stream may still hold anything, and
-                # timers run at wall time must not judge agents by what is not read yet
+            if not got and puller.expired:
+                self.pending = 0  # the consumer's leader answered: nothing more to deliver
+                self.wake.set()
+            elif not got:
+                # nobody answered: during an outage, or in a cluster while the consumer has no
+                # leader (its node died), the stream may still hold anything, and timers run at
+                # wall time must not judge agents by what is not read yet
                 self.pending = None
                 if connected():
                     self.pending = await self._still_pending()
