@@ -29,6 +29,35 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     written_at: float
 
 
+def decode_manifest(name: str, value: bytes | None) -> Manifest | None:
+    """The manifest stored under `name` (None for no value); StoreError if it is unreadable."""
+    if not value:
+        return None
+    try:
+        return msgspec.json.decode(value, type=Manifest)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StoreError(f"KV key {name}: unreadable manifest: {exc}") from None
+
+
+async def read_chunks(kv: KeyValue, name: str, manifest: Manifest) -> bytes:
+    """The value `manifest` describes under `name`, whole and checked; StoreError if it is damaged."""
+    parts = []
+    for index in range(manifest.chunks):
+        key = f"{name}.{manifest.slot}.{index}"
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            raise StoreError(f"KV key {key} is missing") from None
+        parts.append(entry.value or b"")
+    try:
+        data = zlib.decompress(b"".join(parts))
+    except zlib.error as exc:
+        raise StoreError(f"KV key {name}: corrupt data: {exc}") from None
+    if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
+        raise StoreError(f"KV key {name}: checksum mismatch")
+    return data
+
+
 class BlobStore:
     """Values of any size in a KV bucket: compressed, split into chunks, published atomically.
 
@@ -46,12 +75,7 @@ class BlobStore:
             entry = await self.kv.get(name)
         except KeyNotFoundError:
             return None
-        if not entry.value:
-            return None
-        try:
-            return msgspec.json.decode(entry.value, type=Manifest)
-        except msgspec.DecodeError as exc:
-            raise StoreError(f"KV key {name}: unreadable manifest: {exc}") from None
+        return decode_manifest(name, entry.value)
 
     async def put(self, name: str, data: bytes) -> None:
         """Store `data` under `name`, replacing the previous value only once all of it is written."""
@@ -76,19 +100,6 @@ class BlobStore:
         manifest = await self._manifest(name)
         if manifest is None:
             return None
-        parts = []
-        for index in range(manifest.chunks):
-            key = f"{name}.{manifest.slot}.{index}"
-            try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:
-                raise StoreError(f"KV key {key} is missing") from None
-            parts.append(entry.value or b"")
-        try:
-            data = zlib.decompress(b"".join(parts))
-        except zlib.error as exc:
-            raise StoreError(f"KV key {name}: corrupt data: {exc}") from None
-        if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
-            raise StoreError(f"KV key {name}: checksum mismatch")
+        data = await read_chunks(self.kv, name, manifest)
         self._manifests[name] = manifest
         return data

@@ -42,6 +42,7 @@ from bus.kvblob import CHUNK_SIZE as CHUNK_SIZE
 from bus.kvblob import BlobStore as BlobStore
 from bus.kvblob import Manifest as Manifest
 from bus.kvblob import StoreError as StoreError
+from bus.kvblob import decode_manifest, read_chunks
 from bus.records import ACK_PREFIX as ACK_PREFIX
 from bus.records import ACTIVE_KEY as ACTIVE_KEY
 from bus.records import SILENCE_PREFIX as SILENCE_PREFIX
@@ -136,15 +137,6 @@ _entry_decoder = msgspec.msgpack.Decoder(JournalEntry)
 
 def new_journal_id() -> str:
     return uuid.uuid4().hex
-
-
-def _decode_manifest(value: bytes | None) -> Manifest | None:
-    if value is None:
-        return None
-    try:
-        return msgspec.json.decode(value, type=Manifest)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StoreError(f"KV key {SNAPSHOT_KEY}: unreadable manifest: {exc}") from None
 
 
 def _journal_key(slot: int) -> str:
@@ -243,11 +235,11 @@ class StateStore:
         if self._manifest is None and not self._revision:  # never loaded: go over what is there
             self._revision = revision
             with contextlib.suppress(StoreError):
-                self._manifest = _decode_manifest(value)
+                self._manifest = decode_manifest(SNAPSHOT_KEY, value)
         elif revision != self._revision:
             # checked before the chunks too: they would go over those of the other's base
             try:
-                ours = self._manifest is not None and _decode_manifest(value) == self._manifest
+                ours = self._manifest is not None and decode_manifest(SNAPSHOT_KEY, value) == self._manifest
             except StoreError:
                 ours = False
             if not ours:
@@ -284,22 +276,10 @@ class StateStore:
     async def load(self) -> SavedState | None:
         """The base alone (without the journal after it)."""
         value, self._revision = await self._stored_manifest()
-        self._manifest = manifest = _decode_manifest(value)
+        self._manifest = manifest = decode_manifest(SNAPSHOT_KEY, value)
         if manifest is None:
             return None
-        parts = []
-        for index in range(manifest.chunks):
-            key = f"{SNAPSHOT_KEY}.{manifest.slot}.{index}"
-            try:
-                parts.append((await self.blobs.kv.get(key)).value or b"")
-            except KeyNotFoundError:
-                raise StoreError(f"KV key {key} is missing") from None
-        try:
-            data = zlib.decompress(b"".join(parts))
-        except zlib.error as exc:
-            raise StoreError(f"KV key {SNAPSHOT_KEY}: corrupt data: {exc}") from None
-        if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
-            raise StoreError(f"KV key {SNAPSHOT_KEY}: checksum mismatch")
+        data = await read_chunks(self.blobs.kv, SNAPSHOT_KEY, manifest)
         try:
             return _state_decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
