@@ -764,14 +764,14 @@ class EvaluatorService:
             self._blind = True
         elif self._blind:
             self._bus_restored()
-        latest = self._engine_now
-        if latest == -math.inf and not self._caught_up():
+        latest, caught_up = self._engine_now, self._caught_up()
+        if latest == -math.inf and not caught_up:
             # nothing evaluated yet and the inputs not fetched: no time to tick at
             self._last_tick = self.clock()
             return False
         deadline = self.engine.next_deadline()
         now, flush_within = latest - INSTANT, 0.0
-        if self._caught_up():
+        if caught_up:
             fresh = deadline is not None and (prior is None or deadline < prior)
             if fresh or self.clock() >= self._settled_at:
                 # the instant is complete: its timers, and group flushes due within INSTANT after it
