@@ -87,15 +87,22 @@ class Letter(NamedTuple):
     headers: dict[str, str]
 
 
-def input_letter(dead_subject: str, msg: Msg, reason: str, *, by: str, stream_seq: int) -> Letter:
-    """The dead letter of an input message refused at decode; consumers of one stream share its id."""
-    family = msg.subject.split(".", 2)[1] if msg.subject.count(".") >= 1 else "input"
+def input_letter(
+    dead_subject: str, msg: Msg, reason: str, *, by: str, stream_seq: int, subject: str | None = None
+) -> Letter:
+    """The dead letter of an input message refused at decode; consumers of one stream share its id.
+
+    `subject`: where it was published, when the stream stored it under another subject (a
+    partitioned evaluator's); its id then names that stream's sequence apart."""
+    original = subject or msg.subject
+    family = original.split(".", 2)[1] if original.count(".") >= 1 else "input"
+    sequence = f"{stream_seq}" if subject is None or subject == msg.subject else f"partition-{stream_seq}"
     head = headers(
         reason,
-        original_subject=msg.subject,
+        original_subject=original,
         by=by,
         attempts=1,
-        msg_id=f"input-{family}-{stream_seq}",
+        msg_id=f"input-{family}-{sequence}",
     )
     return Letter(dead_subject, msg.data, head)
 

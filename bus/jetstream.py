@@ -46,7 +46,7 @@ class ReplicasError(RuntimeError):
         self.where = where
 
 
-def _replicas_error(name: str, replicas: int, exc: APIError) -> ReplicasError | None:
+def replicas_error(name: str, replicas: int, exc: APIError) -> ReplicasError | None:
     """The error that says what to set, when `exc` is the server refusing `replicas` copies."""
     if replicas <= 1 or exc.err_code not in (_NOT_CLUSTERED, _INSUFFICIENT_RESOURCES):
         return None
@@ -169,7 +169,7 @@ async def ensure_stream(js: JetStreamContext, desired: StreamConfig) -> Change:
         try:
             await js.add_stream(desired)
         except APIError as exc:
-            raise _replicas_error(f"stream {desired.name}", replicas, exc) or exc from None
+            raise replicas_error(f"stream {desired.name}", replicas, exc) or exc from None
         log.info("created stream %s (%d replicas)", desired.name, replicas)
         return "created"
     if not _differs(info.config, desired):
@@ -177,7 +177,7 @@ async def ensure_stream(js: JetStreamContext, desired: StreamConfig) -> Change:
     try:  # NATS scales a stream's replicas up or down in place
         await js.update_stream(desired)
     except APIError as exc:
-        raise _replicas_error(f"stream {desired.name}", replicas, exc) or exc from None
+        raise replicas_error(f"stream {desired.name}", replicas, exc) or exc from None
     log.info(
         "updated stream %s (max_age %.0fs, max_bytes %s, %d replicas)",
         desired.name,
@@ -212,7 +212,7 @@ async def ensure_bucket(
                 )
             )
         except APIError as exc:
-            raise _replicas_error(f"KV bucket {name}", replicas or 1, exc) or exc from None
+            raise replicas_error(f"KV bucket {name}", replicas or 1, exc) or exc from None
         log.info("created KV bucket %s (%d replicas)", name, replicas or 1)
         return "created"
     count = replicas if replicas is not None else info.config.num_replicas
@@ -223,7 +223,7 @@ async def ensure_bucket(
         # it reads it as before
         await js.update_stream(wanted)
     except APIError as exc:
-        error = _replicas_error(f"KV bucket {name}", wanted.num_replicas or 1, exc)
+        error = replicas_error(f"KV bucket {name}", wanted.num_replicas or 1, exc)
         if error is not None:
             raise error from None
         _not_updated(name, exc)

@@ -6,6 +6,7 @@ console read them and write silences and acks. Their types and keys live here, o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import uuid
@@ -26,6 +27,7 @@ LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 SILENCE_PREFIX = "silence."
 ACK_PREFIX = "ack."
 ACTIVE_KEY = "active"  # in the state bucket, written by the evaluator as a chunked blob
+PARTITIONS_KEY = "active.partitions"  # how many partitions keep active alerts (none: one)
 # Expired silences stay listed (`silence list --all`) this long, as in Alertmanager.
 SILENCE_RETENTION = 5 * 86400.0
 _KEY_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -174,20 +176,67 @@ def decode_ack(data: bytes) -> AckRecord | None:
         return None
 
 
-async def save_active(blobs: BlobStore, active: ActiveAlerts) -> None:
-    """Store the active alerts under ACTIVE_KEY (the evaluator's job)."""
-    await blobs.put(ACTIVE_KEY, msgspec.json.encode(active))
+def active_key(partition: int | None) -> str:
+    """Where one evaluator partition (None: the only evaluator) keeps its active alerts."""
+    return ACTIVE_KEY if partition is None else f"{ACTIVE_KEY}.p{partition}"
+
+
+class Partitions(msgspec.Struct, frozen=True, kw_only=True):
+    """How many partitions the evaluators split the hosts into (written by each at start), and
+    how many they did before the latest change (whose states the new partitions take over)."""
+
+    partitions: int
+    previous: int = 1
+
+
+_partitions_decoder = msgspec.json.Decoder(Partitions)
+
+
+async def save_partitions(blobs: BlobStore, partitions: int) -> Partitions:
+    """Say how many partitions there are now, unless the bucket says so already; the layout in
+    effect (with the one before it)."""
+    stored = Partitions(partitions=1, previous=1)
+    with contextlib.suppress(KeyNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+        stored = _partitions_decoder.decode((await blobs.kv.get(PARTITIONS_KEY)).value or b"")
+    if stored.partitions == partitions:
+        return stored
+    layout = Partitions(partitions=partitions, previous=stored.partitions)
+    await blobs.kv.put(PARTITIONS_KEY, msgspec.json.encode(layout))
+    return layout
+
+
+async def save_active(blobs: BlobStore, active: ActiveAlerts, partition: int | None = None) -> None:
+    """Store the active alerts of one partition, or of the only evaluator (the evaluator's job)."""
+    await blobs.put(active_key(partition), msgspec.json.encode(active))
 
 
 async def load_active(blobs: BlobStore) -> ActiveAlerts | None:
-    """The active alerts last stored, None before the evaluator's first save; StoreError if damaged."""
-    data = await blobs.get(ACTIVE_KEY)
-    if data is None:
+    """The active alerts last stored, those of every partition together; None before the
+    evaluator's first save; StoreError if damaged."""
+    partitions = 1
+    with contextlib.suppress(KeyNotFoundError):
+        value = (await blobs.kv.get(PARTITIONS_KEY)).value or b""
+        try:
+            partitions = _partitions_decoder.decode(value).partitions
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise StoreError(f"KV key {PARTITIONS_KEY}: {exc}") from None
+    keys = [ACTIVE_KEY] if partitions <= 1 else [active_key(p) for p in range(partitions)]
+    parts = []
+    for key in keys:
+        data = await blobs.get(key)
+        if data is None:
+            continue
+        try:
+            parts.append(_active_decoder.decode(data))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise StoreError(f"KV key {key}: {exc}") from None
+    if not parts:
         return None
-    try:
-        return _active_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise StoreError(f"KV key {ACTIVE_KEY}: {exc}") from None
+    if len(parts) == 1:
+        return parts[0]
+    # as of the partition written longest ago: what the list shows is at least that fresh
+    alerts = [alert for part in parts for alert in part.alerts]
+    return ActiveAlerts(ts=min(part.ts for part in parts), alerts=alerts)
 
 
 class SilenceStore:

@@ -18,6 +18,8 @@ from bus.records import compile_regex as compile_regex
 from bus.units import Duration
 from evaluator.watchdog_config import WatchdogConfig
 
+MAX_PARTITIONS = 64
+
 CompareOp = Literal[">", ">=", "<", "<=", "==", "!="]
 EventKind = Literal["metrics", "health", "heartbeat"]
 Severity = Literal["critical", "warning", "info"]
@@ -530,6 +532,17 @@ class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         Duration,
         Meta(description="an agent silent this long is forgotten: its agent-down alert resolves"),
     ] = Duration(7 * 86400)
+    partitions: Annotated[
+        int,
+        Meta(
+            description="split the hosts into this many partitions, each evaluated by whichever "
+            "`jarvis-monitor evaluator` holds its lease: run several evaluators to share the work; "
+            "every route must group by host and every inhibit rule keep host equal (2 to 64; "
+            "1: one evaluator evaluates everything)",
+            ge=1,
+            le=MAX_PARTITIONS,
+        ),
+    ] = 1
 
     def __post_init__(self) -> None:
         names = [rule.name for rule in self.rules]
@@ -552,10 +565,32 @@ class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
             problems = tuning_problems(self)
             if problems:
                 raise ValueError("; ".join(problems))
+        if self.partitions > 1:
+            problems = _cross_host(self)
+            if problems:
+                raise ValueError(
+                    f"partitions = {self.partitions} evaluates each host on one partition, so no group or "
+                    f"inhibition may span hosts: {'; '.join(problems)}"
+                )
         windows = [window.name for window in self.maintenance_windows]
         duplicates = sorted({name for name in windows if windows.count(name) > 1})
         if duplicates:
             raise ValueError(f"duplicate maintenance window names: {', '.join(duplicates)}")
+
+
+def _cross_host(config: EvaluatorConfig) -> list[str]:
+    """What would join alerts of several hosts: routes not grouping by host, inhibitions across hosts."""
+    problems = [
+        f"route {route.name!r} must have host in group_by"
+        for route in [*config.routes, config.default_route]
+        if "host" not in route.group_by
+    ]
+    problems += [
+        f"inhibit_rules[{index}] must have host in equal"
+        for index, rule in enumerate(config.inhibit_rules)
+        if "host" not in rule.equal
+    ]
+    return problems
 
 
 def ignore_for(config: EvaluatorConfig) -> EvaluatorConfig:

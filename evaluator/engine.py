@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import math
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import msgspec
@@ -891,14 +891,31 @@ class Engine:
     ) -> Engine:
         """An engine continuing from a snapshot and the deltas taken after it, in order; series of
         rules no longer configured resolve."""
-        try:
-            state = _snapshot_decoder.decode(zlib.decompress(data))
-        except (zlib.error, msgspec.DecodeError) as exc:
-            raise ValueError(f"unreadable evaluator snapshot: {exc}") from None
-        if state.version != SNAPSHOT_VERSION:
-            raise ValueError(f"snapshot version {state.version} is not {SNAPSHOT_VERSION}")
-        if deltas:
-            _apply_deltas(state, deltas)
+        return cls._from_state(config, _decoded(data, deltas), now)
+
+    @classmethod
+    def take_over(
+        cls,
+        config: EvaluatorConfig,
+        saved: Sequence[tuple[bytes, Sequence[bytes]]],
+        now: float,
+        keep_host: Callable[[str], bool],
+    ) -> Engine:
+        """An engine continuing the hosts `keep_host` takes from the saved states of another
+        partitioning (each a snapshot and its deltas): their series and groups, merged."""
+        states = [_decoded(data, deltas) for data, deltas in saved]
+        merged = states[0]
+        for state in states[1:]:
+            merged.series += state.series
+            merged.groups += state.groups
+            merged.seq.update(state.seq)
+            merged.alerts += state.alerts
+            merged.notifications += state.notifications
+        _keep_hosts(merged, keep_host)
+        return cls._from_state(config, merged, now)
+
+    @classmethod
+    def _from_state(cls, config: EvaluatorConfig, state: _Snapshot, now: float) -> Engine:
         engine = cls.__new__(cls)
         engine._setup(config)
         engine._restore(state, now)
@@ -975,6 +992,31 @@ def _apply_deltas(state: _Snapshot, deltas: Sequence[bytes]) -> None:
         state.stats = delta.stats
     state.series = list(series.values())
     state.groups = list(groups.values())
+
+
+def _decoded(data: bytes, deltas: Sequence[bytes]) -> _Snapshot:
+    """A snapshot brought forward through its deltas; ValueError if unreadable."""
+    try:
+        state = _snapshot_decoder.decode(zlib.decompress(data))
+    except (zlib.error, msgspec.DecodeError) as exc:
+        raise ValueError(f"unreadable evaluator snapshot: {exc}") from None
+    if state.version != SNAPSHOT_VERSION:
+        raise ValueError(f"snapshot version {state.version} is not {SNAPSHOT_VERSION}")
+    if deltas:
+        _apply_deltas(state, deltas)
+    return state
+
+
+def _keep_hosts(state: _Snapshot, keep_host: Callable[[str], bool]) -> None:
+    """Leave out the series and groups of hosts `keep_host` refuses (the announcements stay)."""
+    state.series = [s for s in state.series if s.rule == MAINTENANCE_RULE or keep_host(s.key[0])]
+    state.groups = [
+        group
+        for group in state.groups
+        if all(
+            a.rule == MAINTENANCE_RULE or keep_host(a.labels.get("host", "")) for a in group.alerts.values()
+        )
+    ]
 
 
 def _array_header(length: int) -> bytes:

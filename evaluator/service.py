@@ -47,10 +47,20 @@ from bus.events import (
 )
 from bus.heartbeat import beat
 from bus.jetstream import stream_name
+from bus.partitions import (
+    ensure_partition_stream,
+    original_subject,
+    partition_of,
+    partition_stream,
+    partition_subject,
+)
 from bus.payload import payload_limit, split_notification
+from bus.records import save_partitions
+from bus.subjects import sanitize_token
 from evaluator.config import EvaluatorConfig
 from evaluator.engine import INSTANT, Engine, Output
 from evaluator.rules import AGENT_DOWN_RULE
+from evaluator.share import Share
 from evaluator.silences import Silence
 from evaluator.store import (
     ACK_PREFIX,
@@ -64,6 +74,7 @@ from evaluator.store import (
     LeaseRecord,
     SavedState,
     StaleWriter,
+    StateStore,
     StoreError,
     compress_parts,
     decode_ack,
@@ -89,6 +100,8 @@ TICK_LAG = 0.5
 # A timer due at the instant of the latest input runs once no input came for this long: an agent's
 # batch, checks and heartbeat of one instant travel on three streams and arrive a little apart.
 SETTLE = 0.05
+# The partitioned stream hears from each family stream at least every second, messages or not.
+SOURCE_SILENT = 3.0
 ACTIVE_EVERY = 1.0
 ACTIVE_REFRESH = 30.0
 HOUSEKEEPING_EVERY = 60.0
@@ -161,11 +174,13 @@ class _Feed:
         family: str,
         decode: Callable[[bytes, str], Input],
         bus: Bus,
+        where: tuple[str, str],
         config: ConsumerConfig,
         wake: asyncio.Event,
     ) -> _Feed:
+        stream, durable = where
         feed = cls(family=family, decode=decode, wake=wake, config=config)
-        feed.puller = pull.Feed(bus.nc, stream_name(bus.subjects.prefix, family), DURABLE, feed._take)
+        feed.puller = pull.Feed(bus.nc, stream, durable, feed._take)
         # In a cluster with a node down, a consumer made again takes its replicas' election, which
         # may outlast a request's usual timeout; a retry would delete it and start over, forever.
         await feed.puller.open(config, timeout=CONSUMER_CREATE_TIMEOUT)
@@ -256,8 +271,16 @@ class EvaluatorService:
         batch_window: float = 0.2,
         max_batch: int = 5000,
         host: str | None = None,
+        partition: int | None = None,
+        share: Share | None = None,
     ) -> None:
         self.config = config
+        # one of config.partitions, holding its lease as `share` (its process's) allows; None: all
+        self.partition = partition
+        self._share = share
+        self._handing_over = False  # the process holds more than its share: give this one up
+        self._sources_behind = False  # the partitioned stream lost touch with a family stream
+        self._previous_partitions = config.partitions  # the layout before the latest change
         self.bus = bus
         self.host = host or socket.gethostname()
         self.clock = clock
@@ -379,6 +402,14 @@ class EvaluatorService:
             )
             tasks.append(asyncio.create_task(watchdog))
         try:
+            await self.evaluate()
+        finally:
+            await cancel_and_wait(tasks)
+
+    async def evaluate(self) -> None:
+        """Evaluate until stopped, standing by while another evaluator holds the lease (run() with
+        no heartbeat or watchdog: a partitioned evaluator's process runs one for all)."""
+        try:
             await self._run()
         except Exception:
             # a bug: hand the lease over, so that the instance the supervisor starts next takes it
@@ -389,7 +420,8 @@ class EvaluatorService:
                     await asyncio.wait_for(lease.release(), PUBLISH_TIMEOUT)
             raise
         finally:
-            await cancel_and_wait(tasks)
+            if self._share is not None and self.partition is not None:
+                self._share.held.discard(self.partition)
 
     async def _run(self) -> None:
         while True:
@@ -400,9 +432,14 @@ class EvaluatorService:
             finally:
                 await cancel_and_wait([*self._tasks, *([self._base_task] if self._base_task else [])])
                 self._tasks.clear()
+            if self._share is not None and self.partition is not None:
+                self._share.held.discard(self.partition)
             if not self._lease_lost:
                 await self._lease.release()
-                return
+                if not self._handing_over:
+                    return
+                log.info("evaluator: partition %s handed over to a process holding fewer", self.partition)
+                self._handing_over = False
             self._lease_lost = False  # another evaluator took over: stand by until it stops
             self.ready.clear()
 
@@ -413,7 +450,17 @@ class EvaluatorService:
         backoff = Backoff(0.2, MAX_BACKOFF)
         while not self._stopping.is_set():
             try:
-                self._state, self._silence_store = await open_buckets(self._js, self.bus.subjects.prefix)
+                prefix = self.bus.subjects.prefix
+                partitions = self.config.partitions
+                self._state, self._silence_store = await open_buckets(
+                    self._js, prefix, self.partition, partitions
+                )
+                layout = await save_partitions(self._state.blobs, partitions)
+                self._previous_partitions = layout.previous if layout.partitions == partitions else partitions
+                if self.partition is not None:
+                    await ensure_partition_stream(
+                        self._js, prefix, self.config.partitions, replicas=self.bus.replicas
+                    )
                 if not await self._take_lease():
                     return False
                 await self._restore()
@@ -428,6 +475,8 @@ class EvaluatorService:
             self._tasks = [asyncio.create_task(feed.run(connected)) for feed in feeds]
             self._tasks.append(asyncio.create_task(self._watch_silences()))
             self._tasks.append(asyncio.create_task(self._renew_lease()))
+            if self.partition is not None:
+                self._tasks.append(asyncio.create_task(self._watch_sources()))
             self.standing_by = None
             self.ready.set()
             return True
@@ -435,17 +484,43 @@ class EvaluatorService:
 
     async def _take_lease(self) -> bool:
         """Wait until this evaluator holds the lease; False if stopped first."""
-        lease = Lease(self._state.blobs.kv, clock=self.clock)
+        lease = Lease(
+            self._state.blobs.kv,
+            clock=self.clock,
+            partition=self.partition,
+            partitions=self.config.partitions,
+        )
+        free_since: float | None = None
         while not self._stopping.is_set():
-            holder = await lease.acquire()
+            holder = await lease.held_by() if self._share is not None else None
+            if holder is None and self._share is not None:
+                # free: taken at once by a process holding less than its share, by others only
+                # once nobody took it for a while
+                free_since = self.clock() if free_since is None else free_since
+                if not self._share.may_take(self.clock() - free_since):
+                    await self._sleep(LEASE_RETRY)
+                    continue
+            if holder is None:
+                holder = await lease.acquire()
             if holder is None:
                 self._lease = lease
+                if self._share is not None and self.partition is not None:
+                    self._share.held.add(self.partition)
                 return True
+            free_since = None
             if self.standing_by is None:
-                log.info("evaluator: standing by while %s (pid %d) evaluates", holder.host, holder.pid)
+                log.info(
+                    "evaluator%s: standing by while %s (pid %d) evaluates",
+                    self._which(),
+                    holder.host,
+                    holder.pid,
+                )
             self.standing_by = holder
             await self._sleep(LEASE_RETRY)
         return False
+
+    def _which(self) -> str:
+        return "" if self.partition is None else f" partition {self.partition}"
 
     async def _renew_lease(self) -> None:
         failures = 0
@@ -469,6 +544,26 @@ class EvaluatorService:
             self._wake.set()
             return
 
+    async def _watch_sources(self) -> None:
+        """Follow the partitioned stream's sourcing: while a family stream is out of its reach (a
+        node down, a leader being elected), what agents send is not here yet, and their silence
+        must not count (see _tick)."""
+        name = partition_stream(self.bus.subjects.prefix)
+        while True:
+            try:
+                info = await self._js.stream_info(name)
+                late = [
+                    source.name
+                    for source in info.sources or []
+                    if source.error or (source.active or 0) > SOURCE_SILENT * 1e9
+                ]
+            except (nats.errors.Error, TimeoutError, OSError):
+                late = [name]
+            if late and not self._sources_behind:
+                log.warning("evaluator%s: %s not sourced for now; agents are not judged", self._which(), late)
+            self._sources_behind = bool(late)
+            await asyncio.sleep(TICK_EVERY)
+
     async def _subscribe(self, family: str, decode: Callable[[bytes, str], Input]) -> _Feed:
         """A durable consumer that resumes right after the last message the saved state includes.
 
@@ -482,7 +577,12 @@ class EvaluatorService:
             config.opt_start_time = datetime.datetime.fromtimestamp(self.clock() - LOOKBACK, datetime.UTC)
         else:
             pull.resume_after(config, cursor)
-        feed = await _Feed.open(family, decode, self.bus, config, self._wake)
+        prefix = self.bus.subjects.prefix
+        where = (stream_name(prefix, family), DURABLE)
+        if self.partition is not None:
+            config.filter_subject = partition_subject(prefix, self.partition, family)
+            where = (partition_stream(prefix), f"{DURABLE}-p{self.partition}-{family}")
+        feed = await _Feed.open(family, decode, self.bus, where, config, self._wake)
         feed.last_seq = cursor or 0
         return feed
 
@@ -493,7 +593,12 @@ class EvaluatorService:
         except StoreError as exc:  # better to start afresh than to stop evaluating
             log.error("evaluator: saved state unusable, starting with an empty state: %s", exc)
             saved = None
-        self._restore_engine(saved)
+        before = await self._old_layout() if self._previous_partitions != self.config.partitions else []
+        # the old layout's states, when they are newer than this one's (saved before the change)
+        if before and max(_input_time(b) for b in before) > _input_time(saved):
+            self._take_over_hosts(before)
+        else:
+            self._restore_engine(saved)
         # Only this process continues the new journal: entries a stale evaluator still writes in
         # the old one are void, and its late bases are refused (StateStore._put_base).
         self.engine.delta()  # the base holds everything so far
@@ -531,6 +636,54 @@ class EvaluatorService:
         self._cursors = {}
         self._engine_now = -math.inf
         log.info("evaluator: no saved state, starting afresh")
+
+    def _ours(self, host: str) -> bool:
+        """Is `host` evaluated here (after a change of partitions, hosts move)?"""
+        if self.partition is None:
+            return True
+        return partition_of(sanitize_token(host), self.config.partitions) == self.partition
+
+    async def _old_layout(self) -> list[Journaled]:
+        """The states saved by the partitions before the latest change of `partitions`."""
+        previous = self._previous_partitions
+        kv = self._state.blobs.kv
+        found = []
+        for old in [None] if previous == 1 else range(previous):
+            try:
+                saved = await StateStore(kv, partition=old, partitions=previous).load_journaled()
+            except StoreError as exc:
+                log.error("evaluator: a state of the %d partitions before is unusable: %s", previous, exc)
+                continue
+            if saved is not None:
+                found.append(saved)
+        return found
+
+    def _take_over_hosts(self, found: list[Journaled]) -> None:
+        """After a change of `partitions`: start from the states of the old layout, with the hosts
+        this partition (or the only evaluator) evaluates now."""
+        previous = self._previous_partitions
+        times = [saved.input_time for saved in found if saved.input_time is not None]
+        start = min(times) if times else self.clock() - LOOKBACK
+        try:
+            self._engine = Engine.take_over(
+                self.config, [(saved.base, saved.deltas) for saved in found], start, self._ours
+            )
+        except ValueError as exc:
+            log.error("evaluator: the states of the partitions before are unusable, starting afresh: %s", exc)
+            self._restore_engine(None)
+            return
+        # the old cursors are positions in other streams: read this one from the recent past; what
+        # came between the old layout's last input and that is nobody's silence but ours
+        self._cursors = {}
+        self._blind = True
+        self._engine_now = start if times else -math.inf
+        self._given_silences = found[0].silences
+        log.info(
+            "evaluator%s: took its hosts over from the %d partition(s) before (%d states)",
+            self._which(),
+            previous,
+            len(found),
+        )
 
     async def _load_silences(self) -> None:
         kv = self._silence_store.kv
@@ -634,8 +787,10 @@ class EvaluatorService:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
-        while not self._stopping.is_set() and not self._lease_lost:
+        while not self._stopping.is_set() and not self._lease_lost and not self._handing_over:
             self._loop_at = self.clock()
+            if self._share is not None and self.partition is not None:
+                self._handing_over = self._share.hand_over(self.partition)
             await self._wait_for_wake(self._timeout())
             processed: dict[str, Msg] = {}
             changed = self._apply_external(self._now())
@@ -702,12 +857,15 @@ class EvaluatorService:
         try:
             event = feed.decode(msg.data, msg.subject)
         except EventDecodeError as exc:
+            subject = self._published_on(msg)
+            exc = EventDecodeError(subject, exc.reason, exc.size)
             stats.undecodable += 1
             self.rejections.count(exc.reason)
             dead = self.bus.subjects.dead_letter("input", feed.family)
-            self._letters.append(
-                deadletter.input_letter(dead, msg, exc.reason, by=DURABLE, stream_seq=message.seq)
+            letter = deadletter.input_letter(
+                dead, msg, exc.reason, by=DURABLE, stream_seq=message.seq, subject=subject
             )
+            self._letters.append(letter)
             if _worth_logging(stats.undecodable):
                 log.warning("evaluator: %s (%d set aside on %s so far)", exc, stats.undecodable, dead)
             return
@@ -727,10 +885,16 @@ class EvaluatorService:
             engine.observe(event, now)
         except Exception:
             stats.failed += 1
-            log.exception("evaluator: the engine failed on %s (seq %d)", msg.subject, message.seq)
+            log.exception("evaluator: the engine failed on %s (seq %d)", self._published_on(msg), message.seq)
             return
         self._engine_now = now
         stats.evaluated += 1
+
+    def _published_on(self, msg: Msg) -> str:
+        """The subject an input was published on (a partitioned stream stores it renamed)."""
+        if self.partition is None:
+            return msg.subject
+        return original_subject(self.bus.subjects.prefix, msg.subject)
 
     def _bus_restored(self) -> None:
         """The bus answers again: agents are judged from now, not by what it could not carry."""
@@ -744,6 +908,8 @@ class EvaluatorService:
         return min((feed.last_ts for feed in self._feeds if feed.pending is None), default=math.inf)
 
     def _caught_up(self) -> bool:
+        if self._sources_behind:
+            return False
         return self.bus.nc.is_connected and not any(feed.behind or feed.buffer for feed in self._feeds)
 
     def _tick(self, prior: float | None = None) -> bool:
@@ -758,7 +924,7 @@ class EvaluatorService:
         impaired = [feed for feed in self._feeds if feed.impaired]
         for feed in impaired:
             feed.impaired = False
-        if not self.bus.nc.is_connected or impaired:
+        if not self.bus.nc.is_connected or impaired or self._sources_behind:
             # out of reach, or (in a cluster) a stream without a leader for a while: what agents
             # sent meanwhile may come late, and must not make them look silent
             self._blind = True
@@ -1052,6 +1218,12 @@ def alert_msg_id(alert: Alert) -> str:
     at = alert.ends_at if alert.ends_at is not None else alert.starts_at  # resolved, inactive: the end
     flapping = ":flapping" if alert.flapping else ""
     return f"{alert.fingerprint}:{alert.status}{flapping}:{at!r}"
+
+
+def _input_time(saved: Journaled | None) -> float:
+    if saved is None or saved.input_time is None:
+        return -math.inf
+    return saved.input_time
 
 
 def _by_id(silence: Silence) -> str:

@@ -139,8 +139,11 @@ def new_journal_id() -> str:
     return uuid.uuid4().hex
 
 
-def _journal_key(slot: int) -> str:
-    return f"{JOURNAL_PREFIX}.{slot % JOURNAL_SLOTS}"
+def partition_namespace(partition: int | None, partitions: int) -> str:
+    """The prefix of one partition's keys in the state bucket (none when unpartitioned). It names
+    the number of partitions too: after a change, the states of the old layout stay as they were
+    for the new partitions to take their hosts from."""
+    return "" if partition is None else f"p{partition}of{partitions}."
 
 
 async def compress_parts(parts: Iterator[bytes]) -> bytes:
@@ -155,9 +158,15 @@ async def compress_parts(parts: Iterator[bytes]) -> bytes:
 class StateStore:
     """The evaluator's bucket: its saved state and the list of active alerts."""
 
-    def __init__(self, kv: KeyValue, *, chunk_size: int = CHUNK_SIZE) -> None:
+    def __init__(
+        self, kv: KeyValue, *, chunk_size: int = CHUNK_SIZE, partition: int | None = None, partitions: int = 1
+    ) -> None:
         self.blobs = BlobStore(kv, chunk_size=chunk_size)
         self.chunk_size = chunk_size
+        self.partition = partition
+        namespace = partition_namespace(partition, partitions)
+        self.snapshot_key = namespace + SNAPSHOT_KEY
+        self._journal_prefix = namespace + JOURNAL_PREFIX
         # where the next journal entry goes: None until a base with a journal id is known
         self._journal: str | None = None
         self._slot = 0
@@ -235,11 +244,13 @@ class StateStore:
         if self._manifest is None and not self._revision:  # never loaded: go over what is there
             self._revision = revision
             with contextlib.suppress(StoreError):
-                self._manifest = decode_manifest(SNAPSHOT_KEY, value)
+                self._manifest = decode_manifest(self.snapshot_key, value)
         elif revision != self._revision:
             # checked before the chunks too: they would go over those of the other's base
             try:
-                ours = self._manifest is not None and decode_manifest(SNAPSHOT_KEY, value) == self._manifest
+                ours = (
+                    self._manifest is not None and decode_manifest(self.snapshot_key, value) == self._manifest
+                )
             except StoreError:
                 ours = False
             if not ours:
@@ -249,13 +260,13 @@ class StateStore:
         size = self.chunk_size
         chunks = range(0, len(packed), size)
         for index, at in enumerate(chunks):
-            await self.blobs.kv.put(f"{SNAPSHOT_KEY}.{slot}.{index}", packed[at : at + size])
+            await self.blobs.kv.put(f"{self.snapshot_key}.{slot}.{index}", packed[at : at + size])
         manifest = Manifest(
             slot=slot, chunks=len(chunks), size=len(data), sha256=digest, written_at=time.time()
         )
         encoded = msgspec.json.encode(manifest)
         try:
-            self._revision = await self.blobs.kv.update(SNAPSHOT_KEY, encoded, last=self._revision)
+            self._revision = await self.blobs.kv.update(self.snapshot_key, encoded, last=self._revision)
         except KeyWrongLastSequenceError:
             value, revision = await self._stored_manifest()
             if value != encoded:  # not a write of ours whose reply was lost
@@ -266,7 +277,7 @@ class StateStore:
     async def _stored_manifest(self) -> tuple[bytes | None, int]:
         """The base's manifest as stored (None: there is none) and its revision."""
         try:
-            entry = await self.blobs.kv.get(SNAPSHOT_KEY)
+            entry = await self.blobs.kv.get(self.snapshot_key)
         except KeyDeletedError as exc:  # the next write goes over the delete marker
             return None, (exc.entry.revision if exc.entry is not None else 0) or 0
         except KeyNotFoundError:
@@ -276,14 +287,17 @@ class StateStore:
     async def load(self) -> SavedState | None:
         """The base alone (without the journal after it)."""
         value, self._revision = await self._stored_manifest()
-        self._manifest = manifest = decode_manifest(SNAPSHOT_KEY, value)
+        self._manifest = manifest = decode_manifest(self.snapshot_key, value)
         if manifest is None:
             return None
-        data = await read_chunks(self.blobs.kv, SNAPSHOT_KEY, manifest)
+        data = await read_chunks(self.blobs.kv, self.snapshot_key, manifest)
         try:
             return _state_decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise StoreError(f"KV key {SNAPSHOT_KEY}: {exc}") from None
+            raise StoreError(f"KV key {self.snapshot_key}: {exc}") from None
+
+    def _journal_key(self, slot: int) -> str:
+        return f"{self._journal_prefix}.{slot % JOURNAL_SLOTS}"
 
     def journal_slot(self) -> int:
         """The first slot of a new journal: half a ring on from where this one stands, so that the
@@ -308,7 +322,7 @@ class StateStore:
 
     async def append(self, entry: JournalEntry) -> None:
         """Write a journal entry made by entry(); its chunks, if any, before the entry itself."""
-        key = _journal_key(entry.slot)
+        key = self._journal_key(entry.slot)
         record = entry
         if len(entry.delta) > self.chunk_size:
             data = entry.delta
@@ -379,7 +393,7 @@ class StateStore:
     async def _read_entry(self, slot: int) -> JournalEntry | str | None:
         """The entry in `slot` if it belongs to the current base's journal, None if it does not,
         why not if it cannot be read."""
-        key = _journal_key(slot)
+        key = self._journal_key(slot)
         try:
             value = (await self.blobs.kv.get(key)).value
         except KeyNotFoundError:
@@ -393,7 +407,7 @@ class StateStore:
     async def _delta_of(self, entry: JournalEntry) -> bytes:
         if not entry.chunks:
             return entry.delta
-        key = _journal_key(entry.slot)
+        key = self._journal_key(entry.slot)
         parts = []
         for index in range(entry.chunks):
             try:
@@ -406,7 +420,7 @@ class StateStore:
         return data
 
     async def save_active(self, active: ActiveAlerts) -> None:
-        await save_active(self.blobs, active)
+        await save_active(self.blobs, active, self.partition)
 
     async def load_active(self) -> ActiveAlerts | None:
         return await load_active(self.blobs)
@@ -430,7 +444,7 @@ def _process_started(pid: int) -> float:
         return 0.0
 
 
-def _still_running(pid: int, started: float) -> bool:
+def still_running(pid: int, started: float) -> bool:
     """Is the process that held a lease still running (and not a later one with its pid)?"""
     try:
         return psutil.Process(pid).create_time() == started
@@ -438,6 +452,18 @@ def _still_running(pid: int, started: float) -> bool:
         return False
     except psutil.Error:  # alive, but not ours to inspect: assume it is the holder
         return True
+
+
+def this_process() -> LeaseRecord:
+    """A record naming this process (with a token of its own), expired until renewed."""
+    pid = os.getpid()
+    return LeaseRecord(
+        host=socket.gethostname(),
+        pid=pid,
+        started=_process_started(pid),
+        token=uuid.uuid4().hex,
+        expires_at=0.0,
+    )
 
 
 class Lease:
@@ -448,9 +474,16 @@ class Lease:
     """
 
     def __init__(
-        self, kv: KeyValue, *, clock: Callable[[], float] = time.time, ttl: float = LEASE_TTL
+        self,
+        kv: KeyValue,
+        *,
+        clock: Callable[[], float] = time.time,
+        ttl: float = LEASE_TTL,
+        partition: int | None = None,
+        partitions: int = 1,
     ) -> None:
         self.kv = kv
+        self.key = partition_namespace(partition, partitions) + LEASE_KEY
         self.clock = clock
         self.ttl = ttl
         pid = os.getpid()
@@ -468,7 +501,7 @@ class Lease:
     def _free(self, holder: LeaseRecord) -> bool:
         if holder.token == self.mine.token or holder.expires_at < self.clock():
             return True
-        return holder.host == self.mine.host and not _still_running(holder.pid, holder.started)
+        return holder.host == self.mine.host and not still_running(holder.pid, holder.started)
 
     def _record(self) -> bytes:
         record = msgspec.structs.replace(self.mine, expires_at=self.clock() + self.ttl)
@@ -477,7 +510,7 @@ class Lease:
     async def _stored(self) -> tuple[int, LeaseRecord | None] | None:
         """The lease's revision and record as stored now; None if it is deleted or was never made."""
         try:
-            entry = await self.kv.get(LEASE_KEY)
+            entry = await self.kv.get(self.key)
         except KeyNotFoundError:  # a delete marker too
             return None
         holder = None
@@ -502,6 +535,12 @@ class Lease:
         self.taken_by = holder
         return None
 
+    async def held_by(self) -> LeaseRecord | None:
+        """Who holds the lease now; None when it could be taken (nobody, or its holder is gone)."""
+        stored = await self._stored()
+        holder = stored[1] if stored is not None else None
+        return None if holder is None or self._free(holder) else holder
+
     async def acquire(self) -> LeaseRecord | None:
         """Take the lease if it is free; else return who holds it."""
         stored = await self._stored()
@@ -510,9 +549,9 @@ class Lease:
             return holder
         try:
             if stored is None:
-                self._revision = await self.kv.create(LEASE_KEY, self._record())
+                self._revision = await self.kv.create(self.key, self._record())
             else:
-                self._revision = await self.kv.update(LEASE_KEY, self._record(), last=stored[0])
+                self._revision = await self.kv.update(self.key, self._record(), last=stored[0])
         except KeyWrongLastSequenceError:  # another evaluator was quicker
             return holder or self.mine
         self.taken_by = None
@@ -526,7 +565,7 @@ class Lease:
         """
         for _ in range(RENEW_ATTEMPTS):
             try:
-                self._revision = await self.kv.update(LEASE_KEY, self._record(), last=self._revision)
+                self._revision = await self.kv.update(self.key, self._record(), last=self._revision)
             except KeyWrongLastSequenceError:
                 revision = await self._own_revision()
                 if revision is None:
@@ -542,21 +581,24 @@ class Lease:
         """Hand the lease over at once (a standby takes it within a second)."""
         with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
             try:
-                await self.kv.delete(LEASE_KEY, last=self._revision)
+                await self.kv.delete(self.key, last=self._revision)
             except APIError as exc:
                 if exc.err_code not in _WRONG_LAST_SEQUENCE:
                     raise
                 # a renewal whose reply was lost moved the revision on
                 revision = await self._own_revision()
                 if revision is not None:
-                    await self.kv.delete(LEASE_KEY, last=revision)
+                    await self.kv.delete(self.key, last=revision)
 
 
-async def open_buckets(js: JetStreamContext, prefix: str) -> tuple[StateStore, SilenceStore]:
-    """The two buckets, created when the evaluator has never run against this server."""
+async def open_buckets(
+    js: JetStreamContext, prefix: str, partition: int | None = None, partitions: int = 1
+) -> tuple[StateStore, SilenceStore]:
+    """The two buckets, created when the evaluator has never run against this server; the state
+    store keeps one partition's keys when `partition` is given."""
     stores = []
     for bucket in ("state", "silences"):
         name = bucket_name(prefix, bucket)
         await ensure_bucket(js, name, KV_BUCKETS[bucket])
         stores.append(await js.key_value(name))
-    return StateStore(stores[0]), SilenceStore(stores[1])
+    return StateStore(stores[0], partition=partition, partitions=partitions), SilenceStore(stores[1])

@@ -28,7 +28,7 @@ from bus.units import Duration
 from bus.vocabulary import COLLECTOR_TARGET
 from evaluator.config import EvaluatorConfig, ignore_for
 from evaluator.engine import ActiveAlert, Engine
-from evaluator.service import EvaluatorService
+from evaluator.partitions import evaluator_service
 from evaluator.silences import Silence, parse_matcher
 from evaluator.store import (
     AckRecord,
@@ -108,7 +108,7 @@ async def run_evaluator(config: Config) -> None:
     shutdown = stack.Shutdown()
     try:
         async with stack.open_bus(config, "jarvis-monitor evaluator", embedded=False) as (bus, _):
-            service = EvaluatorService(config.evaluator, bus)
+            service = evaluator_service(config.evaluator, bus)
             shutdown.started(service.stop)
             await service.run()
     except asyncio.CancelledError:

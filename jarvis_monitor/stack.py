@@ -84,7 +84,7 @@ class ServiceSpec:
 def enabled_services(config: Config) -> list[ServiceSpec]:
     """The evaluator and the sinks that `up` runs beside the agents."""
     # imported only by `up`: an agent or a single sink never loads the others
-    from evaluator.service import EvaluatorService
+    from evaluator.partitions import evaluator_service
     from sinks.console.service import CONSOLE_PART, console_service
     from sinks.report.service import ReportSink
     from sinks.slack import SlackSink
@@ -93,7 +93,7 @@ def enabled_services(config: Config) -> list[ServiceSpec]:
     if config.evaluator.enabled:
         specs.append(
             ServiceSpec(
-                vocab.EVALUATOR_PART, "evaluator", lambda bus: EvaluatorService(config.evaluator, bus)
+                vocab.EVALUATOR_PART, "evaluator", lambda bus: evaluator_service(config.evaluator, bus)
             )
         )
     if config.sinks.slack.enabled:

@@ -41,6 +41,7 @@ from bus.config import BusConfig, StreamsConfig
 from bus.connection import connect
 from bus.events import encode
 from bus.jetstream import provision, stream_name
+from bus.partitions import partition_stream
 from bus.server import EmbeddedServer, ServerConfig
 from evaluator.rules import AGENT_DOWN_RULE
 from tests.bench.report_fanin import PREFIX, T0
@@ -93,13 +94,24 @@ async def at_rate(nc: Client, messages: Sequence[tuple[str, bytes]], seconds: fl
     await nc.flush()
 
 
-async def backlog(js: JetStreamContext, *, unacked: bool = False) -> int | None:
-    """Messages the evaluator's consumers have still to deliver (and with `unacked`, delivered but
-    not yet acked: not yet in a commit); None before they exist."""
+def consumers(partitions: int) -> list[tuple[str, str]]:
+    """(stream, durable) of every consumer the evaluators read their inputs through."""
+    if partitions == 1:
+        return [(stream_name(PREFIX, family), DURABLE) for family in FAMILIES]
+    return [
+        (partition_stream(PREFIX), f"{DURABLE}-p{partition}-{family}")
+        for partition in range(partitions)
+        for family in FAMILIES
+    ]
+
+
+async def backlog(js: JetStreamContext, partitions: int = 1, *, unacked: bool = False) -> int | None:
+    """Messages the evaluators' consumers have still to deliver (and with `unacked`, delivered but
+    not yet acked: not yet in a commit); None before they all exist."""
     total = 0
-    for family in FAMILIES:
+    for stream, durable in consumers(partitions):
         try:
-            info = await js.consumer_info(stream_name(PREFIX, family), DURABLE)
+            info = await js.consumer_info(stream, durable)
         except nats.js.errors.NotFoundError:
             return None
         total += (info.num_pending or 0) + (info.num_ack_pending or 0) * unacked
@@ -126,9 +138,11 @@ class Mark:
     done: int  # messages sent and committed by the evaluator
 
     @classmethod
-    async def take(cls, processes: dict[str, psutil.Process], js: JetStreamContext, sent: int) -> Mark:
+    async def take(
+        cls, processes: dict[str, psutil.Process], js: JetStreamContext, sent: int, partitions: int
+    ) -> Mark:
         cpu = {name: cpu_seconds(process) for name, process in processes.items()}
-        done = sent - (await backlog(js, unacked=True) or 0)
+        done = sent - (await backlog(js, partitions, unacked=True) or 0)
         return cls(time.perf_counter(), {**cpu, "machine": machine_busy()}, done)
 
     def share(self, later: Mark, name: str) -> float:
@@ -202,15 +216,17 @@ def problems(log: Path) -> list[str]:
 
 
 async def live(
-    hosts: int, warmup: float, window: float, profile: Path | None = None
+    hosts: int, warmup: float, window: float, profile: Path | None = None, evaluators: int = 1
 ) -> list[tuple[str, str, str]]:
-    """The evaluator and the bare subscriber under `hosts`: CPU, RSS, backlog, the evaluator's counters."""
+    """The evaluator (or `evaluators` processes sharing as many partitions) and the bare subscriber
+    under `hosts`: CPU, RSS, backlog, the evaluator's counters."""
     messages = cycle(hosts)
     rate = len(messages) / 10
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         config = tmp / "jarvis.toml"
-        config.write_text(f'data_dir = "{tmp / "data"}"\n[bus]\nprefix = "{PREFIX}"\n')
+        partitioned = f"[evaluator]\npartitions = {evaluators}\n" if evaluators > 1 else ""
+        config.write_text(f'data_dir = "{tmp / "data"}"\n[bus]\nprefix = "{PREFIX}"\n{partitioned}')
         server = EmbeddedServer(ServerConfig(port=0), tmp / "nats")
         await server.start()
         env = {**os.environ, "JARVIS_NATS_URL": server.url}
@@ -233,16 +249,20 @@ async def live(
             children.append(bare)
             assert bare.stdout is not None
             await asyncio.wait_for(bare.stdout.readline(), 30)  # subscribed
-            evaluator = await start(evaluator_cmd, env, tmp / "evaluator.log")
-            children.append(evaluator)
-            began = time.perf_counter()
-            while (await backlog(js)) is None:
-                if evaluator.returncode is not None or time.perf_counter() - began > 60:
-                    raise RuntimeError(f"the evaluator did not start: {problems(tmp / 'evaluator.log')}")
-                await asyncio.sleep(0.2)
+            names = [f"evaluator-{n}" for n in range(1, evaluators + 1)] if evaluators > 1 else ["evaluator"]
+            started: dict[str, asyncio.subprocess.Process] = {}
+            for which in names:  # one after the other: the first hands partitions to the next
+                evaluator = await start(evaluator_cmd, env, tmp / f"{which}.log")
+                children.append(evaluator)
+                started[which] = evaluator
+                began = time.perf_counter()
+                while (await backlog(js, evaluators)) is None:
+                    if evaluator.returncode is not None or time.perf_counter() - began > 60:
+                        raise RuntimeError(f"the evaluator did not start: {problems(tmp / f'{which}.log')}")
+                    await asyncio.sleep(0.2)
             assert server.process is not None
             processes = {
-                "evaluator": psutil.Process(evaluator.pid),
+                **{which: psutil.Process(child.pid) for which, child in started.items()},
                 "bare": psutil.Process(bare.pid),
                 "nats-server": psutil.Process(server.process.pid),
                 "publisher": psutil.Process(),
@@ -255,23 +275,25 @@ async def live(
             marks: list[Mark] = []
             while not publisher.done():
                 await asyncio.sleep(1)
-                rss = max(rss, processes["evaluator"].memory_info().rss)
-                behind.append(await backlog(js) or 0)
+                rss = max(rss, *(processes[which].memory_info().rss for which in names))
+                behind.append(await backlog(js, evaluators) or 0)
                 if not marks and time.perf_counter() - began >= warmup:
-                    marks.append(await Mark.take(processes, js, sent[0]))
+                    marks.append(await Mark.take(processes, js, sent[0], evaluators))
             await publisher
             outputs.fleet_stopped = time.time()
-            marks.append(await Mark.take(processes, js, sent[0]))
+            marks.append(await Mark.take(processes, js, sent[0], evaluators))
             wall = time.perf_counter() - began
             caught = time.perf_counter()
-            while (await backlog(js) or 0) > 0 and time.perf_counter() - caught < DRAIN_LIMIT:
+            while (await backlog(js, evaluators) or 0) > 0 and time.perf_counter() - caught < DRAIN_LIMIT:
                 await asyncio.sleep(0.1)
             late = time.perf_counter() - caught
             final = await counters.next(HEARTBEAT_WAIT)
             bare.send_signal(signal.SIGTERM)
             received = int((await asyncio.wait_for(bare.stdout.readline(), 30)).decode() or -1)
-            evaluator.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(evaluator.wait(), 60)
+            for evaluator in started.values():
+                evaluator.send_signal(signal.SIGTERM)
+            for evaluator in started.values():
+                await asyncio.wait_for(evaluator.wait(), 60)
             await nc.close()
         finally:
             for child in children:
@@ -279,11 +301,13 @@ async def live(
                     child.kill()
                     await child.wait()
             await server.stop()
-            troubles = problems(tmp / "evaluator.log")
+            troubles = [line for which in names for line in problems(tmp / f"{which}.log")]
 
     first, last = marks
     steady = last.at - first.at
-    ours_cpu, bare_cpu = first.share(last, "evaluator"), first.share(last, "bare")
+    shares = {which: first.share(last, which) for which in names}
+    # the busiest process is the one that runs out of its core first
+    ours_cpu, bare_cpu = max(shares.values()), first.share(last, "bare")
     others = ", ".join(
         f"{name} {100 * first.share(last, name):.0f}%" for name in ("nats-server", "publisher")
     )
@@ -293,6 +317,9 @@ async def live(
     growth = (max(behind[half:]) - max(behind[:half])) / (wall / 2) if half else 0.0
     shown = ("received", "evaluated", "rejected", "dead_lettered", "failed", "alerts", "notifications")
     label = f"evaluator fan-in: {hosts:,} hosts x 3 agents ({rate:,.0f} msg/s)"
+    if evaluators > 1:
+        label += f", {evaluators} evaluators on {evaluators} partitions"
+    split = ", ".join(f"{which} {100 * share:.1f}%" for which, share in shares.items())
     return [
         (
             f"{label}, bare nats-py subscriber (baseline)",
@@ -301,11 +328,13 @@ async def live(
             "-",
         ),
         (
-            f"{label}, evaluator process, {steady:.0f} s after {warmup:.0f} s",
-            f"{100 * ours_cpu:.1f}% of a core, {ours_cpu / rate * 1e6:.1f} us CPU/msg sent = "
+            f"{label}, busiest evaluator process, {steady:.0f} s after {warmup:.0f} s",
+            f"{100 * ours_cpu:.1f}% of a core ({split}), {ours_cpu / rate * 1e6:.1f} us CPU/msg sent = "
             f"{ours_cpu / bare_cpu:.1f} x baseline; committed {evaluated:,.0f} msg/s, "
             f"{ours_cpu / evaluated * 1e6:.1f} us CPU/msg committed; peak RSS {rss / 2**20:.0f} MB",
-            f"issue 13 measured {ISSUE_FIGURES.get(hosts, '-')} of a core",
+            f"issue 13 measured {ISSUE_FIGURES.get(hosts, '-')} of a core"
+            if evaluators == 1
+            else "two carry at least 1.7 x one: the busiest at most 1/1.7 of one evaluator's share",
         ),
         (
             f"{label}, evaluator backlog (num_pending)",
@@ -355,6 +384,11 @@ def options(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds before the measured window")
     parser.add_argument("--window", type=float, default=60.0, help="seconds measured")
     parser.add_argument("--profile", help="write the evaluator's cProfile to PATH.<hosts> (slows it)")
+    parser.add_argument(
+        "--evaluators",
+        default="1",
+        help="comma-separated counts of evaluator processes (each >1: as many partitions)",
+    )
     known, _ = parser.parse_known_args(list(argv))
     return known
 
@@ -364,7 +398,21 @@ async def run() -> list[tuple[str, str, str]]:
     rows = []
     for hosts in (int(n) for n in chosen.hosts.split(",")):
         profile = Path(f"{chosen.profile}.{hosts}") if chosen.profile else None
-        rows += await live(hosts, chosen.warmup, chosen.window, profile)
+        shares: dict[int, float] = {}
+        for evaluators in (int(n) for n in chosen.evaluators.split(",")):
+            found = await live(hosts, chosen.warmup, chosen.window, profile, evaluators)
+            shares[evaluators] = float(found[1][1].split("%", 1)[0]) / 100
+            rows += found
+        if 1 in shares:
+            for evaluators, share in shares.items():
+                if evaluators > 1:
+                    rows.append(
+                        (
+                            f"evaluator fan-in: {hosts:,} hosts, {evaluators} evaluators against one",
+                            f"carry {shares[1] / share:.2f} x one (one's share over the busiest's)",
+                            "at least 1.7 x",
+                        )
+                    )
     return rows
 
 

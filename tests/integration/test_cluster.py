@@ -26,6 +26,7 @@ from bus.config import BusConfig, StreamsConfig
 from bus.connection import Bus, connect
 from bus.events import HealthEvent, Heartbeat, MetricBatch, Notification, Sample, notification
 from bus.jetstream import FAMILIES, KV_BUCKETS, ProvisioningError, bucket_name, provision, stream_name
+from bus.partitions import partition_stream
 from bus.server import EmbeddedServer
 from evaluator.store import LEASE_KEY, LeaseRecord
 from tests.conftest import nats_server_binary
@@ -188,6 +189,8 @@ prefix = "{prefix}"
 replicas = 3
 [agents.host]
 enabled = false
+[evaluator]
+partitions = {partitions}
 [evaluator.default_route]
 name = "default"
 receiver = "#alerts"
@@ -282,28 +285,38 @@ def firing_hosts(notifications: list[Notification]) -> collections.Counter[str]:
     )
 
 
-async def lease_holder(bus: Bus) -> LeaseRecord | None:
+async def lease_holders(bus: Bus, partitions: int) -> list[LeaseRecord | None]:
+    """Who holds the lease of each partition (the only lease when unpartitioned)."""
     kv = await bus.nc.jetstream().key_value(bucket_name(bus.subjects.prefix, "state"))
-    try:
-        entry = await kv.get(LEASE_KEY)
-    except KeyNotFoundError:
-        return None
-    return msgspec.json.decode(entry.value or b"", type=LeaseRecord) if entry.value else None
+    keys = [LEASE_KEY] if partitions == 1 else [f"p{p}of{partitions}.{LEASE_KEY}" for p in range(partitions)]
+    holders: list[LeaseRecord | None] = []
+    for key in keys:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            holders.append(None)
+            continue
+        holders.append(msgspec.json.decode(entry.value, type=LeaseRecord) if entry.value else None)
+    return holders
 
 
+@pytest.mark.parametrize("partitions", [1, 2])
 async def test_a_node_and_the_active_evaluator_killed_every_breach_notified_once(
-    tmp_path: Path, binary: str, prefix: str
+    tmp_path: Path, binary: str, prefix: str, partitions: int
 ) -> None:
-    """Three nodes, R3 streams, 100 hosts, two evaluators. Breaches before, while and after
-    SIGKILL of the node leading the alert stream, then of the evaluator holding the lease: each
-    breach is in exactly one firing notification, and nothing else fires."""
+    """Three nodes, R3 streams, 100 hosts, two evaluators: one evaluating and one standing by, or
+    each evaluating a partition of the hosts. Breaches before, while and after SIGKILL of the node
+    leading the alert stream, then of an evaluator (the one evaluating partition 0): each breach is
+    in exactly one firing notification, and nothing else fires."""
     async with contextlib.AsyncExitStack() as stack:
         cluster = await stack.enter_async_context(
             running(Cluster(tmp_path / "nats", binary, authorization=False))
         )
         config = tmp_path / "jarvis.toml"
         servers = "[" + ", ".join(f'"{url}"' for url in cluster.urls) + "]"
-        config.write_text(CONFIG_TOML.format(servers=servers, prefix=prefix, rule=DISK_RULE))
+        config.write_text(
+            CONFIG_TOML.format(servers=servers, prefix=prefix, rule=DISK_RULE, partitions=partitions)
+        )
         evaluators = [EvaluatorProcess(config, tmp_path / f"evaluator-{n}.log") for n in (1, 2)]
         for process in evaluators:
             process.start()
@@ -316,7 +329,8 @@ async def test_a_node_and_the_active_evaluator_killed_every_breach_notified_once
         js = observer.nc.jetstream()
 
         async def provisioned_r3() -> bool:
-            for name in all_stream_names(prefix):
+            extra = [partition_stream(prefix)] if partitions > 1 else []
+            for name in [*all_stream_names(prefix), *extra]:
                 try:
                     info = await js.stream_info(name)
                 except NotFoundError:
@@ -328,11 +342,13 @@ async def test_a_node_and_the_active_evaluator_killed_every_breach_notified_once
 
         pids = {process.process.pid: process for process in evaluators if process.process is not None}
 
-        async def one_holds_the_lease() -> bool:
-            holder = await lease_holder(observer)
-            return holder is not None and holder.pid in pids
+        async def leases_taken() -> bool:
+            holders = await lease_holders(observer, partitions)
+            if partitions > 1 and len({h.pid for h in holders if h is not None}) < 2:
+                return False  # each of the two evaluates one partition
+            return all(h is not None and h.pid in pids for h in holders)
 
-        await wait_for(one_holds_the_lease, "one of the two evaluators to take the lease")
+        await wait_for(leases_taken, "the evaluators to take the leases", 2 * TIMEOUT)
 
         agent_buses = []
         for index in range(CONNECTIONS):
@@ -369,7 +385,7 @@ async def test_a_node_and_the_active_evaluator_killed_every_breach_notified_once
         found: list[LeaseRecord] = []
 
         async def the_holder_is_read() -> bool:  # the state bucket may be electing a new leader
-            record = await lease_holder(observer)
+            record = (await lease_holders(observer, partitions))[0]
             found[:] = [record] if record is not None and record.pid in pids else []
             return bool(found)
 
@@ -379,11 +395,11 @@ async def test_a_node_and_the_active_evaluator_killed_every_breach_notified_once
         active.kill()
         await breach_and_wait(phases[2], "breaches made while the standby takes over")
 
-        async def standby_evaluates() -> bool:
-            now = await lease_holder(observer)
-            return now is not None and now.pid != holder.pid and now.pid in pids
+        async def survivor_evaluates() -> bool:
+            holders = await lease_holders(observer, partitions)
+            return all(now is not None and now.pid != holder.pid and now.pid in pids for now in holders)
 
-        await wait_for(standby_evaluates, "the standby to hold the lease")
+        await wait_for(survivor_evaluates, "the other evaluator to hold every lease")
         # a last breach once the standby evaluates: what it notifies comes after everything it
         # restored and replayed, so a repeat of an earlier breach would be in the stream by now
         await breach_and_wait(phases[3], "breaches made after the takeover")

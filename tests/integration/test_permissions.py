@@ -32,6 +32,7 @@ from bus.server import free_port
 from bus.units import Duration
 from evaluator.config import EvaluatorConfig
 from evaluator.engine import ActiveAlert
+from evaluator.partitions import PartitionedEvaluator
 from evaluator.service import DURABLE, EvaluatorService
 from evaluator.store import LEASE_KEY, SNAPSHOT_KEY, ActiveAlerts, LeaseRecord, StateStore, open_buckets
 from jarvis_monitor.cli import main
@@ -736,3 +737,29 @@ async def test_a_part_started_from_the_command_line_asks_nothing_its_user_may_no
             _, err = await asyncio.wait_for(process.communicate(), TIMEOUT)
         assert process.returncode == 0, err.decode()
     assert secured.violations() == []
+
+
+async def test_partitioned_evaluators_need_nothing_their_user_may_not(
+    secured: Secured, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """evaluator.partitions = 2 as the evaluator's user: the partitioned stream, its consumers, the
+    partition leases and active alerts; the viewer's `alerts` lists what the partitions found."""
+    disk = Disk(97.0)
+    config = msgspec.structs.replace(quiet_evaluator_config(), partitions=2)
+    async with users(secured, "evaluator", "agent") as bus:
+        await provision(bus["evaluator"].nc.jetstream(), bus["evaluator"].subjects, BusConfig().streams)
+        evaluator = PartitionedEvaluator(config, bus["evaluator"])
+        agent = AgentRunner(
+            disk, bus["agent"], AgentConfig(interval=Duration(0.3), warmup=Duration(0)), "web01"
+        )
+        async with running(evaluator, agent):
+
+            async def listed() -> bool:
+                try:
+                    return len(disk_alerts(await cli_json(secured, "viewer", capsys, "alerts"))) == 1
+                except json.JSONDecodeError:  # "no active alerts known" until the first is written
+                    return False
+
+            await eventually(listed, "the viewer to see the partition's alert")
+            assert evaluator.share.held == {0, 1}
+    assert secured.violations() == [], "a partitioned evaluator was refused something its job needs"

@@ -1,0 +1,162 @@
+"""Partitions without a server: which host goes where, the config they allow, how a process's
+share of them moves, and what a partition keeps of a state saved before a change of partitions."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from bus.partitions import original_subject, partition_of, partition_stream_config
+from bus.subjects import sanitize_token
+from evaluator.config import DefaultRoute, EvaluatorConfig, InhibitRule, MaintenanceWindow, Matcher, Route
+from evaluator.engine import Engine
+from evaluator.partitions import partition_config
+from evaluator.share import Share
+from evaluator.testing import Driver, heartbeat, metrics
+
+
+def test_partition_of_is_fnv1a_of_the_host_token_as_the_server_computes_it() -> None:
+    # nats-server's partition(2,1) put these hosts so (tests/integration/test_evaluator_partitions.py
+    # checks the server itself); FNV-1a 32 of "a" is 0xe40c292c
+    assert partition_of("a", 1 << 32) == 0xE40C292C
+    assert [partition_of(f"web-{n}", 2) for n in range(4)] == [0, 1, 0, 1]
+    spread = {partition_of(f"host{n:03d}", 4) for n in range(100)}
+    assert spread == {0, 1, 2, 3}
+
+
+def test_the_partitioned_stream_renames_each_family_with_the_host_wildcard() -> None:
+    config = partition_stream_config("jarvis", 3)
+    dests = {s.name: [t.dest for t in s.subject_transforms or []] for s in config.sources or []}
+    assert dests == {
+        "JARVIS_METRICS": ["jarvis.partition.{{partition(3,1)}}.metrics.{{wildcard(1)}}.{{wildcard(2)}}"],
+        "JARVIS_HEALTH": [
+            "jarvis.partition.{{partition(3,1)}}.health.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}"
+        ],
+        "JARVIS_HEARTBEAT": ["jarvis.partition.{{partition(3,1)}}.heartbeat.{{wildcard(1)}}.{{wildcard(2)}}"],
+    }
+    assert config.subjects is None  # stores only what it sources: nothing published lands here
+    with pytest.raises(ValueError, match="at least 2"):
+        partition_stream_config("jarvis", 1)
+
+
+def test_original_subject_gives_back_what_the_agent_published() -> None:
+    assert original_subject("a.b", "a.b.partition.3.health.web-1.probe.api") == "a.b.health.web-1.probe.api"
+    assert original_subject("jarvis", "jarvis.metrics.web-1.host") == "jarvis.metrics.web-1.host"
+
+
+def test_partitions_refuse_routes_and_inhibitions_that_span_hosts() -> None:
+    assert EvaluatorConfig(partitions=4).partitions == 4  # the defaults group and inhibit by host
+    with pytest.raises(ValueError, match="route 'default' must have host in group_by"):
+        EvaluatorConfig(partitions=2, default_route=DefaultRoute(group_by=["rule"]))
+
+
+def test_each_problem_across_hosts_is_named() -> None:
+    route = Route(name="db", receiver="#db", group_by=["rule"])
+    inhibit = InhibitRule(
+        source_matchers=[Matcher(name="rule", value="site_down")], target_matchers=[], equal=["site"]
+    )
+    with pytest.raises(ValueError, match="may span hosts") as info:
+        EvaluatorConfig(partitions=2, routes=[route], inhibit_rules=[inhibit])
+    message = str(info.value)
+    assert "partitions = 2 evaluates each host on one partition" in message
+    assert "route 'db' must have host in group_by" in message
+    assert "inhibit_rules[0] must have host in equal" in message
+    EvaluatorConfig(routes=[route], inhibit_rules=[inhibit])  # one evaluator may span hosts
+
+
+def test_partitions_are_bounded() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"partitions": 0}, EvaluatorConfig)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"partitions": 65}, EvaluatorConfig)
+
+
+def test_only_partition_0_announces_maintenance_windows() -> None:
+    window = MaintenanceWindow(name="backup", start="01:00", end="02:00")
+    config = EvaluatorConfig(partitions=3, maintenance_windows=[window])
+    assert partition_config(config, 0).maintenance_windows[0].announce
+    assert not partition_config(config, 1).maintenance_windows[0].announce
+    assert partition_config(config, 2).maintenance_windows[0].name == "backup"  # it still silences
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_process_takes_a_free_partition_at_once_only_below_its_share() -> None:
+    share = Share(4, clock=Clock(), ttl=15.0)
+    share.peers = 2
+    share.held = {0}
+    assert share.fair() == 2
+    assert share.may_take(free_for=0.0)
+    share.held = {0, 1}
+    assert not share.may_take(free_for=14.9)  # the other process should take it
+    assert share.may_take(free_for=15.0)  # nobody did: better here than nowhere
+
+
+def test_a_process_above_its_share_hands_over_its_last_partition() -> None:
+    share = Share(3, clock=Clock())
+    share.held = {0, 1, 2}
+    assert not share.hand_over(2)  # alone: all three are its share
+    share.peers = 2  # another evaluator came
+    assert share.hand_over(2)
+    assert not share.hand_over(0)
+    assert not share.hand_over(1)
+    share.held = {0, 1}
+    assert not share.hand_over(1)  # ceil(3 / 2) = 2: its share now
+
+
+def memory_alerts(hosts: list[str], config: EvaluatorConfig) -> Driver:
+    """An engine that saw `hosts` beat and run out of memory for 15 minutes (firing, notified)."""
+    driver = Driver(config, start=0)
+    for t in range(0, 900, 10):
+        driver.at(t, *[heartbeat(h) for h in hosts], *[metrics(h, {"mem.percent": 99}) for h in hosts])
+    return driver
+
+
+def hosts_of(engine: Engine, now: float) -> set[str]:
+    return {a.labels["host"] for a in engine.active(now)}
+
+
+def test_partitions_made_from_one_evaluator_take_only_their_own_hosts() -> None:
+    """Hosts of other partitions are left out: their heartbeats come there now, and their silence
+    here must not report them down."""
+    config = EvaluatorConfig(partitions=2)
+    hosts = [f"web-{n}" for n in range(4)]
+    driver = memory_alerts(hosts, config)
+    assert hosts_of(driver.engine, driver.now) == set(hosts)
+
+    def ours(host: str) -> bool:
+        return partition_of(sanitize_token(host), 2) == 1
+
+    taken = Engine.take_over(config, [(driver.engine.snapshot(), [])], driver.now, ours)
+    assert hosts_of(taken, driver.now) == {"web-1", "web-3"}
+    taken.tick(driver.now + 3600)
+    down = [a for a in taken.drain().alerts if a.rule == "agent_down"]
+    assert {a.labels["host"] for a in down} <= {"web-1", "web-3"}
+
+
+def test_one_evaluator_made_from_partitions_takes_every_host_and_group() -> None:
+    """Back from two partitions to one: both states merged, nothing notified again."""
+    config = EvaluatorConfig()
+    first, second = memory_alerts(["web-0", "web-2"], config), memory_alerts(["web-1", "web-3"], config)
+    sent = {n.id for d in (first, second) for n in d.notifications}
+    assert sent, "the memory alerts were notified before the change"
+    saved: list[tuple[bytes, list[bytes]]] = [(d.engine.snapshot(), []) for d in (first, second)]
+    merged = Engine.take_over(config, saved, first.now, lambda host: True)
+    assert hosts_of(merged, first.now) == {"web-0", "web-1", "web-2", "web-3"}
+    driver = first
+    driver.take()
+    driver.engine = merged
+    hosts = ["web-0", "web-1", "web-2", "web-3"]
+    for t in range(900, 1500, 10):  # memory back to normal everywhere
+        driver.at(t, *[heartbeat(h) for h in hosts], *[metrics(h, {"mem.percent": 10}) for h in hosts])
+    _, notifications = driver.take()
+    assert all(n.status == "resolved" for n in notifications), "a group notified as new after the merge"
+    told = {a.labels["host"] for n in notifications for a in n.alerts}
+    assert told == set(hosts), "a group of either partition was lost in the merge"
+    assert not sent & {n.id for n in notifications}
