@@ -128,28 +128,6 @@ class PublishStats:
     errors: int = 0
 
 
-class LeanClient(Client):
-    """nats-py's client with a quicker parser of message headers, which every message a stream
-    sourced carries (a partitioned evaluator's inputs): nats-py's tests each character of each
-    header name apart, a third of the cost of such a message. Same result, same lines skipped."""
-
-    @staticmethod
-    def _parse_header_lines(raw: bytes) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for line in raw.split(b"\r\n"):
-            name, sep, value = line.partition(b":")
-            if not sep:
-                continue
-            try:
-                key = name.strip().decode("ascii")
-            except UnicodeDecodeError:
-                continue
-            if key and key.split() != [key]:  # whitespace inside a name: not a header
-                continue
-            out[key] = value.strip().decode("utf-8", "replace")
-        return out
-
-
 @dataclass
 class Bus:
     """A NATS connection with the contract's subjects and counted, never-raising publishes."""
@@ -273,7 +251,7 @@ async def connect(
     first_connect_limit = 2 * len(urls) * (config.connect_timeout.seconds + 1) + 1
     attempt = 0
     while True:
-        nc = LeanClient()
+        nc = Client()
         try:
             await asyncio.wait_for(nc.connect(**options), first_connect_limit)
         except (TimeoutError, NoServersError, OSError, nats.errors.Error) as exc:

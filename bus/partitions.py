@@ -1,10 +1,10 @@
 """Evaluator partitions: the inputs split by host on the server, each partition a subject range.
 
-With `evaluator.partitions` N > 1, one stream sources the metrics, health and heartbeat streams
-and stores each message under `<prefix>.partition.<k>.<family>.<host>...`, where k is the
-server's `partition(N, host)` (FNV-1a of the host token, modulo N). The wire stays as it is: the
-family streams and core subscribers see the subjects the agents published; only the evaluators
-read this stream, each partition through consumers filtered to its own k.
+With `evaluator.partitions` N > 1, each input family's stream (metrics, health, heartbeat) has a
+mirror that stores each message under `<prefix>.partition.<k>.<family>.<host>...`, where k is
+the server's `partition(N, host)` (FNV-1a of the host token, modulo N). The wire stays as it is:
+the family streams and core subscribers see the subjects the agents published; only the
+evaluators read the mirrors, each partition through consumers filtered to its own k.
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ def partition_of(host_token: str, partitions: int) -> int:
     return digest % partitions
 
 
-def partition_stream(prefix: str) -> str:
-    """The name of the partitioned inputs' stream, e.g. `JARVIS_PARTITION`."""
-    return stream_name(prefix, PARTITION_FAMILY)
+def partition_stream(prefix: str, family: str) -> str:
+    """The partitioned copy of one input family's stream, e.g. `JARVIS_PARTITION_METRICS`."""
+    return stream_name(prefix, f"{PARTITION_FAMILY}_{family}")
 
 
 def partition_subject(prefix: str, partition: int, family: str) -> str:
@@ -66,30 +66,24 @@ def original_subject(prefix: str, subject: str) -> str:
 
 
 def partition_stream_config(
-    prefix: str, partitions: int, *, replicas: int = 1, start: dict[str, int] | None = None
+    prefix: str, family: str, partitions: int, *, replicas: int = 1, start: int | None = None
 ) -> StreamConfig:
-    """The partitioned stream: the input families' streams as sources, each subject renamed, each
-    from the sequence `start` gives its family (a new stream copies none of the families' past:
-    stored again now, old messages would look new)."""
+    """A mirror of one input family's stream with each subject renamed to its partition, from
+    sequence `start` on. A mirror keeps the family's sequences and times and adds no header, so
+    a message costs its reader what it costs from the family stream."""
     if partitions < 2:
         raise ValueError("a partitioned stream needs at least 2 partitions")
-    sources = []
-    for family, tokens in INPUT_TOKENS.items():
-        wildcards = ".".join(f"{{{{wildcard({n})}}}}" for n in range(1, tokens + 1))
-        transform = SubjectTransform(
-            src=f"{prefix}.{family}" + ".*" * tokens,
-            dest=f"{prefix}.{PARTITION_FAMILY}.{{{{partition({partitions},1)}}}}.{family}.{wildcards}",
-        )
-        sources.append(
-            StreamSource(
-                name=stream_name(prefix, family),
-                opt_start_seq=(start or {}).get(family),
-                subject_transforms=[transform],
-            )
-        )
+    tokens = INPUT_TOKENS[family]
+    wildcards = ".".join(f"{{{{wildcard({n})}}}}" for n in range(1, tokens + 1))
+    transform = SubjectTransform(
+        src=f"{prefix}.{family}" + ".*" * tokens,
+        dest=f"{prefix}.{PARTITION_FAMILY}.{{{{partition({partitions},1)}}}}.{family}.{wildcards}",
+    )
     return StreamConfig(
-        name=partition_stream(prefix),
-        sources=sources,
+        name=partition_stream(prefix, family),
+        mirror=StreamSource(
+            name=stream_name(prefix, family), opt_start_seq=start, subject_transforms=[transform]
+        ),
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
@@ -99,47 +93,52 @@ def partition_stream_config(
     )
 
 
-def _transforms(config: StreamConfig) -> list[tuple[str | None, str | None]]:
-    return sorted(
-        (source.name, transform.dest)
-        for source in config.sources or []
-        for transform in source.subject_transforms or []
-    )
+def _transform(config: StreamConfig) -> list[str | None]:
+    return [t.dest for t in (config.mirror.subject_transforms or [])] if config.mirror else []
 
 
-async def ensure_partition_stream(
+async def ensure_partition_streams(
     js: JetStreamContext, prefix: str, partitions: int, *, replicas: int = 1
-) -> Change:
-    """Create the partitioned stream, or update it to another number of partitions or replicas.
+) -> dict[str, Change]:
+    """Make each input family's partitioned mirror, or make it again for another number of
+    partitions (a mirror's own config cannot change; it holds nothing its family does not)."""
+    return {
+        partition_stream(prefix, family): await _ensure_mirror(js, prefix, family, partitions, replicas)
+        for family in INPUT_TOKENS
+    }
 
-    After a change of N, messages already stored keep the partition they were given; each
-    evaluator partition reads only what is stored after its saved position.
-    """
-    # from what comes next: by sequence, as a start time races with the sources' set-up
-    start = {}
-    for family in INPUT_TOKENS:
-        start[family] = (await js.stream_info(stream_name(prefix, family))).state.last_seq + 1
-    desired = partition_stream_config(prefix, partitions, replicas=replicas, start=start)
+
+async def _ensure_mirror(
+    js: JetStreamContext, prefix: str, family: str, partitions: int, replicas: int
+) -> Change:
+    # from what comes next, by sequence: no past stored twice
+    start = (await js.stream_info(stream_name(prefix, family))).state.last_seq + 1
+    desired = partition_stream_config(prefix, family, partitions, replicas=replicas, start=start)
     assert desired.name is not None
     try:
-        info = await js.stream_info(desired.name)
+        current = (await js.stream_info(desired.name)).config
     except NotFoundError:
+        current = None
+    if current is not None and _transform(current) == _transform(desired):
+        if (current.num_replicas or 1) == replicas:
+            return "unchanged"
         try:
-            await js.add_stream(desired)
+            await js.update_stream(current.evolve(num_replicas=replicas))
         except APIError as exc:
             raise replicas_error(f"stream {desired.name}", replicas, exc) or exc from None
-        log.info("created stream %s (%d partitions, %d replicas)", desired.name, partitions, replicas)
-        return "created"
-    current = info.config
-    if _transforms(current) == _transforms(desired) and (current.num_replicas or 1) == replicas:
-        return "unchanged"
-    if _transforms(current) == _transforms(desired):  # the replicas alone: the sources as made
-        made = {source.name: source.opt_start_seq or 0 for source in current.sources or []}
-        start = {family: made.get(stream_name(prefix, family), 0) for family in INPUT_TOKENS}
-        desired = partition_stream_config(prefix, partitions, replicas=replicas, start=start)
+        log.info("stream %s: %d replicas", desired.name, replicas)
+        return "updated"
+    if current is not None:
+        await js.delete_stream(desired.name)
     try:
-        await js.update_stream(desired)
+        await js.add_stream(desired)
     except APIError as exc:
         raise replicas_error(f"stream {desired.name}", replicas, exc) or exc from None
-    log.info("updated stream %s (%d partitions, %d replicas)", desired.name, partitions, replicas)
-    return "updated"
+    log.info(
+        "%s stream %s (%d partitions, %d replicas)",
+        "made again" if current else "created",
+        desired.name,
+        partitions,
+        replicas,
+    )
+    return "updated" if current else "created"

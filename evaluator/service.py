@@ -48,7 +48,7 @@ from bus.events import (
 from bus.heartbeat import beat
 from bus.jetstream import stream_name
 from bus.partitions import (
-    ensure_partition_stream,
+    ensure_partition_streams,
     original_subject,
     partition_of,
     partition_stream,
@@ -279,7 +279,7 @@ class EvaluatorService:
         self.partition = partition
         self._share = share
         self._handing_over = False  # the process holds more than its share: give this one up
-        self._sources_behind = False  # the partitioned stream lost touch with a family stream
+        self._inputs_unsure = False  # an input stream lost its leader, or touch with its sources
         self._previous_partitions = config.partitions  # the layout before the latest change
         self.bus = bus
         self.host = host or socket.gethostname()
@@ -458,9 +458,7 @@ class EvaluatorService:
                 layout = await save_partitions(self._state.blobs, partitions)
                 self._previous_partitions = layout.previous if layout.partitions == partitions else partitions
                 if self.partition is not None:
-                    await ensure_partition_stream(
-                        self._js, prefix, self.config.partitions, replicas=self.bus.replicas
-                    )
+                    await ensure_partition_streams(self._js, prefix, partitions, replicas=self.bus.replicas)
                 if not await self._take_lease():
                     return False
                 await self._restore()
@@ -475,8 +473,8 @@ class EvaluatorService:
             self._tasks = [asyncio.create_task(feed.run(connected)) for feed in feeds]
             self._tasks.append(asyncio.create_task(self._watch_silences()))
             self._tasks.append(asyncio.create_task(self._renew_lease()))
-            if self.partition is not None:
-                self._tasks.append(asyncio.create_task(self._watch_sources()))
+            if self.partition is not None or self.bus.replicas > 1:  # the streams may move
+                self._tasks.append(asyncio.create_task(self._watch_inputs()))
             self.standing_by = None
             self.ready.set()
             return True
@@ -544,24 +542,37 @@ class EvaluatorService:
             self._wake.set()
             return
 
-    async def _watch_sources(self) -> None:
-        """Follow the partitioned stream's sourcing: while a family stream is out of its reach (a
-        node down, a leader being elected), what agents send is not here yet, and their silence
-        must not count (see _tick)."""
-        name = partition_stream(self.bus.subjects.prefix)
+    async def _watch_inputs(self) -> None:
+        """Follow the streams the inputs come through. While one has no leader, or the partitioned
+        stream loses touch with a family stream, what agents send is not stored, or not here yet;
+        and when a leader changed, what they sent meanwhile may be lost. Their silence then is
+        not theirs (see _tick)."""
+        prefix = self.bus.subjects.prefix
+        family_stream = partition_stream if self.partition is not None else stream_name
+        names = [family_stream(prefix, family) for family in _INPUTS]
+        leaders: dict[str, str | None] = {}
         while True:
-            try:
-                info = await self._js.stream_info(name)
-                late = [
-                    source.name
-                    for source in info.sources or []
-                    if source.error or (source.active or 0) > SOURCE_SILENT * 1e9
-                ]
-            except (nats.errors.Error, TimeoutError, OSError):
-                late = [name]
-            if late and not self._sources_behind:
-                log.warning("evaluator%s: %s not sourced for now; agents are not judged", self._which(), late)
-            self._sources_behind = bool(late)
+            late = []
+            for name in names:
+                try:
+                    info = await self._js.stream_info(name)
+                except (nats.errors.Error, TimeoutError, OSError):
+                    late.append(name)
+                    continue
+                leader = info.cluster.leader if info.cluster is not None else ""
+                if leader is None or leaders.setdefault(name, leader) != leader:
+                    late.append(name)  # no leader, or a new one: some messages may be lost
+                leaders[name] = leader
+                mirror = info.mirror
+                if mirror is not None and (mirror.error or (mirror.active or 0) > SOURCE_SILENT * 1e9):
+                    late.append(mirror.name)
+            if late and not self._inputs_unsure:
+                log.warning(
+                    "evaluator%s: %s may miss messages for now; agents are not judged", self._which(), late
+                )
+            self._inputs_unsure = bool(late)
+            if late:
+                self._wake.set()
             await asyncio.sleep(TICK_EVERY)
 
     async def _subscribe(self, family: str, decode: Callable[[bytes, str], Input]) -> _Feed:
@@ -581,7 +592,7 @@ class EvaluatorService:
         where = (stream_name(prefix, family), DURABLE)
         if self.partition is not None:
             config.filter_subject = partition_subject(prefix, self.partition, family)
-            where = (partition_stream(prefix), f"{DURABLE}-p{self.partition}-{family}")
+            where = (partition_stream(prefix, family), f"{DURABLE}-p{self.partition}")
         feed = await _Feed.open(family, decode, self.bus, where, config, self._wake)
         feed.last_seq = cursor or 0
         return feed
@@ -672,9 +683,11 @@ class EvaluatorService:
             log.error("evaluator: the states of the partitions before are unusable, starting afresh: %s", exc)
             self._restore_engine(None)
             return
-        # the old cursors are positions in other streams: read this one from the recent past; what
-        # came between the old layout's last input and that is nobody's silence but ours
-        self._cursors = {}
+        # the mirrors keep the family streams' sequences: go on after the furthest any old partition
+        # read (none is evaluated twice); what came between, for the others, and before the
+        # mirrors began is nobody's silence but ours
+        families = {family for saved in found for family in saved.cursors}
+        self._cursors = {family: max(saved.cursors.get(family, 0) for saved in found) for family in families}
         self._blind = True
         self._engine_now = start if times else -math.inf
         self._given_silences = found[0].silences
@@ -908,7 +921,7 @@ class EvaluatorService:
         return min((feed.last_ts for feed in self._feeds if feed.pending is None), default=math.inf)
 
     def _caught_up(self) -> bool:
-        if self._sources_behind:
+        if self._inputs_unsure:
             return False
         return self.bus.nc.is_connected and not any(feed.behind or feed.buffer for feed in self._feeds)
 
@@ -924,7 +937,7 @@ class EvaluatorService:
         impaired = [feed for feed in self._feeds if feed.impaired]
         for feed in impaired:
             feed.impaired = False
-        if not self.bus.nc.is_connected or impaired or self._sources_behind:
+        if not self.bus.nc.is_connected or impaired or self._inputs_unsure:
             # out of reach, or (in a cluster) a stream without a leader for a while: what agents
             # sent meanwhile may come late, and must not make them look silent
             self._blind = True

@@ -11,13 +11,11 @@ import pytest
 import trustme
 from hypothesis import given
 from hypothesis import strategies as st
-from nats.aio.client import Client
 
 from bus.config import DEFAULT_URL, BusConfig, TLSConfig
 from bus.connection import (
     BusConfigError,
     Credentials,
-    LeanClient,
     configured_urls,
     reconnect_delay,
     resolve_credentials,
@@ -292,24 +290,3 @@ def test_urls_that_name_no_nats_server_are_refused_by_check_config(url: str) -> 
 def test_a_bad_jarvis_nats_url_is_a_config_error_not_an_endless_wait() -> None:
     with pytest.raises(BusConfigError, match="JARVIS_NATS_URL: invalid NATS URL"):
         configured_urls(BusConfig(), {"JARVIS_NATS_URL": "nats://ok:4222,foo bar"})
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b"Nats-Stream-Source: JARVIS_METRICS 1234 > jarvis.metrics.web-1.host\r\n\r\n",
-        b"A: 1\r\nB:2\r\nC:\t3\r\n\r\n",
-        b"Bad Name: x\r\n\x1cLead: y\r\nOk: z\r\n",
-        b"No-Colon\r\n: empty name\r\nUtf: caf\xc3\xa9 \xff\r\n",
-        b"N\xc3\xa4me: skipped\r\nDup: 1\r\nDup: 2\r\n",
-        b"",
-    ],
-)
-def test_the_lean_header_parser_reads_headers_as_nats_py_does(raw: bytes) -> None:
-    assert LeanClient._parse_header_lines(raw) == Client._parse_header_lines(raw)
-
-
-@given(st.lists(st.binary(max_size=30), max_size=6))
-def test_the_lean_header_parser_agrees_on_any_lines(lines: list[bytes]) -> None:
-    raw = b"\r\n".join(lines)
-    assert LeanClient._parse_header_lines(raw) == Client._parse_header_lines(raw)

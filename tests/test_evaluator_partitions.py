@@ -24,19 +24,23 @@ def test_partition_of_is_fnv1a_of_the_host_token_as_the_server_computes_it() -> 
     assert spread == {0, 1, 2, 3}
 
 
-def test_the_partitioned_stream_renames_each_family_with_the_host_wildcard() -> None:
-    config = partition_stream_config("jarvis", 3)
-    dests = {s.name: [t.dest for t in s.subject_transforms or []] for s in config.sources or []}
+def test_each_family_is_mirrored_with_its_subjects_renamed_by_the_host_wildcard() -> None:
+    dests = {}
+    for family in ("metrics", "health", "heartbeat"):
+        config = partition_stream_config("jarvis", family, 3, start=7)
+        assert config.mirror is not None
+        assert config.name == f"JARVIS_PARTITION_{family.upper()}"
+        assert (config.mirror.name, config.mirror.opt_start_seq) == (f"JARVIS_{family.upper()}", 7)
+        dests[family] = [t.dest for t in config.mirror.subject_transforms or []]
     assert dests == {
-        "JARVIS_METRICS": ["jarvis.partition.{{partition(3,1)}}.metrics.{{wildcard(1)}}.{{wildcard(2)}}"],
-        "JARVIS_HEALTH": [
+        "metrics": ["jarvis.partition.{{partition(3,1)}}.metrics.{{wildcard(1)}}.{{wildcard(2)}}"],
+        "health": [
             "jarvis.partition.{{partition(3,1)}}.health.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}"
         ],
-        "JARVIS_HEARTBEAT": ["jarvis.partition.{{partition(3,1)}}.heartbeat.{{wildcard(1)}}.{{wildcard(2)}}"],
+        "heartbeat": ["jarvis.partition.{{partition(3,1)}}.heartbeat.{{wildcard(1)}}.{{wildcard(2)}}"],
     }
-    assert config.subjects is None  # stores only what it sources: nothing published lands here
     with pytest.raises(ValueError, match="at least 2"):
-        partition_stream_config("jarvis", 1)
+        partition_stream_config("jarvis", "metrics", 1)
 
 
 def test_original_subject_gives_back_what_the_agent_published() -> None:

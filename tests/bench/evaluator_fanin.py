@@ -99,7 +99,7 @@ def consumers(partitions: int) -> list[tuple[str, str]]:
     if partitions == 1:
         return [(stream_name(PREFIX, family), DURABLE) for family in FAMILIES]
     return [
-        (partition_stream(PREFIX), f"{DURABLE}-p{partition}-{family}")
+        (partition_stream(PREFIX, family), f"{DURABLE}-p{partition}")
         for partition in range(partitions)
         for family in FAMILIES
     ]

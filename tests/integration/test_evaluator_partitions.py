@@ -11,12 +11,17 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
-from nats.js.api import DeliverPolicy
 
 from bus.connection import Bus
 from bus.events import Heartbeat, MetricBatch, Sample
 from bus.kvblob import BlobStore
-from bus.partitions import ensure_partition_stream, original_subject, partition_of, partition_stream
+from bus.partitions import (
+    INPUT_TOKENS,
+    ensure_partition_streams,
+    original_subject,
+    partition_of,
+    partition_stream,
+)
 from bus.records import ActiveAlert, ActiveAlerts, load_active, save_active, save_partitions
 from bus.subjects import sanitize_token
 from evaluator import service
@@ -40,48 +45,57 @@ HOSTS = [f"web-{n}" for n in range(8)]
 
 async def test_the_server_puts_each_host_on_the_partition_the_evaluator_computes(bus: Bus) -> None:
     """Every family's subjects, hostile host names included, land in partition(N, host token), as
-    partition_of says, under a subject that gives the original back."""
+    partition_of says, under a subject that gives the original back, with the family's sequence
+    and time and no header."""
     await provisioned(bus)
     partitions = 5
-    await ensure_partition_stream(bus.nc.jetstream(), bus.subjects.prefix, partitions)
+    prefix = bus.subjects.prefix
+    await ensure_partition_streams(bus.nc.jetstream(), prefix, partitions)
     hosts = [*HOSTS, "db.prod*1", "host with spaces", "ünïcode", "x" * 200]
-    published = []
+    published: dict[str, list[str]] = {"metrics": [], "heartbeat": []}
     for host in hosts:
         batch = MetricBatch(
             host=host, agent="host", ts=1.0, interval=10.0, samples=[Sample("cpu.percent", 1.0)]
         )
-        published.append(bus.subjects.metrics(host, "host"))
-        await bus.publish(published[-1], batch)
-        published.append(bus.subjects.heartbeat(host, "probe"))
-        await bus.publish(
-            published[-1], Heartbeat(host=host, agent="probe", version="t", interval=10.0, ts=1.0)
-        )
+        published["metrics"].append(bus.subjects.metrics(host, "host"))
+        await bus.publish(published["metrics"][-1], batch)
+        published["heartbeat"].append(bus.subjects.heartbeat(host, "probe"))
+        beat = Heartbeat(host=host, agent="probe", version="t", interval=10.0, ts=1.0)
+        await bus.publish(published["heartbeat"][-1], beat)
     js = bus.nc.jetstream()
-    sub = await js.subscribe(
-        f"{bus.subjects.prefix}.partition.>",
-        stream=partition_stream(bus.subjects.prefix),
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.ALL,
-    )
-    stored = [await sub.next_msg(timeout=TIMEOUT) for _ in published]
-    await sub.unsubscribe()
-    assert sorted(original_subject(bus.subjects.prefix, m.subject) for m in stored) == sorted(published)
-    for msg in stored:
-        host_token = original_subject(bus.subjects.prefix, msg.subject).split(".")[2]
-        assert msg.subject.split(".")[2] == str(partition_of(host_token, partitions)), msg.subject
-    assert len({msg.subject.split(".")[2] for msg in stored}) > 1, "every host on one partition"
+    for family, subjects in published.items():
+        originals = await js.subscribe(bus.subjects.family(family), ordered_consumer=True)
+        copies = await js.subscribe(
+            f"{prefix}.partition.>", stream=partition_stream(prefix, family), ordered_consumer=True
+        )
+        stored = [await copies.next_msg(timeout=TIMEOUT) for _ in subjects]
+        source = [await originals.next_msg(timeout=TIMEOUT) for _ in subjects]
+        await copies.unsubscribe()
+        await originals.unsubscribe()
+        assert [original_subject(prefix, m.subject) for m in stored] == subjects
+        for copy, msg in zip(stored, source, strict=True):
+            host_token = original_subject(prefix, copy.subject).split(".")[2]
+            assert copy.subject.split(".")[2] == str(partition_of(host_token, partitions)), copy.subject
+            assert copy.headers is None
+            copied, original = copy.metadata, msg.metadata
+            assert (copied.sequence.stream, copied.timestamp) == (
+                original.sequence.stream,
+                original.timestamp,
+            )
+        assert len({msg.subject.split(".")[2] for msg in stored}) > 1, "every host on one partition"
 
 
-async def test_a_change_of_partitions_updates_the_stream_in_place(bus: Bus) -> None:
+async def test_a_change_of_partitions_makes_the_mirrors_again(bus: Bus) -> None:
     await provisioned(bus)
     js, prefix = bus.nc.jetstream(), bus.subjects.prefix
-    assert await ensure_partition_stream(js, prefix, 2) == "created"
-    assert await ensure_partition_stream(js, prefix, 2) == "unchanged"
-    assert await ensure_partition_stream(js, prefix, 3) == "updated"
-    info = await js.stream_info(partition_stream(prefix))
-    assert all(
-        "partition(3,1)" in t.dest for s in info.config.sources or [] for t in s.subject_transforms or []
-    )
+    names = [partition_stream(prefix, family) for family in INPUT_TOKENS]
+    assert await ensure_partition_streams(js, prefix, 2) == dict.fromkeys(names, "created")
+    assert await ensure_partition_streams(js, prefix, 2) == dict.fromkeys(names, "unchanged")
+    assert await ensure_partition_streams(js, prefix, 3) == dict.fromkeys(names, "updated")
+    for name in names:
+        mirror = (await js.stream_info(name)).config.mirror
+        assert mirror is not None
+        assert all("partition(3,1)" in (t.dest or "") for t in mirror.subject_transforms or [])
 
 
 async def test_alerts_lists_the_active_alerts_of_every_partition(bus: Bus) -> None:
