@@ -118,6 +118,7 @@ ALERT_SUBJECTS_CACHED = 10_000
 MAX_BACKOFF = 5.0
 # A window of this many inputs means a busy bus: the next window waits batch_window to fill.
 BUSY_WINDOW = 50
+BUSY_RATE = 250
 STUCK_AFTER = 60.0  # a loop that has not turned for this long is stuck: the watchdog stops pinging
 
 Input = MetricBatch | HealthEvent | Heartbeat
@@ -315,6 +316,7 @@ class EvaluatorService:
         self._loop_at = -math.inf  # when the evaluation loop last turned (the watchdog's test)
         self._window_at = -math.inf  # loop time at which the latest window of inputs began
         self._window_count = 0  # inputs in it
+        self._rate_at, self._rate_count, self._busy = -math.inf, 0, False  # see _busy_rate
         self.watchdog = WatchdogStats()
         self._alert_subjects: dict[tuple[str, str, str], str] = {}
         self._lease: Lease
@@ -810,9 +812,10 @@ class EvaluatorService:
             prior = self.engine.next_deadline()
             count = self._observe_ready(processed)
             if count:
-                # Busy (a window of many inputs began less than batch_window ago): fill this one,
-                # so that snapshots stay cheap. Otherwise go now: a breach is published at once.
-                busy = self._window_count >= BUSY_WINDOW
+                # Busy (a window of many inputs began less than batch_window ago, or many came in
+                # the last second, in bursts of a few): fill this one, so that commits stay few and
+                # cheap. Otherwise go now: a breach is published at once.
+                busy = self._window_count >= BUSY_WINDOW or self._busy_rate(loop.time(), count)
                 window_end = self._window_at + self.batch_window if busy else loop.time()
                 self._window_at = max(loop.time(), window_end)
                 while count < self.max_batch and not self._stopping.is_set():
@@ -836,6 +839,14 @@ class EvaluatorService:
                 log.debug("evaluator: window of %d messages committed, cursors %s", count, self._cursors)
             await self._write_active()
             await self._housekeeping()
+
+    def _busy_rate(self, now: float, count: int) -> bool:
+        """Did at least BUSY_RATE inputs a second come over the last second?"""
+        if now - self._rate_at >= 1.0:
+            self._busy = self._rate_count >= BUSY_RATE * (now - self._rate_at)
+            self._rate_at, self._rate_count = now, 0
+        self._rate_count += count
+        return self._busy
 
     def _observe_ready(self, processed: dict[str, Msg]) -> int:
         """Evaluate the fetched messages no other stream can still precede, in time order."""
