@@ -30,7 +30,7 @@ from evaluator.config import EvaluatorConfig
 from evaluator.service import LEASE_RETRY, EvaluatorService
 from evaluator.share import Share
 from evaluator.store import open_buckets
-from evaluator.watchdog import WatchdogError, WatchdogStats, run_watchdog, watchdog_url
+from evaluator.watchdog import WatchdogStats, start_watchdog
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,6 @@ class PartitionedEvaluator:
         for service in self.services:
             service.stop()
 
-    def evaluating(self) -> list[EvaluatorService]:
-        return [s for s in self.services if s.ready.is_set() and s.standing_by is None]
-
     def counters(self) -> dict[str, int]:
         """The partitions' counters added up, and how many of them this process evaluates."""
         total: Counter[str] = Counter()
@@ -119,16 +116,8 @@ class PartitionedEvaluator:
             ),
             asyncio.create_task(self._announce()),
         ]
-        try:
-            url = watchdog_url(self.config.watchdog)
-        except WatchdogError as exc:
-            log.error("evaluator: no watchdog: %s", exc)
-            url = None
-        if url is not None:
-            watchdog = run_watchdog(
-                url, self.config.watchdog, self.health_problem, self._stopping, self.watchdog
-            )
-            tasks.append(asyncio.create_task(watchdog))
+        watchdog = start_watchdog(self.config.watchdog, self.health_problem, self._stopping, self.watchdog)
+        tasks += [watchdog] if watchdog is not None else []
         try:
             await asyncio.gather(*(service.evaluate() for service in self.services))
         finally:

@@ -82,7 +82,7 @@ from evaluator.store import (
     new_journal_id,
     open_buckets,
 )
-from evaluator.watchdog import WatchdogError, WatchdogStats, run_watchdog, watchdog_url
+from evaluator.watchdog import WatchdogStats, start_watchdog
 
 log = logging.getLogger(__name__)
 
@@ -393,16 +393,8 @@ class EvaluatorService:
                 )
             )
         ]
-        try:
-            url = watchdog_url(self.config.watchdog)
-        except WatchdogError as exc:
-            log.error("evaluator: no watchdog: %s", exc)
-            url = None
-        if url is not None:
-            watchdog = run_watchdog(
-                url, self.config.watchdog, self.health_problem, self._stopping, self.watchdog
-            )
-            tasks.append(asyncio.create_task(watchdog))
+        watchdog = start_watchdog(self.config.watchdog, self.health_problem, self._stopping, self.watchdog)
+        tasks += [watchdog] if watchdog is not None else []
         try:
             await self.evaluate()
         finally:

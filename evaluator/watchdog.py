@@ -65,3 +65,20 @@ async def run_watchdog(
                     log.warning("watchdog: not pinging while the pipeline is unhealthy: %s", reason)
             if await wait_unless(stopped, config.interval.seconds):
                 return
+
+
+def start_watchdog(
+    config: WatchdogConfig,
+    health_problem: Callable[[], str | None],
+    stopping: asyncio.Event,
+    stats: WatchdogStats,
+) -> asyncio.Task[None] | None:
+    """The watchdog as a task when one is configured; None (and why, logged) when not."""
+    try:
+        url = watchdog_url(config)
+    except WatchdogError as exc:
+        log.error("evaluator: no watchdog: %s", exc)
+        return None
+    if url is None:
+        return None
+    return asyncio.create_task(run_watchdog(url, config, health_problem, stopping, stats))
