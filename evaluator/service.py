@@ -280,7 +280,7 @@ class EvaluatorService:
         self.partition = partition
         self._share = share
         self._handing_over = False  # the process holds more than its share: give this one up
-        self._inputs_unsure = False  # an input stream lost its leader, or touch with its sources
+        self._inputs_unsure = False  # an input stream lost its leader, or a mirror its family
         self._previous_partitions = config.partitions  # the layout before the latest change
         self.bus = bus
         self.host = host or socket.gethostname()
@@ -537,10 +537,10 @@ class EvaluatorService:
             return
 
     async def _watch_inputs(self) -> None:
-        """Follow the streams the inputs come through. While one has no leader, or the partitioned
-        stream loses touch with a family stream, what agents send is not stored, or not here yet;
-        and when a leader changed, what they sent meanwhile may be lost. Their silence then is
-        not theirs (see _tick)."""
+        """Follow the streams the inputs come through. While one has no leader, or a partition's
+        mirror loses touch with its family stream, what agents send is not stored, or not here
+        yet; and when a leader changed, what they sent meanwhile may be lost. Their silence then
+        is not theirs (see _tick)."""
         prefix = self.bus.subjects.prefix
         family_stream = partition_stream if self.partition is not None else stream_name
         names = [family_stream(prefix, family) for family in _INPUTS]
