@@ -6,7 +6,6 @@ console read them and write silences and acks. Their types and keys live here, o
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import re
 import uuid
@@ -192,12 +191,25 @@ class Partitions(msgspec.Struct, frozen=True, kw_only=True):
 _partitions_decoder = msgspec.json.Decoder(Partitions)
 
 
+async def _stored_partitions(blobs: BlobStore) -> Partitions:
+    """The partitions record; one partition when there is none; StoreError if damaged."""
+    try:
+        value = (await blobs.kv.get(PARTITIONS_KEY)).value or b""
+    except KeyNotFoundError:
+        return Partitions(partitions=1, previous=1)
+    try:
+        return _partitions_decoder.decode(value)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise StoreError(f"KV key {PARTITIONS_KEY}: {exc}") from None
+
+
 async def save_partitions(blobs: BlobStore, partitions: int) -> Partitions:
     """Say how many partitions there are now, unless the bucket says so already; the layout in
-    effect (with the one before it)."""
-    stored = Partitions(partitions=1, previous=1)
-    with contextlib.suppress(KeyNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
-        stored = _partitions_decoder.decode((await blobs.kv.get(PARTITIONS_KEY)).value or b"")
+    effect (with the one before it). A damaged record is written over."""
+    try:
+        stored = await _stored_partitions(blobs)
+    except StoreError:
+        stored = Partitions(partitions=1, previous=1)
     if stored.partitions == partitions:
         return stored
     layout = Partitions(partitions=partitions, previous=stored.partitions)
@@ -213,13 +225,7 @@ async def save_active(blobs: BlobStore, active: ActiveAlerts, partition: int | N
 async def load_active(blobs: BlobStore) -> ActiveAlerts | None:
     """The active alerts last stored, those of every partition together; None before the
     evaluator's first save; StoreError if damaged."""
-    partitions = 1
-    with contextlib.suppress(KeyNotFoundError):
-        value = (await blobs.kv.get(PARTITIONS_KEY)).value or b""
-        try:
-            partitions = _partitions_decoder.decode(value).partitions
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise StoreError(f"KV key {PARTITIONS_KEY}: {exc}") from None
+    partitions = (await _stored_partitions(blobs)).partitions
     keys = [ACTIVE_KEY] if partitions <= 1 else [active_key(p) for p in range(partitions)]
     parts = []
     for key in keys:

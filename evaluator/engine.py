@@ -19,7 +19,7 @@ import heapq
 import math
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import msgspec
 
@@ -136,6 +136,21 @@ class _Delta(msgspec.Struct, kw_only=True, array_like=True):
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
 _delta_decoder = msgspec.msgpack.Decoder(_Delta)
+_Saved = TypeVar("_Saved", _Snapshot, _Delta)
+
+
+def _unpacked(
+    decoder: msgspec.msgpack.Decoder[_Saved], data: bytes, name: str, kind: str, version: int
+) -> _Saved:
+    """A saved snapshot or delta, decompressed and decoded; ValueError if unreadable or of
+    another version."""
+    try:
+        saved = decoder.decode(zlib.decompress(data))
+    except (zlib.error, msgspec.DecodeError) as exc:
+        raise ValueError(f"unreadable evaluator {name}: {exc}") from None
+    if saved.version != version:
+        raise ValueError(f"{kind} version {saved.version} is not {version}")
+    return saved
 
 
 class Engine:
@@ -967,12 +982,7 @@ def _apply_deltas(state: _Snapshot, deltas: Sequence[bytes]) -> None:
     series = {s.fingerprint: s for s in state.series}
     groups = {g.key: g for g in state.groups}
     for number, data in enumerate(deltas):
-        try:
-            delta = _delta_decoder.decode(zlib.decompress(data))
-        except (zlib.error, msgspec.DecodeError) as exc:
-            raise ValueError(f"unreadable evaluator delta {number}: {exc}") from None
-        if delta.version != DELTA_VERSION:
-            raise ValueError(f"delta version {delta.version} is not {DELTA_VERSION}")
+        delta = _unpacked(_delta_decoder, data, f"delta {number}", "delta", DELTA_VERSION)
         for fp in delta.removed:
             series.pop(fp, None)
         for item in delta.series:
@@ -996,12 +1006,7 @@ def _apply_deltas(state: _Snapshot, deltas: Sequence[bytes]) -> None:
 
 def _decoded(data: bytes, deltas: Sequence[bytes]) -> _Snapshot:
     """A snapshot brought forward through its deltas; ValueError if unreadable."""
-    try:
-        state = _snapshot_decoder.decode(zlib.decompress(data))
-    except (zlib.error, msgspec.DecodeError) as exc:
-        raise ValueError(f"unreadable evaluator snapshot: {exc}") from None
-    if state.version != SNAPSHOT_VERSION:
-        raise ValueError(f"snapshot version {state.version} is not {SNAPSHOT_VERSION}")
+    state = _unpacked(_snapshot_decoder, data, "snapshot", "snapshot", SNAPSHOT_VERSION)
     if deltas:
         _apply_deltas(state, deltas)
     return state

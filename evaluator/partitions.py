@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import msgspec
 import nats.errors
+from nats.js.kv import KeyValue
 
 from bus import deadletter
 from bus import vocabulary as vocab
@@ -75,6 +76,7 @@ class PartitionedEvaluator:
         self.rejections = deadletter.Rejections()
         self.watchdog = WatchdogStats()
         self._stopping = asyncio.Event()
+        self._kv: KeyValue | None = None  # the state bucket, once _announce opened it
 
     def stop(self) -> None:
         self._stopping.set()
@@ -122,19 +124,18 @@ class PartitionedEvaluator:
             await asyncio.gather(*(service.evaluate() for service in self.services))
         finally:
             await cancel_and_wait(tasks)
-            with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
-                state, _ = await open_buckets(self.bus.nc.jetstream(), self.bus.subjects.prefix)
-                await asyncio.wait_for(self.share.withdraw(state.blobs.kv), LEASE_RETRY * 5)
+            if self._kv is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.share.withdraw(self._kv), LEASE_RETRY * 5)
 
     async def _announce(self) -> None:
         """Keep this process in the record of live evaluators, as often as a lease is renewed."""
-        kv = None
         while True:
             try:
-                if kv is None:
+                if self._kv is None:
                     state, _ = await open_buckets(self.bus.nc.jetstream(), self.bus.subjects.prefix)
-                    kv = state.blobs.kv
-                await self.share.announce(kv)
+                    self._kv = state.blobs.kv
+                await self.share.announce(self._kv)
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 log.warning("evaluator: cannot count the evaluators (%s), retrying", exc)
                 await asyncio.sleep(LEASE_RETRY)

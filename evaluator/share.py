@@ -61,41 +61,52 @@ class Share:
 
     async def announce(self, kv: KeyValue) -> None:
         """Say this process is alive for another ttl, and count the live ones."""
-        for _ in range(PRESENCE_ATTEMPTS):
-            revision = 0
-            present: dict[str, LeaseRecord] = {}
-            try:
-                entry = await kv.get(PRESENCE_KEY)
-            except KeyDeletedError as exc:  # the next write goes over the delete marker
-                revision = (exc.entry.revision if exc.entry is not None else 0) or 0
-            except KeyNotFoundError:
-                pass
-            else:
-                revision = entry.revision or 0
-                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                    present = _presence.decode(entry.value or b"{}")
+
+        def renewed(present: dict[str, LeaseRecord]) -> dict[str, LeaseRecord]:
             now = self.clock()
             live = {token: record for token, record in present.items() if self._live(record, now)}
-            mine = msgspec.structs.replace(self.mine, expires_at=now + self.ttl)
-            live[mine.token] = mine
-            try:
-                await kv.update(PRESENCE_KEY, msgspec.json.encode(live), last=revision)
-            except KeyWrongLastSequenceError:  # another process wrote meanwhile
-                continue
-            if len(live) != self.peers:
-                log.info("evaluator: %d evaluator processes share %d partitions", len(live), self.partitions)
-            self.peers = len(live)
+            live[self.mine.token] = msgspec.structs.replace(self.mine, expires_at=now + self.ttl)
+            return live
+
+        live = await _rewrite(kv, renewed)
+        if live is None:
             return
+        if len(live) != self.peers:
+            log.info("evaluator: %d evaluator processes share %d partitions", len(live), self.partitions)
+        self.peers = len(live)
 
     async def withdraw(self, kv: KeyValue) -> None:
         """Leave the record (at a stop), so that the others take the partitions at once."""
-        with contextlib.suppress(nats.errors.Error, TimeoutError, OSError, msgspec.DecodeError):
-            for _ in range(PRESENCE_ATTEMPTS):
-                entry = await kv.get(PRESENCE_KEY)
+
+        def without_me(present: dict[str, LeaseRecord]) -> dict[str, LeaseRecord]:
+            return {token: record for token, record in present.items() if token != self.mine.token}
+
+        with contextlib.suppress(nats.errors.Error, TimeoutError, OSError):
+            await _rewrite(kv, without_me)
+
+
+async def _rewrite(
+    kv: KeyValue, change: Callable[[dict[str, LeaseRecord]], dict[str, LeaseRecord]]
+) -> dict[str, LeaseRecord] | None:
+    """Write the presence record as `change` makes it from the stored one, over its revision (a
+    record that does not decode counts as empty); what was written, None if others kept writing."""
+    for _ in range(PRESENCE_ATTEMPTS):
+        revision = 0
+        present: dict[str, LeaseRecord] = {}
+        try:
+            entry = await kv.get(PRESENCE_KEY)
+        except KeyDeletedError as exc:  # the next write goes over the delete marker
+            revision = (exc.entry.revision if exc.entry is not None else 0) or 0
+        except KeyNotFoundError:
+            pass
+        else:
+            revision = entry.revision or 0
+            with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
                 present = _presence.decode(entry.value or b"{}")
-                present.pop(self.mine.token, None)
-                try:
-                    await kv.update(PRESENCE_KEY, msgspec.json.encode(present), last=entry.revision)
-                except KeyWrongLastSequenceError:
-                    continue
-                return
+        written = change(present)
+        try:
+            await kv.update(PRESENCE_KEY, msgspec.json.encode(written), last=revision)
+        except KeyWrongLastSequenceError:  # another process wrote meanwhile
+            continue
+        return written
+    return None

@@ -217,9 +217,9 @@ def problems(log: Path) -> list[str]:
 
 async def live(
     hosts: int, warmup: float, window: float, profile: Path | None = None, evaluators: int = 1
-) -> list[tuple[str, str, str]]:
+) -> tuple[list[tuple[str, str, str]], float]:
     """The evaluator (or `evaluators` processes sharing as many partitions) and the bare subscriber
-    under `hosts`: CPU, RSS, backlog, the evaluator's counters."""
+    under `hosts`: CPU, RSS, backlog, the evaluator's counters; and the busiest one's share of a core."""
     messages = cycle(hosts)
     rate = len(messages) / 10
     with tempfile.TemporaryDirectory() as name:
@@ -320,7 +320,7 @@ async def live(
     if evaluators > 1:
         label += f", {evaluators} evaluators on {evaluators} partitions"
     split = ", ".join(f"{which} {100 * share:.1f}%" for which, share in shares.items())
-    return [
+    rows = [
         (
             f"{label}, bare nats-py subscriber (baseline)",
             f"{100 * bare_cpu:.1f}% of a core, {bare_cpu / rate * 1e6:.1f} us CPU/msg, "
@@ -354,6 +354,7 @@ async def live(
         (f"{label}, evaluator outputs", outputs.told(), "agent_down 0 before the fleet stopped"),
         (f"{label}, evaluator log", "; ".join(troubles[:3]) or "no warning or error", "none"),
     ]
+    return rows, ours_cpu
 
 
 async def subscriber(url: str) -> None:
@@ -400,8 +401,7 @@ async def run() -> list[tuple[str, str, str]]:
         profile = Path(f"{chosen.profile}.{hosts}") if chosen.profile else None
         shares: dict[int, float] = {}
         for evaluators in (int(n) for n in chosen.evaluators.split(",")):
-            found = await live(hosts, chosen.warmup, chosen.window, profile, evaluators)
-            shares[evaluators] = float(found[1][1].split("%", 1)[0]) / 100
+            found, shares[evaluators] = await live(hosts, chosen.warmup, chosen.window, profile, evaluators)
             rows += found
         if 1 in shares:
             for evaluators, share in shares.items():
