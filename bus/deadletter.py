@@ -90,19 +90,18 @@ class Letter(NamedTuple):
 def input_letter(
     dead_subject: str, msg: Msg, reason: str, *, by: str, stream_seq: int, subject: str | None = None
 ) -> Letter:
-    """The dead letter of an input message refused at decode; consumers of one stream share its id.
+    """The dead letter of an input message refused at decode; consumers of one stream share its id
+    (a partitioned evaluator's mirror keeps the stream's sequences, so its letters share it too).
 
-    `subject`: where it was published, when the stream stored it under another subject (a
-    partitioned evaluator's); its id then names that stream's sequence apart."""
+    `subject`: where it was published, when the stream stored it under another subject (a mirror)."""
     original = subject or msg.subject
     family = original.split(".", 2)[1] if original.count(".") >= 1 else "input"
-    sequence = f"{stream_seq}" if subject is None or subject == msg.subject else f"partition-{stream_seq}"
     head = headers(
         reason,
         original_subject=original,
         by=by,
         attempts=1,
-        msg_id=f"input-{family}-{sequence}",
+        msg_id=f"input-{family}-{stream_seq}",
     )
     return Letter(dead_subject, msg.data, head)
 

@@ -14,6 +14,7 @@ import pytest
 
 from bus.connection import Bus
 from bus.events import Heartbeat, MetricBatch, Sample
+from bus.jetstream import stream_name
 from bus.kvblob import BlobStore
 from bus.partitions import (
     INPUT_TOKENS,
@@ -36,6 +37,7 @@ from tests.integration.test_evaluator_service import (
     provisioned,
     service_in_process,
 )
+from tests.integration.test_poison import dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -206,3 +208,30 @@ async def test_partitions_continue_what_one_evaluator_left_and_back(
         for host in web:
             assert len(recorder.notified(host, "firing")) == 1, recorder.notified(host)
             assert len(recorder.notified(host, "resolved")) == 1, recorder.notified(host)
+
+
+async def test_garbage_on_a_partition_is_dead_lettered_under_the_subject_it_was_published_on(
+    bus: Bus,
+) -> None:
+    """A partition refuses what does not decode, counts it, and keeps it under the agent's subject
+    and the family stream's sequence (the id the report sink's letter of it has too); the next
+    breach on that host is still notified."""
+    await provisioned(bus)
+    host = HOSTS[0]
+    subject = bus.subjects.metrics(host, "host")
+    async with Recorder.on(bus) as recorder, evaluating(bus) as (evaluator, _):
+        await recorder.wait_for(lambda: len(evaluator.share.held) == PARTITIONS, "both partitions held")
+        stored = await bus.nc.jetstream().publish(subject, b"\x00 not json")
+        agent = Agent(bus, host, disk=95.0)
+        agent.start()
+        try:
+            await recorder.wait_for(lambda: recorder.notified(host, "firing"), "a breach after the garbage")
+        finally:
+            await agent.stop()
+        (letter,) = await dead_letters(bus)
+        assert letter.original_subject == subject
+        assert letter.by == "evaluator"
+        assert letter.reason == "JSON is malformed: invalid character (byte 0)"
+        assert evaluator.counters()["rejected"] == 1
+    msg = await bus.nc.jetstream().get_msg(stream_name(bus.subjects.prefix, "deadletter"), letter.seq)
+    assert (msg.headers or {})["Nats-Msg-Id"] == f"input-metrics-{stored.seq}"
