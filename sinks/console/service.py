@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -38,7 +39,12 @@ log = logging.getLogger(__name__)
 
 CONSOLE_PART = vocab.CONSOLE_PART  # its name on the bus, in heartbeats and in `up`'s supervisor
 FAMILIES = ("metrics", "health", "heartbeat", "alerts")
-ACTIVE_POLL = 1.0  # seconds between reads of the evaluator's active alerts
+# The evaluator's active alerts are read every ACTIVE_POLL seconds for ACTIVE_SETTLE seconds after an
+# alert event, a silence or an ack (the evaluator writes them within a second of a change), and
+# every ACTIVE_REFRESH seconds otherwise: an idle console costs the bus next to nothing.
+ACTIVE_POLL = 1.0
+ACTIVE_SETTLE = 5.0
+ACTIVE_REFRESH = 15.0
 PRUNE_EVERY = 60.0
 HISTORY_READ = 20_000  # stored batches one chart range reads at most
 KV_RETRY = 2.0
@@ -92,6 +98,7 @@ class ConsoleService:
         self.ready = asyncio.Event()
         self._silences: dict[str, Silence] = {}
         self._stopped = asyncio.Event()
+        self._active_moved = asyncio.Event()  # an alert event, a silence or an ack since the last read
         self._subs: list[Subscription] = []
         self._held: list[ConsoleEvent] | None = [] if config.backfill > 0 else None
 
@@ -178,6 +185,8 @@ class ConsoleService:
     def observe(self, event: ConsoleEvent) -> None:
         """One event into the model and the exporter; the pages hear of it within `coalesce`."""
         self.state.observe(event)
+        if isinstance(event, Alert):
+            self._active_moved.set()
         try:
             self.exporter.observe(event)
         except Exception:  # the exporter's bug must not stop the pages
@@ -277,6 +286,8 @@ class ConsoleService:
             try:
                 watcher = await kv.watchall()
                 async for entry in watcher:
+                    if entry is not None:  # a silence or an ack: the evaluator's list follows
+                        self._active_moved.set()
                     if entry is None or not entry.key.startswith(SILENCE_PREFIX):
                         continue
                     silence_id = entry.key[len(SILENCE_PREFIX) :]
@@ -295,6 +306,8 @@ class ConsoleService:
 
     async def _poll_active(self, blobs: BlobStore) -> None:
         warned = False
+        loop = asyncio.get_running_loop()
+        moving_until = -math.inf
         while True:
             try:
                 active = await load_active(blobs)
@@ -309,7 +322,13 @@ class ConsoleService:
                 self.exporter.set_active(active)  # ALERTS of what fired before the console started
                 if self.state.active is not before:
                     self.hub.changed()
-            await asyncio.sleep(ACTIVE_POLL)
+            if loop.time() < moving_until:
+                await asyncio.sleep(ACTIVE_POLL)
+            else:
+                await wait_unless(self._active_moved, ACTIVE_REFRESH)
+            if self._active_moved.is_set():
+                self._active_moved.clear()
+                moving_until = loop.time() + ACTIVE_SETTLE
 
     async def _prune(self) -> None:
         while not await wait_unless(self._stopped, PRUNE_EVERY):

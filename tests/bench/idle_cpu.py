@@ -4,7 +4,8 @@
 writes (host and probe agents, evaluator, Slack sink printing to its log, report sink, console,
 embedded nats-server) with only the ports, the data dir and the container agent (no Docker here)
 changed; beside it node_exporter, Prometheus scraping it and itself every 15 s and evaluating three
-node rules, and Alertmanager, each with its own temp data dir on loopback ports. After the warm-up,
+node rules, and Alertmanager, each with its own temp data dir on loopback ports; and the same
+nats-server alone with JetStream and one stream, no client: the floor under `up`'s server. After the warm-up,
 each process tree's CPU seconds and voluntary context switches (how often it went to sleep: its
 wakeups) are read over the same window.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import psutil
 
-from bus.server import free_port
+from bus.server import find_binary, free_port
 from tests.bench.versus_stack import Child, write_json
 
 TOOLS = {
@@ -194,6 +195,24 @@ async def wait_ready(children: Sequence[Child], urls: Sequence[str], timeout: fl
                 await asyncio.sleep(0.2)
 
 
+def server_floor(work: Path) -> tuple[Child, int]:
+    """The nats-server `up` runs, with JetStream and no client: what the bus costs before any traffic."""
+    port = free_port()
+    argv = [find_binary(), "-js", "-sd", str(work / "floor"), "-a", "127.0.0.1", "-p", str(port)]
+    return Child("nats-server alone", argv, work / "floor.log"), port
+
+
+async def add_one_stream(port: int) -> None:
+    """One stream, then gone: nats-server's idle cost steps up with the first stream, not with more."""
+    import nats
+
+    nc = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=10)
+    try:
+        await nc.jetstream().add_stream(name="FLOOR", subjects=["floor.>"])
+    finally:
+        await nc.close()
+
+
 @dataclass(frozen=True)
 class Usage:
     cpu: float  # seconds, user + system
@@ -253,11 +272,13 @@ async def run() -> list[tuple[str, str, str]]:
         work = Path(temp)
         theirs, ready = prometheus_stack(tools, work)
         ours, console = jarvis_stack(work)
-        everything = [*theirs, ours]
+        floor, floor_port = server_floor(work)
+        everything = [*theirs, ours, floor]
         try:
             for child in everything:
                 await child.start()
             await wait_ready(everything, [*ready, console])
+            await add_one_stream(floor_port)
             await asyncio.sleep(opts.warmup)
             pids = {child.name: child.process.pid for child in everything if child.process is not None}
             before = {name: tree_usage(pid) for name, pid in pids.items()}
@@ -287,8 +308,11 @@ async def run() -> list[tuple[str, str, str]]:
             )
     our_cpu = sum(usage.cpu for usage in used[ours.name].values())
     their_cpu = sum(usage.cpu for child in theirs for usage in used[child.name].values())
+    floor_cpu = sum(usage.cpu for usage in used[floor.name].values())
     rows.append(("node_exporter + Prometheus + Alertmanager", share(their_cpu, window), "baseline"))
     rows.append(("jarvis-monitor up (with its nats-server)", share(our_cpu, window), "-"))
     ratio = our_cpu / their_cpu if their_cpu > 0 else float("inf")
     rows.append(("up / Prometheus stack", f"{ratio:.2f} x", f"< {TARGET_RATIO:g} x"))
+    floor_ratio = floor_cpu / their_cpu if their_cpu > 0 else float("inf")
+    rows.append(("nats-server alone, one stream / Prometheus stack", f"{floor_ratio:.2f} x", "-"))
     return rows

@@ -15,7 +15,9 @@ from bus import vocabulary as vocab
 from bus.connection import Bus
 from bus.events import Alert, HealthEvent, MetricBatch, Sample
 from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket, provision
-from bus.records import Matcher, Silence, SilenceStore
+from bus.kvblob import BlobStore
+from bus.records import AckRecord, ActiveAlert, ActiveAlerts, Matcher, Silence, SilenceStore, save_active
+from sinks.console import service as console_service
 from sinks.console.config import ConsoleConfig
 from sinks.console.history import read_range
 from sinks.console.service import ConsoleService
@@ -156,6 +158,63 @@ async def test_a_silence_added_to_kv_shows_on_the_alerts_page(streams: Bus, cons
     await wait_until(lambda: [s.id for s in console.state.silences] == ["abc123"], 10)
     async with aiohttp.ClientSession() as session, session.get(f"{console.url}/alerts") as response:
         assert "from the command line" in await response.text()
+
+
+def _active(ts: float, *, acked: bool = False) -> ActiveAlerts:
+    alert = ActiveAlert(
+        fingerprint="f7",
+        rule="disk_high",
+        severity="critical",
+        state="firing",
+        labels={"host": "db01"},
+        summary="disk 91%",
+        value=91.0,
+        since=ts - 60,
+        silenced_by=[],
+        inhibited_by=[],
+        acked=acked,
+        flapping=False,
+    )
+    return ActiveAlerts(ts=ts, alerts=[alert])
+
+
+async def test_the_evaluators_list_is_read_again_after_an_alert_event_or_an_ack(
+    streams: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # without an event the list would be read again only after an hour: what moves it is the event
+    monkeypatch.setattr(console_service, "ACTIVE_REFRESH", 3600.0)
+    js = streams.nc.jetstream()
+    names = {kind: bucket_name(streams.subjects.prefix, kind) for kind in ("state", "silences")}
+    for kind, name in names.items():
+        await ensure_bucket(js, name, KV_BUCKETS[kind])
+    blobs, now = BlobStore(await js.key_value(names["state"])), time.time()
+    await save_active(blobs, ActiveAlerts(ts=now - 10, alerts=[]))
+    console = ConsoleService(ConsoleConfig(port=0, backfill=0), streams, host="test")
+    task = asyncio.create_task(console.run())
+    try:
+        await wait_until(lambda: console.state.active is not None, 10)
+        await save_active(blobs, _active(now))  # as the evaluator does just after its alert event
+        event = Alert(
+            fingerprint="f7",
+            rule="disk_high",
+            severity="critical",
+            status="firing",
+            labels={"host": "db01"},
+            summary="disk 91%",
+            starts_at=now - 60,
+        )
+        await streams.publish(streams.subjects.alerts("critical", "db01", "disk_high"), event)
+        await wait_until(lambda: console.state.active is not None and console.state.active.ts == now, 10)
+
+        await save_active(blobs, _active(now + 1, acked=True))  # an ack from the command line
+        acks = SilenceStore(await js.key_value(names["silences"]))
+        await acks.ack(AckRecord(fingerprint="f7", author="cli", at=now + 1))
+        await wait_until(
+            lambda: console.state.active is not None and console.state.active.alerts[0].acked, 10
+        )
+    finally:
+        console.stop()
+        await asyncio.wait_for(task, 10)
 
 
 async def test_garbage_on_the_bus_is_counted_and_the_console_goes_on(
