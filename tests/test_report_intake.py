@@ -40,6 +40,37 @@ def test_label_sets_in_another_key_order_are_one_series(tmp_path: Path) -> None:
     assert (row.count, row.labels) == (2, {"a": "1", "b": "2"})
 
 
+def test_many_series_new_in_one_write_each_keep_their_own_values_across_a_restart(tmp_path: Path) -> None:
+    def batch(value_of: int) -> MetricBatch:
+        samples = [Sample("disk.percent", float(n + value_of), {"mount": f"/m{n}"}) for n in range(300)]
+        return MetricBatch(host="h", agent="host", ts=T0, interval=10, samples=samples)
+
+    path = tmp_path / "r.sqlite3"
+    store = RollupStore(path)
+    # the same label set in two key orders in one window is still one series
+    both = b'"labels":{"a":"1","b":"2"}}]}', b'"labels":{"b":"2","a":"1"}}]}'
+    twins = [
+        b'{"kind":"metrics","host":"h","agent":"host","ts":%d,"interval":10,'
+        b'"samples":[{"name":"load.1m","value":1,%s' % (int(T0), labels)
+        for labels in both
+    ]
+    store.ingest([intake.decode("metrics", encode(batch(0))), *(intake.decode("metrics", t) for t in twins)])
+    store.close()
+    again = RollupStore(path)  # a restart: every series is new to the process, none to the file
+    again.ingest([intake.decode("metrics", encode(batch(1000)))])
+    rows = again.metric_hours(T0, T0 + 3600, ["disk.percent", "load.1m"])
+    disks = {row.labels["mount"]: row for row in rows if row.metric == "disk.percent"}
+    assert len(disks) == 300
+    assert all(
+        (r.count, r.low, r.high) == (2, n, n + 1000)
+        for n, r in enumerate(disks[f"/m{n}"] for n in range(300))
+    )
+    (load,) = [row for row in rows if row.metric == "load.1m"]
+    assert load.count == 2
+    (stored,) = again._db.execute("SELECT count(*) FROM series").fetchone()
+    assert stored == 301
+
+
 @pytest.mark.parametrize(
     ("family", "payload"),
     [

@@ -262,6 +262,10 @@ class RollupStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "CREATE TEMP TABLE wanted (n INTEGER PRIMARY KEY, host TEXT, agent TEXT, metric TEXT, "
+                "labels TEXT)"
+            )
         self._db.execute("PRAGMA busy_timeout=5000")
         self.health_gap = health_gap
         self.restart_events = frozenset(restart_events)
@@ -467,12 +471,11 @@ class RollupStore:
     def write(self, window: Window, positions: Mapping[str, int] | None = None) -> None:
         """Commit `window` and `positions` in one transaction, merged into the stored hours. The
         window is left as it was, so a failed write can be tried again."""
-        new_ids: list[tuple[Series, int]] = []
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            for series, key in window.new_series:
-                if series.id == 0:
-                    new_ids.append((series, self._series_id(key)))
+            new = [(series, key) for series, key in window.new_series if series.id == 0]
+            ids = self._series_ids([key for _, key in new])
+            new_ids = [(series, series_id) for (series, _), series_id in zip(new, ids, strict=True)]
             self._write_metrics(window.metrics, dict(new_ids))
             self._write_health(window.health, window.last)
             for alert in window.alerts:
@@ -491,19 +494,33 @@ class RollupStore:
         for name in ("samples", "metric_batches", "health_events", "alerts"):
             setattr(self.stats, name, getattr(self.stats, name) + getattr(window.counts, name))
 
-    def _series_id(self, key: SeriesKey) -> int:
-        host, agent, metric, raw = key
+    def _series_ids(self, keys: Sequence[SeriesKey]) -> list[int]:
+        """The id of each of `keys`, made for those not stored yet: in a few statements, not two per
+        series (after a restart every series of the fleet is new to the process)."""
+        if not keys:
+            return []
         # the same label set sent in another key order is the same series
-        encoded = _labels_encoder.encode(labels_of(msgspec.Raw(raw))).decode()
-        self._db.execute(
-            "INSERT OR IGNORE INTO series (host, agent, metric, labels) VALUES (?, ?, ?, ?)",
-            (host, agent, metric, encoded),
+        self._db.executemany(
+            "INSERT INTO temp.wanted VALUES (?, ?, ?, ?, ?)",
+            (
+                (n, host, agent, metric, _labels_encoder.encode(labels_of(msgspec.Raw(raw))).decode())
+                for n, (host, agent, metric, raw) in enumerate(keys)
+            ),
         )
-        (series_id,) = self._db.execute(
-            "SELECT id FROM series WHERE host = ? AND agent = ? AND metric = ? AND labels = ?",
-            (host, agent, metric, encoded),
-        ).fetchone()
-        return int(series_id)
+        try:
+            self._db.execute(
+                "INSERT OR IGNORE INTO series (host, agent, metric, labels) "
+                "SELECT host, agent, metric, labels FROM temp.wanted ORDER BY n"
+            )
+            found = dict(
+                self._db.execute(
+                    "SELECT w.n, s.id FROM temp.wanted w JOIN series s ON s.host = w.host "
+                    "AND s.agent = w.agent AND s.metric = w.metric AND s.labels = w.labels"
+                )
+            )
+        finally:
+            self._db.execute("DELETE FROM temp.wanted")
+        return [int(found[n]) for n in range(len(keys))]
 
     def _stored(self, one: str, every: str, keys: Sequence[tuple[Any, ...]], hour: int) -> dict[Any, Any]:
         """The stored columns of `keys` (sorted) in `hour`: when many are wanted, one query over
