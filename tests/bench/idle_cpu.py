@@ -5,9 +5,9 @@ writes (host and probe agents, evaluator, Slack sink printing to its log, report
 embedded nats-server) with only the ports, the data dir and the container agent (no Docker here)
 changed; beside it node_exporter, Prometheus scraping it and itself every 15 s and evaluating three
 node rules, and Alertmanager, each with its own temp data dir on loopback ports; and the same
-nats-server alone with JetStream and one stream, no client: the floor under `up`'s server. After the warm-up,
-each process tree's CPU seconds and voluntary context switches (how often it went to sleep: its
-wakeups) are read over the same window.
+nats-server alone with JetStream and one stream, no client: the floor under `up`'s server. After
+the warm-up, each process tree's CPU seconds and voluntary context switches (how often it went to
+sleep: its wakeups) are read over the same window.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats
 import psutil
 
 from bus.server import find_binary, free_port
@@ -203,9 +204,7 @@ def server_floor(work: Path) -> tuple[Child, int]:
 
 
 async def add_one_stream(port: int) -> None:
-    """One stream, then gone: nats-server's idle cost steps up with the first stream, not with more."""
-    import nats
-
+    """One stream, and no client left: nats-server's idle cost steps up with its first stream."""
     nc = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=10)
     try:
         await nc.jetstream().add_stream(name="FLOOR", subjects=["floor.>"])
