@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 CONSOLE_PART = vocab.CONSOLE_PART  # its name on the bus, in heartbeats and in `up`'s supervisor
 FAMILIES = ("metrics", "health", "heartbeat", "alerts")
 # The evaluator's active alerts are read every ACTIVE_POLL seconds for ACTIVE_SETTLE seconds after an
-# alert event, a silence or an ack (the evaluator writes them within a second of a change), and
-# every ACTIVE_REFRESH seconds otherwise: an idle console costs the bus next to nothing.
+# alert event, a silence or an ack, or a silence starting or ending (the evaluator writes them
+# within a second of a change), and every ACTIVE_REFRESH seconds otherwise: an idle console costs
+# the bus next to nothing.
 ACTIVE_POLL = 1.0
 ACTIVE_SETTLE = 5.0
 ACTIVE_REFRESH = 15.0
@@ -325,10 +326,19 @@ class ConsoleService:
             if loop.time() < moving_until:
                 await asyncio.sleep(ACTIVE_POLL)
             else:
-                await wait_unless(self._active_moved, ACTIVE_REFRESH)
+                wait = self._until_silences_turn(ACTIVE_REFRESH)
+                if not await wait_unless(self._active_moved, wait) and wait < ACTIVE_REFRESH:
+                    self._active_moved.set()  # a silence started or ended: its alerts change state
             if self._active_moved.is_set():
                 self._active_moved.clear()
                 moving_until = loop.time() + ACTIVE_SETTLE
+
+    def _until_silences_turn(self, longest: float) -> float:
+        """Seconds until a silence starts or ends (the evaluator's list changes then, with no event
+        to tell of it), at most `longest`."""
+        now = self.clock()
+        turns = [at for s in self._silences.values() for at in (s.starts_at, s.ends_at) if at > now]
+        return min([longest, *(at - now for at in turns)])
 
     async def _prune(self) -> None:
         while not await wait_unless(self._stopped, PRUNE_EVERY):
