@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from bus import vocabulary as vocab
 from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch, Sample, Status
+from bus.records import ActiveAlert, ActiveAlerts
 
 CONTAINERS = 30
 CHECKS = 28
@@ -214,3 +215,22 @@ def cycle(
     yield from health_events(host, ts)
     yield from heartbeats(host, ts, step, parts=parts)
     yield from alerts(host, ts)
+
+
+def listed_disk_alert(ts: float, *, silenced_by: tuple[str, ...] = (), acked: bool = False) -> ActiveAlerts:
+    """The evaluator's list at `ts`: disk_high firing on db01 (fingerprint f7) for ten minutes."""
+    alert = ActiveAlert(
+        fingerprint="f7",
+        rule="disk_high",
+        severity="critical",
+        state="firing",
+        labels={"host": "db01"},
+        summary="disk 91%",
+        value=91.0,
+        since=ts - 600,
+        silenced_by=list(silenced_by),
+        inhibited_by=[],
+        acked=acked,
+        flapping=False,
+    )
+    return ActiveAlerts(ts=ts, alerts=[alert])

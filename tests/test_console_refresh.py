@@ -13,11 +13,12 @@ from nats.js.errors import KeyNotFoundError
 
 from bus.connection import Bus
 from bus.kvblob import BlobStore
-from bus.records import PARTITIONS_KEY, ActiveAlert, ActiveAlerts, Matcher, Silence
+from bus.records import PARTITIONS_KEY, ActiveAlerts, Matcher, Silence
 from sinks.console import service as console_service
 from sinks.console.config import ConsoleConfig
 from sinks.console.service import ConsoleService
 from tests.conftest import wait_until
+from tests.console_events import listed_disk_alert
 
 
 class EvaluatorBucket:
@@ -35,24 +36,6 @@ class EvaluatorBucket:
         return msgspec.json.encode(self.active)
 
 
-def listed(ts: float, silenced_by: list[str]) -> ActiveAlerts:
-    alert = ActiveAlert(
-        fingerprint="f1",
-        rule="disk_high",
-        severity="critical",
-        state="firing",
-        labels={"host": "db01"},
-        summary="disk 91%",
-        value=91.0,
-        since=ts - 600,
-        silenced_by=silenced_by,
-        inhibited_by=[],
-        acked=False,
-        flapping=False,
-    )
-    return ActiveAlerts(ts=ts, alerts=[alert])
-
-
 async def test_the_list_is_read_again_as_a_silence_ends(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(console_service, "ACTIVE_REFRESH", 3600.0)  # nothing else brings a read
     console = ConsoleService(ConsoleConfig(port=0, backfill=0), cast("Bus", object()), host="test")
@@ -67,11 +50,11 @@ async def test_the_list_is_read_again_as_a_silence_ends(monkeypatch: pytest.Monk
             comment="migration",
         )
     }
-    bucket = EvaluatorBucket(listed(now, ["s1"]))
+    bucket = EvaluatorBucket(listed_disk_alert(now, silenced_by=("s1",)))
     reader = asyncio.create_task(console._poll_active(cast("BlobStore", bucket)))
     try:
         await wait_until(lambda: bucket.reads == 1, 5)
-        bucket.active = listed(now + 0.6, [])  # what the evaluator writes once the silence is over
+        bucket.active = listed_disk_alert(now + 0.6)  # what the evaluator writes once the silence is over
         await wait_until(
             lambda: console.state.active is not None and not console.state.active.alerts[0].silenced_by, 5
         )

@@ -16,12 +16,13 @@ from bus.connection import Bus
 from bus.events import Alert, HealthEvent, MetricBatch, Sample
 from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket, provision
 from bus.kvblob import BlobStore
-from bus.records import AckRecord, ActiveAlert, ActiveAlerts, Matcher, Silence, SilenceStore, save_active
+from bus.records import AckRecord, ActiveAlerts, Matcher, Silence, SilenceStore, save_active
 from sinks.console import service as console_service
 from sinks.console.config import ConsoleConfig
 from sinks.console.history import read_range
 from sinks.console.service import ConsoleService
 from tests.conftest import wait_until
+from tests.console_events import listed_disk_alert
 
 pytestmark = pytest.mark.integration
 
@@ -160,24 +161,6 @@ async def test_a_silence_added_to_kv_shows_on_the_alerts_page(streams: Bus, cons
         assert "from the command line" in await response.text()
 
 
-def _active(ts: float, *, acked: bool = False) -> ActiveAlerts:
-    alert = ActiveAlert(
-        fingerprint="f7",
-        rule="disk_high",
-        severity="critical",
-        state="firing",
-        labels={"host": "db01"},
-        summary="disk 91%",
-        value=91.0,
-        since=ts - 60,
-        silenced_by=[],
-        inhibited_by=[],
-        acked=acked,
-        flapping=False,
-    )
-    return ActiveAlerts(ts=ts, alerts=[alert])
-
-
 async def test_the_evaluators_list_is_read_again_after_an_alert_event_or_an_ack(
     streams: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -193,7 +176,7 @@ async def test_the_evaluators_list_is_read_again_after_an_alert_event_or_an_ack(
     task = asyncio.create_task(console.run())
     try:
         await wait_until(lambda: console.state.active is not None, 10)
-        await save_active(blobs, _active(now))  # as the evaluator does just after its alert event
+        await save_active(blobs, listed_disk_alert(now))  # as the evaluator does just after its alert event
         event = Alert(
             fingerprint="f7",
             rule="disk_high",
@@ -206,7 +189,7 @@ async def test_the_evaluators_list_is_read_again_after_an_alert_event_or_an_ack(
         await streams.publish(streams.subjects.alerts("critical", "db01", "disk_high"), event)
         await wait_until(lambda: console.state.active is not None and console.state.active.ts == now, 10)
 
-        await save_active(blobs, _active(now + 1, acked=True))  # an ack from the command line
+        await save_active(blobs, listed_disk_alert(now + 1, acked=True))  # an ack from the command line
         acks = SilenceStore(await js.key_value(names["silences"]))
         await acks.ack(AckRecord(fingerprint="f7", author="cli", at=now + 1))
         await wait_until(
