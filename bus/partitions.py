@@ -23,6 +23,7 @@ from nats.js.api import (
 from nats.js.errors import APIError, NotFoundError
 
 from bus.jetstream import Change, replicas_error, stream_name
+from bus.subjects import sanitize_token
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ def partition_of(host_token: str, partitions: int) -> int:
     for byte in host_token.encode():
         digest = ((digest ^ byte) * _FNV_PRIME) & 0xFFFFFFFF
     return digest % partitions
+
+
+def host_partition(host: str, partitions: int) -> int:
+    """The partition whose evaluator evaluates `host` (the server splits by its subject token)."""
+    return partition_of(sanitize_token(host), partitions)
 
 
 def partition_stream(prefix: str, family: str) -> str:

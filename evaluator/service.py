@@ -49,14 +49,13 @@ from bus.heartbeat import beat
 from bus.jetstream import stream_name
 from bus.partitions import (
     ensure_partition_streams,
+    host_partition,
     original_subject,
-    partition_of,
     partition_stream,
     partition_subject,
 )
 from bus.payload import payload_limit, split_notification
 from bus.records import save_partitions
-from bus.subjects import sanitize_token
 from evaluator.config import EvaluatorConfig
 from evaluator.engine import INSTANT, Engine, Output
 from evaluator.rules import AGENT_DOWN_RULE
@@ -586,7 +585,7 @@ class EvaluatorService:
         where = (stream_name(prefix, family), DURABLE)
         if self.partition is not None:
             config.filter_subject = partition_subject(prefix, self.partition, family)
-            where = (partition_stream(prefix, family), f"{DURABLE}-p{self.partition}")
+            where = (partition_stream(prefix, family), partition_durable(self.partition))
         feed = await _Feed.open(family, decode, self.bus, where, config, self._wake)
         feed.last_seq = cursor or 0
         return feed
@@ -646,7 +645,7 @@ class EvaluatorService:
         """Is `host` evaluated here (after a change of partitions, hosts move)?"""
         if self.partition is None:
             return True
-        return partition_of(sanitize_token(host), self.config.partitions) == self.partition
+        return host_partition(host, self.config.partitions) == self.partition
 
     async def _old_layout(self) -> list[Journaled]:
         """The states saved by the partitions before the latest change of `partitions`."""
@@ -1234,6 +1233,11 @@ def alert_msg_id(alert: Alert) -> str:
     at = alert.ends_at if alert.ends_at is not None else alert.starts_at  # resolved, inactive: the end
     flapping = ":flapping" if alert.flapping else ""
     return f"{alert.fingerprint}:{alert.status}{flapping}:{at!r}"
+
+
+def partition_durable(partition: int) -> str:
+    """The consumer name of one partition's inputs on its family's mirror."""
+    return f"{DURABLE}-p{partition}"
 
 
 def _input_time(saved: Journaled | None) -> float:

@@ -18,7 +18,7 @@ import nats.errors
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from evaluator.store import LEASE_TTL, LeaseRecord, still_running, this_process
+from evaluator.store import LEASE_TTL, LeaseRecord, lease_free, this_process
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +51,13 @@ class Share:
         """Should this process give `partition` up (it holds more than its share, this the last)?"""
         return len(self.held) > self.fair() and partition == max(self.held)
 
-    def _live(self, record: LeaseRecord, now: float) -> bool:
-        mine = self.mine
-        if record.token == mine.token:
-            return False  # written anew below
-        if record.expires_at < now:
-            return False
-        return record.host != mine.host or still_running(record.pid, record.started)
-
     async def announce(self, kv: KeyValue) -> None:
         """Say this process is alive for another ttl, and count the live ones."""
 
         def renewed(present: dict[str, LeaseRecord]) -> dict[str, LeaseRecord]:
             now = self.clock()
-            live = {token: record for token, record in present.items() if self._live(record, now)}
+            # this process's own record is written anew below
+            live = {t: r for t, r in present.items() if not lease_free(r, self.mine, now)}
             live[self.mine.token] = msgspec.structs.replace(self.mine, expires_at=now + self.ttl)
             return live
 

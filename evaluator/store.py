@@ -466,6 +466,14 @@ def this_process() -> LeaseRecord:
     )
 
 
+def lease_free(holder: LeaseRecord, mine: LeaseRecord, now: float) -> bool:
+    """Is `holder`'s claim void for `mine`: its own, expired, or of a process of this machine that
+    is gone (a restart after SIGKILL goes on at once instead of waiting out the TTL)?"""
+    if holder.token == mine.token or holder.expires_at < now:
+        return True
+    return holder.host == mine.host and not still_running(holder.pid, holder.started)
+
+
 class Lease:
     """One evaluator per prefix: a KV record the holder renews; the others stand by.
 
@@ -486,22 +494,13 @@ class Lease:
         self.key = partition_namespace(partition, partitions) + LEASE_KEY
         self.clock = clock
         self.ttl = ttl
-        pid = os.getpid()
-        self.mine = LeaseRecord(
-            host=socket.gethostname(),
-            pid=pid,
-            started=_process_started(pid),
-            token=uuid.uuid4().hex,
-            expires_at=0.0,
-        )
+        self.mine = this_process()
         self._revision = 0
         # who took the lease from this one (None: nobody, or a record that names no one)
         self.taken_by: LeaseRecord | None = None
 
     def _free(self, holder: LeaseRecord) -> bool:
-        if holder.token == self.mine.token or holder.expires_at < self.clock():
-            return True
-        return holder.host == self.mine.host and not still_running(holder.pid, holder.started)
+        return lease_free(holder, self.mine, self.clock())
 
     def _record(self) -> bytes:
         record = msgspec.structs.replace(self.mine, expires_at=self.clock() + self.ttl)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from bus.partitions import original_subject, partition_of, partition_stream_config
-from bus.subjects import sanitize_token
+from bus.partitions import host_partition, original_subject, partition_of, partition_stream_config
 from evaluator.config import DefaultRoute, EvaluatorConfig, InhibitRule, MaintenanceWindow, Matcher, Route
 from evaluator.engine import Engine
 from evaluator.partitions import partition_config
@@ -135,7 +134,7 @@ def test_partitions_made_from_one_evaluator_take_only_their_own_hosts() -> None:
     assert hosts_of(driver.engine, driver.now) == set(hosts)
 
     def ours(host: str) -> bool:
-        return partition_of(sanitize_token(host), 2) == 1
+        return host_partition(host, 2) == 1
 
     taken = Engine.take_over(config, [(driver.engine.snapshot(), [])], driver.now, ours)
     assert hosts_of(taken, driver.now) == {"web-1", "web-3"}

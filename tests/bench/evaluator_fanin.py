@@ -44,11 +44,11 @@ from bus.jetstream import provision, stream_name
 from bus.partitions import partition_stream
 from bus.server import EmbeddedServer, ServerConfig
 from evaluator.rules import AGENT_DOWN_RULE
+from evaluator.service import DURABLE, partition_durable
 from tests.bench.report_fanin import PREFIX, T0
 from tests.console_events import container_batch, health_events, heartbeats, host_batch, probe_batch
 
 FAMILIES = ("metrics", "health", "heartbeat")
-DURABLE = "evaluator"
 AGENTS = (vocab.HOST_AGENT, vocab.CONTAINER_AGENT, vocab.PROBE_AGENT)
 # Every payload is encoded once with this stamp, replaced by the time it is sent.
 STAMP = repr(T0).encode()
@@ -99,7 +99,7 @@ def consumers(partitions: int) -> list[tuple[str, str]]:
     if partitions == 1:
         return [(stream_name(PREFIX, family), DURABLE) for family in FAMILIES]
     return [
-        (partition_stream(PREFIX, family), f"{DURABLE}-p{partition}")
+        (partition_stream(PREFIX, family), partition_durable(partition))
         for partition in range(partitions)
         for family in FAMILIES
     ]

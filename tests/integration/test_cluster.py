@@ -28,7 +28,7 @@ from bus.events import HealthEvent, Heartbeat, MetricBatch, Notification, Sample
 from bus.jetstream import FAMILIES, KV_BUCKETS, ProvisioningError, bucket_name, provision, stream_name
 from bus.partitions import INPUT_TOKENS, partition_stream
 from bus.server import EmbeddedServer
-from evaluator.store import LEASE_KEY, LeaseRecord
+from evaluator.store import LEASE_KEY, LeaseRecord, partition_namespace
 from tests.conftest import nats_server_binary
 from tests.integration.nats_cluster import AUTHORIZATION, CLUSTER, DEPLOY, NODES, Cluster
 from tests.integration.test_evaluator_service import DISK_RULE, EvaluatorProcess
@@ -288,7 +288,11 @@ def firing_hosts(notifications: list[Notification]) -> collections.Counter[str]:
 async def lease_holders(bus: Bus, partitions: int) -> list[LeaseRecord | None]:
     """Who holds the lease of each partition (the only lease when unpartitioned)."""
     kv = await bus.nc.jetstream().key_value(bucket_name(bus.subjects.prefix, "state"))
-    keys = [LEASE_KEY] if partitions == 1 else [f"p{p}of{partitions}.{LEASE_KEY}" for p in range(partitions)]
+    keys = (
+        [LEASE_KEY]
+        if partitions == 1
+        else [partition_namespace(p, partitions) + LEASE_KEY for p in range(partitions)]
+    )
     holders: list[LeaseRecord | None] = []
     for key in keys:
         try:

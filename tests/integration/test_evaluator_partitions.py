@@ -19,12 +19,12 @@ from bus.kvblob import BlobStore
 from bus.partitions import (
     INPUT_TOKENS,
     ensure_partition_streams,
+    host_partition,
     original_subject,
     partition_of,
     partition_stream,
 )
 from bus.records import ActiveAlert, ActiveAlerts, load_active, save_active, save_partitions
-from bus.subjects import sanitize_token
 from evaluator import service
 from evaluator.partitions import PartitionedEvaluator
 from evaluator.store import open_buckets
@@ -145,7 +145,7 @@ async def test_two_evaluators_share_the_partitions_and_the_last_one_takes_them_a
     on hosts of both partitions are notified once; after the second stops, the first evaluates its
     partition from its saved state: a breach there is notified, the earlier ones are not again."""
     await provisioned(bus)
-    by_partition = {p: [h for h in HOSTS if partition_of(sanitize_token(h), PARTITIONS) == p] for p in (0, 1)}
+    by_partition = {p: [h for h in HOSTS if host_partition(h, PARTITIONS) == p] for p in (0, 1)}
     assert all(len(hosts) >= 2 for hosts in by_partition.values()), by_partition
     agents = {host: Agent(bus, host) for host in HOSTS}
     async with contextlib.AsyncExitStack() as stack, Recorder.on(bus) as recorder:
@@ -186,8 +186,8 @@ async def test_partitions_continue_what_one_evaluator_left_and_back(
     saved itself before them."""
     monkeypatch.setattr(service, "LOOKBACK", 0.5)  # a fresh start would know only the recovery
     await provisioned(bus)
-    web = [h for h in HOSTS if partition_of(sanitize_token(h), PARTITIONS) == 0][:1]
-    web += [h for h in HOSTS if partition_of(sanitize_token(h), PARTITIONS) == 1][:1]
+    web = [h for h in HOSTS if host_partition(h, PARTITIONS) == 0][:1]
+    web += [h for h in HOSTS if host_partition(h, PARTITIONS) == 1][:1]
     agents = {host: Agent(bus, host, disk=95.0) for host in web}
     async with contextlib.AsyncExitStack() as stack, Recorder.on(bus) as recorder:
         for agent in agents.values():
