@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck, StreamInfo
 
 from bus import deadletter, pull
 from bus import vocabulary as vocab
@@ -61,6 +61,7 @@ from evaluator.engine import INSTANT, Engine, Output
 from evaluator.rules import AGENT_DOWN_RULE
 from evaluator.share import Share
 from evaluator.silences import Silence
+from evaluator.sound_inputs import SoundInputs
 from evaluator.store import (
     ACK_PREFIX,
     SILENCE_PREFIX,
@@ -101,6 +102,12 @@ TICK_LAG = 0.5
 SETTLE = 0.05
 # The partitioned stream hears from each family stream at least every second, messages or not.
 SOURCE_SILENT = 3.0
+# A stream that does not answer for its info this soon is taken for one without a leader.
+STREAM_INFO_TIMEOUT = 2.0
+# Between two looks at the input streams at least this long, when timers ask for one sooner.
+LOOK_GAP = 0.05
+# Mirrors behind their families this long (the timers held back) are worth a warning.
+MIRRORS_BEHIND = 10.0
 ACTIVE_EVERY = 1.0
 ACTIVE_REFRESH = 30.0
 HOUSEKEEPING_EVERY = 60.0
@@ -280,6 +287,11 @@ class EvaluatorService:
         self._share = share
         self._handing_over = False  # the process holds more than its share: give this one up
         self._inputs_unsure = False  # an input stream lost its leader, or a mirror its family
+        # how far silence may be judged, where the streams may move (None: they cannot)
+        self._sound: SoundInputs | None = None
+        self._look_now = asyncio.Event()  # a timer waits for a look at the streams
+        self._held: float | None = None  # the deadline of the fresh timer the last look held back
+        self._mirrors_behind = False  # and said so
         self._previous_partitions = config.partitions  # the layout before the latest change
         self.bus = bus
         self.host = host or socket.gethostname()
@@ -467,7 +479,8 @@ class EvaluatorService:
             self._tasks.append(asyncio.create_task(self._watch_silences()))
             self._tasks.append(asyncio.create_task(self._renew_lease()))
             if self.partition is not None or self.bus.replicas > 1:  # the streams may move
-                self._tasks.append(asyncio.create_task(self._watch_inputs()))
+                self._sound = SoundInputs()
+                self._tasks.append(asyncio.create_task(self._watch_inputs(self._sound)))
             self.standing_by = None
             self.ready.set()
             return True
@@ -535,38 +548,93 @@ class EvaluatorService:
             self._wake.set()
             return
 
-    async def _watch_inputs(self) -> None:
+    async def _watch_inputs(self, sound: SoundInputs) -> None:
         """Follow the streams the inputs come through. While one has no leader, or a partition's
         mirror loses touch with its family stream, what agents send is not stored, or not here
         yet; and when a leader changed, what they sent meanwhile may be lost. Their silence then
-        is not theirs (see _tick)."""
+        is not theirs (see _tick). Each sound look moves on how far their silence may be judged:
+        to when it began, once the mirrors hold what the family streams held then."""
         prefix = self.bus.subjects.prefix
-        family_stream = partition_stream if self.partition is not None else stream_name
-        names = [family_stream(prefix, family) for family in _INPUTS]
+        families = [stream_name(prefix, family) for family in _INPUTS]
+        partitioned = self.partition is not None
+        mirrors = [partition_stream(prefix, family) for family in _INPUTS] if partitioned else []
         leaders: dict[str, str | None] = {}
+        loop = asyncio.get_running_loop()
         while True:
-            late = []
-            for name in names:
-                try:
-                    info = await self._js.stream_info(name)
-                except (nats.errors.Error, TimeoutError, OSError):
-                    late.append(name)
-                    continue
-                leader = info.cluster.leader if info.cluster is not None else ""
-                if leader is None or leaders.setdefault(name, leader) != leader:
-                    late.append(name)  # no leader, or a new one: some messages may be lost
-                leaders[name] = leader
-                mirror = info.mirror
-                if mirror is not None and (mirror.error or (mirror.active or 0) > SOURCE_SILENT * 1e9):
-                    late.append(mirror.name)
-            if late and not self._inputs_unsure:
-                log.warning(
-                    "evaluator%s: %s may miss messages for now; agents are not judged", self._which(), late
-                )
-            self._inputs_unsure = bool(late)
-            if late:
-                self._wake.set()
-            await asyncio.sleep(TICK_EVERY)
+            looked_at = loop.time()
+            self._look_now.clear()
+            try:
+                await self._look(sound, families, mirrors, leaders)
+            except Exception:  # a bug here must not hold every timer for good: logged, looked again
+                log.exception("evaluator%s: looking at the input streams failed", self._which())
+            await asyncio.sleep(max(0.0, looked_at + LOOK_GAP - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._look_now.wait(), max(0.0, looked_at + TICK_EVERY - loop.time()))
+
+    async def _look(
+        self, sound: SoundInputs, families: list[str], mirrors: list[str], leaders: dict[str, str | None]
+    ) -> None:
+        """One look at the input streams: the family streams, then their mirrors (if partitioned)."""
+        began = self.clock()
+        # the mirrors after their families: what a family held, a caught-up mirror holds too
+        family_infos = await self._stream_infos(families)
+        mirror_infos = await self._stream_infos(mirrors)
+        late = []
+        for name, info in zip([*families, *mirrors], [*family_infos, *mirror_infos], strict=True):
+            if info is None:
+                late.append(name)
+                continue
+            leader = info.cluster.leader if info.cluster is not None else ""
+            if leader is None or leaders.setdefault(name, leader) != leader:
+                late.append(name)  # no leader, or a new one: some messages may be lost
+            leaders[name] = leader
+            mirror = info.mirror
+            if mirror is not None and (mirror.error or (mirror.active or 0) > SOURCE_SILENT * 1e9):
+                late.append(mirror.name)
+        if late:
+            if not self._inputs_unsure:
+                what = "may miss messages for now; agents are not judged"
+                log.warning("evaluator%s: %s %s", self._which(), late, what)
+            self._inputs_unsure = self._blind = True  # blind now: a tick may not come before it ends
+            self._wake.set()
+            return
+        self._inputs_unsure = False
+        if self._blind:  # before the inputs that came meanwhile run any timer
+            self._bus_restored()
+        before = sound.until
+        stored = [info.state.last_seq for info in family_infos if info is not None]
+        copied = [info.state.last_seq for info in mirror_infos if info is not None]
+        if sound.passed(began, stored, copied):
+            if self._mirrors_behind:
+                self._mirrors_behind = False
+                log.info("evaluator%s: the mirrors caught up with their families", self._which())
+            deadline = self.engine.next_deadline()
+            if deadline is not None and before < deadline <= sound.until:
+                self._wake.set()  # a timer held back may run now
+        elif began - sound.until > MIRRORS_BEHIND and not self._mirrors_behind:
+            self._mirrors_behind = True
+            behind = {name: (have, want) for name, have, want in zip(mirrors, copied, stored, strict=True)}
+            log.warning(
+                "evaluator%s: the mirrors are behind their families (last sequence, family's) for %.0f s: "
+                "%s; timers wait for them",
+                self._which(),
+                began - sound.until,
+                behind,
+            )
+
+    async def _stream_infos(self, names: list[str]) -> list[StreamInfo | None]:
+        """Each stream's info, None for one that does not answer soon (it may have no leader)."""
+
+        async def info(name: str) -> StreamInfo | None:
+            try:
+                return await asyncio.wait_for(self._js.stream_info(name), STREAM_INFO_TIMEOUT)
+            except (nats.errors.Error, TimeoutError, OSError):
+                return None
+            except Exception as exc:  # a reply nats-py cannot read (mid-election): no answer either
+                log.warning("evaluator: the info of stream %s could not be read: %r", name, exc)
+                return None
+
+        return list(await asyncio.gather(*(info(name) for name in names)))
 
     async def _subscribe(self, family: str, decode: Callable[[bytes, str], Input]) -> _Feed:
         """A durable consumer that resumes right after the last message the saved state includes.
@@ -786,10 +854,18 @@ class EvaluatorService:
         wait = TICK_EVERY - (self.clock() - self._last_tick)
         deadline = self.engine.next_deadline()
         if deadline is not None and self._caught_up():  # else the next input moves time on
-            wait = min(wait, deadline + TICK_LAG - self.clock())
+            due_in = deadline + TICK_LAG - self.clock()
             if deadline <= self._engine_now + INSTANT:  # due at the latest input's instant
-                wait = min(wait, self._settled_at - self.clock())
+                due_in = min(due_in, self._settled_at - self.clock())
+            if due_in <= 0 and deadline > self._sound_until():
+                self._look_now.set()  # and the watch wakes the loop once the streams are seen sound
+            else:
+                wait = min(wait, due_in)
         return max(0.0, wait)
+
+    def _sound_until(self) -> float:
+        """How far timers may judge by the inputs: until the streams were last seen sound."""
+        return math.inf if self._sound is None else self._sound.until
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -894,7 +970,7 @@ class EvaluatorService:
             # check of that instant showed, a heartbeat on its deadline is not missed; and never
             # past a feed that does not answer (its heartbeats may be stored, unread)
             if deadline is not None and deadline <= now - INSTANT:
-                until = min(now - INSTANT, self._unanswered_until())
+                until = min(now - INSTANT, self._unanswered_until(), self._sound_until())
                 if deadline <= until:
                     engine.tick(until)
             engine.observe(event, now)
@@ -913,7 +989,8 @@ class EvaluatorService:
 
     def _bus_restored(self) -> None:
         """The bus answers again: agents are judged from now, not by what it could not carry."""
-        if self._engine_now > -math.inf:
+        unsure = self._inputs_unsure or any(feed.impaired for feed in self._feeds)
+        if self._engine_now > -math.inf and self.bus.nc.is_connected and not unsure:
             self._blind = False
             self.engine.bus_restored(self._now())
 
@@ -953,11 +1030,19 @@ class EvaluatorService:
         deadline = self.engine.next_deadline()
         now, flush_within = latest - INSTANT, 0.0
         if caught_up:
-            fresh = deadline is not None and (prior is None or deadline < prior)
+            fresh = deadline is not None and (prior is None or deadline < prior or deadline == self._held)
             if fresh or self.clock() >= self._settled_at:
                 # the instant is complete: its timers, and group flushes due within INSTANT after it
                 now, flush_within = latest, INSTANT
             now = max(self.clock() - TICK_LAG, now)
+        sound = self._sound_until()
+        if now > sound:
+            # what agents sent since the streams were last seen sound may still be on its way: a
+            # timer after that waits for the next look (asked for now), and a fresh one stays fresh
+            if deadline is not None and sound < deadline <= now + flush_within:
+                self._held = deadline
+                self._look_now.set()
+            now, flush_within = sound, 0.0
         due = deadline is not None and deadline <= now + flush_within
         if due or self.clock() - self._last_tick >= TICK_EVERY:
             self._last_tick = self.clock()
@@ -1003,7 +1088,7 @@ class EvaluatorService:
             failed = await self._publish_batch(items[start : start + PUBLISH_CONCURRENCY])
             for item in failed:  # in order, one by one, until each is stored
                 await self._publish_one(*item)
-        if self._blind and self.bus.nc.is_connected:  # before the next inputs run any timer
+        if self._blind:  # before the next inputs run any timer
             self._bus_restored()
         letters, self._letters = self._letters, []
         for letter in letters:

@@ -26,7 +26,7 @@ from bus.config import BusConfig, StreamsConfig
 from bus.connection import Bus, connect
 from bus.events import HealthEvent, Heartbeat, MetricBatch, Notification, Sample, notification
 from bus.jetstream import FAMILIES, KV_BUCKETS, ProvisioningError, bucket_name, provision, stream_name
-from bus.partitions import INPUT_TOKENS, partition_stream
+from bus.partitions import INPUT_TOKENS, host_partition, partition_stream
 from bus.server import EmbeddedServer
 from evaluator.store import LEASE_KEY, LeaseRecord, partition_namespace
 from tests.conftest import nats_server_binary
@@ -150,9 +150,15 @@ async def messages_in(js: JetStreamContext, stream: str, count: int) -> bool:
     return (await js.stream_info(stream)).state.messages >= count
 
 
-async def wait_for(condition: Callable[[], Awaitable[object]], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll the async `condition` until it holds; fail naming `what` after `timeout`. A request
-    that fails or times out (a node going, the client moving to another) is only a "not yet"."""
+async def wait_for(
+    condition: Callable[[], Awaitable[object]],
+    what: str,
+    timeout: float = TIMEOUT,
+    missing: Callable[[], object] = lambda: None,
+) -> None:
+    """Poll the async `condition` until it holds; fail naming `what` (and what is `missing`) after
+    `timeout`. A request that fails or times out (a node going, the client moving to another) is
+    only a "not yet"."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while True:
@@ -162,7 +168,10 @@ async def wait_for(condition: Callable[[], Awaitable[object]], what: str, timeou
         except (nats.errors.Error, TimeoutError) as exc:
             last_error = exc
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what} (last error: {last_error!r})")
+            pytest.fail(
+                f"timed out after {timeout:g}s waiting for {what} (missing: {missing()}; "
+                f"last error: {last_error!r})"
+            )
         await asyncio.sleep(0.2)
 
 
@@ -371,12 +380,19 @@ async def test_a_node_and_the_active_evaluator_killed_every_breach_notified_once
             fleet.breach(hosts)
             expected.extend(hosts)
 
+            unnotified: list[str] = []
+
             async def all_notified() -> bool:
                 told = firing_hosts(await stored_notifications(observer))
-                return all(told[host] for host in expected)
+                unnotified[:] = [host for host in expected if not told[host]]
+                return not unnotified
+
+            def by_partition() -> dict[int, list[str]]:
+                where = {host: host_partition(host, partitions) for host in unnotified}
+                return {p: [h for h in unnotified if where[h] == p] for p in range(partitions)}
 
             began = time.monotonic()
-            await wait_for(all_notified, what, timeout)
+            await wait_for(all_notified, what, timeout, by_partition)
             sys.stderr.write(f"{what}: notified in {time.monotonic() - began:.1f} s\n")
 
         phases = [fleet.hosts[n * BREACHES : (n + 1) * BREACHES] for n in range(4)]

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+from nats.js.manager import JetStreamManager
 
 from bus.connection import Bus
 from bus.events import Heartbeat, MetricBatch, Sample
@@ -30,6 +31,7 @@ from evaluator.partitions import PartitionedEvaluator
 from evaluator.store import open_buckets
 from tests.integration.test_evaluator_service import (
     DISK_RULE,
+    HEARTBEAT_EVERY,
     TIMEOUT,
     Agent,
     Recorder,
@@ -235,3 +237,53 @@ async def test_garbage_on_a_partition_is_dead_lettered_under_the_subject_it_was_
         assert evaluator.counters()["rejected"] == 1
     msg = await bus.nc.jetstream().get_msg(stream_name(bus.subjects.prefix, "deadletter"), letter.seq)
     assert (msg.headers or {})["Nats-Msg-Id"] == f"input-metrics-{stored.seq}"
+
+
+async def test_while_the_input_streams_do_not_answer_no_agent_is_judged_silent(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The family streams stop answering for their info, as one without a leader does (and drops
+    what agents send): an agent that falls silent then is not reported down, though another's
+    inputs keep time moving; once the streams answer again, it is, judged from then on."""
+    await provisioned(bus)
+    families = {stream_name(bus.subjects.prefix, family) for family in INPUT_TOKENS}
+    unanswered, answered = asyncio.Event(), asyncio.Event()
+    stream_info = JetStreamManager.stream_info
+
+    async def info_of(manager: JetStreamManager, name: str, subjects_filter: str | None = None) -> object:
+        if unanswered.is_set() and name in families:
+            await answered.wait()
+        return await stream_info(manager, name, subjects_filter)
+
+    monkeypatch.setattr(JetStreamManager, "stream_info", info_of)
+    quiet, busy = [h for h in HOSTS if host_partition(h, PARTITIONS) == 0][:2]
+    agents = {host: Agent(bus, host) for host in (quiet, busy)}
+    async with contextlib.AsyncExitStack() as stack, Recorder.on(bus) as recorder:
+        for agent in agents.values():
+            agent.start()
+            stack.push_async_callback(agent.stop)
+        evaluator, _ = await stack.enter_async_context(evaluating(bus))
+        partition = evaluator.services[0]
+        await recorder.wait_for(lambda: partition.stats.evaluated >= 20, "both agents evaluated")
+        unanswered.set()
+        await agents[quiet].stop()
+        silent_from, evaluated = time.time(), partition.stats.evaluated
+        await recorder.wait_for(
+            lambda: any("may miss messages" in record.getMessage() for record in caplog.records),
+            "the evaluator to take its inputs for unsure",
+        )
+        await recorder.wait_for(
+            lambda: (
+                time.time() > silent_from + 10 * HEARTBEAT_EVERY and partition.stats.evaluated > evaluated
+            ),
+            "the quiet agent's deadline long past, the busy agent's inputs evaluated meanwhile",
+        )
+        assert not recorder.alerts_of(quiet, "agent_down"), "judged silent while the streams did not answer"
+
+        unanswered.clear()
+        answered.set()
+        answering_from = time.time()
+        await recorder.wait_for(lambda: recorder.alerts_of(quiet, "agent_down"), "the quiet one told down")
+        (down,) = recorder.alerts_of(quiet, "agent_down")
+        assert down.starts_at >= answering_from, "its silence was judged from before the streams answered"
+        assert not recorder.alerts_of(busy, "agent_down")
