@@ -106,8 +106,9 @@ SOURCE_SILENT = 3.0
 STREAM_INFO_TIMEOUT = 2.0
 # Between two looks at the input streams at least this long, when timers ask for one sooner.
 LOOK_GAP = 0.05
-# Mirrors behind their families this long (the timers held back) are worth a warning.
-MIRRORS_BEHIND = 10.0
+# Mirrors behind their families this long (the timers held back) are worth a warning: more than
+# copying an hour of a large fleet's inputs takes when partitions are first made.
+MIRRORS_BEHIND = 30.0
 ACTIVE_EVERY = 1.0
 ACTIVE_REFRESH = 30.0
 HOUSEKEEPING_EVERY = 60.0
@@ -605,22 +606,18 @@ class EvaluatorService:
         stored = [info.state.last_seq for info in family_infos if info is not None]
         copied = [info.state.last_seq for info in mirror_infos if info is not None]
         if sound.passed(began, stored, copied):
-            if self._mirrors_behind:
-                self._mirrors_behind = False
-                log.info("evaluator%s: the mirrors caught up with their families", self._which())
             deadline = self.engine.next_deadline()
             if deadline is not None and before < deadline <= sound.until:
                 self._wake.set()  # a timer held back may run now
-        elif began - sound.until > MIRRORS_BEHIND and not self._mirrors_behind:
-            self._mirrors_behind = True
-            behind = {name: (have, want) for name, have, want in zip(mirrors, copied, stored, strict=True)}
-            log.warning(
-                "evaluator%s: the mirrors are behind their families (last sequence, family's) for %.0f s: "
-                "%s; timers wait for them",
-                self._which(),
-                began - sound.until,
-                behind,
-            )
+        behind = sound.behind_since is not None and began - sound.behind_since > MIRRORS_BEHIND
+        if behind != self._mirrors_behind:
+            self._mirrors_behind = behind
+            if behind:
+                copies = dict(zip(mirrors, zip(copied, stored, strict=True), strict=True))
+                what = "(last sequence, family's); timers wait for them"
+                log.warning("evaluator%s: mirrors behind their families: %s %s", self._which(), copies, what)
+            else:
+                log.info("evaluator%s: the mirrors caught up with their families", self._which())
 
     async def _stream_infos(self, names: list[str]) -> list[StreamInfo | None]:
         """Each stream's info, None for one that does not answer soon (it may have no leader)."""

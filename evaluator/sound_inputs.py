@@ -16,6 +16,7 @@ class SoundInputs:
 
     def __init__(self) -> None:
         self.until = -math.inf
+        self.behind_since: float | None = None  # the first look since `until` last moved on
         self._checkpoints: deque[tuple[float, tuple[int, ...]]] = deque(maxlen=CHECKPOINTS)
 
     def passed(self, began: float, families: Sequence[int], mirrors: Sequence[int]) -> bool:
@@ -30,4 +31,8 @@ class SoundInputs:
             at, _ = self._checkpoints.popleft()
             if at > self.until:
                 self.until, moved = at, True
+        if moved:
+            self.behind_since = None
+        elif self.behind_since is None:
+            self.behind_since = began
         return moved

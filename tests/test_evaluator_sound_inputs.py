@@ -39,3 +39,14 @@ def test_a_mirror_that_never_catches_up_keeps_the_silence_unjudged() -> None:
     for second in range(11, 100):
         assert not sound.passed(float(second), [second], [10])
     assert sound.until == 10.0
+
+
+def test_how_long_the_mirrors_have_been_behind_is_told_from_the_first_look_that_found_them_so() -> None:
+    sound = SoundInputs()
+    sound.passed(10.0, [10], [10])
+    assert sound.behind_since is None
+    sound.passed(11.0, [20], [15])
+    sound.passed(12.0, [30], [18])
+    assert sound.behind_since == 11.0
+    sound.passed(13.0, [30], [30])
+    assert sound.behind_since is None
