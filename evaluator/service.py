@@ -109,6 +109,8 @@ LOOK_GAP = 0.05
 # Mirrors behind their families this long (the timers held back) are worth a warning: more than
 # copying an hour of a large fleet's inputs takes when partitions are first made.
 MIRRORS_BEHIND = 30.0
+# Inputs unsure this long are said to be so again.
+UNSURE_RETOLD = 60.0
 ACTIVE_EVERY = 1.0
 ACTIVE_REFRESH = 30.0
 HOUSEKEEPING_EVERY = 60.0
@@ -293,6 +295,7 @@ class EvaluatorService:
         self._look_now = asyncio.Event()  # a timer waits for a look at the streams
         self._held: float | None = None  # the deadline of the fresh timer the last look held back
         self._mirrors_behind = False  # and said so
+        self._unsure_told = -math.inf  # when the inputs were last said to be unsure
         self._previous_partitions = config.partitions  # the layout before the latest change
         self.bus = bus
         self.host = host or socket.gethostname()
@@ -594,8 +597,12 @@ class EvaluatorService:
                 late.append(mirror.name)
         if late:
             if not self._inputs_unsure:
+                self._unsure_told = began
                 what = "may miss messages for now; agents are not judged"
                 log.warning("evaluator%s: %s %s", self._which(), late, what)
+            elif began - self._unsure_told >= UNSURE_RETOLD:  # timers wait meanwhile: say so again
+                self._unsure_told = began
+                log.warning("evaluator%s: %s still unsure; no timer runs meanwhile", self._which(), late)
             self._inputs_unsure = self._blind = True  # blind now: a tick may not come before it ends
             self._wake.set()
             return

@@ -25,8 +25,12 @@ class SoundInputs:
         `until` moved on."""
         self._checkpoints.append((began, tuple(families)))
         moved = False
+        # a family's last sequence goes back when a new leader lacks what the old one had not
+        # replicated (the leader change itself makes the agents be judged afresh): what is gone
+        # cannot be waited for
         while self._checkpoints and all(
-            copied >= stored for copied, stored in zip(mirrors, self._checkpoints[0][1], strict=False)
+            copied >= min(stored, now)
+            for copied, stored, now in zip(mirrors, self._checkpoints[0][1], families, strict=False)
         ):
             at, _ = self._checkpoints.popleft()
             if at > self.until:

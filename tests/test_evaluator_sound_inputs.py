@@ -50,3 +50,12 @@ def test_how_long_the_mirrors_have_been_behind_is_told_from_the_first_look_that_
     assert sound.behind_since == 11.0
     sound.passed(13.0, [30], [30])
     assert sound.behind_since is None
+
+
+def test_what_a_family_lost_to_a_leader_change_is_not_waited_for() -> None:
+    """The old leader reported 950 messages; the new one has 900 (the rest was never replicated),
+    and no agent publishes more: the mirror holding the 900 is caught up."""
+    sound = SoundInputs()
+    sound.passed(10.0, [950], [940])
+    assert sound.passed(11.0, [900], [900])
+    assert sound.until == 11.0
