@@ -471,7 +471,7 @@ class EvaluatorService:
                 if not await self._take_lease():
                     return False
                 await self._restore()
-                feeds = [await self._subscribe(family, decode) for family, decode in _INPUTS.items()]
+                feeds = await self._subscribe_all()
                 await self._load_silences()
             except (nats.errors.Error, TimeoutError, OSError, StaleWriter) as exc:
                 log.warning("evaluator: cannot start yet (%s), retrying", exc)
@@ -639,6 +639,21 @@ class EvaluatorService:
                 return None
 
         return list(await asyncio.gather(*(info(name) for name in names)))
+
+    async def _subscribe_all(self) -> list[_Feed]:
+        """Every input's consumer, made side by side: in a cluster missing a node, each waits out
+        its replicas' election, seconds that a take-over would otherwise pay three times."""
+        made = await asyncio.gather(
+            *(self._subscribe(family, decode) for family, decode in _INPUTS.items()), return_exceptions=True
+        )
+        feeds = [feed for feed in made if isinstance(feed, _Feed)]
+        for failed in made:
+            if isinstance(failed, BaseException):
+                for feed in feeds:
+                    if feed.puller is not None:
+                        await feed.puller.close()
+                raise failed
+        return feeds
 
     async def _subscribe(self, family: str, decode: Callable[[bytes, str], Input]) -> _Feed:
         """A durable consumer that resumes right after the last message the saved state includes.
