@@ -571,7 +571,8 @@ class EvaluatorService:
                 await self._look(sound, families, mirrors, leaders)
             except Exception:  # a bug here must not hold every timer for good: logged, looked again
                 log.exception("evaluator%s: looking at the input streams failed", self._which())
-            await asyncio.sleep(max(0.0, looked_at + LOOK_GAP - loop.time()))
+            gap = TICK_EVERY if self._inputs_unsure else LOOK_GAP  # asked or not, while unsure
+            await asyncio.sleep(max(0.0, looked_at + gap - loop.time()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._look_now.wait(), max(0.0, looked_at + TICK_EVERY - loop.time()))
 
