@@ -86,7 +86,11 @@ async def test_a_restarted_console_shows_what_the_streams_kept(streams: Bus) -> 
     task = asyncio.create_task(service.run())
     try:
         state = service.state
-        await wait_until(lambda: len(state.history) == 1 and "web01" in state.hosts, 10)
+        try:
+            await wait_until(lambda: len(state.history) == 1 and "web01" in state.hosts, 30)
+        except TimeoutError:  # seen twice in CI, never here: say what the console had read
+            failed = task.exception() if task.done() else None
+            pytest.fail(f"history {state.history}, hosts {sorted(state.hosts)}, service failed: {failed!r}")
         assert len(state.hosts["web01"].history["cpu"].points) == 3  # the sparkline's last hours
         check = state.checks[("mon", "probe", "backend")]
         assert check.availability == pytest.approx(50.0)  # up 60 s of the 120 s seen today
