@@ -418,7 +418,7 @@ async def test_a_node_and_the_active_evaluator_killed_every_breach_notified_once
         active = pids[holder.pid]
         active.kill()
         # the node is still down: the survivor's consumers for what it takes over are made again,
-        # each waiting out its replicas' election (15 s to over 30 s on a loaded 2-core machine)
+        # each waiting out its replicas' election (up to 8 s here, more on a loaded machine)
         await breach_and_wait(phases[2], "breaches made while the standby takes over", 3 * TIMEOUT)
 
         async def survivor_evaluates() -> bool:
