@@ -13,7 +13,7 @@ import pytest
 
 from bus import vocabulary as vocab
 from bus.connection import Bus
-from bus.events import Alert, HealthEvent, MetricBatch, Sample
+from bus.events import Alert, Event, HealthEvent, MetricBatch, Sample, encode
 from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket, provision
 from bus.kvblob import BlobStore
 from bus.records import AckRecord, ActiveAlerts, Matcher, Silence, SilenceStore, save_active
@@ -28,14 +28,19 @@ pytestmark = pytest.mark.integration
 
 
 async def publish_history(bus: Bus, now: float) -> None:
-    """What agents and the evaluator published before the console started: stored by the streams."""
-    subjects = bus.subjects
+    """What agents and the evaluator published before the console started: stored by the streams
+    (each publish acknowledged, so that what the console should find is known to be there)."""
+    subjects, js = bus.subjects, bus.nc.jetstream()
+
+    async def store(subject: str, event: Event) -> None:
+        await js.publish(subject, encode(event))
+
     for minutes in (300, 200, 100):
         ts = now - minutes * 60
         batch = MetricBatch(
             host="web01", agent="host", ts=ts, interval=10, samples=[Sample(vocab.CPU_PERCENT, 42.0)]
         )
-        await bus.publish(subjects.metrics("web01", "host"), batch)
+        await store(subjects.metrics("web01", "host"), batch)
     probe = MetricBatch(
         host="mon",
         agent="probe",
@@ -43,10 +48,10 @@ async def publish_history(bus: Bus, now: float) -> None:
         interval=30,
         samples=[Sample(vocab.HTTP_REQUEST_RATE, 17.0, {"check": "backend"})],
     )
-    await bus.publish(subjects.metrics("mon", "probe"), probe)
+    await store(subjects.metrics("mon", "probe"), probe)
     for offset, status in ((120, "ok"), (60, "critical"), (0, "ok")):
         event = HealthEvent(host="mon", agent="probe", target="backend", status=status, ts=now - offset)  # type: ignore[arg-type]
-        await bus.publish(subjects.health("mon", "probe", "backend"), event)
+        await store(subjects.health("mon", "probe", "backend"), event)
     alert = Alert(
         fingerprint="f1",
         rule="service_down",
@@ -57,8 +62,7 @@ async def publish_history(bus: Bus, now: float) -> None:
         starts_at=now - 60,
         ends_at=now,
     )
-    await bus.publish(subjects.alerts("critical", "mon", "service_down"), alert)
-    await bus.nc.flush()
+    await store(subjects.alerts("critical", "mon", "service_down"), alert)
 
 
 @pytest.fixture
