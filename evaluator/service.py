@@ -1009,8 +1009,7 @@ class EvaluatorService:
 
     def _bus_restored(self) -> None:
         """The bus answers again: agents are judged from now, not by what it could not carry."""
-        unsure = self._inputs_unsure or any(feed.impaired for feed in self._feeds)
-        if self._engine_now > -math.inf and self.bus.nc.is_connected and not unsure:
+        if self._engine_now > -math.inf and self.bus.nc.is_connected and not self._inputs_unsure:
             self._blind = False
             self.engine.bus_restored(self._now())
 
