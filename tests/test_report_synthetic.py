@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import sqlite3
 from pathlib import Path
 
 import msgspec
@@ -304,6 +305,34 @@ def test_a_failed_transaction_keeps_nothing_of_its_batch(tmp_path: Path) -> None
     (row,) = store.metric_hours(T0, T0 + 3600, ["cpu.percent"])
     assert row.count == 20
     assert [r.host for r in store.metric_hours(T0, T0 + 3600, ["x"])] == ["new"]
+
+
+def test_a_write_that_fails_after_making_series_ids_makes_them_again_when_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New series get their ids inside the write's transaction: rolled back, they are new again."""
+    store = RollupStore(tmp_path / "r.sqlite3")
+    for event in _host_batches()[:10]:
+        store.add(event)
+    window = store.take()
+    write_health = store._write_health
+
+    def fails(*args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_write_health", fails)
+    with pytest.raises(sqlite3.OperationalError):
+        store.write(window, {"S": 10})
+    assert store.positions() == {}
+    monkeypatch.setattr(store, "_write_health", write_health)
+    store.write(window, {"S": 10})  # the same window, as the sink retries it
+    assert store.positions() == {"S": 10}
+    rows = store.metric_hours(T0, T0 + 3600, ["cpu.percent", "disk.percent", "container.cpu.percent"])
+    assert sorted((row.metric, row.labels, row.count) for row in rows) == [
+        ("container.cpu.percent", {"container": "api"}, 10),
+        ("cpu.percent", {}, 10),
+        ("disk.percent", {"device": "sda1", "mount": "/"}, 10),
+    ]
 
 
 def test_prune_deletes_rollups_and_incidents_older_than_the_cutoff(tmp_path: Path) -> None:
