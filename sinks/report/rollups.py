@@ -19,36 +19,12 @@ import msgspec
 
 from bus.events import Alert, HealthEvent, MetricBatch
 from sinks.report.intake import Batch, Change, Check, Input, labels_of, narrow
+from sinks.report.layout import prepare
 from sinks.report.sketch import Sketch, decode_sketch, encode_sketch
 
 HOUR = 3600
 STORE_FILE = Path("report") / "rollups.sqlite3"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS series (
-    id INTEGER PRIMARY KEY, host TEXT NOT NULL, agent TEXT NOT NULL, metric TEXT NOT NULL,
-    labels TEXT NOT NULL, UNIQUE (host, agent, metric, labels));
-CREATE INDEX IF NOT EXISTS series_metric ON series (metric);
-CREATE TABLE IF NOT EXISTS metric_hour (
-    series INTEGER NOT NULL, hour INTEGER NOT NULL, count INTEGER NOT NULL, sum REAL NOT NULL,
-    min REAL NOT NULL, max REAL NOT NULL, sketch BLOB NOT NULL, PRIMARY KEY (series, hour))
-    WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS metric_hour_hour ON metric_hour (hour);
-CREATE TABLE IF NOT EXISTS health_hour (
-    host TEXT NOT NULL, agent TEXT NOT NULL, target TEXT NOT NULL, hour INTEGER NOT NULL,
-    up INTEGER NOT NULL, down INTEGER NOT NULL, unknown INTEGER NOT NULL,
-    healthy_seconds REAL NOT NULL, unhealthy_seconds REAL NOT NULL, restarts INTEGER NOT NULL,
-    latency_sketch BLOB NOT NULL, PRIMARY KEY (host, agent, target, hour)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS health_hour_hour ON health_hour (hour);
-CREATE TABLE IF NOT EXISTS health_last (
-    host TEXT NOT NULL, agent TEXT NOT NULL, target TEXT NOT NULL, status TEXT NOT NULL,
-    ts REAL NOT NULL, PRIMARY KEY (host, agent, target)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS incidents (
-    fingerprint TEXT NOT NULL, starts_at REAL NOT NULL, rule TEXT NOT NULL, severity TEXT NOT NULL,
-    host TEXT NOT NULL, summary TEXT NOT NULL, ends_at REAL, PRIMARY KEY (fingerprint, starts_at))
-    WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS consumed (stream TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-"""
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -280,7 +256,7 @@ class RollupStore:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            prepare(self._db, path)
             self._db.execute(
                 "CREATE TEMP TABLE wanted (n INTEGER PRIMARY KEY, host TEXT, agent TEXT, metric TEXT, "
                 "labels TEXT)"
@@ -588,11 +564,12 @@ class RollupStore:
                     chunk,
                     hour,
                 )
-                rows = []
+                rows, first = [], []
                 for key in chunk:
                     row = stored.get(key)
                     if row is None:
                         total = Rollup()
+                        first.append((hour, key[0], hour))
                     else:
                         total = Rollup(row[0], row[1], row[2], row[3], decode_sketch(row[4]))
                     for values in _each(by_id[key[0]]):
@@ -600,11 +577,13 @@ class RollupStore:
                     sketch = encode_sketch(total.sketch)
                     rows.append((key[0], hour, total.count, total.total, total.low, total.high, sketch))
                 self._db.executemany(
-                    "INSERT INTO metric_hour VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (series, hour) "
+                    "INSERT INTO metric_hour VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hour, series) "
                     "DO UPDATE SET count = excluded.count, sum = excluded.sum, min = excluded.min, "
                     "max = excluded.max, sketch = excluded.sketch",
                     rows,
                 )
+                # a series' first rows of an hour: what a prune reads to know which series it empties
+                self._db.executemany("UPDATE series SET last_hour = ? WHERE id = ? AND last_hour < ?", first)
 
     def _write_health(
         self, pending: list[tuple[TargetKey, int, HealthDelta]], last: list[tuple[str, str, str, str, float]]
@@ -653,7 +632,7 @@ class RollupStore:
                     )
                 self._db.executemany(
                     "INSERT INTO health_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (host, agent, target, hour) DO UPDATE SET up = excluded.up, "
+                    "ON CONFLICT (hour, host, agent, target) DO UPDATE SET up = excluded.up, "
                     "down = excluded.down, unknown = excluded.unknown, "
                     "healthy_seconds = excluded.healthy_seconds, "
                     "unhealthy_seconds = excluded.unhealthy_seconds, restarts = excluded.restarts, "
@@ -707,7 +686,7 @@ class RollupStore:
                 ),
             ):
                 deleted += self._db.execute(sql, (arg,)).rowcount
-            self._db.execute("DELETE FROM series WHERE id NOT IN (SELECT DISTINCT series FROM metric_hour)")
+            self._db.execute("DELETE FROM series WHERE last_hour < ?", (cutoff,))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

@@ -34,6 +34,7 @@ from bus.jetstream import stream_name
 from bus.pull import Broken, Feed, Handler, resume_after
 from sinks.report import intake
 from sinks.report.config import WEEKDAYS, ReportSinkConfig
+from sinks.report.layout import LayoutError
 from sinks.report.model import METRICS_READ, PeriodKind, make_period
 from sinks.report.render import REPORTS_DIR, produce, prune_reports
 from sinks.report.rollups import STORE_FILE, RollupStore
@@ -150,9 +151,9 @@ class ReportSink:
 
     async def run(self) -> None:
         """Consume and report until `stop()`; outages and bad messages are logged, never raised."""
-        try:
-            self.open()
-        except (OSError, sqlite3.Error) as exc:  # the rest of `up` keeps running without reports
+        try:  # in a thread: a store of an earlier layout is laid out anew first, once
+            await asyncio.to_thread(self.open)
+        except (OSError, sqlite3.Error, LayoutError) as exc:  # the rest of `up` keeps running without reports
             log.error("report sink: cannot open %s, no reports: %s", self.store_path, exc)
             await self._stopped.wait()
             return

@@ -123,8 +123,8 @@ PARTS = (
     "agent_rss",
 )
 # Minutes long and need Debian's Prometheus stack: `python -m tests.bench versus [--quick]`, `idle_cpu`;
-# minutes long: `commit_cost [--quick]`.
-ON_REQUEST = ("versus", "idle_cpu", "commit_cost", "evaluator_fanin")
+# minutes long: `commit_cost [--quick]`, `report_store [--days=7]`.
+ON_REQUEST = ("versus", "idle_cpu", "commit_cost", "evaluator_fanin", "report_store")
 
 
 async def host() -> None:

@@ -6,7 +6,8 @@ Two parts. In process: CPU per message of the sink, of nats-py's `fetch` (the fi
 the sink used before) and of a bare pull through a core subscription (the second: the least any
 nats-py consumer can cost), all decoding nothing but the sink. Live: the sink as its own process
 (`jarvis-monitor sink report`) while 100 and then 1,000 hosts publish at their real rate: its share
-of a core, its resident memory, and whether its backlog grows.
+of a core, its resident memory, and whether its backlog grows. `--days=N` gives the live sink's
+store N days of hourly rows first, as a sink running that long holds (0 by default).
 
 Run alone with `python -m tests.bench report_fanin` (about six minutes; the machine's other load
 shows in the absolute figures, so the ratios are the ones to compare).
@@ -14,11 +15,13 @@ shows in the absolute figures, so the ratios are the ones to compare).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -40,6 +43,7 @@ from bus.jetstream import provision, stream_name
 from bus.server import EmbeddedServer, ServerConfig
 from bus.units import Duration
 from sinks.report.config import ReportSinkConfig
+from sinks.report.rollups import HOUR, STORE_FILE
 from sinks.report.service import ReportSink
 from tests.console_events import container_batch, health_events, host_batch, probe_batch
 
@@ -73,6 +77,27 @@ def fleet(hosts: int, cycles: int, first: int = 0) -> list[tuple[str, bytes]]:
             for event in health_events(host, ts):
                 out.append((f"{PREFIX}.health.{host}.{event.agent}.{event.target}", encode(event)))
     return out
+
+
+def fill_history(path: Path, days: int) -> None:
+    """Copy the stored hour's rows back over `days` of earlier hours, as a store running that long holds."""
+    db = sqlite3.connect(path, isolation_level=None)
+    hour = int(T0 // HOUR) * HOUR
+    metric = db.execute("SELECT series, count, sum, min, max, sketch FROM metric_hour").fetchall()
+    health = db.execute("SELECT * FROM health_hour").fetchall()
+    db.execute("BEGIN")
+    for back in range(1, days * 24 + 1):
+        earlier = hour - back * HOUR
+        db.executemany(
+            "INSERT INTO metric_hour VALUES (?, ?, ?, ?, ?, ?, ?)", [(r[0], earlier, *r[1:]) for r in metric]
+        )
+        db.executemany(
+            "INSERT INTO health_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*r[:3], earlier, *r[4:]) for r in health],
+        )
+    db.execute("COMMIT")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
 
 
 async def fetch_cpu(url: str, after: dict[str, int]) -> tuple[float, int]:
@@ -268,8 +293,15 @@ async def at_rate(nc: Client, cycle: list[tuple[str, bytes]], seconds: float) ->
     await nc.flush()
 
 
-async def live(hosts: int) -> list[tuple[str, str, str]]:
-    """The sink as its own process under `hosts` publishing at their rate: CPU, RSS, backlog."""
+def days_kept(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench report_fanin", add_help=False)
+    parser.add_argument("--days", type=int, default=0, help="days of hourly rows the live sink's store holds")
+    return int(parser.parse_known_args(argv)[0].days)
+
+
+async def live(hosts: int, days: int = 0) -> list[tuple[str, str, str]]:
+    """The sink as its own process under `hosts` publishing at their rate, `days` of rollups kept
+    in its store: CPU, RSS, backlog."""
     warm, cycle = fleet(hosts, 1), fleet(hosts, 1, first=1)
     rate = len(cycle) / 10
     with tempfile.TemporaryDirectory() as name:
@@ -290,6 +322,7 @@ async def live(hosts: int) -> list[tuple[str, str, str]]:
                 await asyncio.sleep(0.2)
             first.terminate()
             await first.wait()
+            fill_history(tmp / "data" / STORE_FILE, days)
             sink = await asyncio.create_subprocess_exec(*command, env=env, stderr=asyncio.subprocess.DEVNULL)
             process = psutil.Process(sink.pid)
             while await backlog(js) != 0:
@@ -327,7 +360,7 @@ async def live(hosts: int) -> list[tuple[str, str, str]]:
     growth = (max(behind[half:]) - max(behind[:half])) / (wall / 2) if half else 0.0
     return [
         (
-            f"report fan-in live: {hosts:,} hosts x 3 agents ({rate:,.0f} msg/s), sink process",
+            f"report fan-in live: {hosts:,} hosts x 3 agents ({rate:,.0f} msg/s), {days} days kept, sink",
             f"{100 * cpu / steady:.1f}% of a core, {cpu / steady / rate * 1e6:.1f} us CPU/msg "
             f"(with the first minute: {100 * whole / wall:.1f}%), peak RSS {rss / 2**20:.0f} MB",
             "< 15% and < 150 MB at 1,000 hosts",
@@ -342,8 +375,9 @@ async def live(hosts: int) -> list[tuple[str, str, str]]:
 
 async def run() -> list[tuple[str, str, str]]:
     rows = await in_process()
+    days = days_kept(sys.argv[1:])
     for hosts in (100, 1000):
-        rows += await live(hosts)
+        rows += await live(hosts, days)
     return rows
 
 
