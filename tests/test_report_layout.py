@@ -147,3 +147,15 @@ def test_a_new_store_is_of_this_layout_and_opens_again_as_it_is(tmp_path: Path) 
         [MetricBatch(host="h", agent="host", ts=T0, interval=60, samples=[Sample("cpu.percent", 1.0)])]
     )
     assert len(store.metric_hours(T0, T0 + HOUR, ["cpu.percent"])) == 1
+
+
+def test_a_series_back_after_its_rows_were_pruned_is_stored_again(tmp_path: Path) -> None:
+    """Its values since the last write came in while the prune emptied it: the next write makes it anew."""
+    store = RollupStore(tmp_path / "r.sqlite3")
+    disk = [Sample("disk.percent", 81.0, {"mount": "/"})]
+    store.ingest([MetricBatch(host="web01", agent="host", ts=T0, interval=60, samples=disk)])
+    store.add(MetricBatch(host="web01", agent="host", ts=T0 + 31 * 86400, interval=60, samples=disk))
+    store.prune(T0 + 30 * 86400)  # its only stored hour is older than the cutoff
+    store.write(store.take())
+    (back,) = store.metric_hours(T0 + 30 * 86400, T0 + 32 * 86400, ["disk.percent"])
+    assert (back.host, back.labels, back.count) == ("web01", {"mount": "/"}, 1)
