@@ -293,9 +293,10 @@ async def at_rate(nc: Client, cycle: list[tuple[str, bytes]], seconds: float) ->
     await nc.flush()
 
 
-def days_kept(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench report_fanin", add_help=False)
-    parser.add_argument("--days", type=int, default=0, help="days of hourly rows the live sink's store holds")
+def days_kept(argv: list[str], part: str = "report_fanin", default: int = 0) -> int:
+    """`--days`: the days of hourly rows a bench's store holds before it is measured."""
+    parser = argparse.ArgumentParser(prog=f"python -m tests.bench {part}", add_help=False)
+    parser.add_argument("--days", type=int, default=default, help="days of hourly rows stored first")
     return int(parser.parse_known_args(argv)[0].days)
 
 

@@ -11,7 +11,6 @@ measured: its CPU and the bytes it appends to the WAL (checkpointed before it).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sqlite3
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 from sinks.report import intake, model
 from sinks.report.layout import SCHEMA
 from sinks.report.rollups import RollupStore
-from tests.bench.report_fanin import fill_history, fleet
+from tests.bench.report_fanin import days_kept, fill_history, fleet
 
 HOSTS = 100
 CYCLES_PER_WINDOW = 6
@@ -34,12 +33,9 @@ BY_SERIES = (
     + "CREATE INDEX metric_hour_hour ON metric_hour (hour);\n"
     + "CREATE INDEX health_hour_hour ON health_hour (hour);\n"
 )
-
-
-def days_kept(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench report_store", add_help=False)
-    parser.add_argument("--days", type=int, default=7, help="days of hourly rows stored before")
-    return int(parser.parse_known_args(argv)[0].days)
+# a schema no longer spelled as above would make the baseline the layout it is compared with
+assert "PRIMARY KEY (series, hour)" in BY_SERIES, "layout 0's metric_hour not rebuilt"
+assert "PRIMARY KEY (host, agent, target, hour)" in BY_SERIES, "layout 0's health_hour not rebuilt"
 
 
 def steady_write(
@@ -73,7 +69,7 @@ def steady_write(
 
 
 async def run() -> list[tuple[str, str, str]]:
-    days = days_kept(sys.argv[1:])
+    days = days_kept(sys.argv[1:], "report_store", default=7)
     cycles = [
         [(subject.split(".")[1], payload, subject) for subject, payload in fleet(HOSTS, 1, first=step)]
         for step in range(1 + 2 * CYCLES_PER_WINDOW)
