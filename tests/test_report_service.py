@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ from bus.connection import Bus
 from bus.units import dec_hook
 from sinks.report import render, service
 from sinks.report.config import ReportSinkConfig
+from sinks.report.layout import LAYOUT
 from sinks.report.rollups import STORE_FILE, RollupStore
 from sinks.report.service import ReportSink, next_daily_run, reports_due
 from tests.conftest import wait_until
@@ -193,3 +195,21 @@ async def test_a_store_that_cannot_be_opened_idles_the_sink_until_stopped(
     assert not task.done()  # the rest of `up` keeps running
     sink.stop()
     await asyncio.wait_for(task, 5)
+
+
+async def test_a_store_of_a_newer_layout_idles_the_sink_with_what_to_do(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / STORE_FILE
+    path.parent.mkdir(parents=True)
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {LAYOUT + 1}")
+    db.close()
+    sink = ReportSink(ReportSinkConfig(), cast("Bus", None), tmp_path, clock=lambda: T0)
+    task = asyncio.create_task(sink.run())
+    await wait_until(lambda: "written by a newer jarvis-monitor" in caplog.text)
+    assert "upgrade, or point data_dir elsewhere" in caplog.text
+    assert not task.done()  # the rest of `up` keeps running
+    sink.stop()
+    await asyncio.wait_for(task, 5)
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (LAYOUT + 1,)  # left as it was
