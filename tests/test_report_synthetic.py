@@ -335,6 +335,43 @@ def test_a_write_that_fails_after_making_series_ids_makes_them_again_when_tried_
     ]
 
 
+def test_late_events_of_an_earlier_hour_count_each_once_also_when_the_write_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two late samples of a series and two late checks of a target, all of the hour before the one
+    they are in: each counted once in that hour, also when the write failed and is tried again."""
+    store = RollupStore(tmp_path / "r.sqlite3")
+    later = T0 + 3600
+    events: list[tuple[float, float, Status]] = [
+        (later, 5.0, "ok"),
+        (T0 + 10, 1.0, "critical"),
+        (T0 + 20, 2.0, "critical"),
+    ]
+    for ts, value, status in events:
+        store.add(
+            MetricBatch(host="h", agent="host", ts=ts, interval=10, samples=[Sample("cpu.percent", value)])
+        )
+        store.add(HealthEvent(host="h", agent="probe", target="api", status=status, ts=ts))
+    window = store.take()
+    write_health = store._write_health
+
+    def fails(*args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_write_health", fails)
+    with pytest.raises(sqlite3.OperationalError):
+        store.write(window, {"S": 6})
+    monkeypatch.setattr(store, "_write_health", write_health)
+    store.write(window, {"S": 6})
+    metrics = {
+        row.hour: (row.count, row.low, row.high)
+        for row in store.metric_hours(T0, later + 3600, ["cpu.percent"])
+    }
+    assert metrics == {int(T0): (2, 1.0, 2.0), int(later): (1, 5.0, 5.0)}
+    health = {row.hour: (row.up, row.down) for row in store.health_hours(T0, later + 3600)}
+    assert health == {int(T0): (0, 2), int(later): (1, 0)}
+
+
 def test_prune_deletes_rollups_and_incidents_older_than_the_cutoff(tmp_path: Path) -> None:
     store = RollupStore(tmp_path / "r.sqlite3")
     fill(store, synthetic_day())

@@ -12,8 +12,9 @@ import sqlite3
 from array import array
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -32,20 +33,22 @@ _labels_encoder = msgspec.json.Encoder(order="sorted")
 _labels_decoder = msgspec.json.Decoder(dict[str, str])
 
 
-def _gather(groups: dict[K, T | list[T]], key: K, item: T) -> None:
-    """Put `item` in its key's group: alone, or in a list once a second one comes. Most keys get
-    one item a write, and a list for each of them was a write's largest transient."""
-    got = groups.get(key)
-    if got is None:
-        groups[key] = item
-    elif isinstance(got, list):
-        got.append(item)
-    else:
-        groups[key] = [got, item]
+# What a window holds of one hour: the series (or targets) and, at the same index, what each got.
+# Side by side in two lists: a tuple each, and a dict to group them by at the write, were the
+# largest part of the sink's peak memory.
+ByHour = dict[int, tuple[list[K], list[T]]]
+
+
+def _put(by_hour: ByHour[K, T], hour: int, owner: K, item: T) -> None:
+    held = by_hour.get(hour)
+    if held is None:
+        held = by_hour[hour] = ([], [])
+    held[0].append(owner)
+    held[1].append(item)
 
 
 def _each(group: T | list[T]) -> list[T]:
-    """The items `_gather` put in one group."""
+    """The items of one owner in a write: alone, or in a list once a second one came."""
     return group if isinstance(group, list) else [group]
 
 
@@ -192,6 +195,7 @@ class Series(msgspec.Struct, gc=False, eq=False):
     id: int = 0
     hour: int = -1
     values: array[float] | None = None
+    writing: array[float] | list[array[float]] | None = None  # the window's values, while written
 
 
 class HealthDelta(msgspec.Struct, gc=False, eq=False):
@@ -214,16 +218,49 @@ class Target(msgspec.Struct, gc=False, eq=False):
     ts: float
     hour: int = -1
     delta: HealthDelta | None = None  # of `hour`
+    writing: HealthDelta | list[HealthDelta] | None = None  # the window's of one hour, while written
+
+
+class _Holder(Protocol[T]):
+    writing: T | list[T] | None
+
+
+H = TypeVar("H", bound=_Holder[Any])
+
+
+def _hold(owners: list[H], items: list[Any]) -> list[H]:
+    """Hand each owner what it got in one hour (`writing`): the owners, once each, in the order met.
+    An owner met twice (a late sample, a status lasting back into an earlier hour) gets a list."""
+    held = []
+    for owner, item in zip(owners, items, strict=True):
+        got = owner.writing
+        if got is None:
+            owner.writing = item
+            held.append(owner)
+        elif isinstance(got, list):
+            got.append(item)
+        else:
+            owner.writing = [got, item]
+    return held
+
+
+def _series_id(series: Series) -> int:
+    return series.id
+
+
+def _target_key(target: Target) -> TargetKey:
+    return target.key
 
 
 @dataclass
 class Window:
     """What came in since the last write, as `take` detached it: what one `write` commits."""
 
-    metrics: list[tuple[Series, int, array[float]]] = field(default_factory=list)
+    metrics: ByHour[Series, array[float]] = field(default_factory=dict)
     new_series: list[tuple[Series, SeriesKey]] = field(default_factory=list)
-    health: list[tuple[TargetKey, int, HealthDelta]] = field(default_factory=list)
-    last: list[tuple[str, str, str, str, float]] = field(default_factory=list)
+    health: ByHour[Target, HealthDelta] = field(default_factory=dict)
+    # the targets heard of, with their latest status and its time as they were taken
+    last: tuple[list[Target], list[str], array[float]] = ([], [], array("d"))
     alerts: list[Change] = field(default_factory=list)
     counts: IngestStats = field(default_factory=IngestStats)
 
@@ -270,7 +307,7 @@ class RollupStore:
         self._series: dict[tuple[str, str], dict[str, dict[bytes, Series]]] = {}
         self._touched: list[Series] = []
         self._new: list[tuple[Series, SeriesKey]] = []
-        self._spilled: list[tuple[Series, int, array[float]]] = []  # values of an earlier hour
+        self._spilled: ByHour[Series, array[float]] = {}  # values of an earlier hour
         # one copy of each name and label set, however many hosts send it: a fleet runs the same
         # containers and checks everywhere (30 MB of the sink's 230 at 1,000 hosts)
         self._names: dict[str, str] = {}
@@ -278,7 +315,7 @@ class RollupStore:
         self._emptied: set[int] = set()  # series ids the last prune deleted, for `forget`
         self._targets: dict[TargetKey, Target] = {} if readonly else self._load_targets()
         self._changed: list[Target] = []
-        self._spilled_health: list[tuple[TargetKey, int, HealthDelta]] = []
+        self._spilled_health: ByHour[Target, HealthDelta] = {}
         self._alerts: list[Change] = []
         self._counts = IngestStats()
 
@@ -329,17 +366,17 @@ class RollupStore:
         metrics = self._spilled
         for series in self._touched:
             if series.values is not None:
-                metrics.append((series, series.hour, series.values))
+                _put(metrics, series.hour, series, series.values)
                 series.values = None
         health = self._spilled_health
-        last = []
-        for target in self._changed:
+        changed = self._changed
+        for target in changed:
             if target.delta is not None:
-                health.append((target.key, target.hour, target.delta))
+                _put(health, target.hour, target, target.delta)
                 target.delta = None
-            last.append((*target.key, target.status, target.ts))
+        last = (changed, [target.status for target in changed], array("d", (target.ts for target in changed)))
         window = Window(metrics, self._new, health, last, self._alerts, self._counts)
-        self._touched, self._new, self._spilled, self._changed, self._spilled_health = [], [], [], [], []
+        self._touched, self._new, self._spilled, self._changed, self._spilled_health = [], [], {}, [], {}
         self._alerts, self._counts = [], IngestStats()
         return window
 
@@ -388,10 +425,10 @@ class RollupStore:
                 values.append(value)
                 continue
             if hour < series.hour:  # a late sample of an earlier hour: on its own
-                self._spilled.append((series, hour, array("d", (value,))))
+                _put(self._spilled, hour, series, array("d", (value,)))
                 continue
             if values is not None:  # a new hour: the last one's values go as they are
-                self._spilled.append((series, series.hour, values))
+                _put(self._spilled, series.hour, series, values)
             else:
                 touched.append(series)
             series.hour = hour
@@ -404,10 +441,10 @@ class RollupStore:
             return delta
         fresh = HealthDelta()
         if hour < target.hour:  # an earlier hour (a late event, or a status lasting back then)
-            self._spilled_health.append((target.key, hour, fresh))
+            _put(self._spilled_health, hour, target, fresh)
             return fresh
         if delta is not None:
-            self._spilled_health.append((target.key, target.hour, delta))
+            _put(self._spilled_health, target.hour, target, delta)
         target.hour, target.delta = hour, fresh
         return fresh
 
@@ -550,100 +587,112 @@ class RollupStore:
                 found[key] = row
         return found
 
-    def _write_metrics(self, pending: list[tuple[Series, int, array[float]]]) -> None:
-        by_hour: dict[int, dict[int, array[float] | list[array[float]]]] = {}
-        for series, hour, values in pending:
-            _gather(by_hour.setdefault(hour, {}), series.id, values)
-        for hour, by_id in by_hour.items():
-            ids = sorted(by_id)
-            for at in range(0, len(ids), _CHUNK):  # in chunks: what a write holds stays small
-                chunk = [(series_id,) for series_id in ids[at : at + _CHUNK]]
-                stored = self._stored(
-                    "SELECT count, sum, min, max, sketch FROM metric_hour WHERE series = ? AND hour = ?",
-                    "SELECT series, count, sum, min, max, sketch FROM metric_hour "
-                    "WHERE hour = ? AND series BETWEEN ? AND ?",
-                    chunk,
-                    hour,
-                )
-                rows, first = [], []
-                for key in chunk:
-                    row = stored.get(key)
-                    if row is None:
-                        total = Rollup()
-                        first.append((hour, key[0], hour))
-                    else:
-                        total = Rollup(row[0], row[1], row[2], row[3], decode_sketch(row[4]))
-                    for values in _each(by_id[key[0]]):
-                        total.add_all(values)
-                    sketch = encode_sketch(total.sketch)
-                    rows.append((key[0], hour, total.count, total.total, total.low, total.high, sketch))
-                self._db.executemany(
-                    "INSERT INTO metric_hour VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hour, series) "
-                    "DO UPDATE SET count = excluded.count, sum = excluded.sum, min = excluded.min, "
-                    "max = excluded.max, sketch = excluded.sketch",
-                    rows,
-                )
-                # a series' first rows of an hour: what a prune reads to know which series it empties
-                self._db.executemany("UPDATE series SET last_hour = ? WHERE id = ? AND last_hour < ?", first)
+    def _write_metrics(self, by_hour: ByHour[Series, array[float]]) -> None:
+        for hour, (owners, arrays) in by_hour.items():
+            writing = _hold(owners, arrays)
+            try:
+                writing.sort(key=_series_id)
+                for at in range(0, len(writing), _CHUNK):  # in chunks: what a write holds stays small
+                    self._write_metric_rows(hour, writing[at : at + _CHUNK])
+            finally:
+                for series in writing:
+                    series.writing = None
+
+    def _write_metric_rows(self, hour: int, chunk: list[Series]) -> None:
+        stored = self._stored(
+            "SELECT count, sum, min, max, sketch FROM metric_hour WHERE series = ? AND hour = ?",
+            "SELECT series, count, sum, min, max, sketch FROM metric_hour "
+            "WHERE hour = ? AND series BETWEEN ? AND ?",
+            [(series.id,) for series in chunk],
+            hour,
+        )
+        rows, first = [], []
+        # one series sent with its labels in two orders is two Series of one id, side by side
+        for series_id, same in groupby(chunk, _series_id):
+            row = stored.get((series_id,))
+            if row is None:
+                total = Rollup()
+                first.append((hour, series_id, hour))
+            else:
+                total = Rollup(row[0], row[1], row[2], row[3], decode_sketch(row[4]))
+            for series in same:
+                assert series.writing is not None
+                for values in _each(series.writing):
+                    total.add_all(values)
+            sketch = encode_sketch(total.sketch)
+            rows.append((series_id, hour, total.count, total.total, total.low, total.high, sketch))
+        self._db.executemany(
+            "INSERT INTO metric_hour VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hour, series) "
+            "DO UPDATE SET count = excluded.count, sum = excluded.sum, min = excluded.min, "
+            "max = excluded.max, sketch = excluded.sketch",
+            rows,
+        )
+        # a series' first rows of an hour: what a prune reads to know which series it empties
+        self._db.executemany("UPDATE series SET last_hour = ? WHERE id = ? AND last_hour < ?", first)
 
     def _write_health(
-        self, pending: list[tuple[TargetKey, int, HealthDelta]], last: list[tuple[str, str, str, str, float]]
+        self, by_hour: ByHour[Target, HealthDelta], last: tuple[list[Target], list[str], array[float]]
     ) -> None:
-        by_hour: dict[int, dict[TargetKey, HealthDelta | list[HealthDelta]]] = {}
-        for target, hour, delta in pending:
-            _gather(by_hour.setdefault(hour, {}), target, delta)
-        for hour, by_target in by_hour.items():
-            targets = sorted(by_target)
-            for at in range(0, len(targets), _CHUNK):
-                chunk = targets[at : at + _CHUNK]
-                stored = self._stored(
-                    "SELECT up, down, unknown, healthy_seconds, unhealthy_seconds, restarts, "
-                    "latency_sketch FROM health_hour "
-                    "WHERE host = ? AND agent = ? AND target = ? AND hour = ?",
-                    "SELECT host, agent, target, up, down, unknown, healthy_seconds, unhealthy_seconds, "
-                    "restarts, latency_sketch FROM health_hour WHERE hour = ? "
-                    "AND (host, agent, target) BETWEEN (?, ?, ?) AND (?, ?, ?)",
-                    chunk,
-                    hour,
-                )
-                rows = []
-                for target in chunk:
-                    row = stored.get(target)
-                    if row is None:
-                        total = HealthRollup()
-                    else:
-                        up, down, unknown, healthy, unhealthy, restarts, latency = row
-                        total = HealthRollup(
-                            up, down, unknown, healthy, unhealthy, restarts, decode_sketch(latency)
-                        )
-                    for delta in _each(by_target[target]):
-                        total.add_delta(delta)
-                    rows.append(
-                        (
-                            *target,
-                            hour,
-                            total.up,
-                            total.down,
-                            total.unknown,
-                            total.healthy_seconds,
-                            total.unhealthy_seconds,
-                            total.restarts,
-                            encode_sketch(total.latency),
-                        )
-                    )
-                self._db.executemany(
-                    "INSERT INTO health_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (hour, host, agent, target) DO UPDATE SET up = excluded.up, "
-                    "down = excluded.down, unknown = excluded.unknown, "
-                    "healthy_seconds = excluded.healthy_seconds, "
-                    "unhealthy_seconds = excluded.unhealthy_seconds, restarts = excluded.restarts, "
-                    "latency_sketch = excluded.latency_sketch",
-                    rows,
-                )
+        for hour, (owners, deltas) in by_hour.items():
+            writing = _hold(owners, deltas)
+            try:
+                writing.sort(key=_target_key)
+                for at in range(0, len(writing), _CHUNK):
+                    self._write_health_rows(hour, writing[at : at + _CHUNK])
+            finally:
+                for target in writing:
+                    target.writing = None
+        targets, statuses, stamps = last
         self._db.executemany(
             "INSERT INTO health_last VALUES (?, ?, ?, ?, ?) ON CONFLICT (host, agent, target) "
             "DO UPDATE SET status = excluded.status, ts = excluded.ts",
-            last,
+            ((*target.key, status, ts) for target, status, ts in zip(targets, statuses, stamps, strict=True)),
+        )
+
+    def _write_health_rows(self, hour: int, chunk: list[Target]) -> None:
+        stored = self._stored(
+            "SELECT up, down, unknown, healthy_seconds, unhealthy_seconds, restarts, "
+            "latency_sketch FROM health_hour "
+            "WHERE host = ? AND agent = ? AND target = ? AND hour = ?",
+            "SELECT host, agent, target, up, down, unknown, healthy_seconds, unhealthy_seconds, "
+            "restarts, latency_sketch FROM health_hour WHERE hour = ? "
+            "AND (host, agent, target) BETWEEN (?, ?, ?) AND (?, ?, ?)",
+            [target.key for target in chunk],
+            hour,
+        )
+        rows = []
+        for key, same in groupby(chunk, _target_key):  # one Target a key, but never two rows of one
+            row = stored.get(key)
+            if row is None:
+                total = HealthRollup()
+            else:
+                up, down, unknown, healthy, unhealthy, restarts, latency = row
+                total = HealthRollup(up, down, unknown, healthy, unhealthy, restarts, decode_sketch(latency))
+            for target in same:
+                assert target.writing is not None
+                for delta in _each(target.writing):
+                    total.add_delta(delta)
+            rows.append(
+                (
+                    *key,
+                    hour,
+                    total.up,
+                    total.down,
+                    total.unknown,
+                    total.healthy_seconds,
+                    total.unhealthy_seconds,
+                    total.restarts,
+                    encode_sketch(total.latency),
+                )
+            )
+        self._db.executemany(
+            "INSERT INTO health_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (hour, host, agent, target) DO UPDATE SET up = excluded.up, "
+            "down = excluded.down, unknown = excluded.unknown, "
+            "healthy_seconds = excluded.healthy_seconds, "
+            "unhealthy_seconds = excluded.unhealthy_seconds, restarts = excluded.restarts, "
+            "latency_sketch = excluded.latency_sketch",
+            rows,
         )
 
     def _add_alert(self, alert: Change) -> None:
