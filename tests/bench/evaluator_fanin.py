@@ -45,6 +45,7 @@ from bus.partitions import partition_stream
 from bus.server import EmbeddedServer, ServerConfig
 from evaluator.rules import AGENT_DOWN_RULE
 from evaluator.service import DURABLE, partition_durable
+from tests.bench.idle_cpu import wakeups
 from tests.bench.report_fanin import PREFIX, T0
 from tests.console_events import container_batch, health_events, heartbeats, host_batch, probe_batch
 
@@ -136,6 +137,7 @@ class Mark:
     at: float
     cpu: dict[str, float]
     done: int  # messages sent and committed by the evaluator
+    wakes: dict[str, int]  # voluntary context switches of each process's threads so far
 
     @classmethod
     async def take(
@@ -143,11 +145,16 @@ class Mark:
     ) -> Mark:
         cpu = {name: cpu_seconds(process) for name, process in processes.items()}
         done = sent - (await backlog(js, partitions, unacked=True) or 0)
-        return cls(time.perf_counter(), {**cpu, "machine": machine_busy()}, done)
+        wakes = {name: wakeups(process.pid) for name, process in processes.items()}
+        return cls(time.perf_counter(), {**cpu, "machine": machine_busy()}, done, wakes)
 
     def share(self, later: Mark, name: str) -> float:
         """`name`'s share of a core from this mark to `later`."""
         return (later.cpu[name] - self.cpu[name]) / (later.at - self.at)
+
+    def wakeups(self, later: Mark, name: str) -> float:
+        """`name`'s wakeups a second from this mark to `later`."""
+        return (later.wakes[name] - self.wakes[name]) / (later.at - self.at)
 
 
 @dataclass
@@ -319,7 +326,10 @@ async def live(
     label = f"evaluator fan-in: {hosts:,} hosts x 3 agents ({rate:,.0f} msg/s)"
     if evaluators > 1:
         label += f", {evaluators} evaluators on {evaluators} partitions"
-    split = ", ".join(f"{which} {100 * share:.1f}%" for which, share in shares.items())
+    split = ", ".join(
+        f"{which} {100 * share:.1f}%, {first.wakeups(last, which):,.0f} wakeups/s"
+        for which, share in shares.items()
+    )
     rows = [
         (
             f"{label}, bare nats-py subscriber (baseline)",
