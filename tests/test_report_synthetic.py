@@ -307,13 +307,11 @@ def test_a_failed_transaction_keeps_nothing_of_its_batch(tmp_path: Path) -> None
     assert [r.host for r in store.metric_hours(T0, T0 + 3600, ["x"])] == ["new"]
 
 
-def test_a_write_that_fails_after_making_series_ids_makes_them_again_when_tried_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _write_after_a_failure(
+    store: RollupStore, monkeypatch: pytest.MonkeyPatch, positions: dict[str, int]
 ) -> None:
-    """New series get their ids inside the write's transaction: rolled back, they are new again."""
-    store = RollupStore(tmp_path / "r.sqlite3")
-    for event in _host_batches()[:10]:
-        store.add(event)
+    """Write what the store took in as the sink does when the disk fails once: the write fails after
+    the metrics (nothing kept), then the same window is tried again and commits."""
     window = store.take()
     write_health = store._write_health
 
@@ -322,11 +320,21 @@ def test_a_write_that_fails_after_making_series_ids_makes_them_again_when_tried_
 
     monkeypatch.setattr(store, "_write_health", fails)
     with pytest.raises(sqlite3.OperationalError):
-        store.write(window, {"S": 10})
+        store.write(window, positions)
     assert store.positions() == {}
     monkeypatch.setattr(store, "_write_health", write_health)
-    store.write(window, {"S": 10})  # the same window, as the sink retries it
-    assert store.positions() == {"S": 10}
+    store.write(window, positions)
+    assert store.positions() == positions
+
+
+def test_a_write_that_fails_after_making_series_ids_makes_them_again_when_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New series get their ids inside the write's transaction: rolled back, they are new again."""
+    store = RollupStore(tmp_path / "r.sqlite3")
+    for event in _host_batches()[:10]:
+        store.add(event)
+    _write_after_a_failure(store, monkeypatch, {"S": 10})
     rows = store.metric_hours(T0, T0 + 3600, ["cpu.percent", "disk.percent", "container.cpu.percent"])
     assert sorted((row.metric, row.labels, row.count) for row in rows) == [
         ("container.cpu.percent", {"container": "api"}, 10),
@@ -352,17 +360,7 @@ def test_late_events_of_an_earlier_hour_count_each_once_also_when_the_write_is_t
             MetricBatch(host="h", agent="host", ts=ts, interval=10, samples=[Sample("cpu.percent", value)])
         )
         store.add(HealthEvent(host="h", agent="probe", target="api", status=status, ts=ts))
-    window = store.take()
-    write_health = store._write_health
-
-    def fails(*args: object) -> None:
-        raise sqlite3.OperationalError("disk I/O error")
-
-    monkeypatch.setattr(store, "_write_health", fails)
-    with pytest.raises(sqlite3.OperationalError):
-        store.write(window, {"S": 6})
-    monkeypatch.setattr(store, "_write_health", write_health)
-    store.write(window, {"S": 6})
+    _write_after_a_failure(store, monkeypatch, {"S": 6})
     metrics = {
         row.hour: (row.count, row.low, row.high)
         for row in store.metric_hours(T0, later + 3600, ["cpu.percent"])
