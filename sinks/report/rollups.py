@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import sqlite3
 from array import array
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import msgspec
 
@@ -244,12 +245,10 @@ def _hold(owners: list[H], items: list[Any]) -> list[H]:
     return held
 
 
-def _series_id(series: Series) -> int:
-    return series.id
-
-
-def _target_key(target: Target) -> TargetKey:
-    return target.key
+_series_id = attrgetter("id")
+_target_key = attrgetter("key")
+# the targets heard of, with their latest status and its time as they were taken
+Last: TypeAlias = "tuple[list[Target], list[str], array[float]]"
 
 
 @dataclass
@@ -259,8 +258,7 @@ class Window:
     metrics: ByHour[Series, array[float]] = field(default_factory=dict)
     new_series: list[tuple[Series, SeriesKey]] = field(default_factory=list)
     health: ByHour[Target, HealthDelta] = field(default_factory=dict)
-    # the targets heard of, with their latest status and its time as they were taken
-    last: tuple[list[Target], list[str], array[float]] = ([], [], array("d"))
+    last: Last = field(default_factory=lambda: ([], [], array("d")))
     alerts: list[Change] = field(default_factory=list)
     counts: IngestStats = field(default_factory=IngestStats)
 
@@ -520,7 +518,7 @@ class RollupStore:
             ids = self._series_ids([key for series, key in window.new_series if series.id == 0])
             for series, series_id in zip(fresh, ids, strict=True):
                 series.id = series_id
-            self._write_metrics(window.metrics)
+            self._write_by_hour(window.metrics, _series_id, self._write_metric_rows)
             self._write_health(window.health, window.last)
             for alert in window.alerts:
                 self._add_alert(alert)
@@ -587,16 +585,20 @@ class RollupStore:
                 found[key] = row
         return found
 
-    def _write_metrics(self, by_hour: ByHour[Series, array[float]]) -> None:
-        for hour, (owners, arrays) in by_hour.items():
-            writing = _hold(owners, arrays)
+    def _write_by_hour(
+        self, by_hour: ByHour[H, Any], key: Callable[[H], Any], write_rows: Callable[[int, list[H]], None]
+    ) -> None:
+        """Merge each hour's owners (series or targets) into their stored rows, in `key` order:
+        each holds what it got on its `writing` slot while its rows are written, and no longer."""
+        for hour, (owners, items) in by_hour.items():
+            writing = _hold(owners, items)
             try:
-                writing.sort(key=_series_id)
+                writing.sort(key=key)
                 for at in range(0, len(writing), _CHUNK):  # in chunks: what a write holds stays small
-                    self._write_metric_rows(hour, writing[at : at + _CHUNK])
+                    write_rows(hour, writing[at : at + _CHUNK])
             finally:
-                for series in writing:
-                    series.writing = None
+                for owner in writing:
+                    owner.writing = None
 
     def _write_metric_rows(self, hour: int, chunk: list[Series]) -> None:
         stored = self._stored(
@@ -630,18 +632,8 @@ class RollupStore:
         # a series' first rows of an hour: what a prune reads to know which series it empties
         self._db.executemany("UPDATE series SET last_hour = ? WHERE id = ? AND last_hour < ?", first)
 
-    def _write_health(
-        self, by_hour: ByHour[Target, HealthDelta], last: tuple[list[Target], list[str], array[float]]
-    ) -> None:
-        for hour, (owners, deltas) in by_hour.items():
-            writing = _hold(owners, deltas)
-            try:
-                writing.sort(key=_target_key)
-                for at in range(0, len(writing), _CHUNK):
-                    self._write_health_rows(hour, writing[at : at + _CHUNK])
-            finally:
-                for target in writing:
-                    target.writing = None
+    def _write_health(self, by_hour: ByHour[Target, HealthDelta], last: Last) -> None:
+        self._write_by_hour(by_hour, _target_key, self._write_health_rows)
         targets, statuses, stamps = last
         self._db.executemany(
             "INSERT INTO health_last VALUES (?, ?, ?, ?, ?) ON CONFLICT (host, agent, target) "
