@@ -119,6 +119,8 @@ async def test_cycle_reports_state_health_restarts_exit_codes_and_resources(cont
             and states["oom"].status == "critical"  # type: ignore[union-attr]
             and sample(c, "container.exit_code", name("oom")) == 137
             and "completed" in states["job"].detail  # type: ignore[union-attr]
+            # read between two runs of its 1 s health check, whose exec counts in its pids (7 seen)
+            and sample(c, "container.pids", name("healthy")) == 1
         )
 
     try:
