@@ -11,8 +11,10 @@ from typing import Any, cast
 
 import msgspec
 import pytest
+from nats.aio.msg import Msg
 
 from bus.connection import Bus
+from bus.events import MetricBatch, Sample, encode
 from bus.units import dec_hook
 from sinks.report import render, service
 from sinks.report.config import ReportSinkConfig
@@ -213,3 +215,30 @@ async def test_a_store_of_a_newer_layout_idles_the_sink_with_what_to_do(
     sink.stop()
     await asyncio.wait_for(task, 5)
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (LAYOUT + 1,)  # left as it was
+
+
+async def test_a_window_committed_while_the_retention_prunes_keeps_a_series_back_from_silence(
+    tmp_path: Path,
+) -> None:
+    """A series silent past the retention speaks again as the daily prune deletes it: the values it
+    sent are in the store afterwards, under a series that exists."""
+    now = [T0 + 31 * 86400]
+    sink = _sink(tmp_path, now)
+    store = sink.open()
+    disk = [Sample("disk.percent", 81.0, {"mount": "/"})]
+    store.ingest([MetricBatch(host="web01", agent="host", ts=T0, interval=60, samples=disk)])
+    back = MetricBatch(host="web01", agent="host", ts=now[0], interval=60, samples=disk)
+    sink._take_in(
+        "metrics",
+        "JARVIS_METRICS",
+        Msg(cast("Any", None), "jarvis.metrics.web01.host", data=encode(back)),
+        1,
+        0,
+    )
+    retention = asyncio.create_task(sink.retain(now[0]))
+    await asyncio.sleep(0)  # its first step: the store's lock taken, the prune in its thread
+    assert sink._store_lock.locked()
+    assert await sink.commit()  # the window came in as the prune ran
+    await retention
+    (stored,) = store.metric_hours(now[0] - 3600, now[0] + 3600, ["disk.percent"])
+    assert (stored.host, stored.labels, stored.count) == ("web01", {"mount": "/"}, 1)

@@ -309,10 +309,12 @@ class ReportSink:
         self._full.clear()
         if self._taken == 0:
             return True
-        window, positions = store.take(), dict(self._seen)
-        letters, self._letters, self._taken = self._letters, [], 0
         backoff = Backoff(0.2, RETRY_CAP)
         async with self._store_lock:
+            # taken under the lock: a prune's `forget` must see this window's series still holding
+            # their values, or it drops them and the write stores them under ids it deleted
+            window, positions = store.take(), dict(self._seen)
+            letters, self._letters, self._taken = self._letters, [], 0
             while True:  # at least once, even when stopping
                 try:
                     await asyncio.to_thread(store.write, window, positions)
@@ -329,7 +331,8 @@ class ReportSink:
                         log.error("report sink: stopped before the last write; redelivered at the next start")
                         return False
         self._writable.set()
-        await self._keep_letters(letters)
+        if letters:
+            await self._keep_letters(letters)
         return True
 
     # -- reports -------------------------------------------------------------------------------
