@@ -436,8 +436,10 @@ async def run() -> list[tuple[str, str, str]]:
         for round_ in range(chosen.rounds):
             loads: dict[int, Load] = {}
             for evaluators in counts[:: -1 if round_ % 2 else 1]:
-                found, load = await live(hosts, chosen.warmup, chosen.window, profile, evaluators)
-                rows, loads[evaluators] = rows + found, load
+                found, loads[evaluators] = await live(
+                    hosts, chosen.warmup, chosen.window, profile, evaluators
+                )
+                rows += found
             for evaluators, carry in carries.items():
                 if 1 in loads:
                     carry.append(loads[1].carry(loads[evaluators]))
