@@ -63,13 +63,15 @@ class MaintenanceWindows:
 class Inhibitor:
     """A firing source alert mutes target alerts that share the `equal` labels (never itself).
 
+    As in Alertmanager's `inhibit.go`, a target that matches the source side too is muted only by
+    sources that do not also match the target side: two alerts of one kind never mute each other.
     The index of firing sources per rule is rebuilt lazily after the firing set changes.
     """
 
     def __init__(self, rules: Sequence[InhibitRule], firing: Callable[[], Iterable[Alert]]) -> None:
         self.rules = list(rules)
         self._firing = firing
-        self._index: list[dict[tuple[str, ...], list[tuple[str, Mapping[str, str]]]]] | None = None
+        self._index: list[dict[tuple[str, ...], list[tuple[str, bool]]]] | None = None
 
     def is_source(self, labels: Mapping[str, str]) -> bool:
         return any(matches_all(rule.source_matchers, labels) for rule in self.rules)
@@ -86,21 +88,22 @@ class Inhibitor:
             if not index or not matches_all(rule.target_matchers, labels):
                 continue
             key = tuple(labels.get(name, "") for name in rule.equal)
-            for fingerprint, source_labels in index.get(key, ()):
-                # equal labels are the same alert (the fingerprint derives from them)
-                if source_labels != labels and fingerprint not in sources:
+            # an alert itself is among the two-sided sources whenever it is a source
+            two_sided_target = matches_all(rule.source_matchers, labels)
+            for fingerprint, two_sided in index.get(key, ()):
+                if not (two_sided_target and two_sided) and fingerprint not in sources:
                     sources.append(fingerprint)
         return sources
 
     @staticmethod
-    def _build(
-        rule: InhibitRule, firing: Iterable[Alert]
-    ) -> dict[tuple[str, ...], list[tuple[str, Mapping[str, str]]]]:
-        index: dict[tuple[str, ...], list[tuple[str, Mapping[str, str]]]] = {}
+    def _build(rule: InhibitRule, firing: Iterable[Alert]) -> dict[tuple[str, ...], list[tuple[str, bool]]]:
+        """Firing sources by their `equal` labels: (fingerprint, matches the target side too)."""
+        index: dict[tuple[str, ...], list[tuple[str, bool]]] = {}
         for alert in firing:
             if matches_all(rule.source_matchers, alert.labels):
                 key = tuple(alert.labels.get(name, "") for name in rule.equal)
-                index.setdefault(key, []).append((alert.fingerprint, alert.labels))
+                two_sided = matches_all(rule.target_matchers, alert.labels)
+                index.setdefault(key, []).append((alert.fingerprint, two_sided))
         return index
 
 

@@ -84,6 +84,29 @@ def test_inhibition_mutes_targets_sharing_the_equal_labels_and_never_the_source_
     assert inhibitor.mutes({"rule": "agent_down", "host": "web01"}, 0) == [], "a source never mutes itself"
 
 
+def test_alerts_matching_both_sides_of_a_rule_never_mute_each_other_but_one_sided_sources_mute_them() -> None:
+    rule = InhibitRule(  # "a critical mutes the rest of its host": criticals match both sides
+        source_matchers=[Matcher(name="severity", value="critical")],
+        target_matchers=[],
+        equal=["host"],
+    )
+    api = {"host": "web01", "rule": "service_down", "check": "api", "severity": "critical"}
+    web = {**api, "check": "web"}
+    sources = [firing("fp-api", **api), firing("fp-web", **web)]
+    inhibitor = Inhibitor([rule], lambda: sources)
+    assert inhibitor.mutes(api, 0) == [], "two services down on one host: both are notified"
+    assert inhibitor.mutes(web, 0) == []
+    assert inhibitor.mutes(WEB01, 0) == ["fp-api", "fp-web"], "the warning of their host is muted"
+    one_sided = InhibitRule(
+        source_matchers=[Matcher(name="rule", value="agent_down")],
+        target_matchers=[Matcher(name="severity", value="critical")],
+        equal=["host"],
+    )
+    sources.append(firing("fp-down", rule="agent_down", host="web01", severity="warning"))
+    both = Inhibitor([rule, one_sided], lambda: sources)
+    assert both.mutes(api, 0) == ["fp-down"], "a source not matching the target side still mutes"
+
+
 def test_inhibition_follows_the_firing_set_once_invalidated() -> None:
     rule = InhibitRule(source_matchers=[Matcher(name="rule", value="agent_down")], target_matchers=[])
     sources: list[Alert] = []

@@ -316,6 +316,19 @@ def test_custom_inhibit_rule_with_equal_labels() -> None:
     ]
 
 
+def test_two_services_down_on_one_host_are_both_notified_under_a_rule_they_match_on_both_sides() -> None:
+    inhibit = InhibitRule(  # "a service down mutes the other criticals of its host"
+        source_matchers=[Matcher(name="rule", value="service_down")],
+        target_matchers=[Matcher(name="severity", value="critical")],
+        equal=["host"],
+    )
+    driver = Driver(EvaluatorConfig(inhibit_rules=[inhibit]))
+    for t in range(0, 200, 10):
+        driver.at(t, health("probe", "probe", "api", "critical"), health("probe", "probe", "web", "critical"))
+    notified = sorted((a.rule, a.labels.get("check")) for n in driver.notifications for a in n.alerts)
+    assert notified == [("service_down", "api"), ("service_down", "web")]
+
+
 def test_inhibition_lifting_notifies_the_alert_that_still_fires() -> None:
     inhibit = InhibitRule(
         source_matchers=[Matcher(name="rule", value="disk")],
