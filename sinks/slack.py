@@ -1,10 +1,11 @@
 """The Slack sink (slack-sdk): notifications from the bus, delivered once each, in order per group.
 
-A durable JetStream pull consumer with `max_ack_pending = 1` hands out one notification at a time,
-to this instance or any other sharing the consumer, so processing is strictly sequential: order
-per group (and overall) holds, and a notification stuck in retries holds back the ones after it
-until it is delivered or dead-lettered. A message is acked only after Slack accepted it, so a crash
-repeats at most that one message. In bot mode the message of each group lives in JetStream KV
+A durable JetStream pull consumer hands out up to `max_pending` notifications, which wait in one
+queue per Slack channel (`slack_queue`): each channel sends one message at a time, the most severe
+group first and each group in order, so a channel paused by 429s or failing holds back only its own
+notifications, and a critical never waits behind the warnings queued before it. A message is acked
+only after Slack accepted it, so a crash repeats at most the one message each channel had in
+flight; the rest is redelivered. In bot mode the message of each group lives in JetStream KV
 (`slack.thread.<hash>` in the state bucket), so any instance continues the same thread.
 """
 
@@ -27,7 +28,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from bus import deadletter
@@ -43,7 +44,15 @@ from sinks.slack_config import SlackSecrets
 from sinks.slack_config import SlackSinkConfig as SlackSinkConfig
 from sinks.slack_config import resolve_secrets as resolve_secrets
 from sinks.slack_delivery import ChannelRateLimiter, Clock, DeliveryError, RetryPolicy, Sender, SystemClock
-from sinks.slack_format import FormatOptions, console_text, render, resolved_reply
+from sinks.slack_format import (
+    SEVERITY_ORDER,
+    FormatOptions,
+    console_text,
+    render,
+    resolved_reply,
+    worst_severity,
+)
+from sinks.slack_queue import ChannelQueue
 from sinks.slack_transport import MESSAGE_GONE, BotTransport, Posted, Transport, WebhookTransport
 
 log = logging.getLogger(__name__)
@@ -51,6 +60,8 @@ log = logging.getLogger(__name__)
 BUG_RETRY = Duration(60)
 # Deliveries of a notification the sink itself fails on (a bug, not Slack) before it is dead-lettered.
 BUG_ATTEMPTS = 5
+CONSOLE = "console"  # the one queue of console mode
+REJECTS = ""  # the queue of payloads that are no notification: dead-lettered at once
 T = TypeVar("T")
 
 
@@ -104,6 +115,31 @@ def thread_key(route: str, group_key: str) -> str:
     return f"slack.thread.{digest[:32]}"
 
 
+@dataclasses.dataclass(eq=False)
+class _Held:
+    """A notification taken from JetStream and not yet acked, with what its payload decoded to."""
+
+    msg: Msg
+    item: Notification | None
+    error: EventDecodeError | None
+    group: str  # its Slack thread: its place in the channel's order
+    rank: int
+    failures: int = 0  # the sink's own errors on it in this process
+
+    @property
+    def seq(self) -> int:
+        return self.msg.metadata.sequence.stream
+
+
+@dataclasses.dataclass(eq=False)
+class _Channel:
+    """One channel's queue, and the task sending it (gone once the queue is empty)."""
+
+    queue: ChannelQueue[_Held] = dataclasses.field(default_factory=ChannelQueue)
+    arrived: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    worker: asyncio.Task[None] | None = None
+
+
 @dataclasses.dataclass
 class SinkStats:
     delivered: int = 0
@@ -151,6 +187,9 @@ class SlackSink:
         self._stopping = asyncio.Event()
         self._transport: Transport | None = None
         self._kv: KeyValue | None = None
+        self._held: dict[int, _Held] = {}  # by stream sequence
+        self._channels: dict[str, _Channel] = {}
+        self._room = asyncio.Event()  # set when a held notification is let go
 
     @property
     def mode(self) -> str:
@@ -179,7 +218,7 @@ class SlackSink:
     def counters(self) -> dict[str, int]:
         """What the sink did since it started, for its heartbeat and `jarvis-monitor status`."""
         stats = {f.name: getattr(self.stats, f.name) for f in dataclasses.fields(self.stats)}
-        return stats | {"lag.notifications": self.lag}
+        return stats | {"lag.notifications": self.lag, "held.notifications": len(self._held)}
 
     async def run(self) -> None:
         """Consume and deliver until stop(); outages of NATS or Slack are waited out, never raised."""
@@ -202,19 +241,30 @@ class SlackSink:
         self._transport = make_transport(self.config, self.secrets)
         log.info("slack sink: delivering notifications in %s mode", self.mode)
         subscription: JetStreamContext.PullSubscription | None = None
+        keeping_alive: asyncio.Task[None] | None = None
         try:
             js = self.bus.nc.jetstream()
             subscription = await self._until_stopped(self._prepare(js))
+            keeping_alive = asyncio.create_task(self._keep_alive())
             while not self._stopping.is_set():
-                messages = await self._until_stopped(self._fetch(subscription))
-                for msg in messages:
-                    await self._handle(js, msg)
+                if len(self._held) >= self.config.max_pending:
+                    self._room.clear()
+                    await self._until_stopped(self._room.wait())
+                    continue
+                for msg in await self._until_stopped(self._fetch(subscription)):
+                    self._take(js, msg)
         except _Stopped:
             pass
         finally:
+            self._stopping.set()  # the channels hand back what they hold
             if subscription is not None:  # else its open pull request would take the next message
                 with contextlib.suppress(nats.errors.Error):
                     await subscription.unsubscribe()
+            workers = [channel.worker for channel in self._channels.values() if channel.worker]
+            await asyncio.gather(*workers, return_exceptions=True)
+            await self._hand_back()
+            if keeping_alive is not None:
+                await cancel_and_wait([keeping_alive])
             if self._transport is not None:
                 await self._transport.close()
             log.info(
@@ -223,6 +273,77 @@ class SlackSink:
                 self.stats.dead_lettered,
                 self.stats.rejected,
             )
+
+    # --- the channels' queues ------------------------------------------------------------------
+
+    def _take(self, js: JetStreamContext, msg: Msg) -> None:
+        """Queue a fetched message on its channel, starting the channel's sender if it has none."""
+        seq = msg.metadata.sequence.stream
+        if (again := self._held.get(seq)) is not None:  # redelivered while held (keep-alives lost)
+            again.msg = msg  # acked as its latest delivery
+            return
+        item: Notification | None = None
+        error: EventDecodeError | None = None
+        try:
+            item = notification.decode(msg.data, msg.subject)
+        except EventDecodeError as exc:
+            error = exc
+        if item is None:
+            held = _Held(msg, None, error, group=f"seq:{seq}", rank=len(SEVERITY_ORDER))
+            name = REJECTS
+        else:
+            rank = SEVERITY_ORDER.index(worst_severity(item.alerts))
+            held = _Held(msg, item, None, group=thread_key(item.route, item.group_key), rank=rank)
+            transport = self._transport
+            name = CONSOLE if transport is None else transport.channel_for(item.route, item.receiver)
+        self._held[seq] = held
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = _Channel()
+            channel.worker = asyncio.create_task(self._send_channel(js, name, channel))
+        channel.queue.push(held.group, held.rank, seq, held)
+        channel.arrived.set()
+
+    def _let_go(self, held: _Held) -> None:
+        self._held.pop(held.seq, None)
+        self._room.set()
+
+    async def _send_channel(self, js: JetStreamContext, name: str, channel: _Channel) -> None:
+        """Deliver a channel's queue one at a time until it is empty or stop() (what it holds then is
+        handed back by `_run`)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while not self._stopping.is_set():
+                held = channel.queue.pop(loop.time())
+                if held is not None:
+                    await self._handle(js, channel, held)
+                    continue
+                ready = channel.queue.next_ready()
+                if ready is None:
+                    return
+                channel.arrived.clear()
+                await self._arrival_or_stop(channel, ready - loop.time())
+        except _Stopped:
+            pass
+        finally:
+            if self._channels.get(name) is channel:
+                del self._channels[name]
+
+    async def _hand_back(self) -> None:
+        """Give what is still held to the next instance at once, not after ack_wait; only once this
+        one's pull request is gone, or the server would hand it straight back to that request."""
+        for held in list(self._held.values()):
+            with contextlib.suppress(nats.errors.Error):
+                await held.msg.nak()
+            self._let_go(held)
+
+    async def _arrival_or_stop(self, channel: _Channel, timeout: float) -> None:
+        waits = {asyncio.ensure_future(channel.arrived.wait()), asyncio.ensure_future(self._stopping.wait())}
+        try:
+            await asyncio.wait(waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     # --- the bus -------------------------------------------------------------------------------
 
@@ -264,7 +385,7 @@ class SlackSink:
                 filter_subject=self.bus.subjects.family("notifications"),
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=ack_wait,
-                max_ack_pending=1,  # one at a time: strict order, across instances too
+                max_ack_pending=self.config.max_pending,
                 max_deliver=-1,  # the sink bounds its retries itself, then dead-letters
                 deliver_policy=DeliverPolicy.BY_START_TIME,
                 opt_start_time=start,
@@ -272,10 +393,15 @@ class SlackSink:
             await js.add_consumer(stream, desired)
             return
         current = info.config
-        if round(current.ack_wait or 0) != round(ack_wait) or current.max_ack_pending != 1:
-            await js.add_consumer(stream, dataclasses.replace(current, ack_wait=ack_wait, max_ack_pending=1))
+        pending = self.config.max_pending
+        if round(current.ack_wait or 0) != round(ack_wait) or current.max_ack_pending != pending:
+            await js.add_consumer(
+                stream, dataclasses.replace(current, ack_wait=ack_wait, max_ack_pending=pending)
+            )
 
     async def _fetch(self, subscription: JetStreamContext.PullSubscription) -> list[Msg]:
+        """The next message, as soon as there is one: nats-py's fetch of more than one waits for
+        all of them or for the request to expire (5 s), however many are there."""
         try:
             messages = await subscription.fetch(1, timeout=5)
         except TimeoutError:
@@ -288,70 +414,71 @@ class SlackSink:
             self.lag = messages[-1].metadata.num_pending
         return messages
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        """Tell JetStream we are still working on `msg`, so a long retry is not redelivered meanwhile."""
+    async def _keep_alive(self) -> None:
+        """Tell JetStream every held notification is still being worked on, so none is redelivered."""
         while True:
             await asyncio.sleep(max(0.5, self.config.ack_wait.seconds / 3))
-            with contextlib.suppress(nats.errors.Error):
-                await msg.in_progress()
+            for held in list(self._held.values()):
+                with contextlib.suppress(nats.errors.Error):
+                    await held.msg.in_progress()
 
-    async def _handle(self, js: JetStreamContext, msg: Msg) -> None:
-        """Process one message; on stop(), a request in flight may finish, then the message is handed back."""
-        task = asyncio.ensure_future(self._process_safely(js, msg))
+    async def _handle(self, js: JetStreamContext, channel: _Channel, held: _Held) -> None:
+        """Process one notification; on stop(), a request in flight may finish, then it is handed back."""
+        task = asyncio.ensure_future(self._process_safely(js, held))
         stopper = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
-        if task.done():
-            return
-        done: set[asyncio.Future[None]] = set()
-        if not self.sender.waiting:  # a request with Slack, or its ack: let it finish
-            done, _ = await asyncio.wait({task}, timeout=self.config.timeout.seconds + 1)
-        if not done:
+        if not task.done() and not self.sender.waiting(task):  # a request with Slack, or its ack
+            await asyncio.wait({task}, timeout=self.config.timeout.seconds + 1)
+        if not task.done():  # still held: handed back when the sink stops
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak()  # to the next instance at once, not after ack_wait
-        raise _Stopped
+            raise _Stopped
+        retry_in = task.result()
+        if retry_in is None:
+            self._let_go(held)
+        else:  # its group waits; the channel's other groups go first meanwhile
+            at = asyncio.get_running_loop().time() + retry_in
+            channel.queue.retry_later(held.group, held.rank, held.seq, held, at)
 
-    async def _process_safely(self, js: JetStreamContext, msg: Msg) -> None:
-        """A bug met by one message is logged and the message retried later, never a dead sink;
-        after BUG_ATTEMPTS deliveries it is dead-lettered, so it cannot hold up the rest forever."""
+    async def _process_safely(self, js: JetStreamContext, held: _Held) -> float | None:
+        """Deliver (or dead-letter) and ack; None when done, else the seconds until it is tried again.
+
+        A bug met by one notification is logged and retried, never a dead sink; after BUG_ATTEMPTS
+        tries (deliveries before this process included) it is dead-lettered, so it cannot hold up
+        its group forever."""
         try:
-            await self._process(js, msg)
+            await self._deliver_or_dead_letter(js, held)
+            await self._ack(held.msg)
+            return None
+        except _Stopped:
+            raise
         except Exception as exc:
-            deliveries = msg.metadata.num_delivered or 1
-            if deliveries < BUG_ATTEMPTS:
+            held.failures += 1
+            attempts = (held.msg.metadata.num_delivered or 1) - 1 + held.failures
+            if attempts < BUG_ATTEMPTS:
                 log.exception("slack sink: unexpected error, the notification is retried in %s", BUG_RETRY)
-                with contextlib.suppress(nats.errors.Error):
-                    await msg.nak(delay=BUG_RETRY.seconds)
-                return
-            log.exception("slack sink: unexpected error on delivery %d, dead-lettering", deliveries)
-            route = msg.subject.rsplit(".", 1)[-1]
-            if await self._dead_letter(js, msg, route, f"sink error: {type(exc).__name__}", deliveries):
-                await self._ack(msg)
+                return BUG_RETRY.seconds
+            log.exception("slack sink: unexpected error on attempt %d, dead-lettering", attempts)
+            route = held.msg.subject.rsplit(".", 1)[-1]
+            await self._dead_letter(js, held.msg, route, f"sink error: {type(exc).__name__}", attempts)
+            await self._ack(held.msg)
+            return None
 
-    async def _process(self, js: JetStreamContext, msg: Msg) -> None:
-        """Deliver one message, or dead-letter it; then ack. Nothing from the bus raises out of here."""
-        keep_alive = asyncio.create_task(self._keep_alive(msg))
-        try:
-            if await self._deliver_or_dead_letter(js, msg):
-                await self._ack(msg)
-        finally:
-            keep_alive.cancel()
-
-    async def _deliver_or_dead_letter(self, js: JetStreamContext, msg: Msg) -> bool:
-        """True once the message is in Slack or kept as a dead letter: then it may be acked."""
-        try:
-            item = notification.decode(msg.data, msg.subject)
-        except EventDecodeError as exc:
+    async def _deliver_or_dead_letter(self, js: JetStreamContext, held: _Held) -> None:
+        """Put the message into Slack or keep it as a dead letter: then it may be acked."""
+        msg, item = held.msg, held.item
+        if item is None:
+            reason = held.error.reason if held.error else "undecodable"
             self.stats.rejected += 1
-            self.rejections.count(exc.reason)
-            log.warning("slack sink: rejected %s", exc)
+            self.rejections.count(reason)
+            log.warning("slack sink: rejected %s", held.error)
             route = msg.subject.rsplit(".", 1)[-1]
-            return await self._dead_letter(js, msg, route, f"not a notification: {exc.reason}", attempts=0)
+            await self._dead_letter(js, msg, route, f"not a notification: {reason}", attempts=0)
+            return
         try:
             await self._deliver(item)
         except DeliveryError as error:
@@ -368,9 +495,9 @@ class SlackSink:
                 reason,
                 self.bus.subjects.deadletter(item.route),
             )
-            return await self._dead_letter(js, msg, item.route, reason, error.attempts)
+            await self._dead_letter(js, msg, item.route, reason, error.attempts)
+            return
         self.stats.delivered += 1
-        return True
 
     async def _ack(self, msg: Msg) -> None:
         try:
@@ -380,9 +507,9 @@ class SlackSink:
 
     async def _dead_letter(
         self, js: JetStreamContext, msg: Msg, route: str, reason: str, attempts: int
-    ) -> bool:
+    ) -> None:
         """Keep the original payload on the dead-letter subject, waiting for NATS rather than lose it;
-        False if stop() came first (the message is then handed back)."""
+        _Stopped if stop() came first."""
         seq = msg.metadata.sequence.stream
         head = deadletter.headers(
             reason,
@@ -396,21 +523,16 @@ class SlackSink:
         kept = await deadletter.publish(
             js, subject, msg.data, head, max_payload=max_payload, stopped=self._stopping
         )
-        if kept:
-            self.stats.dead_lettered += 1
-        else:
-            with contextlib.suppress(nats.errors.Error):
-                await msg.nak()
-        return kept
+        if not kept:
+            raise _Stopped  # still held: handed back when the sink stops
+        self.stats.dead_lettered += 1
 
     async def _load(self, key: str) -> ThreadRecord | None:
         assert self._kv is not None
+        kv = self._kv
         try:
-            entry = await self._kv.get(key)
-        except KeyNotFoundError:
-            return None
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("slack sink: thread state unavailable, posting a new message: %s", exc)
+            entry = await self._thread_state(lambda: kv.get(key))
+        except (KeyNotFoundError, KeyDeletedError):
             return None
         try:
             return msgspec.json.decode(entry.value or b"", type=ThreadRecord)
@@ -419,10 +541,22 @@ class SlackSink:
 
     async def _save(self, key: str, record: ThreadRecord) -> None:
         assert self._kv is not None
-        try:
-            await self._kv.put(key, msgspec.json.encode(record))
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("slack sink: could not store the thread, later updates start a new one: %s", exc)
+        kv = self._kv
+        await self._thread_state(lambda: kv.put(key, msgspec.json.encode(record)))
+
+    async def _thread_state(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A KV call, waited for until NATS answers (or stop()): guessing "no thread" would post a
+        resolve as a new message and leave the group's FIRING one as it is, forever."""
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            try:
+                return await call()
+            except (KeyNotFoundError, KeyDeletedError):
+                raise
+            except (nats.errors.Error, TimeoutError) as exc:
+                if backoff.attempts == 0:
+                    log.warning("slack sink: thread state unavailable, waiting for NATS: %s", exc)
+                await self._until_stopped(asyncio.sleep(backoff.next()))
 
     # --- Slack ---------------------------------------------------------------------------------
 

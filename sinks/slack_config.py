@@ -17,6 +17,8 @@ from bus.units import Duration
 
 DEFAULT_API_URL = "https://slack.com/api/"
 _DURABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# each one held is kept alive with JetStream every ack_wait / 3, and kept in memory
+MAX_PENDING = 10_000
 
 
 class SlackSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -80,8 +82,19 @@ class SlackSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         bool, Meta(description="bot mode: also post a short reply in the thread when a group resolves")
     ] = True
     durable: Annotated[
-        str, Meta(description="name of the JetStream consumer; sink instances sharing it share the work")
+        str,
+        Meta(
+            description="name of the JetStream consumer; an instance on it takes over what a stopped "
+            "or killed one held (run one at a time: two at once split a group between them)"
+        ),
     ] = "slack"
+    max_pending: Annotated[
+        int,
+        Meta(
+            description="notifications taken from JetStream at a time and queued by channel, most "
+            "severe first (the consumer's max_ack_pending)"
+        ),
+    ] = 1000
     ack_wait: Annotated[
         Duration, Meta(description="redelivery delay of a notification whose sink died while delivering it")
     ] = Duration(30)
@@ -107,6 +120,8 @@ class SlackSinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
             raise ValueError("durable: use 1 to 64 letters, digits, '_' or '-'")
         if self.max_backoff.seconds < self.initial_backoff.seconds:
             raise ValueError("max_backoff is shorter than initial_backoff")
+        if not 1 <= self.max_pending <= MAX_PENDING:
+            raise ValueError(f"max_pending: use 1 to {MAX_PENDING}")
         if self.timeout.seconds <= 0 or self.ack_wait.seconds < 1:
             raise ValueError("timeout must be positive and ack_wait at least 1s")
 

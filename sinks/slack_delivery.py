@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from bus.aio import Backoff
 
@@ -120,7 +120,8 @@ class Sender:
         self.clock = clock
         self.on_retry = on_retry
         self._rng = rng
-        self.waiting = False  # for a slot or a retry: nothing is with Slack, stopping loses nothing
+        # tasks waiting for a slot or a retry: nothing of theirs is with Slack, stopping loses nothing
+        self._waiting: set[asyncio.Future[Any]] = set()
 
     async def send(self, channel: str, call: Callable[[], Awaitable[T]]) -> T:
         """The result of `call`; raises the DeliveryError it gave up on (permanent, or out of time)."""
@@ -156,12 +157,19 @@ class Sender:
             self._retrying(channel, error, wait)
             await self._wait(self.clock.sleep(wait))
 
+    def waiting(self, task: asyncio.Future[Any]) -> bool:
+        """Is `task` sending, and waiting for a slot or a retry rather than for Slack's answer?"""
+        return task in self._waiting
+
     async def _wait(self, waiting: Awaitable[None]) -> None:
-        self.waiting = True
+        task = asyncio.current_task()
+        if task is not None:
+            self._waiting.add(task)
         try:
             await waiting
         finally:
-            self.waiting = False
+            if task is not None:
+                self._waiting.discard(task)
 
     def _retrying(self, channel: str, error: DeliveryError, wait: float) -> None:
         if self.on_retry is not None:

@@ -89,6 +89,8 @@ class FakeSlack:
     # (until, answer): before `until` on `clock`, requests get `answer`; first match wins
     timeline: list[tuple[float, Answer]] = field(default_factory=list)
     clock: FakeClock | None = None
+    # the answer to every request for a channel (by the name the sink posts to), before all else
+    channel_answers: dict[str, Answer] = field(default_factory=dict)
     default: Answer = OK
     release: asyncio.Event = field(default_factory=asyncio.Event)
     hanging: asyncio.Event = field(default_factory=asyncio.Event)
@@ -141,7 +143,7 @@ class FakeSlack:
         now = self.clock.now if self.clock is not None else time.monotonic()
         record = Request(request.path, await request.read(), dict(request.headers), now)
         self.requests.append(record)
-        answer = self._next_answer(now)
+        answer = self._channel_answer(record) or self._next_answer(now)
         record.answer = answer.kind
         if answer.kind == "hang":
             self.hanging.set()
@@ -157,6 +159,11 @@ class FakeSlack:
         if answer.kind == "slack_error":
             return record, web.json_response({"ok": False, "error": answer.error})
         return record, None
+
+    def _channel_answer(self, record: Request) -> Answer | None:
+        if not self.channel_answers or record.method == "webhook":
+            return None
+        return self.channel_answers.get(record.json.get("channel", ""))
 
     def _next_answer(self, now: float) -> Answer:
         for until, answer in self.timeline:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import pytest
 from nats.js.errors import NotFoundError
 
@@ -239,6 +240,48 @@ async def test_a_group_that_fires_again_after_resolving_gets_a_new_message(
     assert [m.payload["text"] for m in slack.top_level()] == ["✅ [RESOLVED] web01", "🔴 [FIRING:3] web01"]
 
 
+class FlakyThreads:
+    """The state bucket, answering the calls numbered in `failing` with a NATS timeout (a server in
+    election)."""
+
+    def __init__(self, kv: Any, failing: set[int]) -> None:
+        self.kv = kv
+        self.failing = failing
+        self.calls = 0
+
+    def _call(self) -> None:
+        self.calls += 1
+        if self.calls in self.failing:
+            raise nats.errors.TimeoutError
+
+    async def get(self, key: str) -> Any:
+        self._call()
+        return await self.kv.get(key)
+
+    async def put(self, key: str, value: bytes) -> int:
+        self._call()
+        return int(await self.kv.put(key, value))
+
+
+async def test_thread_state_that_nats_cannot_give_for_a_while_is_waited_for_not_guessed(
+    streams: Bus, slack: FakeSlack
+) -> None:
+    """A resolve whose thread record NATS cannot read (or a post whose record it cannot write) waits for
+    NATS: posted as a new message instead, it would leave the group's FIRING message red forever."""
+    sink = SlackSink(bot_config(slack, reply_on_resolve=False), streams, BOT_ENV, clock=FakeClock())
+    async with running(sink):
+        await wait_until(lambda: sink._kv is not None)
+        # firing: its lookup (1), its record written at the third try (2, 3, 4); the resolve's
+        # lookup at the fourth (5, 6, 7, 8), its record (9)
+        threads = FlakyThreads(sink._kv, failing={2, 3, 5, 6, 7})
+        sink._kv = threads  # type: ignore[assignment]
+        await publish(streams, notification("firing", 1))
+        await publish(streams, notification("resolved", 2))
+        await wait_until(lambda: threads.calls == 9)
+    assert [r.method for r in slack.accepted()] == ["chat.postMessage", "chat.update"]
+    assert [m.payload["text"] for m in slack.top_level()] == ["✅ [RESOLVED] web01"]
+
+
 async def test_a_deleted_message_is_posted_anew_on_resolve(streams: Bus, slack: FakeSlack) -> None:
     async with running(SlackSink(bot_config(slack), streams, BOT_ENV, clock=FakeClock())):
         await publish(streams, notification("firing", 1))
@@ -316,7 +359,8 @@ async def test_after_max_retry_time_a_notification_is_dead_lettered_and_the_next
 async def test_slack_answering_429_for_5_minutes_then_500_for_10_loses_nothing(
     streams: Bus, slack: FakeSlack
 ) -> None:
-    """On the sink's clock: every notification delivered once, in order, ≤ 1 message/s/channel."""
+    """On the sink's clock: every notification delivered once, in order per channel, ≤ 1 message/s
+    per channel."""
     clock = FakeClock()  # starts at 1000
     slack.clock = clock
     slack.timeline = [(1000 + 300, ratelimited(5)), (1000 + 900, SERVER_ERROR)]
@@ -325,24 +369,92 @@ async def test_slack_answering_429_for_5_minutes_then_500_for_10_loses_nothing(
         for n in range(1, 10)
     ]
     sink = SlackSink(bot_config(slack), streams, BOT_ENV, clock=clock)
+    # the slots each channel's requests went out in: both channels' waits move the one fake clock,
+    # so a request's arrival on it says nothing of the other channel's pace
+    slots: dict[str, list[float]] = {"#alerts": [], "#oncall": []}
+    reserve = sink.limiter.reserve
+
+    def recorded(channel: str) -> float:
+        wait = reserve(channel)
+        slots[channel].append(clock.now + wait)
+        return wait
+
+    sink.limiter.reserve = recorded  # type: ignore[method-assign]
     async with running(sink):
         for item in items:
             await publish(streams, item)
         await wait_until(lambda: len(slack.accepted()) == len(items), timeout=30)
-    assert [r.json["text"] for r in slack.accepted()] == [
-        f"🔴 [FIRING:3] {i.alerts[0].labels['host']}" for i in items
-    ]
-    assert [r.json["channel"] for r in slack.accepted()] == [
-        "#oncall" if i.route == "critical" else "#alerts" for i in items
-    ]
-    for channel in ("#alerts", "#oncall"):
-        times = [r.at for r in slack.requests if r.json["channel"] == channel]
-        assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(times)), channel
+    for channel, route in (("#alerts", "default"), ("#oncall", "critical")):
+        assert [r.json["text"] for r in slack.accepted() if r.json["channel"] == channel] == [
+            f"🔴 [FIRING:3] {i.alerts[0].labels['host']}" for i in items if i.route == route
+        ]
+        assert len(slots[channel]) == sum(1 for r in slack.requests if r.json["channel"] == channel)
+        assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(slots[channel])), channel
     assert {r.answer for r in slack.requests} == {"ratelimited", "server_error", "ok"}
     assert slack.accepted()[0].at >= 1000 + 900, "nothing was accepted before Slack was back"
     assert await dead_letters(streams) == []
     assert (sink.stats.delivered, sink.stats.dead_lettered) == (len(items), 0)
-    assert sink.stats.rate_limited == 60
+    assert sink.stats.rate_limited == sum(1 for r in slack.requests if r.answer == "ratelimited")
+
+
+def warnings_only(number: int, host: str) -> Notification:
+    item = notification("firing", number, host=host)
+    return Notification(
+        id=item.id,
+        group_key=item.group_key,
+        route=item.route,
+        status=item.status,
+        alerts=[a for a in item.alerts if a.severity == "warning"],
+        ts=item.ts,
+    )
+
+
+async def test_a_channel_slack_keeps_rate_limiting_holds_back_only_its_own_notifications(
+    streams: Bus, slack: FakeSlack
+) -> None:
+    """#alerts answers 429 for as long as the test runs; the critical for #oncall goes out at once."""
+    slack.channel_answers = {"#alerts": ratelimited(30)}
+    sink = SlackSink(bot_config(slack), streams, BOT_ENV)  # the real clock: 429s wait 30 s each
+    async with running(sink):
+        for number in range(1, 6):
+            await publish(streams, warnings_only(number, host=f"web{number:02}"))
+        await wait_until(lambda: sink.stats.rate_limited >= 1)
+        await publish(streams, notification("firing", 6, host="db01", route="critical"))
+        await wait_until(lambda: len(slack.accepted()) == 1)
+        assert sink.counters()["held.notifications"] == 5
+    (accepted,) = slack.accepted()
+    assert (accepted.json["channel"], accepted.json["text"]) == ("#oncall", "🔴 [FIRING:3] db01")
+    assert await dead_letters(streams) == [], "the rate-limited ones are handed back, not given up"
+    async with running(SlackSink(bot_config(slack), streams, BOT_ENV, clock=FakeClock())):
+        slack.channel_answers = {}
+        await wait_until(lambda: len(slack.accepted()) == 6)
+    assert sorted(r.json["text"] for r in slack.accepted()[1:]) == [
+        f"⚠️ [FIRING:2] web{n:02}" for n in range(1, 6)
+    ], "all of them once the channel is free again"
+
+
+async def test_a_critical_queued_behind_warnings_on_the_same_channel_is_sent_first(
+    streams: Bus, slack: FakeSlack
+) -> None:
+    slack.script = [HANG]  # the first warning is with Slack while the rest queue up behind it
+    clock = slack.clock = FakeClock()
+    sink = SlackSink(bot_config(slack, reply_on_resolve=False), streams, BOT_ENV, clock=clock)
+    async with running(sink):
+        for number in range(1, 11):
+            await publish(streams, warnings_only(number, host=f"web{number:02}"))
+        await publish(streams, notification("firing", 11, host="db01"))  # critical, same route
+        await publish(streams, notification("resolved", 12, host="web01"))  # of critical alerts too
+        await wait_until(lambda: sink.counters()["held.notifications"] == 12)
+        slack.release.set()  # Slack answers 503 and the sink tries web01 again
+        await wait_until(lambda: len(slack.accepted()) == 12)
+    texts = [r.json["text"] for r in slack.accepted()]
+    assert texts[:2] == ["⚠️ [FIRING:2] web01", "🔴 [FIRING:3] db01"], (
+        "the critical went next, not nine seconds later behind the warnings"
+    )
+    assert texts[2] == "✅ [RESOLVED] web01", "web01's resolve (of a critical) came after its firing"
+    assert texts[3:] == [f"⚠️ [FIRING:2] web{n:02}" for n in range(2, 11)]
+    times = [r.at for r in slack.requests]
+    assert all(b - a >= 1.0 - 1e-9 for a, b in itertools.pairwise(times)), "one message a second"
 
 
 async def test_a_notification_the_sink_chokes_on_is_dead_lettered_after_a_few_tries_not_retried_forever(
