@@ -49,7 +49,10 @@ from evaluator.silences import Silence
 
 __all__ = ["MAINTENANCE_RULE", "ActiveAlert", "Engine", "EngineStats", "Output", "Series", "fingerprint"]
 
-_SERIES, _GROUP, _SILENCE, _WINDOW = 0, 1, 2, 3  # timer kinds, in the order they run at one instant
+# Timer kinds, in the order they run at one instant: every silence and window boundary of an
+# instant before any group flush of it, or a window closing at 01:00 lets a flush page before the
+# window opening at 01:00 mutes it.
+_SILENCE, _WINDOW, _SERIES, _GROUP = 0, 1, 2, 3
 STALE_INTERVALS = 3  # a series is stale after at least this many of its own intervals
 SNAPSHOT_VERSION = 2
 # Stamps this close are one instant: an agent stamps a cycle when its schedule wakes it, a few

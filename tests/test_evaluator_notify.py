@@ -225,6 +225,20 @@ def test_maintenance_window_across_midnight_in_its_time_zone_silences_and_is_ann
     )
 
 
+def test_back_to_back_maintenance_windows_page_nobody_at_the_instant_one_hands_over_to_the_next() -> None:
+    windows = [  # the closing one sorts first: its timer runs first at 01:00
+        MaintenanceWindow(name="a-backup", start="00:00", end="01:00", timezone="UTC", announce=False),
+        MaintenanceWindow(name="b-upgrade", start="01:00", end="02:00", timezone="UTC", announce=False),
+    ]
+    midnight = dt.datetime(2026, 12, 2, tzinfo=dt.UTC).timestamp()
+    driver = Driver(only_rules(CPU, maintenance_windows=windows), midnight - 60)
+    for minute in range(30, 150, 10):
+        driver.at(midnight + minute * 60, metrics("web01", {"cpu.percent": 95}, interval=600))
+    assert [(n.ts - midnight, [a.rule for a in n.alerts]) for n in driver.notifications] == [
+        (2 * HOUR, ["cpu"])
+    ], "notified when the second window closed, not at 01:00 between the two"
+
+
 def test_a_windows_matchers_limit_what_it_silences() -> None:
     window = MaintenanceWindow(
         name="db", start="00:00", end="23:59", matchers=[Matcher(name="host", value="db01")], announce=False
