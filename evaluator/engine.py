@@ -28,7 +28,7 @@ from bus.records import ActiveAlert
 from evaluator import flapping
 from evaluator.config import EvaluatorConfig, Rule
 from evaluator.dispatch import Dispatcher, GroupChanges
-from evaluator.grouping import Group
+from evaluator.grouping import Group, group_host
 from evaluator.mute import MAINTENANCE_RULE, Inhibitor, MaintenanceWindows, MuteStage, Silences
 from evaluator.rules import CompiledRule, TemplateError, effective_inhibit_rules, effective_rules
 from evaluator.series import (
@@ -922,14 +922,17 @@ class Engine:
         """An engine continuing the hosts `keep_host` takes from the saved states of another
         partitioning (each a snapshot and its deltas): their series and groups, merged."""
         states = [_decoded(data, deltas) for data, deltas in saved]
+        for state in states:
+            _keep_hosts(state, keep_host)
         merged = states[0]
         for state in states[1:]:
             merged.series += state.series
             merged.groups += state.groups
-            merged.seq.update(state.seq)
+            for key, seq in state.seq.items():  # an id already sent is never made again
+                merged.seq[key] = max(seq, merged.seq.get(key, 0))
             merged.alerts += state.alerts
             merged.notifications += state.notifications
-        _keep_hosts(merged, keep_host)
+        merged.groups = _latest_groups(merged.groups)
         return cls._from_state(config, merged, now)
 
     @classmethod
@@ -1018,13 +1021,25 @@ def _decoded(data: bytes, deltas: Sequence[bytes]) -> _Snapshot:
 def _keep_hosts(state: _Snapshot, keep_host: Callable[[str], bool]) -> None:
     """Leave out the series and groups of hosts `keep_host` refuses (the announcements stay)."""
     state.series = [s for s in state.series if s.rule == MAINTENANCE_RULE or keep_host(s.key[0])]
-    state.groups = [
-        group
-        for group in state.groups
-        if all(
-            a.rule == MAINTENANCE_RULE or keep_host(a.labels.get("host", "")) for a in group.alerts.values()
-        )
-    ]
+    state.groups = [group for group in state.groups if _group_kept(group, keep_host)]
+
+
+def _group_kept(group: Group, keep_host: Callable[[str], bool]) -> bool:
+    if not group.alerts:  # left from a notified incident: its host's partition alone keeps it
+        return keep_host(group_host(group.key) or "")
+    return all(
+        a.rule == MAINTENANCE_RULE or keep_host(a.labels.get("host", "")) for a in group.alerts.values()
+    )
+
+
+def _latest_groups(groups: Sequence[Group]) -> list[Group]:
+    """One group per key: of copies from several saved states, the one notified last."""
+    latest: dict[str, Group] = {}
+    for group in groups:
+        kept = latest.get(group.key)
+        if kept is None or (group.flushed_at or 0.0) > (kept.flushed_at or 0.0):
+            latest[group.key] = group
+    return list(latest.values())
 
 
 def _array_header(length: int) -> bytes:

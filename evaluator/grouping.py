@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 
 import msgspec
@@ -47,6 +48,16 @@ def group_key(route: Route, labels: Mapping[str, str]) -> tuple[str, list[str]]:
     missing = [name for name in route.group_by if name not in labels]
     inner = ",".join(f"{name}={json.dumps(labels.get(name, ''))}" for name in sorted(route.group_by))
     return f"{route.name}:{{{inner}}}", missing
+
+
+# `host="..."` as group_key writes it: a JSON string, in which no quote goes unescaped
+_HOST_IN_KEY = re.compile(r'[{,]host=("(?:[^"\\]|\\.)*")')
+
+
+def group_host(key: str) -> str | None:
+    """The host a group key groups by (None if its route does not group by host)."""
+    found = _HOST_IN_KEY.search(key)
+    return None if found is None else str(json.loads(found.group(1)))
 
 
 def notification_id(route: str, key: str, seq: int) -> str:

@@ -9,6 +9,7 @@ import pytest
 from bus.partitions import host_partition, original_subject, partition_of, partition_stream_config
 from evaluator.config import DefaultRoute, EvaluatorConfig, InhibitRule, MaintenanceWindow, Matcher, Route
 from evaluator.engine import Engine
+from evaluator.grouping import group_host, group_key
 from evaluator.partitions import partition_config
 from evaluator.share import Share
 from evaluator.testing import Driver, heartbeat, metrics
@@ -163,3 +164,54 @@ def test_one_evaluator_made_from_partitions_takes_every_host_and_group() -> None
     told = {a.labels["host"] for n in notifications for a in n.alerts}
     assert told == set(hosts), "a group of either partition was lost in the merge"
     assert not sent & {n.id for n in notifications}
+
+
+def test_partitions_one_to_two_and_back_keep_a_group_notified_meanwhile_and_its_notification_ids() -> None:
+    """A group left empty by a resolve belongs to its host's partition only: had every partition
+    kept it, the stale copy could win the merge back, and the resolve of the incident notified
+    meanwhile would never be sent (or be sent under an id already used, which JetStream drops)."""
+    config = EvaluatorConfig()
+    hosts = ["web-1"]
+    driver = memory_alerts(hosts, config)
+    for t in range(900, 1200, 10):  # resolved and notified: its group stays, empty, for a while
+        driver.at(t, heartbeat("web-1"), metrics("web-1", {"mem.percent": 10}))
+    assert [n.status for n in driver.notifications] == ["firing", "resolved"]
+    saved: list[tuple[bytes, list[bytes]]] = [(driver.engine.snapshot(), [])]
+    mine = host_partition("web-1", 2)
+    own = Driver(config, driver.now)
+    own.engine = Engine.take_over(config, saved, driver.now, lambda h: host_partition(h, 2) == mine)
+    other = Engine.take_over(config, saved, driver.now, lambda h: host_partition(h, 2) != mine)
+    for t in range(1200, 2100, 10):  # the next incident, in web-1's own partition
+        own.at(t, heartbeat("web-1"), metrics("web-1", {"mem.percent": 99}))
+    assert [n.status for n in own.notifications] == ["firing"]
+    back = Driver(config, own.now)
+    back.engine = Engine.take_over(
+        config, [(own.engine.snapshot(), []), (other.snapshot(), [])], own.now, lambda h: True
+    )
+    for t in range(2100, 2400, 10):
+        back.at(t, heartbeat("web-1"), metrics("web-1", {"mem.percent": 10}))
+    assert [n.status for n in back.notifications] == ["resolved"], "the incident's end was not told"
+    used = {n.id for n in (*driver.notifications, *own.notifications)}
+    assert not used & {n.id for n in back.notifications}, "an id already used: JetStream drops it"
+
+
+@pytest.mark.parametrize(
+    ("labels", "host"),
+    [
+        ({"host": "web01"}, "web01"),
+        ({"host": 'we"b,host="x'}, 'we"b,host="x'),
+        ({"app": 'x,host="evil"', "host": "db01"}, "db01"),
+        ({"host": ""}, ""),
+    ],
+)
+def test_the_host_of_a_group_key_is_read_back_whatever_its_labels_hold(
+    labels: dict[str, str], host: str
+) -> None:
+    route = Route(name="default", receiver="#alerts", group_by=sorted(labels))
+    key, _ = group_key(route, labels)
+    assert group_host(key) == host
+
+
+def test_a_group_key_without_a_host_has_none() -> None:
+    key, _ = group_key(Route(name="default", receiver="#alerts", group_by=["cluster"]), {"cluster": "eu"})
+    assert group_host(key) is None
