@@ -148,6 +148,7 @@ class SinkStats:
     repeats_skipped: int = 0  # redelivered after a crash, already in Slack (bot mode)
     retries: int = 0  # attempts after a 5xx, a network error or a timeout
     rate_limited: int = 0  # 429s waited out
+    refused_credentials: int = 0  # attempts Slack refused the token or webhook on
 
 
 class _Stopped(Exception):
@@ -565,6 +566,18 @@ class SlackSink:
         return await self.sender.send(channel, call)
 
     def _retrying(self, channel: str, error: DeliveryError, wait: float) -> None:
+        if error.credentials:
+            self.stats.refused_credentials += 1
+            log.error(
+                "slack sink: Slack refuses the %s (%s): nothing is delivered until it is fixed (a new "
+                "one needs a restart of the sink); the notifications wait in JetStream, next attempt "
+                "on %s in %.0fs",
+                "bot token" if self.mode == "bot" else "webhook",
+                error.reason,
+                channel,
+                wait,
+            )
+            return
         if error.retry_after is not None:
             self.stats.rate_limited += 1
             log.warning("slack sink: %s on %s, next attempt in %.1fs", error.reason, channel, wait)

@@ -41,11 +41,15 @@ class SystemClock:
 class DeliveryError(Exception):
     """Slack did not accept a message; `reason` is safe to log (no URL, no token)."""
 
-    def __init__(self, reason: str, *, retryable: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, *, retryable: bool, retry_after: float | None = None, credentials: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after
+        # Slack refuses the token or webhook: tried again until someone fixes it, never given up on
+        self.credentials = credentials
         self.attempts = 0  # set by the sender: requests made for this message before giving up
         self.failing_for = 0.0  # set by the sender: seconds of transient failures before giving up
 
@@ -83,7 +87,8 @@ class RetryPolicy:
 
     A 429 is Slack alive and asking for patience: its Retry-After is honoured (capped at
     `max_backoff`) and never brings the message closer to the dead-letter subject. 5xx, network
-    errors and timeouts back off (jitter, cap) for `max_retry_time` from the first of them.
+    errors and timeouts back off (jitter, cap) for `max_retry_time` from the first of them. A token
+    or webhook that Slack refuses backs off the same way for as long as it is refused.
     """
 
     max_retry_time: float = 6 * 3600.0
@@ -139,6 +144,12 @@ class Sender:
             if not error.retryable:
                 raise error
             now = self.clock.monotonic()
+            if error.credentials:  # no notification of any channel gets through: none is given up
+                failing_since = None
+                wait = backoff.next()
+                self._retrying(channel, error, wait)
+                await self._wait(self.clock.sleep(wait))
+                continue
             if error.retry_after is not None:
                 # Slack answers again: an outage before this is over, and its clock with it
                 failing_since = None

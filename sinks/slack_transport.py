@@ -30,6 +30,25 @@ MAX_RETRY_AFTER = 3600.0
 RETRYABLE_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
+# Refusals of the token or the webhook itself (Web API error codes, webhook bodies): nothing can be
+# delivered until someone fixes it, so the sink waits with its notifications rather than dead-letter
+# every one of them.
+CREDENTIAL_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "token_revoked",
+        "token_expired",
+        "account_inactive",
+        "missing_scope",
+        "not_allowed_token_type",
+        "invalid_token",
+        "no_service",
+        "no_team",
+        "team_disabled",
+        "no_active_hooks",
+    }
+)
 # HTTP answers below 500 that are worth another attempt (request timeout, too early).
 TRANSIENT_STATUS = frozenset({408, 425})
 # chat.update or a thread reply whose message is gone: post a fresh message instead.
@@ -118,9 +137,12 @@ class WebhookTransport:
             raise DeliveryError(
                 "rate limited (429)", retryable=True, retry_after=retry_after(response.headers)
             )
-        # 4xx (invalid_payload, invalid_blocks, channel_not_found, a revoked webhook) never heals
+        reason = f"webhook answered {status}: {body}"
+        if body.strip() in CREDENTIAL_ERRORS:  # a revoked or disabled webhook
+            raise DeliveryError(reason, retryable=True, credentials=True)
+        # other 4xx (invalid_payload, invalid_blocks, channel_not_found) never heal
         retryable = status >= 500 or status in TRANSIENT_STATUS
-        raise DeliveryError(f"webhook answered {status}: {body}", retryable=retryable)
+        raise DeliveryError(reason, retryable=retryable)
 
     async def update(self, channel: str, ts: str, message: SlackMessage) -> None:
         raise DeliveryError("a webhook cannot update a message", retryable=False)
@@ -162,6 +184,8 @@ class BotTransport:
             return DeliveryError(
                 "rate limited (429)", retryable=True, retry_after=retry_after(response.headers)
             )
+        if code in CREDENTIAL_ERRORS:
+            return DeliveryError(self._scrub(code), retryable=True, credentials=True)
         retryable = status >= 500 or status in TRANSIENT_STATUS or code in RETRYABLE_ERRORS
         return DeliveryError(self._scrub(code), retryable=retryable)
 

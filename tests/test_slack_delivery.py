@@ -67,7 +67,12 @@ class ScriptedSlack:
             error = next((error for until, error in self.phases if now < until), None)
             self.attempts.append((channel, now, error.reason if error else "ok"))
             if error is not None:
-                raise DeliveryError(error.reason, retryable=error.retryable, retry_after=error.retry_after)
+                raise DeliveryError(
+                    error.reason,
+                    retryable=error.retryable,
+                    retry_after=error.retry_after,
+                    credentials=error.credentials,
+                )
             self.delivered.append(text)
             return text
 
@@ -158,6 +163,18 @@ async def test_a_permanent_error_gives_up_at_once() -> None:
         await sender(clock).send("#alerts", slack.post("#alerts", "x"))
     assert (caught.value.reason, caught.value.attempts) == ("invalid_blocks", 1)
     assert clock.sleeps == []
+
+
+async def test_a_refused_token_is_tried_again_past_max_retry_time_until_slack_takes_it() -> None:
+    """A revoked token refuses every notification: dead-lettering each at once would empty the queue
+    into the dead letters; they wait instead, backing off, however long it lasts."""
+    clock = FakeClock()
+    refused = DeliveryError("token_revoked", retryable=True, credentials=True)
+    slack = ScriptedSlack(clock, [(clock.now + 7200, refused)])
+    policy = RetryPolicy(max_retry_time=3600, max_backoff=300)
+    assert await sender(clock, policy).send("#alerts", slack.post("#alerts", "x")) == "x"
+    assert clock.now >= 1000 + 7200, "still tried after twice max_retry_time"
+    assert max(clock.sleeps) <= 300, "backing off no further than max_backoff"
 
 
 async def test_a_429_ends_an_outage_and_its_clock() -> None:

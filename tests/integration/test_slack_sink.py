@@ -503,6 +503,25 @@ async def test_a_permanent_slack_error_is_dead_lettered_at_once_and_the_next_goe
     assert sink.stats.dead_lettered == 1
 
 
+@pytest.mark.parametrize(("mode", "error"), [("bot", "token_revoked"), ("webhook", "no_service")])
+async def test_a_refused_token_or_webhook_holds_the_notifications_until_slack_takes_it_again(
+    streams: Bus, slack: FakeSlack, caplog: pytest.LogCaptureFixture, mode: str, error: str
+) -> None:
+    slack.script = [slack_error(error)] * 4
+    env = BOT_ENV if mode == "bot" else {"SLACK_WEBHOOK_URL": slack.webhook_url}
+    sink = SlackSink(bot_config(slack), streams, env, clock=FakeClock())
+    async with running(sink):
+        await publish(streams, notification("firing", 1))
+        await publish(streams, notification("firing", 2, host="db01"))
+        await wait_until(lambda: len(slack.accepted()) == 2)
+    assert [r.answer for r in slack.requests] == ["slack_error"] * 4 + ["ok", "ok"]
+    assert await dead_letters(streams) == [], "nothing set aside: the notifications waited"
+    assert (sink.stats.refused_credentials, sink.stats.delivered) == (4, 2)
+    assert "nothing is delivered until it is fixed" in caplog.text
+    assert TOKEN not in caplog.text
+    assert "secretwebhookpath" not in caplog.text
+
+
 async def test_a_webhook_that_refuses_the_payload_dead_letters_it(streams: Bus, slack: FakeSlack) -> None:
     slack.script = [slack_error("invalid_blocks")]
     env = {"SLACK_WEBHOOK_URL": slack.webhook_url}
