@@ -107,6 +107,7 @@ class ThreadRecord(msgspec.Struct, frozen=True, kw_only=True):
     ts: str
     resolved: bool = False
     last_id: str = ""
+    last_at: float = 0.0  # the time of that notification (its `ts`)
 
 
 def thread_key(route: str, group_key: str) -> str:
@@ -146,6 +147,7 @@ class SinkStats:
     dead_lettered: int = 0
     rejected: int = 0  # payloads that are no notification
     repeats_skipped: int = 0  # redelivered after a crash, already in Slack (bot mode)
+    stale_skipped: int = 0  # older than what the group's message shows (bot mode)
     retries: int = 0  # attempts after a 5xx, a network error or a timeout
     rate_limited: int = 0  # 429s waited out
     refused_credentials: int = 0  # attempts Slack refused the token or webhook on
@@ -611,9 +613,20 @@ class SlackSink:
         if record is not None and record.last_id == item.id:
             self.stats.repeats_skipped += 1  # Slack has it; only the ack was lost
             return
+        if record is not None and item.ts < record.last_at:
+            # older than what the group's message shows (a dead letter replayed after the group
+            # moved on): posted, it would stand as a FIRING message that nothing ever resolves
+            self.stats.stale_skipped += 1
+            log.warning(
+                "slack sink: notification %r (group %r) is older than the group's message in Slack, "
+                "which already shows what came after it; not posted",
+                item.id,
+                item.group_key,
+            )
+            return
         if record is None or record.resolved:
             posted = await self._send(channel, lambda: transport.post(channel, message))
-            record = self._record(posted, resolved=item.status == "resolved", last_id=item.id)
+            record = self._record(posted, item, resolved=item.status == "resolved")
         elif item.status == "resolved":
             record = await self._resolve(transport, channel, record, item)
         else:
@@ -622,10 +635,12 @@ class SlackSink:
             await self._save(key, record)
 
     @staticmethod
-    def _record(posted: Posted, *, resolved: bool, last_id: str) -> ThreadRecord | None:
+    def _record(posted: Posted, item: Notification, *, resolved: bool) -> ThreadRecord | None:
         if posted.ts is None:
             return None
-        return ThreadRecord(channel=posted.channel, ts=posted.ts, resolved=resolved, last_id=last_id)
+        return ThreadRecord(
+            channel=posted.channel, ts=posted.ts, resolved=resolved, last_id=item.id, last_at=item.ts
+        )
 
     async def _reply(
         self, transport: Transport, channel: str, record: ThreadRecord, item: Notification
@@ -638,8 +653,8 @@ class SlackSink:
             if error.reason not in MESSAGE_GONE:
                 raise
             posted = await self._send(channel, lambda: transport.post(channel, message))  # thread deleted
-            return self._record(posted, resolved=False, last_id=item.id)
-        return msgspec.structs.replace(record, last_id=item.id)
+            return self._record(posted, item, resolved=False)
+        return msgspec.structs.replace(record, last_id=item.id, last_at=item.ts)
 
     async def _resolve(
         self, transport: Transport, channel: str, record: ThreadRecord, item: Notification
@@ -652,11 +667,11 @@ class SlackSink:
             if error.reason not in MESSAGE_GONE:
                 raise
             posted = await self._send(channel, lambda: transport.post(channel, message))
-            return self._record(posted, resolved=True, last_id=item.id)
+            return self._record(posted, item, resolved=True)
         if self.config.reply_on_resolve:
             reply = resolved_reply(item)
             try:
                 await self._send(channel, lambda: transport.post(record.channel, reply, thread_ts=record.ts))
             except DeliveryError as error:  # the message itself shows the resolve already
                 log.warning("slack sink: resolved reply not posted: %s", error.reason)
-        return msgspec.structs.replace(record, resolved=True, last_id=item.id)
+        return msgspec.structs.replace(record, resolved=True, last_id=item.id, last_at=item.ts)

@@ -522,6 +522,22 @@ async def test_a_refused_token_or_webhook_holds_the_notifications_until_slack_ta
     assert "secretwebhookpath" not in caplog.text
 
 
+async def test_a_dead_letter_replayed_after_its_group_resolved_does_not_stand_as_firing_forever(
+    streams: Bus, slack: FakeSlack
+) -> None:
+    slack.script = [slack_error("channel_not_found")]  # the firing is set aside...
+    sink = SlackSink(bot_config(slack, reply_on_resolve=False), streams, BOT_ENV, clock=FakeClock())
+    async with running(sink):
+        await publish(streams, notification("firing", 1))
+        ((_, _, data),) = await wait_for_dead_letters(streams, 1)
+        await publish(streams, notification("resolved", 2))  # ...and the group resolves
+        await wait_until(lambda: len(slack.accepted()) == 1)
+        js = streams.nc.jetstream()  # the operator replays the dead letter
+        await js.publish(streams.subjects.notifications("default"), data, headers={"Nats-Msg-Id": "replay"})
+        await wait_until(lambda: sink.stats.stale_skipped == 1)
+    assert [m.payload["text"] for m in slack.top_level()] == ["✅ [RESOLVED] web01"]
+
+
 async def test_a_webhook_that_refuses_the_payload_dead_letters_it(streams: Bus, slack: FakeSlack) -> None:
     slack.script = [slack_error("invalid_blocks")]
     env = {"SLACK_WEBHOOK_URL": slack.webhook_url}
