@@ -537,8 +537,8 @@ class EvaluatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
         Meta(
             description="split the hosts into this many partitions, each evaluated by whichever "
             "`jarvis-monitor evaluator` holds its lease: run several evaluators to share the work; "
-            "every route must group by host and every inhibit rule keep host equal (2 to 64; "
-            "1: one evaluator evaluates everything)",
+            "every route must group by host, every inhibit rule keep host equal and no rule set "
+            "the host label (2 to 64; 1: one evaluator evaluates everything)",
             ge=1,
             le=MAX_PARTITIONS,
         ),
@@ -589,6 +589,9 @@ def _cross_host(config: EvaluatorConfig) -> list[str]:
         f"inhibit_rules[{index}] must have host in equal"
         for index, rule in enumerate(config.inhibit_rules)
         if "host" not in rule.equal
+    ]
+    problems += [  # its alerts would be grouped apart from the partition evaluating its series
+        f"rule {rule.name!r} must not set the host label" for rule in config.rules if "host" in rule.labels
     ]
     return problems
 

@@ -922,8 +922,11 @@ class Engine:
         """An engine continuing the hosts `keep_host` takes from the saved states of another
         partitioning (each a snapshot and its deltas): their series and groups, merged."""
         states = [_decoded(data, deltas) for data, deltas in saved]
-        for state in states:
-            _keep_hosts(state, keep_host)
+        # windows are announced by one partition: its announcements come from the first state
+        # (the old layout's partition 0), never from a copy another partition kept
+        announced = {window.name for window in config.maintenance_windows if window.announce}
+        for index, state in enumerate(states):
+            _keep_hosts(state, keep_host, announced if index == 0 else set())
         merged = states[0]
         for state in states[1:]:
             merged.series += state.series
@@ -1018,18 +1021,25 @@ def _decoded(data: bytes, deltas: Sequence[bytes]) -> _Snapshot:
     return state
 
 
-def _keep_hosts(state: _Snapshot, keep_host: Callable[[str], bool]) -> None:
-    """Leave out the series and groups of hosts `keep_host` refuses (the announcements stay)."""
-    state.series = [s for s in state.series if s.rule == MAINTENANCE_RULE or keep_host(s.key[0])]
-    state.groups = [group for group in state.groups if _group_kept(group, keep_host)]
+def _keep_hosts(state: _Snapshot, keep_host: Callable[[str], bool], announced: set[str]) -> None:
+    """Leave out the series and groups of hosts `keep_host` refuses, and the announcements of
+    windows not in `announced`."""
 
+    def kept(rule: str, host: str, labels: Mapping[str, str]) -> bool:
+        if rule == MAINTENANCE_RULE:
+            return labels.get("window", "") in announced
+        return keep_host(host)
 
-def _group_kept(group: Group, keep_host: Callable[[str], bool]) -> bool:
-    if not group.alerts:  # left from a notified incident: its host's partition alone keeps it
-        return keep_host(group_host(group.key) or "")
-    return all(
-        a.rule == MAINTENANCE_RULE or keep_host(a.labels.get("host", "")) for a in group.alerts.values()
-    )
+    def group_kept(group: Group) -> bool:
+        if group.alerts:
+            return all(kept(a.rule, a.labels.get("host", ""), a.labels) for a in group.alerts.values())
+        # left from a notified incident: its host's partition alone keeps it; the announcements'
+        # group (host "") stays with the partition that announces
+        host = group_host(group.key) or ""
+        return bool(announced) if host == "" else keep_host(host)
+
+    state.series = [s for s in state.series if kept(s.rule, s.key[0], s.labels)]
+    state.groups = [group for group in state.groups if group_kept(group)]
 
 
 def _latest_groups(groups: Sequence[Group]) -> list[Group]:

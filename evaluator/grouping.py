@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 
 import msgspec
@@ -50,14 +49,29 @@ def group_key(route: Route, labels: Mapping[str, str]) -> tuple[str, list[str]]:
     return f"{route.name}:{{{inner}}}", missing
 
 
-# `host="..."` as group_key writes it: a JSON string, in which no quote goes unescaped
-_HOST_IN_KEY = re.compile(r'[{,]host=("(?:[^"\\]|\\.)*")')
+_JSON = json.JSONDecoder()
 
 
 def group_host(key: str) -> str | None:
     """The host a group key groups by (None if its route does not group by host)."""
-    found = _HOST_IN_KEY.search(key)
-    return None if found is None else str(json.loads(found.group(1)))
+    return _group_labels(key).get("host")
+
+
+def _group_labels(key: str) -> dict[str, str]:
+    """The labels of a key as group_key writes it, read label by label: a value may hold anything."""
+    labels: dict[str, str] = {}
+    try:
+        at = key.index("{") + 1  # route names hold no brace
+        while key[at] != "}":
+            equals = key.index("=", at)  # label names hold no equals sign
+            name = key[at:equals]
+            value, at = _JSON.raw_decode(key, equals + 1)
+            labels[name] = str(value)
+            if key[at] == ",":
+                at += 1
+    except (ValueError, IndexError):
+        return {}
+    return labels
 
 
 def notification_id(route: str, key: str, seq: int) -> str:

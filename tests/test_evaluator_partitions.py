@@ -7,7 +7,15 @@ import msgspec
 import pytest
 
 from bus.partitions import host_partition, original_subject, partition_of, partition_stream_config
-from evaluator.config import DefaultRoute, EvaluatorConfig, InhibitRule, MaintenanceWindow, Matcher, Route
+from evaluator.config import (
+    DefaultRoute,
+    EvaluatorConfig,
+    InhibitRule,
+    MaintenanceWindow,
+    Matcher,
+    Route,
+    Rule,
+)
 from evaluator.engine import Engine
 from evaluator.grouping import group_host, group_key
 from evaluator.partitions import partition_config
@@ -59,13 +67,15 @@ def test_each_problem_across_hosts_is_named() -> None:
     inhibit = InhibitRule(
         source_matchers=[Matcher(name="rule", value="site_down")], target_matchers=[], equal=["site"]
     )
+    relabel = Rule(name="cpu", metric="cpu.percent", threshold=90, labels={"host": "cluster-{agent}"})
     with pytest.raises(ValueError, match="may span hosts") as info:
-        EvaluatorConfig(partitions=2, routes=[route], inhibit_rules=[inhibit])
+        EvaluatorConfig(partitions=2, routes=[route], inhibit_rules=[inhibit], rules=[relabel])
     message = str(info.value)
     assert "partitions = 2 evaluates each host on one partition" in message
     assert "route 'db' must have host in group_by" in message
     assert "inhibit_rules[0] must have host in equal" in message
-    EvaluatorConfig(routes=[route], inhibit_rules=[inhibit])  # one evaluator may span hosts
+    assert "rule 'cpu' must not set the host label" in message
+    EvaluatorConfig(routes=[route], inhibit_rules=[inhibit], rules=[relabel])  # one evaluator may
 
 
 def test_partitions_are_bounded() -> None:
@@ -181,6 +191,9 @@ def test_partitions_one_to_two_and_back_keep_a_group_notified_meanwhile_and_its_
     own = Driver(config, driver.now)
     own.engine = Engine.take_over(config, saved, driver.now, lambda h: host_partition(h, 2) == mine)
     other = Engine.take_over(config, saved, driver.now, lambda h: host_partition(h, 2) != mine)
+    assert not other.dispatcher.groups, "the other partition keeps no copy of web-1's group"
+    other.dispatcher.touch_all(driver.now + 5000)  # a silence changed there: a later flush time
+    other.tick(driver.now + 6000)
     for t in range(1200, 2100, 10):  # the next incident, in web-1's own partition
         own.at(t, heartbeat("web-1"), metrics("web-1", {"mem.percent": 99}))
     assert [n.status for n in own.notifications] == ["firing"]
@@ -201,6 +214,8 @@ def test_partitions_one_to_two_and_back_keep_a_group_notified_meanwhile_and_its_
         ({"host": "web01"}, "web01"),
         ({"host": 'we"b,host="x'}, 'we"b,host="x'),
         ({"app": 'x,host="evil"', "host": "db01"}, "db01"),
+        ({"agent": "a,host=", "host": "db01"}, "db01"),
+        ({"agent": "{host=", "host": "db01"}, "db01"),
         ({"host": ""}, ""),
     ],
 )
@@ -215,3 +230,39 @@ def test_the_host_of_a_group_key_is_read_back_whatever_its_labels_hold(
 def test_a_group_key_without_a_host_has_none() -> None:
     key, _ = group_key(Route(name="default", receiver="#alerts", group_by=["cluster"]), {"cluster": "eu"})
     assert group_host(key) is None
+
+
+def test_a_window_open_across_a_split_and_back_is_announced_by_one_partition_and_again_next_day() -> None:
+    """Only the partition that announces keeps the announcement: a copy elsewhere would stand
+    firing forever, remind under ids already used, and after the merge back hide the next day's."""
+    window = MaintenanceWindow(name="backup", start="01:00", end="02:00", timezone="UTC")
+    config = EvaluatorConfig(partitions=2, maintenance_windows=[window])
+    single = msgspec.structs.replace(config, partitions=1)
+    midnight = 1764633600.0  # 2025-12-02 00:00 UTC
+    one = Driver(single, midnight)
+    for t in range(0, 5400, 60):  # the window opened at 01:00 and is announced
+        one.at(midnight + t, heartbeat("web-0", interval=60))
+    saved: list[tuple[bytes, list[bytes]]] = [(one.engine.snapshot(), [])]
+    parts = []
+    for index in range(2):
+        part = Driver(partition_config(config, index), one.now)
+        part.engine = Engine.take_over(
+            partition_config(config, index), saved, one.now, lambda h, i=index: host_partition(h, 2) == i
+        )
+        parts.append(part)
+    assert not [a for a in parts[1].engine.active(one.now) if a.rule == "maintenance"]
+    for t in range(5460, 3 * 3600, 60):
+        for index, part in enumerate(parts):
+            beats = [heartbeat("web-0", interval=60)] if host_partition("web-0", 2) == index else []
+            part.at(midnight + t, *beats)
+    told = [(n.status, n.id) for part in parts for n in part.notifications]
+    assert [status for status, _ in told] == ["resolved"], "the end announced once, by partition 0"
+    back = Driver(single, parts[0].now)
+    back.engine = Engine.take_over(
+        single, [(p.engine.snapshot(), []) for p in parts], back.now, lambda h: True
+    )
+    for t in range(3 * 3600, 27 * 3600, 60):
+        back.at(midnight + t, heartbeat("web-0", interval=60))
+    assert [n.status for n in back.notifications] == ["firing", "resolved"], "the next day's window"
+    used = {n.id for n in (*one.notifications, *parts[0].notifications, *parts[1].notifications)}
+    assert not used & {n.id for n in back.notifications}
