@@ -52,6 +52,7 @@ class Dispatcher:
         self._view = view
         self.groups: dict[str, Group] = {}
         self.seq: dict[str, int] = {}
+        self.first_seq = 0  # a group's first notification is number first_seq + 1
         self._timers: list[tuple[float, str]] = []
         self.notifications: list[Notification] = []
         self.sent = 0
@@ -196,7 +197,7 @@ class Dispatcher:
     def _notify(
         self, group: Group, route: Route, status: NotificationStatus, alerts: list[Alert], now: float
     ) -> None:
-        seq = self.seq.get(group.key, 0) + 1
+        seq = self.seq.get(group.key, self.first_seq) + 1
         self.seq[group.key] = seq
         self.changes.seq[group.key] = None
         self.notifications.append(

@@ -111,6 +111,7 @@ class _Snapshot(msgspec.Struct, kw_only=True, array_like=True):
     alerts: list[Alert]
     notifications: list[Notification]
     stats: EngineStats
+    first_seq: int = 0  # the sequence a group starts from in this engine's incarnation
 
 
 class _Delta(msgspec.Struct, kw_only=True, array_like=True):
@@ -161,6 +162,10 @@ class Engine:
 
     def __init__(self, config: EvaluatorConfig, now: float) -> None:
         self._setup(config)
+        # An engine made afresh (no state, or an unusable one) may follow one whose notifications
+        # are still in JetStream's duplicate window: its ids must never repeat theirs, or the
+        # server drops them as duplicates. Groups' sequences start from the time of making, in ms.
+        self.dispatcher.first_seq = int(now * 1000)
         for name in self._windows.windows:
             self._update_window(name, now)
 
@@ -856,6 +861,7 @@ class Engine:
             alerts=self._alerts,
             notifications=self._notifications,
             stats=self.stats,
+            first_seq=self.dispatcher.first_seq,
         )
 
     def snapshot(self) -> bytes:
@@ -935,6 +941,7 @@ class Engine:
                 merged.seq[key] = max(seq, merged.seq.get(key, 0))
             merged.alerts += state.alerts
             merged.notifications += state.notifications
+            merged.first_seq = max(merged.first_seq, state.first_seq)
         merged.groups = _latest_groups(merged.groups)
         return cls._from_state(config, merged, now)
 
@@ -948,6 +955,7 @@ class Engine:
     def _restore(self, state: _Snapshot, now: float) -> None:
         self.stats = state.stats
         self.dispatcher.restore(state.groups, state.seq)
+        self.dispatcher.first_seq = state.first_seq
         self._silences.items = state.silences
         self._silence_timer = state.silence_timer
         if state.silence_timer is not None:

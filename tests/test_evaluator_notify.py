@@ -358,6 +358,25 @@ def test_inhibition_lifting_notifies_the_alert_that_still_fires() -> None:
     ]
 
 
+def test_an_engine_made_afresh_after_its_state_was_lost_never_repeats_a_notification_id() -> None:
+    """Notification ids are JetStream's Nats-Msg-Id: one repeated within the duplicate window (1 h)
+    is dropped by the server, so the alerts of an evaluator whose state was lost would be lost too."""
+    first = Driver(only_rules(CPU), start=1_000_000)
+    first.at(1_000_000, metrics("web01", {"cpu.percent": 95}, interval=600))
+    first.at(1_000_100)
+    again = Driver(only_rules(CPU), start=1_000_200)  # the saved state was unusable
+    again.at(1_000_200, metrics("web01", {"cpu.percent": 95}, interval=600))
+    again.at(1_000_300)
+    again.restart()  # and its own restarts keep its ids apart too
+    again.at(1_000_400, metrics("web02", {"cpu.percent": 95}, interval=600))
+    again.at(1_000_500)
+    first.at(1_000_400, metrics("web02", {"cpu.percent": 95}, interval=600))
+    first.at(1_000_500)
+    ids = [n.id for driver in (first, again) for n in driver.notifications]
+    assert len(ids) == 4
+    assert len(set(ids)) == 4
+
+
 def test_ack_stops_reminders_until_the_alert_resolves() -> None:
     driver = Driver(only_rules(CPU))
     driver.at(0, metrics("web01", {"cpu.percent": 95}, interval=600))

@@ -245,10 +245,12 @@ def test_a_window_open_across_a_split_and_back_is_announced_by_one_partition_and
     saved: list[tuple[bytes, list[bytes]]] = [(one.engine.snapshot(), [])]
     parts = []
     for index in range(2):
+
+        def ours(host: str, index: int = index) -> bool:
+            return host_partition(host, 2) == index
+
         part = Driver(partition_config(config, index), one.now)
-        part.engine = Engine.take_over(
-            partition_config(config, index), saved, one.now, lambda h, i=index: host_partition(h, 2) == i
-        )
+        part.engine = Engine.take_over(partition_config(config, index), saved, one.now, ours)
         parts.append(part)
     assert not [a for a in parts[1].engine.active(one.now) if a.rule == "maintenance"]
     for t in range(5460, 3 * 3600, 60):
