@@ -125,6 +125,9 @@ class Notification(_Event, frozen=True, kw_only=True, tag="notification"):
     # of `parts` (1 of 1 when whole)
     part: int = 1
     parts: int = 1
+    # the group's notification number, rising with each one (0: not known): a consumer that showed
+    # a higher one already holds something older (a replay, a redelivery after a crash)
+    seq: int = 0
 
 
 class LogLine(msgspec.Struct, frozen=True, gc=False):

@@ -209,6 +209,7 @@ class Dispatcher:
                 alerts=alerts,
                 ts=now,
                 receiver=route.receiver,
+                seq=seq,
             )
         )
         self.sent += 1

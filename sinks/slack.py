@@ -3,10 +3,11 @@
 A durable JetStream pull consumer hands out up to `max_pending` notifications, which wait in one
 queue per Slack channel (`slack_queue`): each channel sends one message at a time, the most severe
 group first and each group in order, so a channel paused by 429s or failing holds back only its own
-notifications, and a critical never waits behind the warnings queued before it. A message is acked
-only after Slack accepted it, so a crash repeats at most the one message each channel had in
-flight; the rest is redelivered. In bot mode the message of each group lives in JetStream KV
-(`slack.thread.<hash>` in the state bucket), so any instance continues the same thread.
+notifications, and a critical never waits behind the warnings held before it (past `max_pending`,
+the rest wait in the stream's order). A message is acked only after Slack accepted it, so a crash
+repeats at most the one message each channel had in flight; the rest is redelivered. In bot mode
+the message of each group lives in JetStream KV (`slack.thread.<hash>` in the state bucket), so any
+instance continues the same thread.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ log = logging.getLogger(__name__)
 BUG_RETRY = Duration(60)
 # Deliveries of a notification the sink itself fails on (a bug, not Slack) before it is dead-lettered.
 BUG_ATTEMPTS = 5
+# How long a pull request waits for a message. One cancelled at stop stays open at the server until
+# it expires and would take what is handed back meanwhile, away from the next instance: what a
+# stopped sink hands back comes again once that request is over.
+FETCH_WAIT = 5.0
+HAND_BACK_DELAY = FETCH_WAIT + 1.0
 CONSOLE = "console"  # the one queue of console mode
 REJECTS = ""  # the queue of payloads that are no notification: dead-lettered at once
 T = TypeVar("T")
@@ -107,7 +113,7 @@ class ThreadRecord(msgspec.Struct, frozen=True, kw_only=True):
     ts: str
     resolved: bool = False
     last_id: str = ""
-    last_at: float = 0.0  # the time of that notification (its `ts`)
+    last_seq: int = 0  # the group's number of that notification (0: not known)
 
 
 def thread_key(route: str, group_key: str) -> str:
@@ -193,6 +199,11 @@ class SlackSink:
         self._held: dict[int, _Held] = {}  # by stream sequence
         self._channels: dict[str, _Channel] = {}
         self._room = asyncio.Event()  # set when a held notification is let go
+        # Notifications another instance held (handed back, or its process died) come again later
+        # than new ones: nothing is sent until they are here (or ack_wait is over), so that each
+        # group still goes out in the stream's order.
+        self._owed = 0
+        self._settled = asyncio.Event()
 
     @property
     def mode(self) -> str:
@@ -248,6 +259,14 @@ class SlackSink:
         try:
             js = self.bus.nc.jetstream()
             subscription = await self._until_stopped(self._prepare(js))
+            if self._owed:
+                log.info(
+                    "slack sink: waiting up to %s for the %d notifications another instance held",
+                    Duration(round(self._settle_time())),
+                    self._owed,
+                )
+            else:
+                self._settled.set()
             keeping_alive = asyncio.create_task(self._keep_alive())
             while not self._stopping.is_set():
                 if len(self._held) >= self.config.max_pending:
@@ -285,6 +304,10 @@ class SlackSink:
         if (again := self._held.get(seq)) is not None:  # redelivered while held (keep-alives lost)
             again.msg = msg  # acked as its latest delivery
             return
+        if not self._settled.is_set() and (msg.metadata.num_delivered or 1) > 1:
+            self._owed -= 1
+            if self._owed <= 0:
+                self._settled.set()
         item: Notification | None = None
         error: EventDecodeError | None = None
         try:
@@ -315,11 +338,15 @@ class SlackSink:
         """Deliver a channel's queue one at a time until it is empty or stop() (what it holds then is
         handed back by `_run`)."""
         loop = asyncio.get_running_loop()
+        held: _Held | None = None
         try:
+            if not self._settled.is_set():
+                await self._until_settled()
             while not self._stopping.is_set():
                 held = channel.queue.pop(loop.time())
                 if held is not None:
                     await self._handle(js, channel, held)
+                    held = None
                     continue
                 ready = channel.queue.next_ready()
                 if ready is None:
@@ -328,16 +355,38 @@ class SlackSink:
                 await self._arrival_or_stop(channel, ready - loop.time())
         except _Stopped:
             pass
+        except Exception:  # a bug here must not leave the channel's notifications held forever
+            log.exception("slack sink: the queue of %s failed; what it held is handed back", name)
+            for lost in [*([held] if held is not None else []), *channel.queue.drain()]:
+                with contextlib.suppress(nats.errors.Error):
+                    await lost.msg.nak(delay=HAND_BACK_DELAY)
+                self._let_go(lost)
         finally:
             if self._channels.get(name) is channel:
                 del self._channels[name]
 
+    def _settle_time(self) -> float:
+        return self.config.ack_wait.seconds + HAND_BACK_DELAY + 1.0
+
+    async def _until_settled(self) -> None:
+        """Wait for what another instance held, at most as long as the server takes to resend it."""
+        with contextlib.suppress(TimeoutError, _Stopped):
+            await asyncio.wait_for(self._until_stopped(self._settled.wait()), self._settle_time())
+        if not self._settled.is_set() and not self._stopping.is_set():
+            log.warning(
+                "slack sink: %d notifications another instance held did not come again; "
+                "delivering without them",
+                self._owed,
+            )
+            self._settled.set()
+
     async def _hand_back(self) -> None:
-        """Give what is still held to the next instance at once, not after ack_wait; only once this
-        one's pull request is gone, or the server would hand it straight back to that request."""
-        for held in list(self._held.values()):
+        """Give what is still held to the next instance, in the stream's order, soon rather than
+        after ack_wait."""
+        for seq in sorted(self._held):
+            held = self._held[seq]
             with contextlib.suppress(nats.errors.Error):
-                await held.msg.nak()
+                await held.msg.nak(delay=HAND_BACK_DELAY)
             self._let_go(held)
 
     async def _arrival_or_stop(self, channel: _Channel, timeout: float) -> None:
@@ -369,6 +418,8 @@ class SlackSink:
                     self._kv = await js.key_value(bucket)
                 stream = stream_name(self.bus.subjects.prefix, "notifications")
                 await self._ensure_consumer(js, stream)
+                info = await js.consumer_info(stream, self.config.durable)
+                self._owed = info.num_ack_pending or 0
                 return await js.pull_subscribe_bind(durable=self.config.durable, stream=stream)
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 if backoff.attempts == 0:
@@ -406,7 +457,7 @@ class SlackSink:
         """The next message, as soon as there is one: nats-py's fetch of more than one waits for
         all of them or for the request to expire (5 s), however many are there."""
         try:
-            messages = await subscription.fetch(1, timeout=5)
+            messages = await subscription.fetch(1, timeout=FETCH_WAIT)
         except TimeoutError:
             return []
         except nats.errors.Error as exc:  # disconnected: the client reconnects, we wait and retry
@@ -613,7 +664,7 @@ class SlackSink:
         if record is not None and record.last_id == item.id:
             self.stats.repeats_skipped += 1  # Slack has it; only the ack was lost
             return
-        if record is not None and item.ts < record.last_at:
+        if record is not None and 0 < item.seq < record.last_seq:
             # older than what the group's message shows (a dead letter replayed after the group
             # moved on): posted, it would stand as a FIRING message that nothing ever resolves
             self.stats.stale_skipped += 1
@@ -639,7 +690,7 @@ class SlackSink:
         if posted.ts is None:
             return None
         return ThreadRecord(
-            channel=posted.channel, ts=posted.ts, resolved=resolved, last_id=item.id, last_at=item.ts
+            channel=posted.channel, ts=posted.ts, resolved=resolved, last_id=item.id, last_seq=item.seq
         )
 
     async def _reply(
@@ -654,7 +705,7 @@ class SlackSink:
                 raise
             posted = await self._send(channel, lambda: transport.post(channel, message))  # thread deleted
             return self._record(posted, item, resolved=False)
-        return msgspec.structs.replace(record, last_id=item.id, last_at=item.ts)
+        return msgspec.structs.replace(record, last_id=item.id, last_seq=item.seq)
 
     async def _resolve(
         self, transport: Transport, channel: str, record: ThreadRecord, item: Notification
@@ -674,4 +725,4 @@ class SlackSink:
                 await self._send(channel, lambda: transport.post(record.channel, reply, thread_ts=record.ts))
             except DeliveryError as error:  # the message itself shows the resolve already
                 log.warning("slack sink: resolved reply not posted: %s", error.reason)
-        return msgspec.structs.replace(record, resolved=True, last_id=item.id, last_at=item.ts)
+        return msgspec.structs.replace(record, resolved=True, last_id=item.id, last_seq=item.seq)

@@ -3,7 +3,7 @@
 Pure: no I/O, the time is passed in. The sink keeps one queue per channel, so a channel that Slack
 rate-limits or refuses holds back only its own notifications, and a critical never waits behind
 the warnings queued before it on the same channel. A group's notifications always leave in the
-order they came (firing before its resolve), and a group put back for a later retry lets the
+order of the stream (firing before its resolve), and a group put back for a later retry lets the
 other groups of its channel go first meanwhile.
 """
 
@@ -29,8 +29,13 @@ class ChannelQueue(Generic[T]):
         self._groups: dict[str, _Group[T]] = {}
 
     def push(self, group: str, rank: int, seq: int, item: T) -> None:
-        """Queue `item` behind the earlier ones of its group; lower ranks go first, then lower `seq`."""
-        self._groups.setdefault(group, _Group()).items.append((rank, seq, item))
+        """Queue `item` in its group by `seq` (one redelivered may come after a later one); among
+        the groups' heads, lower ranks go first, then lower `seq`."""
+        items = self._groups.setdefault(group, _Group()).items
+        at = len(items)
+        while at and items[at - 1][1] > seq:
+            at -= 1
+        items.insert(at, (rank, seq, item))
 
     def pop(self, now: float) -> T | None:
         """The next item to send at `now`: the head of the group whose head ranks first, then the
@@ -58,3 +63,9 @@ class ChannelQueue(Generic[T]):
     def next_ready(self) -> float | None:
         """When the earliest waiting group may go again; None if nothing is queued."""
         return min((group.not_before for group in self._groups.values()), default=None)
+
+    def drain(self) -> list[T]:
+        """Everything queued, the queue emptied."""
+        items = [item for group in self._groups.values() for _, _, item in group.items]
+        self._groups.clear()
+        return items

@@ -44,3 +44,11 @@ def test_a_group_put_back_for_a_retry_lets_the_others_go_and_then_comes_first_in
     assert popped(queue, 10) == ["db firing"], "web waits for its retry, its resolve with it"
     assert queue.next_ready() == 60
     assert popped(queue, 60) == ["web firing", "web resolved"]
+
+
+def test_one_redelivered_after_a_later_one_of_its_group_goes_first() -> None:
+    queue: ChannelQueue[str] = ChannelQueue()
+    queue.push("web", WARNING, 7, "web resolved")
+    queue.push("db", WARNING, 6, "db firing")
+    queue.push("web", WARNING, 5, "web firing")  # handed back by a stopped sink, come again late
+    assert popped(queue) == ["web firing", "db firing", "web resolved"]

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import nats.errors
 import pytest
 from nats.js.errors import NotFoundError
@@ -83,6 +84,7 @@ def notification(
         status=status,
         alerts=alerts("resolved" if status == "resolved" else "firing", host),
         ts=STARTS + number,
+        seq=number,
     )
 
 
@@ -406,6 +408,7 @@ def warnings_only(number: int, host: str) -> Notification:
         status=item.status,
         alerts=[a for a in item.alerts if a.severity == "warning"],
         ts=item.ts,
+        seq=item.seq,
     )
 
 
@@ -420,17 +423,57 @@ async def test_a_channel_slack_keeps_rate_limiting_holds_back_only_its_own_notif
             await publish(streams, warnings_only(number, host=f"web{number:02}"))
         await wait_until(lambda: sink.stats.rate_limited >= 1)
         await publish(streams, notification("firing", 6, host="db01", route="critical"))
-        await wait_until(lambda: len(slack.accepted()) == 1)
-        assert sink.counters()["held.notifications"] == 5
+        await wait_until(lambda: len(slack.accepted()) == 1 and sink.counters()["held.notifications"] == 5)
     (accepted,) = slack.accepted()
     assert (accepted.json["channel"], accepted.json["text"]) == ("#oncall", "🔴 [FIRING:3] db01")
     assert await dead_letters(streams) == [], "the rate-limited ones are handed back, not given up"
     async with running(SlackSink(bot_config(slack), streams, BOT_ENV, clock=FakeClock())):
         slack.channel_answers = {}
-        await wait_until(lambda: len(slack.accepted()) == 6)
-    assert sorted(r.json["text"] for r in slack.accepted()[1:]) == [
+        await wait_until(lambda: len(slack.accepted()) == 6, timeout=20)  # handed back after 6 s
+    assert [r.json["text"] for r in slack.accepted()[1:]] == [
         f"⚠️ [FIRING:2] web{n:02}" for n in range(1, 6)
-    ], "all of them once the channel is free again"
+    ], "all of them, in order, once the channel is free again"
+
+
+async def test_a_group_handed_back_at_a_stop_reaches_slack_in_order_from_the_next_instance(
+    streams: Bus, slack: FakeSlack
+) -> None:
+    """Webhook mode keeps no thread to tell old from new: the order alone says what is current."""
+    env = {"SLACK_WEBHOOK_URL": slack.webhook_url}
+    slack.script = [ratelimited(30)]
+    sink = SlackSink(bot_config(slack), streams, env)  # the real clock: the 429 waits 30 s
+    async with running(sink):
+        await publish(streams, notification("firing", 1))
+        await publish(streams, notification("resolved", 2))
+        await wait_until(lambda: sink.stats.rate_limited == 1 and sink.counters()["held.notifications"] == 2)
+    assert slack.accepted() == []
+    async with running(SlackSink(bot_config(slack), streams, env, clock=FakeClock())):
+        await publish(streams, notification("firing", 3, host="db01"))  # meanwhile, another group
+        await wait_until(lambda: len(slack.accepted()) == 3, timeout=20)
+    texts = [r.json["text"] for r in slack.accepted()]
+    assert [t for t in texts if "web01" in t] == ["🔴 [FIRING:3] web01", "✅ [RESOLVED] web01"]
+
+
+async def test_after_a_crash_a_group_waits_for_what_the_dead_instance_held(
+    nats_server: EmbeddedServer, streams: Bus, slack: FakeSlack
+) -> None:
+    """The dead one's firing comes again only after ack_wait; the resolve published after the
+    restart must not overtake it (webhook mode would end on FIRING)."""
+    env = {"SLACK_WEBHOOK_URL": slack.webhook_url}
+    config = bot_config(slack, ack_wait=Duration(2))
+    sink = SlackSink(config, streams, env, clock=FakeClock())
+    async with running(sink):  # makes the consumer
+        await wait_until(lambda: sink.counters()["lag.notifications"] == 0 and sink._settled.is_set())
+    await publish(streams, notification("firing", 1))
+    dead = await nats.connect(nats_server.url)  # the instance about to die: takes the firing, no ack
+    stream = stream_name(streams.subjects.prefix, "notifications")
+    taken = await dead.jetstream().pull_subscribe_bind(durable="slack", stream=stream)
+    assert len(await taken.fetch(1, timeout=5)) == 1
+    await dead.close()
+    async with running(SlackSink(config, streams, env, clock=FakeClock())):
+        await publish(streams, notification("resolved", 2))
+        await wait_until(lambda: len(slack.accepted()) == 2, timeout=15)
+    assert [r.json["text"] for r in slack.accepted()] == ["🔴 [FIRING:3] web01", "✅ [RESOLVED] web01"]
 
 
 async def test_a_critical_queued_behind_warnings_on_the_same_channel_is_sent_first(
