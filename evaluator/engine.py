@@ -924,9 +924,12 @@ class Engine:
         saved: Sequence[tuple[bytes, Sequence[bytes]]],
         now: float,
         keep_host: Callable[[str], bool],
+        *,
+        complete: bool = True,
     ) -> Engine:
         """An engine continuing the hosts `keep_host` takes from the saved states of another
-        partitioning (each a snapshot and its deltas): their series and groups, merged."""
+        partitioning (each a snapshot and its deltas): their series and groups, merged. Not
+        `complete` (a state was lost): the groups' sequences move on past any the lost one used."""
         states = [_decoded(data, deltas) for data, deltas in saved]
         # windows are announced by one partition: its announcements come from the first state
         # (the old layout's partition 0), never from a copy another partition kept
@@ -943,6 +946,9 @@ class Engine:
             merged.notifications += state.notifications
             merged.first_seq = max(merged.first_seq, state.first_seq)
         merged.groups = _latest_groups(merged.groups)
+        if not complete:  # its ids may still be in JetStream's duplicate window: none may repeat
+            merged.first_seq = max(merged.first_seq, int(now * 1000))
+            merged.seq = {key: max(seq, merged.first_seq) for key, seq in merged.seq.items()}
         return cls._from_state(config, merged, now)
 
     @classmethod

@@ -758,7 +758,11 @@ class EvaluatorService:
         start = min(times) if times else self.clock() - LOOKBACK
         try:
             self._engine = Engine.take_over(
-                self.config, [(saved.base, saved.deltas) for saved in found], start, self._ours
+                self.config,
+                [(saved.base, saved.deltas) for saved in found],
+                start,
+                self._ours,
+                complete=len(found) == previous,
             )
         except ValueError as exc:
             log.error("evaluator: the states of the partitions before are unusable, starting afresh: %s", exc)

@@ -268,3 +268,27 @@ def test_a_window_open_across_a_split_and_back_is_announced_by_one_partition_and
     assert [n.status for n in back.notifications] == ["firing", "resolved"], "the next day's window"
     used = {n.id for n in (*one.notifications, *parts[0].notifications, *parts[1].notifications)}
     assert not used & {n.id for n in back.notifications}
+
+
+def test_a_merge_missing_a_lost_state_never_repeats_the_notification_ids_that_state_used() -> None:
+    config = EvaluatorConfig()
+    driver = memory_alerts(["web-1"], config)
+    for t in range(900, 1200, 10):
+        driver.at(t, heartbeat("web-1"), metrics("web-1", {"mem.percent": 10}))
+    saved: list[tuple[bytes, list[bytes]]] = [(driver.engine.snapshot(), [])]
+    mine = host_partition("web-1", 2)
+    own = Driver(config, driver.now)
+    own.engine = Engine.take_over(config, saved, driver.now, lambda h: host_partition(h, 2) == mine)
+    other = Engine.take_over(config, saved, driver.now, lambda h: host_partition(h, 2) != mine)
+    for t in range(1200, 2100, 10):  # web-1's next incident, told by its partition only
+        own.at(t, heartbeat("web-1"), metrics("web-1", {"mem.percent": 99}))
+    assert own.notifications
+    back = Driver(config, own.now)  # web-1's partition lost its state: only the other one's is left
+    back.engine = Engine.take_over(config, [(other.snapshot(), [])], own.now, lambda h: True, complete=False)
+    for t in range(2100, 2400, 10):
+        back.at(t, heartbeat("web-1"), metrics("web-1", {"mem.percent": 10}))
+    for t in range(2400, 3300, 10):
+        back.at(t, heartbeat("web-1"), metrics("web-1", {"mem.percent": 99}))
+    assert back.notifications
+    used = {n.id for n in (*driver.notifications, *own.notifications)}
+    assert not used & {n.id for n in back.notifications}
