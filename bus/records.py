@@ -89,6 +89,17 @@ def matches_all(matchers: Sequence[Matcher], labels: Mapping[str, str]) -> bool:
     return all(m.matches_value(labels.get(m.name, "")) for m in matchers)
 
 
+def too_broad(matchers: Sequence[Matcher]) -> str | None:
+    """Why a silence of these matchers would mute nearly every alert (None: it would not).
+
+    As in Alertmanager, one matcher at least must refuse the empty string: `host=~.*`,
+    `nolabel=` or `rule!=x` alone hold for an alert without labels, and so for nearly all.
+    """
+    if matchers and matches_all(matchers, {}):
+        return "every matcher also holds for a label that is missing: it would mute nearly every alert"
+    return None
+
+
 class Silence(msgspec.Struct, frozen=True, kw_only=True):
     """Mutes notifications of matching alerts from starts_at until ends_at."""
 

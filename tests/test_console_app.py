@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import time
 from collections.abc import AsyncIterator
@@ -12,8 +13,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
+from bus.events import Alert
 from bus.records import ACK_PREFIX, SILENCE_PREFIX, SilenceStore, decode_ack, decode_silence
-from sinks.console.app import CONTEXT, CSP, Context, make_app
+from sinks.console.app import CONTEXT, CSP, Context, make_app, safe_next
 from sinks.console.config import ConsoleConfig, ConsoleConfigError, ConsoleSecrets, resolve_token
 from sinks.console.live import Hub
 from sinks.console.render import Renderer, script_json
@@ -186,6 +188,9 @@ async def test_a_silence_made_on_the_page_is_stored_as_the_cli_does(
         ("host=~(", "1h", "x", "invalid regex"),
         ("host=a", "soon", "x", "for:"),
         ("host=a", "1h", "", "comment"),
+        ("host=~.*", "1h", "x", "would mute nearly every alert"),
+        ("nosuchlabel=", "1h", "x", "would mute nearly every alert"),
+        ("rule!=disk\nhost=~web.*|", "1h", "x", "would mute nearly every alert"),
     ],
 )
 async def test_a_bad_silence_form_says_what_is_wrong(
@@ -196,6 +201,50 @@ async def test_a_bad_silence_form_says_what_is_wrong(
     response = await client.post("/silences", data=form, allow_redirects=False)
     assert response.status == 400
     assert problem in await response.text()
+
+
+async def test_the_silence_button_prefills_every_label_so_it_mutes_that_alert_and_not_its_siblings() -> None:
+    now = time.time()
+    state = populated(now)
+    labels = {"host": "web01", "agent": "container", "target": " payments ", "rule": "container_unhealthy"}
+    for fingerprint, target in (("fp-pay", " payments "), ("fp-web", "web")):
+        state.observe(
+            Alert(
+                fingerprint=fingerprint,
+                rule="container_unhealthy",
+                severity="warning",
+                status="firing",
+                labels={**labels, "target": target},
+                summary="unhealthy",
+                starts_at=now,
+            )
+        )
+    async with TestClient(TestServer(make_app(context(state)))) as client:
+        page = await (await client.get("/alerts?silence=fp-pay")).text()
+        (prefilled,) = re.findall(r'<textarea[^>]*name="matchers"[^>]*>([^<]*)</textarea>', page)
+        csrf = await csrf_of(client)
+        form = {"matchers": html.unescape(prefilled), "duration": "1h", "comment": "x", "csrf": csrf}
+        response = await client.post("/silences", data=form, allow_redirects=False)
+        assert response.status == 303
+        ctx = client.app[CONTEXT]
+        assert ctx.store is not None
+        kv: Any = ctx.store.kv
+        (silence,) = [decode_silence(v) for k, v in kv.data.items() if k.startswith(SILENCE_PREFIX)]
+    assert silence is not None
+    assert silence.matches(labels)
+    assert not silence.matches({**labels, "target": "web"}), "the host's other container stays loud"
+
+
+async def test_a_hostile_fingerprint_cannot_aim_its_ack_button_at_another_alert() -> None:
+    now = time.time()
+    state = populated(now)
+    state.observe(alert("zz/../../alerts/fp1", "firing", now))
+    async with TestClient(TestServer(make_app(context(state)))) as client:
+        page = await (await client.get("/alerts")).text()
+    actions = re.findall(r'action="(/alerts/[^"]*/ack)"', page)
+    assert "/alerts/fp1/ack" in actions  # the real fp1's own button
+    assert "/alerts/zz%2F%2E%2E%2F%2E%2E%2Falerts%2Ffp1/ack" in actions
+    assert not [a for a in actions if "/.." in a]
 
 
 async def test_ack_from_the_page_stores_the_cli_ack_record(client: TestClient[Any, Any]) -> None:
@@ -279,3 +328,20 @@ def test_a_changed_row_goes_to_every_open_overview_with_its_own_csrf_token() -> 
     assert "\u202e" not in rows[0]["html"]
     alerts = [m for m in messages["overview"] if m.get("target") == "alerts-rows"]
     assert "__csrf_token__" in alerts[0]["html"]
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("/alerts?x=1", "/alerts?x=1"),
+        ("/", "/"),
+        ("//evil.example/x", "/"),
+        ("/\\evil.example/x", "/"),
+        ("/\t/evil.example/x", "/"),  # browsers drop the tab: //evil.example/x
+        ("/\n/evil.example", "/"),
+        ("https://evil.example/", "/"),
+        ("alerts", "/"),
+    ],
+)
+def test_after_logging_in_the_console_leads_only_to_its_own_pages(given: str, kept: str) -> None:
+    assert safe_next(given) == kept

@@ -406,6 +406,29 @@ def test_a_parts_heartbeat_serves_its_age_counters_lag_and_rejections(exporter: 
     assert named(exporter, "jarvis_agent_info") == {(*part, ("version", "0.1.0")): 1.0}
 
 
+def test_heartbeat_counters_that_go_down_are_gauges_not_counters_that_reset(
+    exporter: MetricsExporter,
+) -> None:
+    """Exposed as counters, a Slack sink's held notifications going 40 -> 0 read as a reset to
+    rate() and increase(): a false spike."""
+    exporter.observe(
+        Heartbeat(
+            host="mon",
+            agent="slack",
+            version="0.1.0",
+            interval=10,
+            ts=T0 - 3,
+            counters={"delivered": 7, "held.notifications": 40, "pages_open": 2, "partitions": 3},
+        )
+    )
+    part = (("agent", "slack"), ("host", "mon"))
+    assert named(exporter, "jarvis_part_events_total") == {(*part, ("name", "delivered")): 7.0}
+    assert named(exporter, "jarvis_part_state") == {
+        (*part, ("name", name)): value
+        for name, value in (("held.notifications", 40.0), ("pages_open", 2.0), ("partitions", 3.0))
+    }
+
+
 # -- bounds ---------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 from multidict import MultiDictProxy
@@ -24,6 +24,7 @@ from bus.records import (
     new_silence_id,
     parse_matcher,
     silence_state,
+    too_broad,
     valid_key_token,
 )
 from bus.units import Duration
@@ -131,8 +132,15 @@ def redirect(location: str) -> web.Response:
 
 
 def safe_next(value: str) -> str:
-    """Where to go after logging in: a path of this site only."""
-    return value if value.startswith("/") and not value.startswith(("//", "/\\")) else "/"
+    """Where to go after logging in: a path of this site only. Browsers drop tabs and newlines
+    from a URL and read `\\` as `/`, so `/\t/evil.example` would lead off the site."""
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        return "/"
+    path = value.replace("\\", "/")
+    parts = urlsplit(path)
+    if not path.startswith("/") or path.startswith("//") or parts.scheme or parts.netloc:
+        return "/"
+    return value
 
 
 @web.middleware
@@ -349,16 +357,20 @@ class SilenceForm:
 
 
 def _prefill(ctx: Context, fingerprint: str) -> SilenceForm:
-    """A silence form for one active alert: its rule and host."""
+    """A silence form for one active alert: every label it has, so that it mutes that alert and
+    not its siblings (the other containers, mounts or agents of its host)."""
     for alert in ctx.state.alerts():
         if alert.fingerprint == fingerprint:
-            lines = [f"rule={alert.rule}"] + [
-                f"{name}={alert.labels[name]}"
-                for name in ("host", "container", "check")
-                if alert.labels.get(name)
-            ]
+            labels = {"rule": alert.rule, **alert.labels}
+            lines = [_exact(name, value) for name, value in labels.items() if value and "\n" not in value]
             return SilenceForm(matchers="\n".join(lines))
     return SilenceForm()
+
+
+def _exact(name: str, value: str) -> str:
+    """`name=value`, quoted where a line's spaces or quotes would change the value read back."""
+    plain = value == value.strip() and value[0] not in "\"'"
+    return f"{name}={value}" if plain else f'{name}="{value}"'
 
 
 NOTICES = {"added": "silence {} added", "expired": "silence {} expired", "acked": "alert {} acknowledged"}
@@ -413,6 +425,8 @@ def build_silence(form: MultiDictProxy[Any], now: float) -> tuple[Silence | None
         matchers = [parse_matcher(line) for line in lines]
     except ValueError as exc:
         return None, fields, f"matchers: {exc}"
+    if (broad := too_broad(matchers)) is not None:
+        return None, fields, f"matchers: {broad}; name a host, a rule or another label with a value"
     try:
         length = Duration.parse(fields.duration).seconds
     except ValueError as exc:

@@ -75,7 +75,8 @@ RENAMED: dict[str, tuple[str, Kind]] = {
 }
 RESERVED_SUFFIXES = ("_total", "_count", "_sum", "_bucket", "_created")
 # Heartbeat counters that go up and down; `lag.<input>` ones are gauges too, apart.
-PART_GAUGES = frozenset({"standing_by"})
+# Their names are the parts' own (evaluator, evaluator partitions, console, Slack sink).
+PART_GAUGES = frozenset({"standing_by", "partitions", "pages_open", "held.notifications"})
 LAG_PREFIX = "lag."
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")

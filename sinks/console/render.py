@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 import msgspec
@@ -162,6 +163,12 @@ def container_row(view: ContainerView, status: str) -> Markup:
     )
 
 
+def _segment(value: str) -> str:
+    """One path segment: `/` and `..` escaped too (jinja's urlencode keeps `/`), so a fingerprint
+    from the bus such as `x/../../alerts/fp1` cannot aim a button at another alert."""
+    return quote(value, safe="").replace(".", "%2E")
+
+
 class Renderer:
     """Pages and fragments; `now` and the zone are passed in, so a page is a function of the model."""
 
@@ -176,7 +183,14 @@ class Renderer:
             lstrip_blocks=True,
         )
         self.env.filters.update(
-            pct=_pct, num=_num, bytes=_bytes, secs=_secs, level=_level, clean=clean, when=self.when
+            pct=_pct,
+            num=_num,
+            bytes=_bytes,
+            secs=_secs,
+            level=_level,
+            clean=clean,
+            when=self.when,
+            segment=_segment,
         )
         self.env.globals.update(
             row_id=row_id,

@@ -87,6 +87,8 @@ async def test_silence_add_list_expire(config_file: Path, capsys: pytest.Capture
         (["host=web01", "--for", "0s"], "--for: must be longer than 0s"),
         (["host=web01", "--until", "yesterday"], "--until: 'yesterday' is not an ISO time"),
         (["host=web01", "--until", "2001-01-01T00:00"], "would end before it starts or in the past"),
+        (["host=~.*", "--for", "30d"], "would mute nearly every alert"),
+        (["rule!=disk", "--for", "1h"], "would mute nearly every alert"),
     ],
 )
 def test_silence_add_refuses_bad_input_in_one_line(
