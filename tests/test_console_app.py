@@ -345,3 +345,23 @@ def test_a_changed_row_goes_to_every_open_overview_with_its_own_csrf_token() -> 
 )
 def test_after_logging_in_the_console_leads_only_to_its_own_pages(given: str, kept: str) -> None:
     assert safe_next(given) == kept
+
+
+async def test_without_a_token_a_page_of_another_site_rebinding_its_name_to_loopback_is_refused() -> None:
+    """DNS rebinding: evil.example resolves to 127.0.0.1, so its page is same-origin with itself;
+    only the Host it names gives it away."""
+    ctx = context(populated(time.time()))
+    async with TestClient(TestServer(make_app(ctx))) as client:
+        csrf = await csrf_of(client)
+        rebound = {"Host": "evil.example:10201", "Origin": "http://evil.example:10201"}
+        form = {"matchers": "host=web01", "duration": "30d", "comment": "x", "csrf": csrf}
+        response = await client.post("/silences", data=form, headers=rebound, allow_redirects=False)
+        assert response.status == 403
+        assert "allowed_hosts" in await response.text()
+        assert (await client.get("/metrics", headers=rebound)).status == 403
+        assert not [k for k in ctx.store.kv.data if k.startswith(SILENCE_PREFIX)]  # type: ignore[union-attr]
+        for host in ("localhost:10201", "[::1]:10201", "127.0.0.1"):
+            assert (await client.get("/alerts", headers={"Host": host})).status == 200, host
+    named = context(populated(time.time()), allowed_hosts=["Monitor.Internal"])
+    async with TestClient(TestServer(make_app(named))) as client:
+        assert (await client.get("/alerts", headers={"Host": "monitor.internal:10201"})).status == 200

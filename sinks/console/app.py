@@ -8,7 +8,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
@@ -143,12 +143,32 @@ def safe_next(value: str) -> str:
     return value
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _own_name(request: web.Request, allowed: Sequence[str]) -> bool:
+    """Did the request come to a name of this console? Against DNS rebinding: without a token,
+    an attacker's page whose own name points at 127.0.0.1 is a same-origin caller."""
+    try:
+        name = (request.url.host or "").lower().rstrip(".")
+    except ValueError:  # a Host header that is no host
+        return False
+    return name in LOOPBACK_NAMES or name in {host.lower().rstrip(".") for host in allowed}
+
+
 @web.middleware
 async def guard(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Token first (pages redirect to /login), then the CSRF token on every POST."""
     ctx = request.app[CONTEXT]
+    if ctx.secrets.token is None and not _own_name(request, ctx.config.allowed_hosts):
+        ctx.refuse("host")
+        return text_response(
+            403,
+            "403: without a token this console answers to localhost only; add the name this "
+            "request came to to sinks.console.allowed_hosts, or set a token",
+        )
     client = _client(request)
     request[CLIENT] = client or secrets.token_hex(16)
     path = request.path

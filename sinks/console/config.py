@@ -42,6 +42,15 @@ class ConsoleConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
             examples=["/etc/jarvis/console-token"],
         ),
     ] = None
+    allowed_hosts: Annotated[
+        list[str],
+        Meta(
+            description="without a token, the names the console answers to besides localhost, "
+            "127.0.0.1 and ::1 (a page of another site that points its own name at 127.0.0.1 "
+            "would otherwise read the console and add silences)",
+            examples=[["monitor.internal"]],
+        ),
+    ] = []
     metrics_public: Annotated[
         bool, Meta(description="serve /metrics without the token even when one is configured")
     ] = False
