@@ -21,7 +21,7 @@ import nats.errors
 
 from agents.runner import Check, Collection
 from bus import vocabulary as vocab
-from bus.connection import Bus, BusConfigError, connect
+from bus.connection import Bus, BusConfigError, BusUnavailableError, connect
 from bus.events import HealthEvent, MetricBatch, Status
 from bus.records import too_broad
 from bus.redact import redact_text
@@ -310,12 +310,15 @@ async def _stores(config: Config, name: str) -> AsyncIterator[tuple[StateStore, 
     bus = await connect(config.bus, f"jarvis-monitor {name}")
     try:
         yield await open_buckets(bus.nc.jetstream(), bus.subjects.prefix)
-    except (TimeoutError, nats.errors.Error):
+    except (TimeoutError, nats.errors.Error) as exc:
         # a refused request is only a timeout here: the refusal itself says what went wrong
         refusal = not_permitted(bus, config.bus.user or os.environ.get("JARVIS_NATS_USER"))
-        if refusal is None:
-            raise
-        raise BusConfigError(refusal) from None
+        if refusal is not None:
+            raise BusConfigError(refusal) from None
+        raise BusUnavailableError(
+            f"JetStream did not answer ({type(exc).__name__}); whether a change was stored, "
+            "`jarvis-monitor silence list` or `alerts` tells once it does"
+        ) from None
     finally:
         await bus.close()
 

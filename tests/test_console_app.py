@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from nats.js.errors import KeyNotFoundError, NoKeysError
@@ -365,3 +366,30 @@ async def test_without_a_token_a_page_of_another_site_rebinding_its_name_to_loop
     named = context(populated(time.time()), allowed_hosts=["Monitor.Internal"])
     async with TestClient(TestServer(make_app(named))) as client:
         assert (await client.get("/alerts", headers={"Host": "monitor.internal:10201"})).status == 200
+
+
+class SilentKV(MemoryKV):
+    """NATS gone while the user clicks: every call times out."""
+
+    async def put(self, key: str, value: bytes) -> int:
+        raise nats.errors.TimeoutError
+
+    async def get(self, key: str) -> Any:
+        raise nats.errors.ConnectionClosedError
+
+
+async def test_with_nats_gone_a_click_says_nothing_was_stored_and_keeps_the_form() -> None:
+    ctx = context(populated(time.time()))
+    ctx.store = SilenceStore(SilentKV())  # type: ignore[arg-type]
+    async with TestClient(TestServer(make_app(ctx))) as client:
+        csrf = await csrf_of(client)
+        form = {"matchers": "host=web01", "duration": "1h", "comment": "disk swap on web01", "csrf": csrf}
+        response = await client.post("/silences", data=form, allow_redirects=False)
+        assert response.status == 503
+        page = await response.text()
+        assert "nothing was stored" in page
+        assert "disk swap on web01" in page, "what the user typed is still in the form"
+        for action in ("/alerts/fp1/ack", "/silences/s1/expire"):
+            response = await client.post(action, data={"csrf": csrf}, allow_redirects=False)
+            assert response.status == 503, action
+            assert "nothing was stored" in await response.text()

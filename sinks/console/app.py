@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
+import nats.errors
 from aiohttp import web
 from multidict import MultiDictProxy
 
@@ -466,6 +467,11 @@ def build_silence(form: MultiDictProxy[Any], now: float) -> tuple[Silence | None
     return silence, fields, ""
 
 
+# What the silences store raises when NATS or JetStream does not answer (TimeoutError is an OSError).
+STORE_ERRORS = (nats.errors.Error, OSError)
+NOT_STORED = "NATS did not answer: nothing was stored; try again in a moment"
+
+
 def _unavailable() -> web.Response:
     return text_response(503, "503: the console has no connection to the silences store (JetStream KV) yet")
 
@@ -477,7 +483,11 @@ async def add_silence(request: web.Request) -> web.Response:
         return await alerts_page(request, form=fields, problem=problem, status=400)
     if ctx.store is None:
         return _unavailable()
-    await ctx.store.add(silence)
+    try:
+        await ctx.store.add(silence)
+    except STORE_ERRORS as exc:
+        log.warning("console: silence not stored, NATS did not answer: %s", exc)
+        return await alerts_page(request, form=fields, problem=NOT_STORED, status=503)
     log.info("console: silence %s added by %r", silence.id, silence.author)
     if ctx.refresh is not None:
         await ctx.refresh()
@@ -493,6 +503,9 @@ async def expire_silence(request: web.Request) -> web.Response:
         await ctx.store.expire(silence_id, ctx.clock())
     except KeyError:
         return text_response(404, "404: no such silence")
+    except STORE_ERRORS as exc:
+        log.warning("console: silence %s not expired, NATS did not answer: %s", silence_id, exc)
+        return await alerts_page(request, problem=NOT_STORED, status=503)
     if ctx.refresh is not None:
         await ctx.refresh()
     return redirect(f"/alerts?expired={quote(silence_id)}")
@@ -506,7 +519,11 @@ async def ack_alert(request: web.Request) -> web.Response:
     if ctx.store is None:
         return _unavailable()
     author = str(request[FORM].get("author", "")).strip()[:100] or "console"
-    await ctx.store.ack(AckRecord(fingerprint=fingerprint, author=author, at=ctx.clock()))
+    try:
+        await ctx.store.ack(AckRecord(fingerprint=fingerprint, author=author, at=ctx.clock()))
+    except STORE_ERRORS as exc:
+        log.warning("console: ack of %s not stored, NATS did not answer: %s", fingerprint, exc)
+        return await alerts_page(request, problem=NOT_STORED, status=503)
     return redirect(f"/alerts?acked={fingerprint}")
 
 
