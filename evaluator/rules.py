@@ -258,8 +258,13 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 )
 
 DEFAULT_INHIBIT_RULES: tuple[InhibitRule, ...] = (
-    InhibitRule(
-        source_matchers=[_m("rule", "=", AGENT_DOWN_RULE)],
+    InhibitRule(  # an agent down: what its host still reports is stale or a consequence
+        source_matchers=[
+            _m("rule", "=", AGENT_DOWN_RULE),
+            # the pipeline's own parts beat under the monitoring host's name, as the probe's checks
+            # do: a report sink down says nothing of the services probed from there
+            _m("agent", "!~", "|".join((*vocab.PARTS, vocab.CONSOLE_PART))),
+        ],
         target_matchers=[_m("rule", "!=", AGENT_DOWN_RULE)],
         equal=["host"],
     ),

@@ -290,6 +290,19 @@ def test_agent_down_inhibits_new_alerts_of_its_host_but_not_other_hosts() -> Non
     assert inhibited.state == "firing"
 
 
+def test_a_pipeline_part_down_on_the_monitoring_host_mutes_none_of_the_services_probed_from_it() -> None:
+    """In `up` the probe stamps its checks with the monitoring host's name, where the report sink
+    beats too: its silence must not hide that the API is down."""
+    driver = Driver(EvaluatorConfig())
+    driver.at(0, heartbeat("mon01", agent="report"), heartbeat("mon01", agent="probe"))
+    for t in range(10, 400, 10):  # the report sink stops; the API goes down a minute later
+        driver.at(t, heartbeat("mon01", agent="probe"))
+        if t >= 60:
+            driver.at(t, health("mon01", "probe", "api", "critical"))
+    notified = {(a.rule, a.labels.get("agent")) for n in driver.notifications for a in n.alerts}
+    assert notified == {("agent_down", "report"), ("service_down", "probe")}
+
+
 def test_service_down_inhibits_its_own_latency_alert_only() -> None:
     latency = Rule(
         name="http_latency_p95_high", metric="http.latency_p95_seconds", threshold=2, for_=Duration(60)
