@@ -8,6 +8,7 @@ a number of firing episodes within a time window.
 from __future__ import annotations
 
 import hashlib
+import json
 
 import msgspec
 
@@ -55,8 +56,14 @@ class Series(msgspec.Struct, kw_only=True, array_like=True, gc=False):
 def fingerprint(rule: str, key: SeriesKey) -> str:
     """Stable id of a series: sha256 of the rule name and its identity labels, 16 hex digits."""
     host, agent, labels = key
-    text = "\x00".join([rule, host, agent, *(f"{name}={value}" for name, value in labels)])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    parts = [rule, host, agent, *(f"{name}={value}" for name, value in labels)]
+    text = "\x00".join(parts)
+    if text.count("\x00") != len(parts) - 1 or any("=" in name for name, _ in labels):
+        # a NUL or a `=` of its own would let two series share the text (an agent named
+        # "host\x00mount=/" posing as web01's / disk): such keys are written unambiguously, apart
+        # (no rule name starts with \x01); every other key keeps the id it always had
+        text = "\x01" + json.dumps([rule, host, agent, labels])
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def begin_episode(series: Series, now: float, keep: int) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from bus.units import Duration
 from evaluator.config import EvaluatorConfig, FlappingConfig, Matcher, Rule
 from evaluator.engine import Engine
+from evaluator.series import fingerprint
 from evaluator.testing import Driver, health, heartbeat, metrics, only_rules
 
 CPU = Rule(
@@ -318,6 +321,26 @@ def test_fingerprints_are_stable_across_engines_and_differ_per_series() -> None:
     assert len(a.fingerprint) == 16
     first.observe(metrics("web02", [("disk.percent", 90, {"mount": "/", "device": "sda1"})]), 1)
     assert first.drain().alerts[0].fingerprint != a.fingerprint
+
+
+def test_an_agent_named_to_pose_as_another_series_gets_a_fingerprint_of_its_own() -> None:
+    """A NUL or `=` in a name must not let one series take another's place: resolving it would
+    tell the real group "resolved" while its disk stays full."""
+    real = fingerprint("disk", ("web01", "host", (("mount", "/"),)))
+    assert real == hashlib.sha256(b"disk\x00web01\x00host\x00mount=/").hexdigest()[:16], (
+        "the ids of ordinary series are what they always were (acks and saved states name them)"
+    )
+    posing = [
+        ("web01", "host\x00mount=/", ()),
+        ("web01\x00host", "mount=/", ()),
+        ("web01", "host", (("mount=/", ""),)),
+    ]
+    assert real not in {fingerprint("disk", key) for key in posing}
+    driver = Driver(only_rules(Rule(name="disk", metric="disk.percent", threshold=85)))
+    for t in range(0, 120, 10):
+        driver.at(t, metrics("web01", [("disk.percent", 95, {"mount": "/"})]))
+        driver.at(t, metrics("web01", [("disk.percent", 95 if t < 60 else 5, {})], agent="host\x00mount=/"))
+    assert [a.labels.get("mount") for a in driver.engine.active(120) if a.state == "firing"] == ["/"]
 
 
 def test_events_of_unrelated_kinds_and_names_change_nothing() -> None:
