@@ -131,6 +131,7 @@ BUSY_RATE = 250
 STUCK_AFTER = 60.0  # a loop that has not turned for this long is stuck: the watchdog stops pinging
 
 Input = MetricBatch | HealthEvent | Heartbeat
+SUBJECT_MISMATCH = "the subject names another host, agent or target than the event"
 
 
 @dataclass
@@ -971,6 +972,7 @@ class EvaluatorService:
         msg = message.msg
         try:
             event = feed.decode(msg.data, msg.subject)
+            self._check_subject(event, msg)
         except EventDecodeError as exc:
             subject = self._published_on(msg)
             exc = EventDecodeError(subject, exc.reason, exc.size)
@@ -1004,6 +1006,21 @@ class EvaluatorService:
             return
         self._engine_now = now
         stats.evaluated += 1
+
+    def _check_subject(self, event: Input, msg: Msg) -> None:
+        """An event names the host and agent of the subject it came on, or it is refused: the
+        server's permissions and the partitions go by the subject, the engine by the event, so an
+        agent could otherwise speak for another host or for the Slack sink (keeping its agent_down
+        from ever firing)."""
+        subjects = self.bus.subjects
+        if isinstance(event, HealthEvent):
+            expected = subjects.health(event.host, event.agent, event.target)
+        elif isinstance(event, MetricBatch):
+            expected = subjects.metrics(event.host, event.agent)
+        else:
+            expected = subjects.heartbeat(event.host, event.agent)
+        if expected != self._published_on(msg):
+            raise EventDecodeError(msg.subject, SUBJECT_MISMATCH, len(msg.data))
 
     def _published_on(self, msg: Msg) -> str:
         """The subject an input was published on (a partitioned stream stores it renamed)."""

@@ -14,12 +14,12 @@ from nats.js.api import DeliverPolicy
 from bus import deadletter
 from bus.config import StreamsConfig
 from bus.connection import Bus
-from bus.events import MetricBatch, Notification, Sample, encode, notification
+from bus.events import Heartbeat, MetricBatch, Notification, Sample, encode, notification
 from bus.jetstream import provision
 from bus.payload import payload_limit
 from bus.units import Duration
 from evaluator.config import DefaultRoute, EvaluatorConfig, Rule
-from evaluator.service import EvaluatorService
+from evaluator.service import SUBJECT_MISMATCH, EvaluatorService
 from sinks.report.config import ReportSinkConfig
 from sinks.report.service import ReportSink
 from tests.conftest import wait_until
@@ -144,6 +144,31 @@ async def test_poison_is_set_aside_and_the_next_breach_is_notified_before_and_af
     assert {letter.by for letter in inputs} <= {"evaluator", "report"}
     assert any("$.host" in letter.reason for letter in inputs)
     assert all(letter.original_subject == bus.subjects.metrics("web01", "host") for letter in inputs)
+
+
+async def test_an_event_speaking_for_another_host_or_part_than_its_subject_is_set_aside(bus: Bus) -> None:
+    """An agent may publish on its own subjects only; a body naming the Slack sink on mon01 would
+    keep that sink's agent_down from ever firing, and land in another partition's series."""
+    await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
+    notes = Notes()
+    await notes.follow(bus)
+    service = EvaluatorService(config(), bus)
+    task = await run(service)
+    js = bus.nc.jetstream()
+    try:
+        forged = Heartbeat(host="mon01", agent="slack", version="x", interval=10, ts=time.time())
+        await js.publish(bus.subjects.heartbeat("web01", "host"), encode(forged))
+        await js.publish(bus.subjects.metrics("web01", "host"), encode(breach("web02")))
+        await js.publish(bus.subjects.metrics("web01", "host"), encode(breach("web01")))
+        await wait_until(lambda: "web01" in notes.hosts(), TIMEOUT)
+        assert service.rejections.by_reason[SUBJECT_MISMATCH] == 2
+        assert "web02" not in notes.hosts()
+    finally:
+        await stop(service, task)
+    letters = [letter for letter in await dead_letters(bus) if letter.reason == SUBJECT_MISMATCH]
+    assert sorted(letter.original_subject for letter in letters) == sorted(
+        [bus.subjects.heartbeat("web01", "host"), bus.subjects.metrics("web01", "host")]
+    )
 
 
 async def test_a_2500_host_group_is_delivered_in_parts_that_each_fit(bus: Bus) -> None:
