@@ -95,7 +95,7 @@ def input_letter(
 
     `subject`: where it was published, when the stream stored it under another subject (a mirror)."""
     original = subject or msg.subject
-    family = original.split(".", 2)[1] if original.count(".") >= 1 else "input"
+    family = dead_subject.rsplit(".", 1)[-1]  # `<prefix>.deadletter.input.<family>`: prefixes may hold dots
     head = headers(
         reason,
         original_subject=original,

@@ -68,6 +68,10 @@ class Subjects:
         """Where a consumer keeps what it gave up on: `jarvis.deadletter.<family>.<tokens...>`."""
         return self._join("deadletter", family, *tokens)
 
+    def family_of(self, subject: str) -> str:
+        """The family of a subject under this prefix (`metrics` of `acme.jarvis.metrics.web01.host`)."""
+        return subject.removeprefix(self.prefix + ".").split(".", 1)[0]
+
     def family(self, family: str) -> str:
         """Wildcard over one family, e.g. `jarvis.metrics.>`."""
         return f"{self.prefix}.{family}.>"

@@ -271,7 +271,7 @@ class ReportSink:
         """Counted by reason and kept as a dead letter (the evaluator keeps the same one, same id)."""
         self.stats.malformed += 1
         self.rejections.count(reason)
-        dead = self.bus.subjects.dead_letter("input", msg.subject.split(".")[1])
+        dead = self.bus.subjects.dead_letter("input", self.bus.subjects.family_of(msg.subject))
         self._letters.append(deadletter.input_letter(dead, msg, reason, by="report", stream_seq=seq))
         if self.stats.malformed == 1 or self.stats.malformed % 1000 == 0:
             log.warning(
