@@ -89,6 +89,9 @@ def matches_all(matchers: Sequence[Matcher], labels: Mapping[str, str]) -> bool:
     return all(m.matches_value(labels.get(m.name, "")) for m in matchers)
 
 
+MAX_COMMENT = 1000  # characters of a silence's comment: the evaluator's state carries every silence
+
+
 def too_broad(matchers: Sequence[Matcher]) -> str | None:
     """Why a silence of these matchers would mute nearly every alert (None: it would not).
 

@@ -116,6 +116,14 @@ class JournalEntry(msgspec.Struct, frozen=True, kw_only=True):
     cursors: dict[str, int]
     input_time: float | None = None
     silences: list[Silence] | None = None  # None: those of the entry (or base) before
+    # the chunks hold a _Chunked (delta and silences), not the delta alone: the silences did not
+    # fit in one KV value beside the rest
+    silences_chunked: bool = False
+
+
+class _Chunked(msgspec.Struct, frozen=True, kw_only=True):
+    delta: bytes
+    silences: list[Silence]
 
 
 class Journaled(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +141,7 @@ class Journaled(msgspec.Struct, frozen=True, kw_only=True):
 _state = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(SavedState)
 _entry_decoder = msgspec.msgpack.Decoder(JournalEntry)
+_chunked_decoder = msgspec.msgpack.Decoder(_Chunked)
 
 
 def new_journal_id() -> str:
@@ -324,13 +333,26 @@ class StateStore:
         """Write a journal entry made by entry(); its chunks, if any, before the entry itself."""
         key = self._journal_key(entry.slot)
         record = entry
-        if len(entry.delta) > self.chunk_size:
+        # many silences, or long comments, would make the entry too big for the server: never
+        # written, every commit after it retried forever and the evaluator stuck
+        silences = len(_state.encode(entry.silences)) if entry.silences is not None else 0
+        silences_chunked = silences > 0 and len(entry.delta) + silences > self.chunk_size
+        if len(entry.delta) > self.chunk_size or silences_chunked:
             data = entry.delta
+            if silences_chunked:
+                assert entry.silences is not None
+                data = _state.encode(_Chunked(delta=entry.delta, silences=entry.silences))
             chunks = [data[i : i + self.chunk_size] for i in range(0, len(data), self.chunk_size)]
             for index, chunk in enumerate(chunks):
                 await self.blobs.kv.put(f"{key}.{index}", chunk)
             record = msgspec.structs.replace(
-                entry, delta=b"", chunks=len(chunks), size=len(data), sha256=hashlib.sha256(data).hexdigest()
+                entry,
+                delta=b"",
+                chunks=len(chunks),
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                silences=None if silences_chunked else entry.silences,
+                silences_chunked=silences_chunked,
             )
         await self.blobs.kv.put(key, _state.encode(record))
         if entry.slot == self._slot and entry.journal == self._journal:
@@ -369,13 +391,13 @@ class StateStore:
                 if not isinstance(entry, JournalEntry):
                     break
                 try:
-                    delta = await self._delta_of(entry)
+                    delta, given = await self._delta_of(entry)
                 except StoreError as exc:
                     self.broken = str(exc)
                     break
                 deltas.append(delta)
                 cursors, input_time = entry.cursors, entry.input_time
-                silences = entry.silences if entry.silences is not None else silences
+                silences = given if given is not None else silences
                 self._slot += 1
                 self._journal_bytes += len(delta)
             if self._slot < first + len(slots) or self.broken:
@@ -404,9 +426,10 @@ class StateStore:
             return f"KV key {key}: {exc}"
         return entry if entry.journal == self._journal and entry.slot == slot else None
 
-    async def _delta_of(self, entry: JournalEntry) -> bytes:
+    async def _delta_of(self, entry: JournalEntry) -> tuple[bytes, list[Silence] | None]:
+        """The entry's delta and silences (None: those before), from its chunks if it has them."""
         if not entry.chunks:
-            return entry.delta
+            return entry.delta, entry.silences
         key = self._journal_key(entry.slot)
         parts = []
         for index in range(entry.chunks):
@@ -417,7 +440,13 @@ class StateStore:
         data = b"".join(parts)
         if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
             raise StoreError(f"KV key {key}: checksum mismatch")
-        return data
+        if not entry.silences_chunked:
+            return data, entry.silences
+        try:
+            chunked = _chunked_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise StoreError(f"KV key {key}: {exc}") from None
+        return chunked.delta, chunked.silences
 
     async def save_active(self, active: ActiveAlerts) -> None:
         await save_active(self.blobs, active, self.partition)

@@ -23,7 +23,7 @@ from agents.runner import Check, Collection
 from bus import vocabulary as vocab
 from bus.connection import Bus, BusConfigError, BusUnavailableError, connect
 from bus.events import HealthEvent, MetricBatch, Status
-from bus.records import too_broad
+from bus.records import MAX_COMMENT, too_broad
 from bus.redact import redact_text
 from bus.units import Duration
 from bus.vocabulary import COLLECTOR_TARGET
@@ -361,6 +361,8 @@ def build_silence(args: argparse.Namespace, now: float) -> Silence:
     comment = args.comment.strip()
     if not comment:
         raise ValueError("--comment: say why (it is shown with the silence)")
+    if len(comment) > MAX_COMMENT:
+        raise ValueError(f"--comment: at most {MAX_COMMENT} characters (it is kept with the state)")
     return Silence(
         id=new_silence_id(),
         matchers=matchers,

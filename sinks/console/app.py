@@ -19,6 +19,7 @@ from multidict import MultiDictProxy
 
 from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch
 from bus.records import (
+    MAX_COMMENT,
     AckRecord,
     Silence,
     SilenceStore,
@@ -54,7 +55,6 @@ SECURITY_HEADERS = {
 PAGE_PATHS = {"/": "overview", "/performance": "performance", "/errors": "errors", "/alerts": "alerts"}
 MAX_FORM = 64 * 1024
 MAX_MATCHERS = 20
-MAX_COMMENT = 1000
 CHART_POINTS = 300
 
 

@@ -103,6 +103,17 @@ def test_silence_add_refuses_bad_input_in_one_line(
     assert message in err
 
 
+def test_silence_add_refuses_a_comment_too_long_for_the_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "jarvis.toml"
+    config.write_text('[bus]\nservers = ["nats://127.0.0.1:1"]\n')
+    assert (
+        main(["-c", str(config), "silence", "add", "host=web01", "--for", "1h", "--comment", "x" * 1001]) == 2
+    )
+    assert "--comment: at most 1000 characters" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args", [["silence", "list"], ["alerts"], ["ack", "0123abcd"]])
 def test_without_nats_commands_fail_in_one_line(
     args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -74,6 +74,37 @@ async def test_a_base_and_its_journal_restore_the_latest_commit(bus: Bus) -> Non
     assert reader.needs_base()
 
 
+async def test_silences_too_many_for_one_kv_value_go_in_chunks_and_restore(bus: Bus) -> None:
+    """A deploy bot's thousands of silences (expired ones are kept for days) made an entry the server
+    refused: never written, every commit after it retried forever, and no alert went out."""
+    store = await _store(bus)
+    await store.save(_base(b"base", 1))
+    many = [
+        Silence(
+            id=f"s{n}",
+            matchers=[parse_matcher(f"host=web{n}")],
+            starts_at=0,
+            ends_at=900,
+            author="bot",
+            comment="deploy " * 40,
+        )
+        for n in range(4000)
+    ]
+    assert len(msgspec.msgpack.encode(many)) > (bus.nc.max_payload or 1 << 20), "over the server's limit"
+    await store.append(store.entry(b"d1", {"metrics": 2}, 2.0, many))
+    await store.append(store.entry(b"d2", {"metrics": 3}, 3.0, many))  # unchanged: not written again
+    await store.append(store.entry(b"d3", {"metrics": 4}, 4.0, [SILENCE]))
+    loaded = await StateStore(store.blobs.kv).load_journaled()
+    assert loaded is not None
+    assert loaded.deltas == [b"d1", b"d2", b"d3"]
+    assert loaded.silences == [SILENCE]
+    await store.save(_base(b"base2", 5))
+    await store.append(store.entry(b"e1", {"metrics": 6}, 6.0, many))
+    loaded = await StateStore(store.blobs.kv).load_journaled()
+    assert loaded is not None
+    assert (loaded.deltas, loaded.silences) == ([b"e1"], many)
+
+
 async def test_a_new_base_voids_the_old_journal_without_deleting_it(bus: Bus) -> None:
     store = await _store(bus)
     await store.save(_base(b"first", 1))
