@@ -458,6 +458,7 @@ class EvaluatorService:
     async def _start(self) -> bool:
         """Open the buckets and consumers and restore the state; False if stopped meanwhile."""
         backoff = Backoff(0.2, MAX_BACKOFF)
+        lease: Lease | None = None  # one per start: a retry after a failure goes on with the lease it took
         while not self._stopping.is_set():
             try:
                 prefix = self.bus.subjects.prefix
@@ -465,11 +466,18 @@ class EvaluatorService:
                 self._state, self._silence_store = await open_buckets(
                     self._js, prefix, self.partition, partitions
                 )
+                if lease is None:
+                    lease = Lease(
+                        self._state.blobs.kv,
+                        clock=self.clock,
+                        partition=self.partition,
+                        partitions=self.config.partitions,
+                    )
                 layout = await save_partitions(self._state.blobs, partitions)
                 self._previous_partitions = layout.previous if layout.partitions == partitions else partitions
                 if self.partition is not None:
                     await ensure_partition_streams(self._js, prefix, partitions, replicas=self.bus.replicas)
-                if not await self._take_lease():
+                if not await self._take_lease(lease):
                     return False
                 await self._restore()
                 feeds = await self._subscribe_all()
@@ -491,14 +499,8 @@ class EvaluatorService:
             return True
         return False
 
-    async def _take_lease(self) -> bool:
-        """Wait until this evaluator holds the lease; False if stopped first."""
-        lease = Lease(
-            self._state.blobs.kv,
-            clock=self.clock,
-            partition=self.partition,
-            partitions=self.config.partitions,
-        )
+    async def _take_lease(self, lease: Lease) -> bool:
+        """Wait until this evaluator holds `lease`; False if stopped first."""
         free_since: float | None = None
         while not self._stopping.is_set():
             holder = await lease.held_by() if self._share is not None else None

@@ -687,3 +687,30 @@ async def test_the_active_alerts_are_built_once_a_second_while_inputs_stream_in(
         await wait_until(lambda: service.stats.evaluated >= 2 * agent.beats, TIMEOUT)
         seconds = time.monotonic() - began
     assert built[0] <= seconds + 2, f"built {built[0]} times in {seconds:.1f} s"
+
+
+async def test_a_start_that_fails_after_taking_the_lease_goes_on_with_it_not_standing_by_for_itself(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A consumer made too slowly (a cluster electing a leader) fails the start after the lease was
+    taken; the retry must know that lease for its own, or it waits out its TTL (15 s) behind itself."""
+    await provisioned(bus)
+    service = EvaluatorService(evaluator_config(), bus)
+    subscribe = service._subscribe_all
+    failed: list[bool] = []
+
+    async def slow_once() -> Any:
+        if not failed:
+            failed.append(True)
+            raise TimeoutError("consumer create timed out")
+        return await subscribe()
+
+    service._subscribe_all = slow_once  # type: ignore[method-assign]
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.ready.wait(), 10)  # the lease's TTL is 15 s
+        assert failed
+        assert "standing by" not in caplog.text
+    finally:
+        service.stop()
+        await asyncio.wait_for(task, 10)
