@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import html.parser
 import json
+import os
 import re
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -323,6 +325,30 @@ def test_json_keeps_hostile_names_verbatim(tmp_path: Path) -> None:
     assert report["hosts"][0]["host"] == HOSTILE
     assert report["containers"][0]["container"] == CHANNEL
     assert report["alerts"]["noisiest"][0]["rule"] == "<img src=x onerror=alert(1)>"
+
+
+def test_retention_goes_past_what_it_did_not_write_and_clears_the_leftovers_of_a_crash(
+    tmp_path: Path,
+) -> None:
+    """A directory shaped like a report stopped the retention for good, every day; the temporary
+    file of a write cut short by a crash was never deleted."""
+    folder = tmp_path / "reports" / "post-golive"
+    folder.mkdir(parents=True)
+    (folder / "2020-01-01.html").mkdir()
+    (folder / "2020-01-02.html").symlink_to(tmp_path / "elsewhere.html")
+    (tmp_path / "elsewhere.html").write_text("someone's")
+    (folder / "2026-08-26.html").write_text("old")
+    leftover = folder / ".2026-11-30.html.k3j2h1"
+    leftover.write_text("half")
+    fresh = folder / ".2026-12-01.html.a1b2c3"  # a write going on now
+    fresh.write_text("half")
+    day_ago = time.time() - 2 * 86400
+    os.utime(leftover, (day_ago, day_ago))
+    deleted = prune_reports(tmp_path, DAY, 90)
+    assert sorted(p.name for p in deleted) == [leftover.name, "2026-08-26.html"]
+    assert (folder / "2020-01-01.html").is_dir()
+    assert (tmp_path / "elsewhere.html").read_text() == "someone's"
+    assert fresh.exists()
 
 
 def test_reports_older_than_the_retention_are_deleted(tmp_path: Path) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import jinja2
@@ -20,6 +22,8 @@ from sinks.report.rollups import RollupStore
 REPORTS_DIR = Path("reports") / "post-golive"
 NO_DATA = "\u2013"  # an en dash: no figure for this period
 _REPORT_NAME = re.compile(r"(\d{4}-\d{2}-\d{2})(-week)?\.(html|md|json)")
+DAY = 86400.0
+log = logging.getLogger(__name__)
 # Names longer than this are cut in the Markdown (the JSON keeps them whole).
 NAME_LIMIT = 60
 _BACKTICKS = re.compile(r"`+")
@@ -116,11 +120,14 @@ def render_json(report: Report) -> bytes:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """A reader never sees half a report: write beside it, then rename over it."""
+    """A reader never sees half a report: write beside it, then rename over it (synced first, so
+    a power cut leaves the old file or the new one, never an empty one)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -165,8 +172,15 @@ def prune_reports(out_dir: Path, today: dt.date, keep_days: float) -> list[Path]
     if not folder.is_dir():
         return []
     oldest = today - dt.timedelta(days=keep_days)
-    deleted = []
+    deleted: list[Path] = []
     for path in folder.iterdir():
+        if path.is_symlink() or not path.is_file():  # not a file we wrote: a directory, a link
+            continue
+        if path.name.startswith(".") and _REPORT_NAME.fullmatch(path.name[1:].rsplit(".", 1)[0]):
+            # the temporary file of a write cut short by a crash: gone after a day
+            if time.time() - path.stat().st_mtime > DAY:
+                _unlink(path, deleted)
+            continue
         match = _REPORT_NAME.fullmatch(path.name)
         if not match:
             continue
@@ -175,6 +189,15 @@ def prune_reports(out_dir: Path, today: dt.date, keep_days: float) -> list[Path]
         except ValueError:  # shaped like a report, but no date (2026-13-40.html): not ours
             continue
         if day < oldest:
-            path.unlink(missing_ok=True)
-            deleted.append(path)
+            _unlink(path, deleted)
     return deleted
+
+
+def _unlink(path: Path, deleted: list[Path]) -> None:
+    """One file less; one that cannot go is logged and the others still go."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("report: cannot delete %s: %s", path, exc.strerror or exc)
+        return
+    deleted.append(path)
