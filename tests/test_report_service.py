@@ -90,6 +90,44 @@ async def test_a_sink_started_after_the_run_time_writes_the_missing_report(tmp_p
     assert sink.stats.reports == 1  # present already: not written again
 
 
+async def test_a_sink_down_for_days_writes_every_day_it_missed_not_only_the_last(tmp_path: Path) -> None:
+    now = [T0 + 4 * 86400 + 3600]  # down from the 25th until the 29th, 01:00
+    sink = _sink(tmp_path, now, weekly_on="never")
+    fill(sink.open(), synthetic_day())
+    await sink.catch_up()
+    written = sorted(p.name for p in (tmp_path / "reports" / "post-golive").glob("*.json"))
+    assert written == [f"2026-11-{day}.json" for day in (25, 26, 27, 28)]
+    day = json.loads((tmp_path / "reports" / "post-golive" / "2026-11-25.json").read_text())
+    assert day["hosts"], "the day with the data has it"
+
+
+async def test_a_report_written_before_its_day_ended_is_written_again_after_a_missed_run(
+    tmp_path: Path,
+) -> None:
+    """`jarvis-monitor report` at noon writes the day so far; a sink that then misses the 00:05 run
+    must not leave that half day as the day's report for good."""
+    now = [T0 + 12 * 3600]
+    sink = _sink(tmp_path, now, weekly_on="never")
+    fill(sink.open(), synthetic_day())
+    await sink.write("day", dt.date(2026, 11, 25))
+    path = tmp_path / "reports" / "post-golive" / "2026-11-25.json"
+    assert json.loads(path.read_text())["generated_at"] == T0 + 12 * 3600
+    now[0] = T0 + 86400 + 3600  # restarted at 01:00 on the 26th: the run at 00:05 was missed
+    await sink.catch_up()
+    assert json.loads(path.read_text())["generated_at"] == now[0]
+    await sink.catch_up()
+    assert sink.stats.reports == 2, "whole now: not written again"
+
+
+def test_the_runs_missed_across_a_23_hour_day_are_each_found() -> None:
+    config = ReportSinkConfig(timezone="Europe/Berlin")
+    zone = config.zone
+    # restarted at 00:30 on 30 March, the day after the clocks went forward: the run of 00:05 that
+    # day is the latest, and the one of the 29th before it
+    runs = service.runs_since(ts(2026, 3, 28, 12, 0, zone=zone), ts(2026, 3, 30, 0, 30, zone=zone), config)
+    assert runs == [ts(2026, 3, 29, 0, 5, zone=zone), ts(2026, 3, 30, 0, 5, zone=zone)]
+
+
 async def test_a_sink_started_before_the_run_time_leaves_that_day_to_the_schedule(tmp_path: Path) -> None:
     sink = _sink(tmp_path, [T0 + 86400 + 60])  # 00:01, the run is at 00:05
     store = sink.open()

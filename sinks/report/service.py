@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -50,6 +51,8 @@ FETCH_TIMEOUT = 5.0
 PULL_BATCH = 2000  # messages asked for in one pull, at most
 STOP_GRACE = 5.0
 RETRY_CAP = 30.0
+# After a start, the runs of this many days back are looked at for reports missing or cut short.
+CATCH_UP_DAYS = 7
 
 
 def next_daily_run(now: float, config: ReportSinkConfig) -> float:
@@ -63,6 +66,16 @@ def next_daily_run(now: float, config: ReportSinkConfig) -> float:
         if at > now:
             return at
     raise AssertionError("unreachable: a daily time always comes within two days")
+
+
+def runs_since(since: float, now: float, config: ReportSinkConfig) -> list[float]:
+    """The local `daily_at` runs after `since` and at or before `now`, oldest first."""
+    runs = []
+    at = next_daily_run(since, config)
+    while at <= now:
+        runs.append(at)
+        at = next_daily_run(at, config)
+    return runs
 
 
 def reports_due(at: float, config: ReportSinkConfig) -> list[tuple[PeriodKind, dt.date]]:
@@ -350,24 +363,32 @@ class ReportSink:
             await self.daily(due)
 
     async def catch_up(self) -> None:
-        """After a start past the last run time: write what that run would have, if missing.
+        """After a start: write what the runs of the last CATCH_UP_DAYS would have, where it is
+        missing or was written before its period ended (`jarvis-monitor report` during the day).
 
         Only for periods the store has data from, so a fresh install writes no empty report.
         """
         store = self.store
         assert store is not None
         now = self.clock()
-        last_run = next_daily_run(now - 86400, self.config)
-        if last_run > now:
-            return
         async with self._store_lock:
             first = await asyncio.to_thread(store.first_hour)
-        for kind, day in reports_due(last_run, self.config):
-            period = make_period(kind, day, self.config.timezone, self.config.zone)
-            if first is None or first >= period.end:
-                continue
-            if not (self.out_dir / REPORTS_DIR / f"{period.label}.html").exists():
-                await self.write(kind, day)
+        if first is None:
+            return
+        for run in runs_since(now - CATCH_UP_DAYS * 86400, now, self.config):
+            for kind, day in reports_due(run, self.config):
+                period = make_period(kind, day, self.config.timezone, self.config.zone)
+                if first < period.end and not self._written_whole(period.label, period.end):
+                    await self.write(kind, day)
+
+    def _written_whole(self, label: str, end: float) -> bool:
+        """Is the report `label` written, from after its period ended?"""
+        try:
+            written = msgspec.json.decode((self.out_dir / REPORTS_DIR / f"{label}.json").read_bytes())
+        except (OSError, msgspec.DecodeError):
+            return False
+        generated = written.get("generated_at") if isinstance(written, dict) else None
+        return isinstance(generated, int | float) and generated >= end
 
     async def daily(self, at: float) -> None:
         """The run at `at`: reports of the day (and week) that just ended, then retention."""
