@@ -223,6 +223,17 @@ def test_dirty_rows_name_each_changed_row_once_by_a_hashed_id() -> None:
     assert state.take_dirty() == {}
 
 
+def test_a_part_gone_silent_stays_counted_silent_past_the_history_for_as_long_as_it_is_reported_down() -> (
+    None
+):
+    state = ConsoleState(Limits(history=6 * 3600.0))
+    state.observe(Heartbeat(host="mon", agent="report", version="x", interval=10.0, ts=T0))
+    state.prune(T0 + 7 * 3600)
+    assert state.summary(T0 + 7 * 3600)["parts_silent"] == 1, "still silent, not forgotten"
+    state.prune(T0 + 8 * 86400)
+    assert state.summary(T0 + 8 * 86400)["parts_silent"] == 0
+
+
 def test_prune_forgets_rows_silent_for_the_whole_history() -> None:
     state = ConsoleState(Limits(history=3600.0))
     state.observe(host_batch("old", T0, 1.0))

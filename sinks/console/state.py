@@ -626,14 +626,18 @@ class ConsoleState:
         }
 
     def prune(self, now: float) -> int:
-        """Forget what has not been heard of for the whole history window; how many rows went."""
+        """Forget what has not been heard of for the whole history window; how many rows went.
+        A part gone silent stays shown as silent as long as the evaluator reports it down."""
         cutoff = now - self.limits.history
         gone = _drop_older(self.hosts, cutoff) + _drop_older(self.containers, cutoff)
         gone += _drop_older(self.checks, cutoff) + _drop_older(self.perf, cutoff)
-        return gone + _drop_older(self.logs, cutoff) + _drop_older(self.parts, cutoff)
+        parts_cutoff = now - max(self.limits.history, PARTS_KEPT)
+        return gone + _drop_older(self.logs, cutoff) + _drop_older(self.parts, parts_cutoff)
 
 
 K = TypeVar("K")
+# the evaluator's default forget_agents_after: its agent_down fires that long for a silent part
+PARTS_KEPT = 7 * 86400.0
 
 
 def _drop_older(table: dict[K, Any], cutoff: float) -> int:
