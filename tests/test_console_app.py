@@ -155,6 +155,21 @@ async def test_a_post_from_another_site_is_refused_even_with_the_token(client: T
     assert response.status == 403
 
 
+async def test_behind_a_proxy_ending_tls_the_pages_own_https_origin_may_post() -> None:
+    ctx = context(populated(time.time()), token=TOKEN, allowed_hosts=["console.example.com"])
+    async with TestClient(TestServer(make_app(ctx))) as client:
+        proxied = {"Host": "console.example.com", "Authorization": f"Bearer {TOKEN}"}
+        page = await (await client.get("/alerts", headers=proxied)).text()
+        (csrf,) = re.findall(r'name="csrf" value="([^"]+)"', page)[:1]
+        form = {"matchers": "host=web01", "duration": "1h", "comment": "x", "csrf": csrf}
+        own = {**proxied, "Origin": "https://console.example.com"}
+        response = await client.post("/silences", data=form, headers=own, allow_redirects=False)
+        assert response.status == 303
+        other = {**proxied, "Origin": "https://evil.example"}
+        response = await client.post("/silences", data=form, headers=other, allow_redirects=False)
+        assert response.status == 403
+
+
 async def test_a_silence_made_on_the_page_is_stored_as_the_cli_does(
     client: TestClient[Any, Any],
 ) -> None:

@@ -209,7 +209,8 @@ def _with_client(response: web.StreamResponse, request: web.Request, client: str
 
 async def _csrf_problem(request: web.Request, ctx: Context, client: str) -> str | None:
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    # host and port only: behind a proxy ending TLS the page is https while this request is http
+    if origin is not None and urlsplit(origin).netloc.lower() != request.host.lower():
         return "this request comes from another site"
     if request.content_length is not None and request.content_length > MAX_FORM:
         return "form too large"
