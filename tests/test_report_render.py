@@ -3,6 +3,7 @@ single points drawn."""
 
 from __future__ import annotations
 
+import datetime as dt
 import html.parser
 import json
 import os
@@ -384,3 +385,30 @@ def test_rewriting_a_report_replaces_it_whole(tmp_path: Path) -> None:
         "2026-11-25.json",
         "2026-11-25.md",
     ]
+
+
+def test_in_a_half_hour_zone_each_hour_counts_in_one_day_only(tmp_path: Path) -> None:
+    """Asia/Kolkata's midnight is 18:30 UTC, inside an hourly rollup: the hour across it was
+    counted in both days (25 hours each, and a failure at 23:45 in the next day's SLA too)."""
+    store = RollupStore(tmp_path / "r.sqlite3")
+    start = dt.datetime(2026, 11, 24, tzinfo=dt.UTC).timestamp()
+    failure = dt.datetime(2026, 11, 25, 18, 15, 1, tzinfo=dt.UTC).timestamp()  # 23:45 IST on the 25th
+    events = [
+        HealthEvent(
+            host="p",
+            agent="probe",
+            target="backend",
+            status="critical" if ts == failure else "ok",
+            latency=0.01,
+            ts=ts,
+        )
+        for ts in (start + 60 * minute + 1 for minute in range(4 * 1440))
+    ]
+    store.ingest(events)
+    config = ReportSinkConfig(timezone="Asia/Kolkata")
+    checks = {}
+    for day in (dt.date(2026, 11, 25), dt.date(2026, 11, 26)):
+        report, _ = produce(store, config, "day", day, tmp_path, start + 5 * 86400)
+        (backend,) = [s for s in report.sla if s.service == "backend"]
+        checks[day] = (backend.checks_total, backend.checks_failed)
+    assert checks == {dt.date(2026, 11, 25): (1440, 1), dt.date(2026, 11, 26): (1440, 0)}

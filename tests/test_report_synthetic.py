@@ -380,4 +380,4 @@ def test_prune_deletes_rollups_and_incidents_older_than_the_cutoff(tmp_path: Pat
     assert "a1" not in kept
     assert "a4" in kept  # still open: kept whatever its age
     store.ingest(_host_batches()[-1:])  # series ids are re-created after a prune
-    assert store.metric_hours(T0 + 86340, T0 + 86400, ["cpu.percent"])[-1].count == 61
+    assert store.metric_hours(T0 + 23 * 3600, T0 + 86400, ["cpu.percent"])[-1].count == 61

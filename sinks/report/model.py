@@ -18,7 +18,7 @@ import msgspec
 from bus import vocabulary as vocab
 from sinks.report import database
 from sinks.report.config import ReportSinkConfig, ServiceSLA
-from sinks.report.rollups import HOUR, HealthHour, Incident, MetricHour, RollupStore, hour_of
+from sinks.report.rollups import HOUR, HealthHour, Incident, MetricHour, RollupStore
 from sinks.report.sketch import RELATIVE_ERROR, Sketch, decode_sketch
 
 REPORT_VERSION = 1
@@ -247,7 +247,7 @@ def load_inputs(store: RollupStore, period: Period, config: ReportSinkConfig) ->
     """Read what `build_report` needs for `period`."""
     trend_start = min(period.start, period.end - config.advice.trend_window.seconds)
     trend = store.metric_hours(trend_start, period.end, HOST_METRICS)
-    metrics = [row for row in trend if row.hour >= hour_of(period.start)]
+    metrics = [row for row in trend if row.hour >= period.start]
     metrics += store.metric_hours(period.start, period.end, HTTP_METRICS, (vocab.CONTAINER_PREFIX,))
     metrics += store.metric_hours(period.start, period.end, (), (vocab.POSTGRES_PREFIX,))
     return Inputs(

@@ -776,7 +776,7 @@ class RollupStore:
             "FROM metric_hour m JOIN series s ON s.id = m.series "
             f"WHERE m.hour >= ? AND m.hour < ? AND ({' OR '.join(conditions)}) "
             "ORDER BY m.hour, s.host, s.agent, s.metric, s.labels",
-            (hour_of(start), end, *metrics, *like),
+            (start, end, *metrics, *like),  # each hour in one period only, whatever the zone's offset
         )
         return [MetricHour(row[0], row[1], row[2], _labels_decoder.decode(row[3]), *row[4:]) for row in rows]
 
@@ -791,7 +791,7 @@ class RollupStore:
     def health_hours(self, start: float, end: float) -> list[HealthHour]:
         rows = self._db.execute(
             "SELECT * FROM health_hour WHERE hour >= ? AND hour < ? ORDER BY hour, host, agent, target",
-            (hour_of(start), end),
+            (start, end),  # hours starting in [start, end): a half-hour zone's boundary hour is one day's
         )
         return [HealthHour(*row) for row in rows]
 
