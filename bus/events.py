@@ -186,6 +186,42 @@ class Codec(Generic[E]):
             raise EventDecodeError(subject, "payload nested too deeply", len(data)) from None
 
 
+class _LooseBatch(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="metrics"):
+    """A MetricBatch whose samples are read one by one (salvage_batch)."""
+
+    v: int = SCHEMA_VERSION
+    host: Name
+    agent: Name
+    ts: float
+    interval: float
+    samples: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_SAMPLES)]
+
+
+_loose_batch = msgspec.json.Decoder(_LooseBatch)
+_sample = msgspec.json.Decoder(Sample)
+
+
+def salvage_batch(data: bytes) -> tuple[MetricBatch, list[str]] | None:
+    """A batch refused for some of its samples: the batch of the others, and why each was refused.
+    None when what is wrong is the batch itself (its host, its times, its shape)."""
+    try:
+        loose = _loose_batch.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    samples, refused = [], []
+    for raw in loose.samples:
+        try:
+            samples.append(_sample.decode(raw))
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            refused.append(str(exc))
+    if not refused:
+        return None
+    batch = MetricBatch(
+        v=loose.v, host=loose.host, agent=loose.agent, ts=loose.ts, interval=loose.interval, samples=samples
+    )
+    return batch, refused
+
+
 _encoder = msgspec.json.Encoder()
 
 

@@ -44,6 +44,7 @@ from bus.events import (
     health_event,
     heartbeat,
     metric_batch,
+    salvage_batch,
 )
 from bus.heartbeat import beat
 from bus.jetstream import stream_name
@@ -972,22 +973,24 @@ class EvaluatorService:
             return
         self._cursors[feed.family] = message.seq
         msg = message.msg
+        partly = ""
         try:
-            event = feed.decode(msg.data, msg.subject)
+            try:
+                event: Input = feed.decode(msg.data, msg.subject)
+            except EventDecodeError:
+                # one bad sample must not take its batch's others with it: refused every cycle,
+                # the host's alerts would go stale and resolve while the incident goes on
+                salvaged = salvage_batch(msg.data) if feed.family == "metrics" else None
+                if salvaged is None:
+                    raise
+                event, refused = salvaged
+                partly = f"samples refused, the others evaluated: {refused[0]}"
             self._check_subject(event, msg)
         except EventDecodeError as exc:
-            subject = self._published_on(msg)
-            exc = EventDecodeError(subject, exc.reason, exc.size)
-            stats.undecodable += 1
-            self.rejections.count(exc.reason)
-            dead = self.bus.subjects.dead_letter("input", feed.family)
-            letter = deadletter.input_letter(
-                dead, msg, exc.reason, by=DURABLE, stream_seq=message.seq, subject=subject
-            )
-            self._letters.append(letter)
-            if _worth_logging(stats.undecodable):
-                log.warning("evaluator: %s (%d set aside on %s so far)", exc, stats.undecodable, dead)
+            self._set_input_aside(feed, message, exc.reason)
             return
+        if partly:
+            self._set_input_aside(feed, message, partly)
         # The event's own time, within max_clock_skew of the stream's: what an agent buffered
         # through an outage counts when it was sent, and a redelivery replays identically.
         skew = self._max_skew
@@ -1008,6 +1011,21 @@ class EvaluatorService:
             return
         self._engine_now = now
         stats.evaluated += 1
+
+    def _set_input_aside(self, feed: _Feed, message: _Message, reason: str) -> None:
+        """An input refused (or partly refused): counted by reason and kept as a dead letter."""
+        stats, msg = self.stats, message.msg
+        subject = self._published_on(msg)
+        stats.undecodable += 1
+        self.rejections.count(reason)
+        dead = self.bus.subjects.dead_letter("input", feed.family)
+        letter = deadletter.input_letter(
+            dead, msg, reason, by=DURABLE, stream_seq=message.seq, subject=subject
+        )
+        self._letters.append(letter)
+        if _worth_logging(stats.undecodable):
+            error = EventDecodeError(subject, reason, len(msg.data))
+            log.warning("evaluator: %s (%d set aside on %s so far)", error, stats.undecodable, dead)
 
     def _check_subject(self, event: Input, msg: Msg) -> None:
         """An event names the host and agent of the subject it came on, or it is refused: the

@@ -278,3 +278,31 @@ def test_json_schema_pins_each_kind_to_its_tag() -> None:
         "Notification": ["notification"],
         "LogLines": ["logs"],
     }
+
+
+def test_a_batch_refused_for_some_samples_gives_back_the_others_and_why() -> None:
+    batch = {
+        "v": 1,
+        "kind": "metrics",
+        "host": "web01",
+        "agent": "host",
+        "ts": 1.0,
+        "interval": 10.0,
+        "samples": [
+            {"name": "disk.percent", "value": 95.0, "labels": {"mount": "/"}},
+            {"name": "mem.percent", "value": 1e999},  # infinity: JSON has none, an agent's bug
+            {"name": "net.recv_bytes", "value": 1.0, "labels": {"nic": "x" * 5000}},
+        ],
+    }
+    data = json.dumps(batch).replace("Infinity", "1e999").encode()  # valid JSON, read as inf
+    with pytest.raises(EventDecodeError):
+        events.metric_batch.decode(data)
+    salvaged = events.salvage_batch(data)
+    assert salvaged is not None
+    kept, refused = salvaged
+    assert [(s.name, s.value, s.labels) for s in kept.samples] == [("disk.percent", 95.0, {"mount": "/"})]
+    assert (kept.host, kept.agent, kept.ts, kept.interval) == ("web01", "host", 1.0, 10.0)
+    assert len(refused) == 2
+    assert refused[0] == "Number out of range - at `$.value`"
+    assert events.salvage_batch(json.dumps({**batch, "host": 7}).encode()) is None, "the batch is wrong"
+    assert events.salvage_batch(b"garbage") is None

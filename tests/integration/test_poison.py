@@ -171,6 +171,26 @@ async def test_an_event_speaking_for_another_host_or_part_than_its_subject_is_se
     )
 
 
+async def test_one_bad_sample_does_not_take_the_rest_of_its_batch_with_it(bus: Bus) -> None:
+    """Refused whole every cycle, a batch with one bad sample would leave the host's other metrics
+    stale, and their alerts would resolve while the disk stays full."""
+    await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
+    notes = Notes()
+    await notes.follow(bus)
+    service = EvaluatorService(config(), bus)
+    task = await run(service)
+    try:
+        good = encode(breach("web01")).decode()
+        bad = good.replace('"samples":[', '"samples":[{"name":"mem.percent","value":1e999},', 1)
+        assert bad != good
+        await bus.nc.jetstream().publish(bus.subjects.metrics("web01", "host"), bad.encode())
+        await wait_until(lambda: "web01" in notes.hosts(), TIMEOUT)
+    finally:
+        await stop(service, task)
+    (letter,) = [letter for letter in await dead_letters(bus) if letter.reason.startswith("samples refused")]
+    assert letter.reason == "samples refused, the others evaluated: Number out of range - at `$.value`"
+
+
 async def test_a_2500_host_group_is_delivered_in_parts_that_each_fit(bus: Bus) -> None:
     await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
     notes = Notes()
