@@ -343,7 +343,7 @@ def test_a_changed_row_goes_to_every_open_overview_with_its_own_csrf_token() -> 
     assert "unhealthy" in rows[0]["html"]
     assert "\u202e" not in rows[0]["html"]
     alerts = [m for m in messages["overview"] if m.get("target") == "alerts-rows"]
-    assert "__csrf_token__" in alerts[0]["html"]
+    assert "<csrf-token>" in alerts[0]["html"]
 
 
 @pytest.mark.parametrize(

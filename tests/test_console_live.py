@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bus import vocabulary as vocab
-from bus.events import MetricBatch, Sample
+from bus.events import Alert, MetricBatch, Sample
 from sinks.console.history import downsample
 from sinks.console.live import QUEUE, Hub, Subscriber
 from sinks.console.render import Renderer
@@ -73,7 +73,31 @@ def test_each_page_gets_its_own_csrf_token_in_the_forms_sent_live() -> None:
     sent = page.queue.get_nowait().decode()
     assert sent.startswith("data: ")
     assert 'name=\\"csrf\\" value=\\"' + "c" * 40 in sent
-    assert "__csrf_token__" not in sent
+    assert "<csrf-token>" not in sent
+
+
+def test_text_from_the_bus_that_looks_like_the_token_placeholder_is_left_as_it_is() -> None:
+    state = ConsoleState()
+    hub = Hub(state, Renderer(), clock=lambda: T0)
+    page = Subscriber(page="alerts", csrf="c" * 40)
+    hub.subscribers.add(page)
+    for text in ("<csrf-token>", "__csrf_token__"):
+        state.observe(
+            Alert(
+                fingerprint=f"fp-{len(text)}",
+                rule="r",
+                severity="warning",
+                status="firing",
+                labels={"host": "web01"},
+                summary=f"see {text} here",
+                starts_at=T0,
+            )
+        )
+    hub.flush()
+    sent = page.queue.get_nowait().decode()
+    assert "see &lt;csrf-token&gt; here" in sent
+    assert "see __csrf_token__ here" in sent
+    assert "c" * 40 + " here" not in sent
 
 
 def test_nothing_is_rendered_while_no_page_is_open() -> None:

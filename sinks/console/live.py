@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from markupsafe import Markup
 
 from bus.records import silence_state
 from sinks.console.render import PAGES, Renderer
@@ -18,7 +19,9 @@ from sinks.console.state import ConsoleState
 
 log = logging.getLogger(__name__)
 
-CSRF_PLACEHOLDER = "__csrf_token__"  # each page's own token replaces it as a fragment is sent
+# Each page's own token replaces it as a fragment is sent. It goes into the fragment unescaped,
+# and escaped text from the bus can never hold a bare `<`: an alert summary cannot carry it.
+CSRF_PLACEHOLDER = Markup("<csrf-token>")
 COALESCE = 0.05  # seconds: changes arriving together go out in one message
 QUEUE = 64  # messages waiting for a slow page; beyond, it is told to reload
 PING = 15.0  # seconds between keep-alive comments, so proxies keep the stream open
