@@ -994,7 +994,11 @@ class EvaluatorService:
         # The event's own time, within max_clock_skew of the stream's: what an agent buffered
         # through an outage counts when it was sent, and a redelivery replays identically.
         skew = self._max_skew
-        now = max(min(max(event.ts, message.ts - skew), message.ts), self._engine_now)
+        # nor the stored time itself past our clock by more: one input a stream leader stamped an
+        # hour ahead (its clock stepped back since) would hold engine time there, and no timer
+        # (a `for`, a dead man) would run until the wall clock caught up
+        stored = min(message.ts, self.clock() + skew)
+        now = max(min(max(event.ts, stored - skew), stored), self._engine_now)
         try:
             deadline = engine.next_deadline()
             # timers due at `now` run after the events stamped `now`: a flush then tells what the
