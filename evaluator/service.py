@@ -57,6 +57,7 @@ from bus.partitions import (
 )
 from bus.payload import payload_limit, split_notification
 from bus.records import save_partitions
+from evaluator.clock import ClockLead
 from evaluator.config import EvaluatorConfig
 from evaluator.engine import INSTANT, Engine, Output
 from evaluator.rules import AGENT_DOWN_RULE
@@ -307,6 +308,7 @@ class EvaluatorService:
         self.stats = ServiceStats()
         self.ready = asyncio.Event()  # consumers made and state restored
         self._max_skew = config.max_clock_skew.seconds
+        self._lead = ClockLead(below=TICK_LAG)
         self.rejections = deadletter.Rejections()
         self._letters: list[deadletter.Letter] = []  # dead letters to keep with the next outputs
         # the bus was out of reach since the last tick: on return, the silence is not the agents'
@@ -861,9 +863,13 @@ class EvaluatorService:
 
     # --- the loop ---------------------------------------------------------------------------
 
+    def _server_clock(self) -> float:
+        """Our clock, less its lead over the stream leaders' (whose times the inputs carry)."""
+        return self.clock() - self._lead.lead()
+
     def _now(self) -> float:
         """The wall clock less TICK_LAG, but never before the latest input (whose clock may lag)."""
-        return max(self.clock() - TICK_LAG, self._engine_now)
+        return max(self._server_clock() - TICK_LAG, self._engine_now)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -882,7 +888,7 @@ class EvaluatorService:
         wait = TICK_EVERY - (self.clock() - self._last_tick)
         deadline = self.engine.next_deadline()
         if deadline is not None and self._caught_up():  # else the next input moves time on
-            due_in = deadline + TICK_LAG - self.clock()
+            due_in = deadline + TICK_LAG - self._server_clock()
             if deadline <= self._engine_now + INSTANT:  # due at the latest input's instant
                 due_in = min(due_in, self._settled_at - self.clock())
             if due_in <= 0 and deadline > self._sound_until():
@@ -997,7 +1003,9 @@ class EvaluatorService:
         # nor the stored time itself past our clock by more: one input a stream leader stamped an
         # hour ahead (its clock stepped back since) would hold engine time there, and no timer
         # (a `for`, a dead man) would run until the wall clock caught up
-        stored = min(message.ts, self.clock() + skew)
+        local = self.clock()
+        self._lead.observe(local, message.ts)
+        stored = min(message.ts, local + skew)
         now = max(min(max(event.ts, stored - skew), stored), self._engine_now)
         try:
             deadline = engine.next_deadline()
@@ -1098,7 +1106,7 @@ class EvaluatorService:
             if fresh or self.clock() >= self._settled_at:
                 # the instant is complete: its timers, and group flushes due within INSTANT after it
                 now, flush_within = latest, INSTANT
-            now = max(self.clock() - TICK_LAG, now)
+            now = max(self._server_clock() - TICK_LAG, now)
         sound = self._sound_until()
         if now > sound:
             # what agents sent since the streams were last seen sound may still be on its way: a
