@@ -68,9 +68,14 @@ class Subjects:
         """Where a consumer keeps what it gave up on: `jarvis.deadletter.<family>.<tokens...>`."""
         return self._join("deadletter", family, *tokens)
 
+    def tokens_of(self, subject: str) -> list[str]:
+        """The tokens of a subject after this prefix (`metrics`, `web01`, `host` of
+        `acme.jarvis.metrics.web01.host`): prefixes may hold dots."""
+        return subject.removeprefix(self.prefix + ".").split(".")
+
     def family_of(self, subject: str) -> str:
         """The family of a subject under this prefix (`metrics` of `acme.jarvis.metrics.web01.host`)."""
-        return subject.removeprefix(self.prefix + ".").split(".", 1)[0]
+        return self.tokens_of(subject)[0]
 
     def family(self, family: str) -> str:
         """Wildcard over one family, e.g. `jarvis.metrics.>`."""

@@ -1175,8 +1175,8 @@ class EvaluatorService:
 
     def _set_aside(self, subject: str, payload: bytes, msg_id: str, reason: str) -> None:
         """An output that can never be published: kept as a dead letter, and the stream moves on."""
-        family, _, rest = subject.removeprefix(self.bus.subjects.prefix + ".").partition(".")
-        dead = self.bus.subjects.dead_letter(family, *rest.split("."))
+        family, *tokens = self.bus.subjects.tokens_of(subject)
+        dead = self.bus.subjects.dead_letter(family, *tokens)
         head = deadletter.headers(reason, original_subject=subject, by=DURABLE, attempts=1, msg_id=msg_id)
         self._letters.append(deadletter.Letter(dead, payload, head))
         log.error("evaluator: %s: %s; kept on %s", subject, reason, dead)

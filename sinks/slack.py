@@ -215,11 +215,15 @@ class SlackSink:
         self._stopping.set()
 
     async def _until_stopped(self, awaitable: Awaitable[T]) -> T:
-        """Await `awaitable`, or cancel it and raise _Stopped as soon as stop() is called."""
+        """Await `awaitable`, or cancel it and raise _Stopped as soon as stop() is called (or
+        cancel it with this wait, when that is cancelled: a timeout around it)."""
         task = asyncio.ensure_future(awaitable)
         stopper = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
         finally:
             stopper.cancel()
         if not task.done():
@@ -352,15 +356,15 @@ class SlackSink:
                 if ready is None:
                     return
                 channel.arrived.clear()
-                await self._arrival_or_stop(channel, ready - loop.time())
+                with contextlib.suppress(TimeoutError):  # a group's retry is due
+                    await asyncio.wait_for(
+                        self._until_stopped(channel.arrived.wait()), max(0.0, ready - loop.time())
+                    )
         except _Stopped:
             pass
         except Exception:  # a bug here must not leave the channel's notifications held forever
             log.exception("slack sink: the queue of %s failed; what it held is handed back", name)
-            for lost in [*([held] if held is not None else []), *channel.queue.drain()]:
-                with contextlib.suppress(nats.errors.Error):
-                    await lost.msg.nak(delay=HAND_BACK_DELAY)
-                self._let_go(lost)
+            await self._give_back([*([held] if held is not None else []), *channel.queue.drain()])
         finally:
             if self._channels.get(name) is channel:
                 del self._channels[name]
@@ -381,21 +385,15 @@ class SlackSink:
             self._settled.set()
 
     async def _hand_back(self) -> None:
-        """Give what is still held to the next instance, in the stream's order, soon rather than
-        after ack_wait."""
-        for seq in sorted(self._held):
-            held = self._held[seq]
+        """Give what is still held to the next instance, in the stream's order."""
+        await self._give_back([self._held[seq] for seq in sorted(self._held)])
+
+    async def _give_back(self, helds: list[_Held]) -> None:
+        """Hand `helds` back to JetStream, soon rather than after ack_wait."""
+        for held in helds:
             with contextlib.suppress(nats.errors.Error):
                 await held.msg.nak(delay=HAND_BACK_DELAY)
             self._let_go(held)
-
-    async def _arrival_or_stop(self, channel: _Channel, timeout: float) -> None:
-        waits = {asyncio.ensure_future(channel.arrived.wait()), asyncio.ensure_future(self._stopping.wait())}
-        try:
-            await asyncio.wait(waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
 
     # --- the bus -------------------------------------------------------------------------------
 

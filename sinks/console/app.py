@@ -473,6 +473,18 @@ STORE_ERRORS = (nats.errors.Error, OSError)
 NOT_STORED = "NATS did not answer: nothing was stored; try again in a moment"
 
 
+async def _stored(
+    request: web.Request, write: Awaitable[object], what: str, form: SilenceForm | None = None
+) -> web.Response | None:
+    """None once `write` is stored; else the alerts page saying nothing was (with the form kept)."""
+    try:
+        await write
+    except STORE_ERRORS as exc:
+        log.warning("console: %s not stored, NATS did not answer: %s", what, exc)
+        return await alerts_page(request, form=form, problem=NOT_STORED, status=503)
+    return None
+
+
 def _unavailable() -> web.Response:
     return text_response(503, "503: the console has no connection to the silences store (JetStream KV) yet")
 
@@ -484,11 +496,8 @@ async def add_silence(request: web.Request) -> web.Response:
         return await alerts_page(request, form=fields, problem=problem, status=400)
     if ctx.store is None:
         return _unavailable()
-    try:
-        await ctx.store.add(silence)
-    except STORE_ERRORS as exc:
-        log.warning("console: silence not stored, NATS did not answer: %s", exc)
-        return await alerts_page(request, form=fields, problem=NOT_STORED, status=503)
+    if (refused := await _stored(request, ctx.store.add(silence), "silence", form=fields)) is not None:
+        return refused
     log.info("console: silence %s added by %r", silence.id, silence.author)
     if ctx.refresh is not None:
         await ctx.refresh()
@@ -501,12 +510,11 @@ async def expire_silence(request: web.Request) -> web.Response:
     if ctx.store is None:
         return _unavailable()
     try:
-        await ctx.store.expire(silence_id, ctx.clock())
+        refused = await _stored(request, ctx.store.expire(silence_id, ctx.clock()), f"expiry of {silence_id}")
     except KeyError:
         return text_response(404, "404: no such silence")
-    except STORE_ERRORS as exc:
-        log.warning("console: silence %s not expired, NATS did not answer: %s", silence_id, exc)
-        return await alerts_page(request, problem=NOT_STORED, status=503)
+    if refused is not None:
+        return refused
     if ctx.refresh is not None:
         await ctx.refresh()
     return redirect(f"/alerts?expired={quote(silence_id)}")
@@ -520,11 +528,9 @@ async def ack_alert(request: web.Request) -> web.Response:
     if ctx.store is None:
         return _unavailable()
     author = str(request[FORM].get("author", "")).strip()[:100] or "console"
-    try:
-        await ctx.store.ack(AckRecord(fingerprint=fingerprint, author=author, at=ctx.clock()))
-    except STORE_ERRORS as exc:
-        log.warning("console: ack of %s not stored, NATS did not answer: %s", fingerprint, exc)
-        return await alerts_page(request, problem=NOT_STORED, status=503)
+    record = AckRecord(fingerprint=fingerprint, author=author, at=ctx.clock())
+    if (refused := await _stored(request, ctx.store.ack(record), f"ack of {fingerprint}")) is not None:
+        return refused
     return redirect(f"/alerts?acked={fingerprint}")
 
 
