@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 import zlib
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 from nats.js.errors import KeyNotFoundError
@@ -20,9 +20,10 @@ class StoreError(RuntimeError):
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
-    """Where a chunked value lives: its slot, chunk count, size and checksum."""
+    """Where a chunked value lives: its slot (chunks `<name>.<slot>.<i>`), chunk count, size and
+    checksum."""
 
-    slot: Literal["a", "b"]
+    slot: Annotated[str, msgspec.Meta(pattern="^[0-9]*[ab]$")]
     chunks: int
     size: int
     sha256: str

@@ -12,7 +12,9 @@ n + 1 of the same journal, and until its manifest is written the previous base a
 journal after it restore the same state. The ring never overwrites an entry the newest complete
 base needs. A restart writes a base with a new journal (so a stale evaluator's late entries are
 void), and a base's manifest is only written over the revision its writer last saw, so a stale
-evaluator's late base is refused.
+evaluator's late base is refused. Nor can its late chunks damage the base that replaced its own:
+each writer (a load, or a first save) takes the number after the stored base's and writes only its
+own two slots, `<number>a` and `<number>b`, which the next WRITERS - 1 writers never write.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Literal
 
 import msgspec
 import nats.errors
@@ -72,6 +73,8 @@ READ_AHEAD = 32
 LEASE_KEY = "lease"
 # An evaluator that stops renewing its lease loses it after this long.
 LEASE_TTL = 15.0
+# Writer numbers, taken in turn (see the module's docstring).
+WRITERS = 10
 # Renewals over a revision that own writes whose replies were lost keep moving on.
 RENEW_ATTEMPTS = 5
 # The server's codes for a write conditional on a revision that is not the latest (delete raises
@@ -144,6 +147,12 @@ _entry_decoder = msgspec.msgpack.Decoder(JournalEntry)
 _chunked_decoder = msgspec.msgpack.Decoder(_Chunked)
 
 
+def _writer_of(manifest: Manifest | None) -> int:
+    """The number of the writer whose slot `manifest` names (-1: none, or slot a/b of before)."""
+    number = manifest.slot[:-1] if manifest is not None else ""
+    return int(number) if number else -1
+
+
 def new_journal_id() -> str:
     return uuid.uuid4().hex
 
@@ -188,6 +197,7 @@ class StateStore:
         # the base's manifest and its revision as this store last read or wrote them
         self._manifest: Manifest | None = None
         self._revision = 0
+        self._writer: int | None = None  # this writer's number: the one after the base it read
         self.broken: str | None = None  # why the journal last loaded ended early, if it did
 
     # --- bases --------------------------------------------------------------------------------
@@ -265,7 +275,7 @@ class StateStore:
             if not ours:
                 raise StaleWriter("another evaluator wrote the saved state meanwhile")
             self._revision = revision  # a write of ours whose reply was lost
-        slot: Literal["a", "b"] = "b" if self._manifest is not None and self._manifest.slot == "a" else "a"
+        slot = self._next_slot()
         size = self.chunk_size
         chunks = range(0, len(packed), size)
         for index, at in enumerate(chunks):
@@ -283,6 +293,13 @@ class StateStore:
             self._revision = revision
         self._manifest = manifest
 
+    def _next_slot(self) -> str:
+        """The slot of this writer's that the manifest does not name."""
+        if self._writer is None:
+            self._writer = (_writer_of(self._manifest) + 1) % WRITERS
+        first = f"{self._writer}a"
+        return f"{self._writer}b" if self._manifest is not None and self._manifest.slot == first else first
+
     async def _stored_manifest(self) -> tuple[bytes | None, int]:
         """The base's manifest as stored (None: there is none) and its revision."""
         try:
@@ -297,6 +314,7 @@ class StateStore:
         """The base alone (without the journal after it)."""
         value, self._revision = await self._stored_manifest()
         self._manifest = manifest = decode_manifest(self.snapshot_key, value)
+        self._writer = None  # whoever loads writes next, under a number of its own
         if manifest is None:
             return None
         data = await read_chunks(self.blobs.kv, self.snapshot_key, manifest)

@@ -3,6 +3,8 @@ a base written beside the journal included."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import zlib
 from typing import Any, cast
 
@@ -21,6 +23,7 @@ from evaluator.store import (
     BASE_EVERY_SLOTS,
     JOURNAL_SLOTS,
     SNAPSHOT_KEY,
+    WRITERS,
     SavedState,
     StaleWriter,
     StateStore,
@@ -259,6 +262,55 @@ async def test_a_stale_evaluators_late_base_is_refused_and_its_late_entries_are_
     loaded = await StateStore(stale.blobs.kv).load_journaled()
     assert loaded is not None
     assert (loaded.base, loaded.deltas, loaded.cursors) == (b"new", [b"d3"], {"metrics": 3})
+
+
+class _Paused:
+    """A KV bucket whose chunk writes wait until `resume` is set, as those of a process paused
+    (or cut off from the server) after it checked the base's revision."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.resume = asyncio.Event()
+        self.resume.set()
+        self.waiting = asyncio.Event()
+
+    async def put(self, key: str, value: bytes) -> int:
+        if key.startswith(f"{SNAPSHOT_KEY}."):
+            self.waiting.set()
+            await self.resume.wait()
+        return await self.kv.put(key, value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kv, name)
+
+
+async def test_a_stale_evaluators_late_chunks_leave_the_base_that_replaced_its_own_whole(bus: Bus) -> None:
+    """A stale evaluator checked the revision, then stalled before its chunks; the one that took
+    over wrote its bases meanwhile. The stale one's chunks land late and its base is refused; the
+    successor's base restores whole, and so do the bases of the writers after it."""
+    kv = (await _store(bus)).blobs.kv
+    paused = _Paused(kv)
+    stale = StateStore(cast("KeyValue", paused), chunk_size=1024)
+    await stale.save(_base(b"old", 1))
+    paused.resume.clear()
+    paused.waiting.clear()
+    late = asyncio.create_task(stale.save(_base(os.urandom(8_000), 2)))  # 8 chunks
+    await asyncio.wait_for(paused.waiting.wait(), 10)
+    successor = StateStore(kv, chunk_size=1024)
+    await successor.load_journaled()
+    new = _base(os.urandom(8_000), 3, first_slot=successor.journal_slot())
+    await successor.save(new)
+    paused.resume.set()
+    with pytest.raises(StaleWriter):
+        await late
+    loaded = await StateStore(kv).load()
+    assert loaded == new
+    for seq in range(4, 4 + WRITERS):  # each writer after it in turn: bases whole, over each other
+        writer = StateStore(kv, chunk_size=1024)
+        await writer.load_journaled()
+        state = _base(os.urandom(3_000), seq)
+        await writer.save(state)
+        assert await StateStore(kv).load() == state
 
 
 # --- a crash at any write while a base is written beside the journal -------------------------------

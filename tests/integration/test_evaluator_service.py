@@ -24,6 +24,7 @@ from bus.config import BusConfig
 from bus.connection import Bus, connect
 from bus.events import Alert, HealthEvent, Heartbeat, MetricBatch, Notification, Sample, alert, notification
 from bus.jetstream import provision
+from bus.kvblob import decode_manifest
 from bus.server import EmbeddedServer, ServerConfig, free_port
 from bus.units import Duration
 from evaluator.config import EvaluatorConfig, Route, Rule
@@ -533,13 +534,16 @@ async def test_large_value_is_chunked_and_a_torn_write_keeps_the_previous_one(bu
     await state.save(first)
     assert await state.load() == first
     # a crash after the chunks of the next value but before its manifest: the first stays whole
+    # (in slot 0b, the other of the first writer's, which wrote 0a)
     for index in range(3):
-        await state.blobs.kv.put(f"snapshot.b.{index}", b"torn")
+        await state.blobs.kv.put(f"snapshot.0b.{index}", b"torn")
     assert await StateStore(state.blobs.kv).load() == first
     second = SavedState(engine=b"small", cursors={"metrics": 8})
     await state.save(second)
     assert await StateStore(state.blobs.kv).load() == second
-    await state.blobs.kv.put("snapshot.b.0", b"corrupted")
+    manifest = decode_manifest("snapshot", (await state.blobs.kv.get("snapshot")).value)
+    assert manifest is not None
+    await state.blobs.kv.put(f"snapshot.{manifest.slot}.0", b"corrupted")
     with pytest.raises(StoreError):
         await StateStore(state.blobs.kv).load()
 
