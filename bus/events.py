@@ -11,6 +11,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 import msgspec
 
 from bus.limits import MAX_LABELS, MAX_SAMPLES, Labels, Name, Text
+from bus.subjects import Subjects
 
 SCHEMA_VERSION = 1
 
@@ -168,6 +169,23 @@ class EventDecodeError(ValueError):
         self.subject = subject
         self.reason = reason
         self.size = size
+
+
+# The server's permissions go by the subject, consumers by the body: an agent could otherwise speak
+# for another host, or for a part of the pipeline (a forged evaluator heartbeat hides a dead one).
+SUBJECT_MISMATCH = "the subject names another host, agent or target than the event"
+
+
+def from_its_source(subjects: Subjects, event: Event, subject: str) -> bool:
+    """Does an input name the host, agent (and target) of the subject it came on? Other events
+    (published by the pipeline's parts alone) pass."""
+    if isinstance(event, HealthEvent):
+        return subjects.source("health", event.host, event.agent, event.target) == subject
+    if isinstance(event, MetricBatch):
+        return subjects.source("metrics", event.host, event.agent) == subject
+    if isinstance(event, Heartbeat):
+        return subjects.source("heartbeat", event.host, event.agent) == subject
+    return True
 
 
 class Codec(Generic[E]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -12,6 +13,9 @@ MAX_TOKEN = 128
 _PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
+# The hosts, agents and targets of a fleet are few and come again on every input, whose subject a
+# consumer builds to check it (bus.events.from_its_source).
+@functools.lru_cache(maxsize=8192)
 def sanitize_token(value: str) -> str:
     """One subject token from any outside string: unsafe characters become `_`, never empty.
 
@@ -40,7 +44,7 @@ class Subjects:
         self.prefix = validate_prefix(prefix)
 
     def _join(self, *tokens: str) -> str:
-        return ".".join((self.prefix, *(sanitize_token(t) for t in tokens)))
+        return ".".join((self.prefix, *map(sanitize_token, tokens)))
 
     def metrics(self, host: str, agent: str) -> str:
         return self._join("metrics", host, agent)
@@ -50,6 +54,11 @@ class Subjects:
 
     def heartbeat(self, host: str, agent: str) -> str:
         return self._join("heartbeat", host, agent)
+
+    def source(self, family: str, host: str, agent: str, target: str = "") -> str:
+        """The subject of an input of `family` (metrics, health or heartbeat) from this source."""
+        tokens = (host, agent, target) if family == "health" else (host, agent)
+        return self._join(family, *tokens)
 
     def alerts(self, severity: str, host: str, rule: str) -> str:
         return self._join("alerts", severity, host, rule)

@@ -35,12 +35,14 @@ from bus import vocabulary as vocab
 from bus.aio import Backoff, cancel_and_wait
 from bus.connection import Bus
 from bus.events import (
+    SUBJECT_MISMATCH,
     Alert,
     EventDecodeError,
     HealthEvent,
     Heartbeat,
     MetricBatch,
     encode,
+    from_its_source,
     health_event,
     heartbeat,
     metric_batch,
@@ -133,7 +135,6 @@ BUSY_RATE = 250
 STUCK_AFTER = 60.0  # a loop that has not turned for this long is stuck: the watchdog stops pinging
 
 Input = MetricBatch | HealthEvent | Heartbeat
-SUBJECT_MISMATCH = "the subject names another host, agent or target than the event"
 
 
 @dataclass
@@ -1041,17 +1042,9 @@ class EvaluatorService:
 
     def _check_subject(self, event: Input, msg: Msg) -> None:
         """An event names the host and agent of the subject it came on, or it is refused: the
-        server's permissions and the partitions go by the subject, the engine by the event, so an
-        agent could otherwise speak for another host or for the Slack sink (keeping its agent_down
-        from ever firing)."""
-        subjects = self.bus.subjects
-        if isinstance(event, HealthEvent):
-            expected = subjects.health(event.host, event.agent, event.target)
-        elif isinstance(event, MetricBatch):
-            expected = subjects.metrics(event.host, event.agent)
-        else:
-            expected = subjects.heartbeat(event.host, event.agent)
-        if expected != self._published_on(msg):
+        partitions go by the subject too, the engine by the event, so an agent could otherwise
+        speak for another host or for the Slack sink (keeping its agent_down from ever firing)."""
+        if not from_its_source(self.bus.subjects, event, self._published_on(msg)):
             raise EventDecodeError(msg.subject, SUBJECT_MISMATCH, len(msg.data))
 
     def _published_on(self, msg: Msg) -> str:

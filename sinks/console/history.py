@@ -13,7 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from bus.events import Event, EventDecodeError, MetricBatch, any_event
+from bus.events import Event, EventDecodeError, MetricBatch, any_event, from_its_source
 from bus.jetstream import stream_name
 from bus.subjects import Subjects
 
@@ -80,8 +80,13 @@ async def read_range(
                 if stamp is not None and stamp.timestamp() > end:
                     break
                 try:
-                    read.events.append(any_event.decode(msg.data, msg.subject))
+                    event = any_event.decode(msg.data, msg.subject)
                 except EventDecodeError:
+                    read.malformed += 1
+                    continue
+                if from_its_source(subjects, event, msg.subject):
+                    read.events.append(event)
+                else:
                     read.malformed += 1
         finally:
             await sub.unsubscribe()

@@ -21,7 +21,16 @@ from bus import deadletter
 from bus import vocabulary as vocab
 from bus.aio import cancel_and_wait, wait_unless
 from bus.connection import Bus
-from bus.events import Alert, EventDecodeError, HealthEvent, Heartbeat, MetricBatch, any_event
+from bus.events import (
+    SUBJECT_MISMATCH,
+    Alert,
+    EventDecodeError,
+    HealthEvent,
+    Heartbeat,
+    MetricBatch,
+    any_event,
+    from_its_source,
+)
 from bus.heartbeat import beat
 from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket
 from bus.kvblob import BlobStore, StoreError
@@ -175,6 +184,9 @@ class ConsoleService:
             event = any_event.decode(msg.data, msg.subject)
         except EventDecodeError as exc:
             self.rejections.count(exc.reason)
+            return
+        if not from_its_source(self.bus.subjects, event, msg.subject):
+            self.rejections.count(SUBJECT_MISMATCH)
             return
         if not isinstance(event, ConsoleEvent):
             return

@@ -14,6 +14,7 @@ from typing import Annotated
 import msgspec
 
 from bus.events import (
+    SUBJECT_MISMATCH,
     Alert,
     AlertStatus,
     EventDecodeError,
@@ -23,6 +24,7 @@ from bus.events import (
     any_event,
 )
 from bus.limits import MAX_LABELS, MAX_SAMPLES, MAX_TEXT, LabelValue, Name
+from bus.subjects import Subjects
 
 # JSON has no NaN, but 1e999 decodes as infinity: refused here, as bus.events.Sample does.
 Finite = Annotated[float, msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)]
@@ -104,6 +106,16 @@ def decode(family: str, data: bytes, subject: str = "") -> Input:
     if not isinstance(event, expected):
         raise Refused(f"a {type(event).__name__} on this stream, expected {expected.__name__}")
     return narrow(event)
+
+
+def check_source(subjects: Subjects, family: str, event: Input, subject: str) -> None:
+    """`Refused` if a metric batch or check names another host, agent or target than the subject
+    it came on (as the evaluator refuses it: the server's permissions go by the subject)."""
+    if isinstance(event, Change):
+        return
+    target = event.target if isinstance(event, Check) else ""
+    if subjects.source(family, event.host, event.agent, target) != subject:
+        raise Refused(SUBJECT_MISMATCH)
 
 
 def narrow(event: MetricBatch | HealthEvent | Alert) -> Input:

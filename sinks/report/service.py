@@ -268,6 +268,7 @@ class ReportSink:
         self.stats.messages += 1
         try:
             event = intake.decode(family, msg.data, msg.subject)
+            intake.check_source(self.bus.subjects, family, event, msg.subject)
         except intake.Refused as exc:
             self._malformed(msg, seq, exc.reason)
         else:

@@ -13,7 +13,7 @@ import pytest
 
 from bus import vocabulary as vocab
 from bus.connection import Bus
-from bus.events import Alert, Event, HealthEvent, MetricBatch, Sample, encode
+from bus.events import SUBJECT_MISMATCH, Alert, Event, HealthEvent, Heartbeat, MetricBatch, Sample, encode
 from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket, provision
 from bus.kvblob import BlobStore
 from bus.records import AckRecord, ActiveAlerts, Matcher, Silence, SilenceStore, save_active
@@ -218,6 +218,30 @@ async def test_garbage_on_the_bus_is_counted_and_the_console_goes_on(
     await streams.publish(streams.subjects.metrics("web01", "host"), batch)
     await wait_until(lambda: "web01" in console.state.hosts, 10)
     assert console.rejections.total == 1
+
+
+async def test_an_event_speaking_for_another_host_or_part_is_refused_live_and_read_back(streams: Bus) -> None:
+    """An agent may publish on its own subjects only: a heartbeat it sends in the evaluator's name
+    must not show a dead evaluator alive, nor its checks another host's, live or at a restart."""
+    subjects = streams.subjects
+    now = time.time()
+    forged_beat = Heartbeat(host="mon01", agent="evaluator", version="x", interval=10, ts=now)
+    forged_check = HealthEvent(host="db01", agent="probe", target="database", status="ok", ts=now)
+    await streams.publish(subjects.health("web01", "probe", "backend"), forged_check)  # read back
+    console = ConsoleService(ConsoleConfig(port=0), streams, host="test")
+    task = asyncio.create_task(console.run())
+    try:
+        await asyncio.wait_for(console.ready.wait(), 10)
+        await streams.nc.publish(subjects.heartbeat("web01", "host"), encode(forged_beat))  # live
+        genuine = Heartbeat(host="web01", agent="host", version="x", interval=10, ts=now)
+        await streams.nc.publish(subjects.heartbeat("web01", "host"), encode(genuine))
+        await wait_until(lambda: ("web01", "host") in console.state.parts, 10)
+        assert console.rejections.by_reason[SUBJECT_MISMATCH] == 1
+        assert ("mon01", "evaluator") not in console.state.parts
+        assert not [key for key in console.state.checks if key[0] == "db01"]
+    finally:
+        console.stop()
+        await asyncio.wait_for(task, 10)
 
 
 async def test_a_range_holding_too_many_events_is_cut_to_the_limit_and_says_so(streams: Bus) -> None:

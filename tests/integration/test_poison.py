@@ -14,13 +14,23 @@ from nats.js.api import DeliverPolicy
 from bus import deadletter
 from bus.config import StreamsConfig
 from bus.connection import Bus
-from bus.events import Heartbeat, MetricBatch, Notification, Sample, encode, notification
+from bus.events import (
+    SUBJECT_MISMATCH,
+    HealthEvent,
+    Heartbeat,
+    MetricBatch,
+    Notification,
+    Sample,
+    encode,
+    notification,
+)
 from bus.jetstream import provision
 from bus.payload import payload_limit
 from bus.units import Duration
 from evaluator.config import DefaultRoute, EvaluatorConfig, Rule
-from evaluator.service import SUBJECT_MISMATCH, EvaluatorService
+from evaluator.service import EvaluatorService
 from sinks.report.config import ReportSinkConfig
+from sinks.report.rollups import STORE_FILE, RollupStore
 from sinks.report.service import ReportSink
 from tests.conftest import wait_until
 
@@ -169,6 +179,31 @@ async def test_an_event_speaking_for_another_host_or_part_than_its_subject_is_se
     assert sorted(letter.original_subject for letter in letters) == sorted(
         [bus.subjects.heartbeat("web01", "host"), bus.subjects.metrics("web01", "host")]
     )
+
+
+async def test_the_report_sink_sets_aside_a_check_speaking_for_another_host(bus: Bus, tmp_path: Path) -> None:
+    """A check on web01's subject that names db01's database would count in db01's SLA."""
+    await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
+    report = ReportSink(ReportSinkConfig(batch_size=1), bus, tmp_path)
+    task = asyncio.create_task(report.run())
+    js = bus.nc.jetstream()
+    now = time.time()
+    try:
+        forged = HealthEvent(host="db01", agent="probe", target="database", status="critical", ts=now)
+        await js.publish(bus.subjects.health("web01", "probe", "backend"), encode(forged))
+        genuine = HealthEvent(host="web01", agent="probe", target="backend", status="ok", ts=now)
+        await js.publish(bus.subjects.health("web01", "probe", "backend"), encode(genuine))
+        await wait_until(lambda: report.stats.messages == 2, TIMEOUT)
+        assert report.rejections.by_reason[SUBJECT_MISMATCH] == 1
+    finally:
+        report.stop()
+        await asyncio.wait_for(task, TIMEOUT)
+    store = RollupStore(tmp_path / STORE_FILE, readonly=True)
+    hours = store.health_hours(now - 7200, now + 3600)
+    store.close()
+    assert {(hour.host, hour.target) for hour in hours} == {("web01", "backend")}
+    [letter] = [letter for letter in await dead_letters(bus) if letter.reason == SUBJECT_MISMATCH]
+    assert letter.by == "report"
 
 
 async def test_one_bad_sample_does_not_take_the_rest_of_its_batch_with_it(bus: Bus) -> None:
