@@ -15,7 +15,7 @@ _PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 # The hosts, agents and targets of a fleet are few and come again on every input, whose subject a
 # consumer builds to check it (bus.events.from_its_source).
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=4096)
 def sanitize_token(value: str) -> str:
     """One subject token from any outside string: unsafe characters become `_`, never empty.
 
