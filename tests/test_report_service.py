@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import sqlite3
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import msgspec
@@ -15,6 +16,7 @@ from nats.aio.msg import Msg
 
 from bus.connection import Bus
 from bus.events import MetricBatch, Sample, encode
+from bus.subjects import Subjects
 from bus.units import dec_hook
 from sinks.report import render, service
 from sinks.report.config import ReportSinkConfig
@@ -54,8 +56,10 @@ def test_the_run_writes_the_day_that_ended_and_on_monday_its_week() -> None:
 
 def _sink(tmp_path: Path, now: list[float], **config: object) -> ReportSink:
     settings = msgspec.convert(config, ReportSinkConfig, dec_hook=dec_hook)
-    # daily(), catch_up() and retain() work on the store and the files only: no bus needed
-    return ReportSink(settings, cast("Bus", None), tmp_path, clock=lambda: now[0])
+    # daily(), catch_up() and retain() work on the store and the files only, _take_in with the
+    # subjects: no connection needed
+    bus = SimpleNamespace(subjects=Subjects())
+    return ReportSink(settings, cast("Bus", bus), tmp_path, clock=lambda: now[0])
 
 
 async def test_the_daily_run_writes_the_report_and_applies_retention(tmp_path: Path) -> None:
