@@ -39,6 +39,7 @@ from agents.container_state import (
 )
 from agents.container_stats import StatsMeter
 from agents.container_streams import StatsStreams
+from agents.docker_client import docker_client
 from agents.runner import Check, Collection, Emit
 from bus import vocabulary as vocab
 from bus.aio import Backoff
@@ -121,19 +122,19 @@ class ContainerCollector:
         if self._docker is None:
             timeout = aiohttp.ClientTimeout(total=self.config.request_timeout.seconds)
             try:
-                self._docker = aiodocker.Docker(url=self.config.docker_url, timeout=timeout)
+                self._docker = docker_client(self.config.docker_url, timeout)
             except ValueError as exc:  # no DOCKER_HOST and no socket: nothing to connect to
                 raise EngineDown(str(exc)) from None
         return self._docker
 
     def _stream_client(self) -> aiodocker.Docker:
         if self._stream_docker is None:
-            self._stream_docker = aiodocker.Docker(url=self.config.docker_url)
+            self._stream_docker = docker_client(self.config.docker_url)
         return self._stream_docker
 
     def _log_client(self) -> aiodocker.Docker:
         if self._log_docker is None:
-            self._log_docker = aiodocker.Docker(url=self.config.docker_url)
+            self._log_docker = docker_client(self.config.docker_url)
         return self._log_docker
 
     async def _version(self, docker: aiodocker.Docker) -> str:

@@ -22,6 +22,7 @@ import aiodocker
 import aiohttp
 import msgspec
 
+from agents.docker_client import docker_client
 from agents.probe_config import DiscoveryConfig, HttpCheck, ProbeAgentConfig
 from agents.runner import Check
 from bus import vocabulary as vocab
@@ -394,7 +395,7 @@ class Discovery:
         """Every container the engine shows (through the filter), as the list API returns them."""
         if self._docker is None:
             timeout = aiohttp.ClientTimeout(total=self.config.request_timeout.seconds)
-            self._docker = aiodocker.Docker(url=self.config.docker_host, timeout=timeout)
+            self._docker = docker_client(self.config.docker_host, timeout)
         params: dict[str, Any] = {"all": "1"}
         if self.config.filter_labels:
             params["filters"] = json.dumps({"label": list(self.config.filter_labels)})
