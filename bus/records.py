@@ -10,9 +10,10 @@ import functools
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+import re2
 from msgspec import Meta
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
@@ -33,20 +34,43 @@ _KEY_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _MATCHER = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*(=~|!~|!=|=)\s*(.*?)\s*")
 
 
+_RE2 = re2.Options()
+_RE2.log_errors = False  # RE2 would print each refused pattern on stderr: the ValueError says it
+
+
 @functools.lru_cache(maxsize=4096)
-def compile_regex(pattern: str) -> re.Pattern[str]:
-    """A label regex, anchored at both ends as in Prometheus; ValueError names the pattern."""
+def compile_regex(pattern: str) -> Any:
+    """A label regex in RE2's syntax (Prometheus's and Alertmanager's), always matched whole.
+
+    RE2 matches in time linear in the value, so no pattern (a silence of `(a+)+$`) can stall the
+    evaluator; ValueError names the pattern and what is wrong with it.
+    """
     try:
-        return re.compile(pattern)  # always used with fullmatch: anchored at both ends
-    except re.error as exc:
-        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+        return re2.compile(pattern, _RE2)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ValueError(f"invalid regex {pattern!r}: {reason}") from None
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid regex {pattern!r}: not UTF-8") from None
+
+
+@functools.lru_cache(maxsize=16384)
+def regex_matches(pattern: str, value: str) -> bool:
+    """Does all of `value` match `pattern`? The same label values come again and again, and a
+    match through RE2 costs about 3 µs, a cached answer a tenth of that."""
+    try:
+        return compile_regex(pattern).fullmatch(value) is not None
+    except UnicodeEncodeError:  # a lone surrogate: matched as the replacement character
+        return compile_regex(pattern).fullmatch(value.encode("utf-8", "replace").decode()) is not None
 
 
 class Matcher(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """One label matcher as in Prometheus: a missing label matches as the empty string."""
 
     name: Annotated[str, Meta(description="label name", examples=["host"])]
-    op: Annotated[MatchOp, Meta(description="=, !=, =~ (regex, fully anchored) or !~", examples=["=~"])] = "="
+    op: Annotated[
+        MatchOp, Meta(description="=, !=, =~ (regex in RE2 syntax, fully anchored) or !~", examples=["=~"])
+    ] = "="
     value: Annotated[str, Meta(description="value, or regex for =~ and !~", examples=["web0[1-3]"])]
 
     def __post_init__(self) -> None:
@@ -64,8 +88,7 @@ class Matcher(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
             return value == self.value
         if op == "!=":
             return value != self.value
-        found = compile_regex(self.value).fullmatch(value) is not None
-        return found if op == "=~" else not found
+        return regex_matches(self.value, value) == (op == "=~")
 
     def __str__(self) -> str:
         return f"{self.name}{self.op}{self.value}"

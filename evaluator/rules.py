@@ -7,13 +7,13 @@ import string
 from collections.abc import Callable, Mapping
 
 from bus import vocabulary as vocab
+from bus.records import regex_matches
 from bus.units import Duration
 from evaluator.config import (
     EvaluatorConfig,
     InhibitRule,
     Matcher,
     Rule,
-    compile_regex,
     template_fields,
 )
 
@@ -419,7 +419,7 @@ class CompiledRule:
                 m.name,
                 m.op,
                 m.value,
-                compile_regex(m.value) if m.op in ("=~", "!~") else None,
+                m.op in ("=~", "!~"),  # a regex (the Matcher checked it)
             )
             for m in rule.matchers
         ]
@@ -430,10 +430,10 @@ class CompiledRule:
     def matches(self, host: str, agent: str, labels: Mapping[str, str]) -> bool:
         for where, name, op, value, regex in self.matchers:
             actual = host if where == _HOST else agent if where == _AGENT else labels.get(name, "")
-            if regex is None:
+            if not regex:
                 if (actual == value) != (op == "="):
                     return False
-            elif (regex.fullmatch(actual) is not None) != (op == "=~"):
+            elif regex_matches(value, actual) != (op == "=~"):
                 return False
         return True
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
+import pytest
+
 from bus.events import Alert
 from evaluator.config import InhibitRule, MaintenanceWindow, Matcher
 from evaluator.mute import Inhibitor, MaintenanceWindows, Muter, MuteStage, Silences
@@ -28,6 +30,32 @@ def test_a_silence_mutes_matching_labels_only_between_its_start_and_end() -> Non
     assert silences.next_boundary(0) == 100
     assert silences.next_boundary(150) == 200
     assert silences.next_boundary(200) is None
+
+
+@pytest.mark.timeout(60)  # Python's backtracking would take longer than the universe's age
+def test_a_silence_regex_that_backtracks_forever_in_python_is_matched_at_once() -> None:
+    """`(a+)+!` against 60 a's: 2^60 ways to split them for a backtracking engine, which would
+    stall the evaluator and every notification with it; RE2 reads the value once."""
+    silences = Silences(
+        [silence("s1", "container=~(a+)+!", 0, 100), silence("s2", "host=~web0[1-3]", 0, 100)]
+    )
+    assert silences.mutes({**WEB01, "container": "a" * 60}, 50) == ["s2"]
+    assert silences.mutes({**WEB01, "container": "a" * 60 + "!"}, 50) == ["s1", "s2"]
+    assert silences.mutes({**WEB01, "host": "web04"}, 50) == []
+
+
+@pytest.mark.parametrize(
+    ("matcher", "problem"),
+    [
+        ("host=~(?=web)web01", "invalid regex '(?=web)web01': invalid perl operator: (?="),
+        ("host=~(web)\\1", "invalid regex '(web)\\\\1': invalid escape sequence: \\1"),
+        ("host=~web[", "invalid regex 'web[': missing ]: ["),
+    ],
+)
+def test_a_regex_outside_prometheus_syntax_is_refused_with_what_is_wrong(matcher: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=r"^invalid regex") as refused:
+        parse_matcher(matcher)
+    assert str(refused.value) == problem
 
 
 def test_a_silence_without_matchers_mutes_nothing() -> None:
