@@ -199,10 +199,16 @@ _active_decoder = msgspec.json.Decoder(ActiveAlerts)
 
 def decode_silence(data: bytes) -> Silence | None:
     """A stored silence, or None for a value that is not one (written by hand, or deleted)."""
+    silence = silence_or_reason(data)
+    return silence if isinstance(silence, Silence) else None
+
+
+def silence_or_reason(data: bytes) -> Silence | str:
+    """A stored silence, or why the value is not one (a regex RE2 refuses among them)."""
     try:
         return _silence_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return str(exc)
 
 
 def decode_ack(data: bytes) -> AckRecord | None:

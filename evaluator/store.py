@@ -52,9 +52,9 @@ from bus.records import AckRecord as AckRecord
 from bus.records import ActiveAlerts as ActiveAlerts
 from bus.records import SilenceStore as SilenceStore
 from bus.records import decode_ack as decode_ack
-from bus.records import decode_silence as decode_silence
 from bus.records import load_active, save_active
 from bus.records import new_silence_id as new_silence_id
+from bus.records import silence_or_reason as silence_or_reason
 from bus.records import valid_key_token as valid_key_token
 from evaluator.silences import Silence
 

@@ -384,6 +384,31 @@ async def test_silence_from_the_cli_mutes_notifications(
         await silenced(bus, recorder, no_restart, silence)
 
 
+async def test_a_stored_silence_that_cannot_be_read_mutes_nothing_and_says_why(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A silence kept before regexes went to RE2 (a lookahead) is logged and not applied; the
+    silences beside it are."""
+    await provisioned(bus)
+    _, silences = await open_buckets(bus.nc.jetstream(), bus.subjects.prefix)
+    good = Silence(
+        id="good",
+        matchers=[parse_matcher("host=web01")],
+        starts_at=0,
+        ends_at=time.time() + 3600,
+        author="ops",
+        comment="deploy",
+    )
+    old = msgspec.json.encode(good).replace(b'"value":"web01"', b'"op":"=~","value":"(?=web)web02"')
+    await silences.kv.put("silence.old", old)
+    await silences.add(good)
+    async with service_in_process(bus) as service:
+        await wait_until(lambda: [s.id for s in service.silences] == ["good"], TIMEOUT)
+    assert (
+        "evaluator: silence old cannot be read and mutes nothing: invalid regex '(?=web)web02'" in caplog.text
+    )
+
+
 async def test_garbage_payloads_are_counted_and_skipped(bus: Bus) -> None:
     await provisioned(bus)
     async with Recorder.on(bus) as recorder, service_in_process(bus) as service:
