@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import socket
 import sqlite3
 import time
@@ -53,6 +54,9 @@ STOP_GRACE = 5.0
 RETRY_CAP = 30.0
 # After a start, the runs of this many days back are looked at for reports missing or cut short.
 CATCH_UP_DAYS = 7
+# A report waits at most this long for the streams to be read up to its run (after an outage of
+# the sink, its backlog); then it is written from what is there, with a warning.
+SETTLE_LIMIT = 900.0
 
 
 def next_daily_run(now: float, config: ReportSinkConfig) -> float:
@@ -135,6 +139,9 @@ class ReportSink:
         self._full = asyncio.Event()  # the window holds batch_size messages (or the sink stops)
         self._writable = asyncio.Event()  # cleared while a write fails
         self._writable.set()
+        # per family, when a pull last found the consumer with nothing more to deliver
+        self._caught_up: dict[str, float] = {}
+        self._pulled = asyncio.Event()
         # SQLite work runs in a thread, so `up`'s agents keep their timing; one at a time
         self._store_lock = asyncio.Lock()
 
@@ -244,7 +251,7 @@ class ReportSink:
         while not self._stopped.is_set():
             await self._writable.wait()  # while a write fails, the window grows no further
             try:
-                await feed.pull(min(PULL_BATCH, self.config.batch_size), FETCH_TIMEOUT)
+                got = await feed.pull(min(PULL_BATCH, self.config.batch_size), FETCH_TIMEOUT)
             except Broken as exc:
                 log.warning("report sink: %s: %s; consuming afresh from where it stands", feed.stream, exc)
                 await wait_unless(self._stopped, backoff.next())
@@ -257,6 +264,9 @@ class ReportSink:
                 continue
             backoff.reset()
             self.lag[family] = feed.pending
+            if feed.expired or (got and feed.pending == 0):
+                self._caught_up[family] = self.clock()
+            self._pulled.set()
 
     def _take_in(self, family: str, stream: str, msg: Msg, seq: int, _stored_ns: int) -> None:
         """One message into the window (the feed's callback): counted, set aside, or rolled up."""
@@ -352,6 +362,7 @@ class ReportSink:
     # -- reports -------------------------------------------------------------------------------
 
     async def _schedule(self) -> None:
+        await self._read_up_to(self.clock())
         try:
             await self.catch_up()
         except (OSError, sqlite3.Error) as exc:
@@ -361,7 +372,30 @@ class ReportSink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), max(0.0, due - self.clock()))
                 return
+            await self._read_up_to(due)
             await self.daily(due)
+
+    async def _read_up_to(self, since: float) -> None:
+        """Wait until every stream was read up to what it held at `since`, then write the window:
+        a report written while the backlog or the window still held part of its period would stand
+        as the period's for good. At most SETTLE_LIMIT, then a warning."""
+        limit = asyncio.get_running_loop().time() + SETTLE_LIMIT
+        while not self._stopped.is_set():
+            behind = [family for family in FAMILIES if self._caught_up.get(family, -math.inf) < since]
+            if not behind:
+                break
+            if asyncio.get_running_loop().time() >= limit:
+                log.warning(
+                    "report sink: writing reports before %s was read up to its run, after %.0f s",
+                    ", ".join(behind),
+                    SETTLE_LIMIT,
+                )
+                break
+            self._pulled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._pulled.wait(), 1.0)
+        if not self._stopped.is_set():  # else `run` writes the last window
+            await self.commit()
 
     async def catch_up(self) -> None:
         """After a start: write what the runs of the last CATCH_UP_DAYS would have, where it is

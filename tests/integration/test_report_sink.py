@@ -134,6 +134,32 @@ async def test_a_restarted_sink_continues_where_it_stopped_without_counting_twic
         assert sum(r.count for r in rows) == 1440
 
 
+async def test_a_report_caught_up_after_an_outage_waits_for_the_backlog_of_its_day(
+    streams: Bus, data_dir: Path
+) -> None:
+    """The sink was down for the second half of the day: the report it writes at its next start
+    counts what the stream kept meanwhile, not only what the store held (it would stand so)."""
+    bus = streams
+    events = synthetic_day()
+    half = len(events) // 2
+    await publish(bus, events[:half])
+    async with Running(bus, data_dir) as sink:
+        await wait_until(lambda: ingested(sink) == expected(events[:half]), timeout=60)
+    await publish(bus, events[half:])
+    config = ReportSinkConfig(batch_size=400, commit_every=Duration(60))  # the window held too
+    sink = ReportSink(config, bus, data_dir, clock=lambda: T0 + 86400 + 3600)
+    task = asyncio.create_task(sink.run())
+    report = data_dir / "reports" / "post-golive" / "2026-11-25.json"
+    try:
+        await wait_until(report.exists, timeout=60)
+    finally:
+        sink.stop()
+        await asyncio.wait_for(task, 10)
+    written = json.loads(report.read_text())
+    assert written["hosts"][0]["cpu"]["avg"] == pytest.approx(29.5)  # the whole day's, as above
+    assert written["alerts"]["incidents"] == 16
+
+
 async def test_a_lost_consumer_is_made_again_where_the_store_stands(streams: Bus, data_dir: Path) -> None:
     """The store, not the consumer, knows what was taken in: with the consumer deleted while the
     sink was down, what it had is not counted again and what came since is not missed."""
