@@ -16,7 +16,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from bus.events import Alert
 from bus.records import ACK_PREFIX, SILENCE_PREFIX, SilenceStore, decode_ack, decode_silence
-from sinks.console.app import CONTEXT, CSP, Context, make_app, safe_next
+from sinks.console.app import CONTEXT, CSP, SESSION_COOKIE, SESSION_MAX_AGE, Context, make_app, safe_next
 from sinks.console.config import ConsoleConfig, ConsoleConfigError, ConsoleSecrets, resolve_token
 from sinks.console.live import Hub
 from sinks.console.render import Renderer, script_json
@@ -297,6 +297,32 @@ async def test_with_a_token_nothing_is_shown_before_logging_in_and_the_token_is_
             assert TOKEN not in await response.text()
             assert all(TOKEN not in value for value in response.headers.values())
         assert all(TOKEN not in cookie.value for cookie in client.session.cookie_jar)
+
+
+async def test_a_session_ends_at_logout_and_after_its_age_and_cannot_be_forged() -> None:
+    now = [time.time()]
+    ctx = context(populated(now[0]), token=TOKEN)
+    ctx.clock = lambda: now[0]
+    async with TestClient(TestServer(make_app(ctx))) as client:
+        csrf = await csrf_of(client, "/login")
+        await client.post("/login", data={"token": TOKEN, "csrf": csrf})
+        [cookie] = [c for c in client.session.cookie_jar if c.key == SESSION_COOKIE]
+        session = cookie.value
+
+        async def opens(value: str) -> bool:
+            response = await client.get("/", cookies={SESSION_COOKIE: value}, allow_redirects=False)
+            return response.status == 200
+
+        assert await opens(session)
+        nonce, issued, mac = session.split(".")
+        assert not await opens(f"{nonce}.{int(issued) + 86400}.{mac}")  # made younger: not signed so
+        now[0] += SESSION_MAX_AGE
+        assert not await opens(session)  # too old: the token is asked for again
+        now[0] -= SESSION_MAX_AGE
+        other = ctx.new_session()
+        assert (await client.post("/logout", data={"csrf": csrf}, allow_redirects=False)).status == 303
+        assert not await opens(session)  # logged out: a copy of the cookie opens nothing
+        assert await opens(other)  # another browser's session goes on
 
 
 async def test_a_bearer_token_opens_the_api_and_metrics_can_be_public() -> None:

@@ -39,6 +39,8 @@ from sinks.console.state import PERF_METRICS, ConsoleState
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "jm_session"
+SESSION_MAX_AGE = 30 * 86400  # then the token is asked for again
+MAX_ENDED_SESSIONS = 10_000
 CLIENT_COOKIE = "jm_client"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -89,14 +91,43 @@ class Context:
     key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     cache: HistoryCache = field(default_factory=HistoryCache)
     refused: dict[str, int] = field(default_factory=dict)
+    ended: dict[str, int] = field(default_factory=dict)  # logged-out sessions: nonce -> issued
 
     def refuse(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
-    def session_value(self) -> str:
-        """The session cookie's value: derived from the token, so a new token ends old sessions."""
+    def new_session(self) -> str:
+        """A session cookie's value: a nonce and when it was issued, signed with the token (so a new
+        token ends old sessions, and a restart keeps the others)."""
+        nonce, issued = secrets.token_hex(16), int(self.clock())
+        return f"{nonce}.{issued}.{self._sign(nonce, issued)}"
+
+    def session_valid(self, value: str) -> bool:
+        """Signed with this token, younger than SESSION_MAX_AGE, and not logged out."""
+        nonce, _, rest = value.partition(".")
+        issued_text, _, mac = rest.partition(".")
+        if not issued_text.isdigit() or len(issued_text) > 12 or nonce in self.ended:
+            return False
+        issued = int(issued_text)
+        if not hmac.compare_digest(mac.encode(), self._sign(nonce, issued).encode()):
+            return False
+        return 0 <= self.clock() - issued < SESSION_MAX_AGE
+
+    def end_session(self, value: str) -> None:
+        """Log a session out: its cookie is refused from now on (until the console restarts)."""
+        if not self.session_valid(value):
+            return
+        nonce, issued = value.split(".")[:2]
+        now = self.clock()
+        self.ended = {n: t for n, t in self.ended.items() if now - t < SESSION_MAX_AGE}  # expired anyway
+        if len(self.ended) >= MAX_ENDED_SESSIONS:
+            del self.ended[next(iter(self.ended))]
+        self.ended[nonce] = int(issued)
+
+    def _sign(self, nonce: str, issued: int) -> str:
         assert self.secrets.token is not None
-        return hmac.new(self.secrets.token.encode(), b"jarvis-console-session", hashlib.sha256).hexdigest()
+        message = f"jarvis-console-session.{nonce}.{issued}".encode()
+        return hmac.new(self.secrets.token.encode(), message, hashlib.sha256).hexdigest()
 
     def csrf_for(self, client: str) -> str:
         return hmac.new(self.key, client.encode(), hashlib.sha256).hexdigest()[:40]
@@ -120,8 +151,7 @@ def authed(request: web.Request, ctx: Context) -> bool:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip().encode(), token.encode()):
         return True
-    cookie = request.cookies.get(SESSION_COOKIE, "")
-    return bool(cookie) and hmac.compare_digest(cookie.encode(), ctx.session_value().encode())
+    return ctx.session_valid(request.cookies.get(SESSION_COOKIE, ""))
 
 
 def text_response(status: int, message: str) -> web.Response:
@@ -557,12 +587,19 @@ async def login_post(request: web.Request) -> web.Response:
         return _html(ctx.renderer.page("login", context), 403)
     response = redirect(target)
     response.set_cookie(
-        SESSION_COOKIE, ctx.session_value(), httponly=True, samesite="Strict", path="/", secure=request.secure
+        SESSION_COOKIE,
+        ctx.new_session(),
+        max_age=SESSION_MAX_AGE,
+        httponly=True,
+        samesite="Strict",
+        path="/",
+        secure=request.secure,
     )
     return response
 
 
 async def logout(request: web.Request) -> web.Response:
+    request.app[CONTEXT].end_session(request.cookies.get(SESSION_COOKIE, ""))
     response = redirect("/login")
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
