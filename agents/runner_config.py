@@ -7,6 +7,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from bus.limits import MAX_INTERVAL
 from bus.units import Duration
 
 
@@ -14,7 +15,7 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """What every agent's config has."""
 
     enabled: Annotated[bool, Meta(description="run this agent in `up`")] = True
-    interval: Annotated[Duration, Meta(description="time between collections")] = Duration(10)
+    interval: Annotated[Duration, Meta(description="time between collections (100ms to 1d)")] = Duration(10)
     jitter: Annotated[
         Duration,
         Meta(
@@ -50,6 +51,8 @@ class AgentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     def __post_init__(self) -> None:
         if self.interval.seconds < 0.1:
             raise ValueError("interval must be at least 100ms")
+        if self.interval.seconds > MAX_INTERVAL:
+            raise ValueError("interval must be at most 1d (the evaluator refuses events of a longer one)")
         if self.jitter.seconds >= self.interval.seconds:
             raise ValueError("jitter must be shorter than interval")
         if self.phase is not None and self.phase.seconds >= self.interval.seconds:

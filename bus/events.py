@@ -10,7 +10,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 import msgspec
 
-from bus.limits import MAX_LABELS, MAX_SAMPLES, Labels, Name, Text
+from bus.limits import MAX_LABELS, MAX_SAMPLES, Interval, Labels, Name, Text
 from bus.subjects import Subjects
 
 SCHEMA_VERSION = 1
@@ -51,7 +51,7 @@ class MetricBatch(_Event, frozen=True, kw_only=True, tag="metrics"):
     host: Name
     agent: Name
     ts: float
-    interval: float
+    interval: Interval
     samples: Annotated[list[Sample], msgspec.Meta(max_length=MAX_SAMPLES)]
 
 
@@ -78,7 +78,7 @@ class Heartbeat(_Event, frozen=True, kw_only=True, tag="heartbeat"):
     host: Name
     agent: Name
     version: Name
-    interval: float
+    interval: Interval
     ts: float
     dropped: int = 0
     publish_errors: int = 0
@@ -211,7 +211,7 @@ class _LooseBatch(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", t
     host: Name
     agent: Name
     ts: float
-    interval: float
+    interval: Interval
     samples: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_SAMPLES)]
 
 

@@ -191,6 +191,22 @@ def test_bad_payload_raises_event_decode_error_with_subject_and_size(data: bytes
     assert f"({len(data)} bytes)" in str(exc)
 
 
+def _with_interval(kind: str, interval: object) -> bytes:
+    """The sample event of `kind` as JSON text, with `interval` written as given (1e999 too)."""
+    data = encode(SAMPLE_EVENTS[kind])
+    stated = json.dumps(json.loads(data)["interval"])
+    return data.replace(f'"interval":{stated}'.encode(), f'"interval":{interval}'.encode())
+
+
+@pytest.mark.parametrize("interval", [0, -10, 86400.5, 1e9, "1e999"])
+def test_an_interval_past_a_day_or_not_positive_is_refused(interval: object) -> None:
+    """A heartbeat claiming a year between beats would keep a dead agent's agent_down from firing."""
+    for kind in ("heartbeat", "metrics"):
+        with pytest.raises(EventDecodeError, match=r"\$\.interval"):
+            any_event.decode(_with_interval(kind, interval), "")
+        assert any_event.decode(_with_interval(kind, 86400), "").interval == 86400  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_strict_prefix_of_a_payload_is_refused(kind: str) -> None:
     """A payload cut anywhere (a truncated message) is an EventDecodeError, never a partial event."""

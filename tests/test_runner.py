@@ -565,6 +565,12 @@ def test_config_refuses_an_interval_under_100ms() -> None:
         convert({"interval": "50ms"})
 
 
+def test_config_refuses_an_interval_over_a_day() -> None:
+    with pytest.raises(msgspec.ValidationError, match="interval must be at most 1d"):
+        convert({"interval": "25h"})
+    convert({"interval": "1d"})
+
+
 def test_config_refuses_unknown_keys() -> None:
     with pytest.raises(msgspec.ValidationError, match="unknown field `intervall`"):
         convert({"intervall": "10s"})
