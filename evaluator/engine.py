@@ -780,12 +780,16 @@ class Engine:
             self._transition(rule, series, INACTIVE, now)
             self._drop(series)
 
-    def bus_restored(self, now: float) -> None:
-        """The bus was out of reach until `now`: a silence during the outage was not the agents'.
+    def bus_restored(self, now: float, since: float | None = None) -> None:
+        """The bus was out of reach from `since` (None: since when is unknown) until `now`: a silence
+        during the outage was not the agents'.
 
-        Every series not already firing for its silence is judged as if seen at `now`: no agent
-        is reported down, and no alert goes stale, for an outage of the bus itself.
+        Every series not already firing for its silence is judged as if the outage had not been:
+        its silence is shortened by the outage (judged as if seen at `now`, when unknown). No agent
+        is reported down and no alert goes stale for an outage of the bus itself, and a dead agent
+        is still reported down while the bus blips again and again.
         """
+        outage = math.inf if since is None else max(0.0, now - since)
         for series in self._by_fp.values():
             rule = self._rules.get(series.rule)
             if (
@@ -795,7 +799,7 @@ class Engine:
             ):
                 continue
             self._dirty[series.fingerprint] = series
-            series.last_seen = now
+            series.last_seen = min(now, series.last_seen + outage)
             series.timer = None
             self._reschedule(rule, series)
 

@@ -312,8 +312,10 @@ class EvaluatorService:
         self._lead = ClockLead(below=TICK_LAG)
         self.rejections = deadletter.Rejections()
         self._letters: list[deadletter.Letter] = []  # dead letters to keep with the next outputs
-        # the bus was out of reach since the last tick: on return, the silence is not the agents'
+        # the bus was out of reach since the last tick (from _blind_since, None: unknown): on
+        # return, the silence meanwhile is not the agents'
         self._blind = False
+        self._blind_since: float | None = None
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._js = bus.nc.jetstream()
@@ -611,7 +613,8 @@ class EvaluatorService:
             elif began - self._unsure_told >= UNSURE_RETOLD:  # timers wait meanwhile: say so again
                 self._unsure_told = began
                 log.warning("evaluator%s: %s still unsure; no timer runs meanwhile", self._which(), late)
-            self._inputs_unsure = self._blind = True  # blind now: a tick may not come before it ends
+            self._inputs_unsure = True
+            self._go_blind()  # now: a tick may not come before it ends
             self._wake.set()
             return
         self._inputs_unsure = False
@@ -780,7 +783,7 @@ class EvaluatorService:
         # mirrors began is nobody's silence but ours
         families = {family for saved in found for family in saved.cursors}
         self._cursors = {family: max(saved.cursors.get(family, 0) for saved in found) for family in families}
-        self._blind = True
+        self._blind, self._blind_since = True, None
         self._engine_now = start if times else -math.inf
         self._given_silences = found[0].silences
         log.info(
@@ -1056,11 +1059,15 @@ class EvaluatorService:
             return msg.subject
         return original_subject(self.bus.subjects.prefix, msg.subject)
 
+    def _go_blind(self) -> None:
+        if not self._blind:
+            self._blind, self._blind_since = True, self._now()
+
     def _bus_restored(self) -> None:
-        """The bus answers again: agents are judged from now, not by what it could not carry."""
+        """The bus answers again: agents are judged without the outage, not by what it could not carry."""
         if self._engine_now > -math.inf and self.bus.nc.is_connected and not self._inputs_unsure:
             self._blind = False
-            self.engine.bus_restored(self._now())
+            self.engine.bus_restored(self._now(), self._blind_since)
 
     def _unanswered_until(self) -> float:
         """The time timers may run to: that of the latest input of a feed whose consumer does not
@@ -1087,7 +1094,7 @@ class EvaluatorService:
         if not self.bus.nc.is_connected or impaired or self._inputs_unsure:
             # out of reach, or (in a cluster) a stream without a leader for a while: what agents
             # sent meanwhile may come late, and must not make them look silent
-            self._blind = True
+            self._go_blind()
         elif self._blind:
             self._bus_restored()
         latest, caught_up = self._engine_now, self._caught_up()
@@ -1210,7 +1217,7 @@ class EvaluatorService:
                 return
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 self.stats.publish_retries += 1
-                self._blind = True  # the stream did not answer: nor may it have taken the agents' events
+                self._go_blind()  # the stream did not answer: nor may it have taken the agents' events
                 if _worth_logging(backoff.attempts + 1):
                     log.warning("evaluator: publishing to %s failed (%s), retrying", subject, exc)
             if self._stopping.is_set():

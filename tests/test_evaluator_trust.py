@@ -259,6 +259,19 @@ def test_after_a_bus_outage_agents_are_judged_from_its_end_not_during_it() -> No
     assert [a.status for a in driver.alerts if a.rule == "agent_down"] == ["firing"]
 
 
+def test_a_dead_agent_is_reported_down_while_the_bus_blips_again_and_again() -> None:
+    """Each blip of 1 s takes 1 s off the agent's silence, not all of it: judged afresh at each
+    blip's end, a dead agent would never be reported while the connection keeps failing."""
+    driver = Driver(EvaluatorConfig())
+    driver.at(0, heartbeat("web01", interval=2))  # and never again
+    for t in range(3, 10, 2):
+        driver.engine.bus_restored(t, since=t - 1)
+        driver.at(t)
+    assert [a.status for a in driver.alerts if a.rule == "agent_down"] == []  # 4 s off: due at 10
+    driver.at(10)
+    assert [a.status for a in driver.alerts if a.rule == "agent_down"] == ["firing"]
+
+
 def test_an_agent_already_down_before_an_outage_stays_down() -> None:
     driver = Driver(EvaluatorConfig())
     driver.at(0, heartbeat("web01", interval=2))
