@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from typing import Literal
 
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
+from nats.js.kv import KeyValue
 
 from bus.config import StreamsConfig
 from bus.subjects import Subjects
@@ -276,3 +279,15 @@ async def provision(
     if failures:
         raise ProvisioningError(failures)
     return changes
+
+
+@contextlib.asynccontextmanager
+async def watching(kv: KeyValue) -> AsyncIterator[KeyValue.KeyWatcher]:
+    """`kv.watchall()`, stopped when left (cancelled or failed too): its subscription would stay on
+    the connection, one more at each retry or standby."""
+    watcher = await kv.watchall()
+    try:
+        yield watcher
+    finally:
+        with contextlib.suppress(Exception):  # a closed connection has nothing left to drop
+            await watcher.stop()  # type: ignore[no-untyped-call]

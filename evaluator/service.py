@@ -49,7 +49,7 @@ from bus.events import (
     salvage_batch,
 )
 from bus.heartbeat import beat
-from bus.jetstream import stream_name
+from bus.jetstream import stream_name, watching
 from bus.partitions import (
     ensure_partition_streams,
     host_partition,
@@ -448,6 +448,8 @@ class EvaluatorService:
             finally:
                 await cancel_and_wait([*self._tasks, *([self._base_task] if self._base_task else [])])
                 self._tasks.clear()
+                await self._close_feeds(self._feeds)
+                self._feeds = []
             if self._share is not None and self.partition is not None:
                 self._share.held.discard(self.partition)
             if not self._lease_lost:
@@ -487,7 +489,11 @@ class EvaluatorService:
                     return False
                 await self._restore()
                 feeds = await self._subscribe_all()
-                await self._load_silences()
+                try:
+                    await self._load_silences()
+                except BaseException:
+                    await self._close_feeds(feeds)
+                    raise
             except (nats.errors.Error, TimeoutError, OSError, StaleWriter) as exc:
                 log.warning("evaluator: cannot start yet (%s), retrying", exc)
                 await self._sleep(backoff.next())
@@ -660,11 +666,16 @@ class EvaluatorService:
         feeds = [feed for feed in made if isinstance(feed, _Feed)]
         for failed in made:
             if isinstance(failed, BaseException):
-                for feed in feeds:
-                    if feed.puller is not None:
-                        await feed.puller.close()
+                await self._close_feeds(feeds)
                 raise failed
         return feeds
+
+    @staticmethod
+    async def _close_feeds(feeds: list[_Feed]) -> None:
+        """Their subscriptions off the connection (else one per feed each time the lease is lost)."""
+        for feed in feeds:
+            if feed.puller is not None:
+                await feed.puller.close()
 
     async def _subscribe(self, family: str, decode: Callable[[bytes, str], Input]) -> _Feed:
         """A durable consumer that resumes right after the last message the saved state includes.
@@ -814,10 +825,10 @@ class EvaluatorService:
         kv = self._silence_store.kv
         while True:
             try:
-                watcher = await kv.watchall()
-                async for entry in watcher:
-                    if entry is not None:
-                        self._on_entry(entry.key, entry.value or b"", entry.operation)
+                async with watching(kv) as watcher:
+                    async for entry in watcher:
+                        if entry is not None:
+                            self._on_entry(entry.key, entry.value or b"", entry.operation)
             except asyncio.CancelledError:
                 raise
             except (nats.errors.Error, TimeoutError, OSError) as exc:

@@ -32,7 +32,7 @@ from bus.events import (
     from_its_source,
 )
 from bus.heartbeat import beat
-from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket
+from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket, watching
 from bus.kvblob import BlobStore, StoreError
 from bus.records import SILENCE_PREFIX, Silence, SilenceStore, decode_silence, load_active
 from sinks.console.app import Context, make_app
@@ -297,22 +297,22 @@ class ConsoleService:
         """Follow the bucket, so a silence from the command line shows on open pages at once."""
         while True:
             try:
-                watcher = await kv.watchall()
-                async for entry in watcher:
-                    if entry is not None:  # a silence or an ack: the evaluator's list follows
-                        self._active_moved.set()
-                    if entry is None or not entry.key.startswith(SILENCE_PREFIX):
-                        continue
-                    silence_id = entry.key[len(SILENCE_PREFIX) :]
-                    silence = None
-                    if entry.operation not in ("DEL", "PURGE"):
-                        silence = decode_silence(entry.value or b"")
-                    if silence is None:
-                        self._silences.pop(silence_id, None)
-                    else:
-                        self._silences[silence_id] = silence
-                    self.state.set_silences(list(self._silences.values()))
-                    self.hub.changed()
+                async with watching(kv) as watcher:
+                    async for entry in watcher:
+                        if entry is not None:  # a silence or an ack: the evaluator's list follows
+                            self._active_moved.set()
+                        if entry is None or not entry.key.startswith(SILENCE_PREFIX):
+                            continue
+                        silence_id = entry.key[len(SILENCE_PREFIX) :]
+                        silence = None
+                        if entry.operation not in ("DEL", "PURGE"):
+                            silence = decode_silence(entry.value or b"")
+                        if silence is None:
+                            self._silences.pop(silence_id, None)
+                        else:
+                            self._silences[silence_id] = silence
+                        self.state.set_silences(list(self._silences.values()))
+                        self.hub.changed()
             except (nats.errors.Error, TimeoutError, OSError) as exc:
                 log.warning("console: watching silences failed, retrying: %s", exc)
                 await asyncio.sleep(KV_RETRY)

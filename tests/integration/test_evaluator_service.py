@@ -30,7 +30,7 @@ from bus.units import Duration
 from evaluator.config import EvaluatorConfig, Route, Rule
 from evaluator.service import EvaluatorService
 from evaluator.silences import Silence, parse_matcher
-from evaluator.store import LEASE_KEY, Lease, SavedState, StateStore, StoreError, open_buckets
+from evaluator.store import LEASE_KEY, Lease, LeaseRecord, SavedState, StateStore, StoreError, open_buckets
 from tests.conftest import nats_server_binary, wait_until
 
 GROUP_WAIT, REPEAT = 1.0, 3.0
@@ -406,6 +406,37 @@ async def test_a_stored_silence_that_cannot_be_read_mutes_nothing_and_says_why(
     async with service_in_process(bus) as service:
         await wait_until(lambda: told in caplog.text, TIMEOUT)  # as its watcher reads it
         assert [s.id for s in service.silences] == ["good"]
+
+
+async def test_an_evaluator_that_lost_its_lease_and_took_it_again_keeps_no_old_subscription(bus: Bus) -> None:
+    """Each loss of the lease left the three input feeds' subscriptions open on the connection."""
+    await provisioned(bus)
+    _, silences = await open_buckets(bus.nc.jetstream(), bus.subjects.prefix)
+
+    async def watched(silence_id: str) -> None:  # the silences' watcher is up: all is subscribed
+        await silences.add(
+            Silence(
+                id=silence_id,
+                matchers=[parse_matcher("host=x")],
+                starts_at=0,
+                ends_at=time.time() + 3600,
+                author="",
+                comment="",
+            )
+        )
+        await wait_until(lambda: silence_id in {s.id for s in service.silences}, TIMEOUT)
+
+    async with service_in_process(bus) as service:
+        await watched("before")
+        subscriptions = len(bus.nc._subs)
+        lease = msgspec.json.encode(
+            LeaseRecord(host="elsewhere", pid=1, started=0.0, token="other", expires_at=time.time() + 8)
+        )
+        await service._state.blobs.kv.put(LEASE_KEY, lease)  # another evaluator took it, for 8 s
+        await wait_until(lambda: service.standing_by is not None, TIMEOUT)
+        await wait_until(lambda: service.standing_by is None and service.ready.is_set(), TIMEOUT)
+        await watched("after")
+        assert len(bus.nc._subs) == subscriptions
 
 
 async def test_garbage_payloads_are_counted_and_skipped(bus: Bus) -> None:
