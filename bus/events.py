@@ -219,6 +219,11 @@ _loose_batch = msgspec.json.Decoder(_LooseBatch)
 _sample = msgspec.json.Decoder(Sample)
 
 
+def partly_refused(refused: list[str]) -> str:
+    """The reason a salvaged batch's dead letter gives (the same from every consumer: one letter)."""
+    return f"samples refused, the others taken in: {refused[0]}"
+
+
 def salvage_batch(data: bytes) -> tuple[MetricBatch, list[str]] | None:
     """A batch refused for some of its samples: the batch of the others, and why each was refused.
     None when what is wrong is the batch itself (its host, its times, its shape)."""

@@ -46,6 +46,7 @@ from bus.events import (
     health_event,
     heartbeat,
     metric_batch,
+    partly_refused,
     salvage_batch,
 )
 from bus.heartbeat import beat
@@ -1008,7 +1009,7 @@ class EvaluatorService:
                 if salvaged is None:
                     raise
                 event, refused = salvaged
-                partly = f"samples refused, the others evaluated: {refused[0]}"
+                partly = partly_refused(refused)
             self._check_subject(event, msg)
         except EventDecodeError as exc:
             self._set_input_aside(feed, message, exc.reason)

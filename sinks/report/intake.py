@@ -9,7 +9,7 @@ second the sink decodes (gc=False).
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, cast
 
 import msgspec
 
@@ -22,6 +22,8 @@ from bus.events import (
     MetricBatch,
     Status,
     any_event,
+    partly_refused,
+    salvage_batch,
 )
 from bus.limits import MAX_LABELS, MAX_SAMPLES, MAX_TEXT, LabelValue, Name
 from bus.subjects import Subjects
@@ -90,6 +92,14 @@ class Refused(Exception):
         self.reason = reason
 
 
+class PartlyRefused(Refused):
+    """A metric batch refused for some of its samples: `event` holds the others, to take in."""
+
+    def __init__(self, reason: str, event: Batch) -> None:
+        super().__init__(reason)
+        self.event = event
+
+
 def decode(family: str, data: bytes, subject: str = "") -> Input:
     """The fields the rollups read of an event of `family`; `Refused` with the full decoder's reason
     (the evaluator's, so both count it alike) for anything the wire's types would refuse."""
@@ -101,7 +111,12 @@ def decode(family: str, data: bytes, subject: str = "") -> Input:
     try:
         event = any_event.decode(data, subject)
     except EventDecodeError as exc:
-        raise Refused(exc.reason) from None
+        # one bad sample must not take its batch's others out of the report
+        salvaged = salvage_batch(data) if family == "metrics" else None
+        if salvaged is None:
+            raise Refused(exc.reason) from None
+        batch, refused = salvaged
+        raise PartlyRefused(partly_refused(refused), cast("Batch", narrow(batch))) from None
     expected = EXPECTED[family]
     if not isinstance(event, expected):
         raise Refused(f"a {type(event).__name__} on this stream, expected {expected.__name__}")

@@ -276,12 +276,18 @@ class ReportSink:
         self._seen[stream] = seq
         self._taken += 1
         self.stats.messages += 1
+        partly = ""
         try:
-            event = intake.decode(family, msg.data, msg.subject)
+            try:
+                event = intake.decode(family, msg.data, msg.subject)
+            except intake.PartlyRefused as exc:
+                event, partly = exc.event, exc.reason
             intake.check_source(self.bus.subjects, family, event, msg.subject)
         except intake.Refused as exc:
             self._malformed(msg, seq, exc.reason)
         else:
+            if partly:
+                self._malformed(msg, seq, partly)
             assert self.store is not None
             try:
                 self.store.add(event)

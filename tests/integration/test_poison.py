@@ -206,24 +206,34 @@ async def test_the_report_sink_sets_aside_a_check_speaking_for_another_host(bus:
     assert letter.by == "report"
 
 
-async def test_one_bad_sample_does_not_take_the_rest_of_its_batch_with_it(bus: Bus) -> None:
+async def test_one_bad_sample_does_not_take_the_rest_of_its_batch_with_it(bus: Bus, tmp_path: Path) -> None:
     """Refused whole every cycle, a batch with one bad sample would leave the host's other metrics
-    stale, and their alerts would resolve while the disk stays full."""
+    stale, and their alerts would resolve while the disk stays full; and out of the report."""
     await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
     notes = Notes()
     await notes.follow(bus)
+    report = ReportSink(ReportSinkConfig(batch_size=1), bus, tmp_path)
+    report_task = asyncio.create_task(report.run())
     service = EvaluatorService(config(), bus)
     task = await run(service)
+    sent = breach("web01")
     try:
-        good = encode(breach("web01")).decode()
+        good = encode(sent).decode()
         bad = good.replace('"samples":[', '"samples":[{"name":"mem.percent","value":1e999},', 1)
         assert bad != good
         await bus.nc.jetstream().publish(bus.subjects.metrics("web01", "host"), bad.encode())
         await wait_until(lambda: "web01" in notes.hosts(), TIMEOUT)
+        await wait_until(lambda: report.stats.malformed == 1, TIMEOUT)
     finally:
         await stop(service, task)
+        report.stop()
+        await asyncio.wait_for(report_task, TIMEOUT)
     (letter,) = [letter for letter in await dead_letters(bus) if letter.reason.startswith("samples refused")]
-    assert letter.reason == "samples refused, the others evaluated: Number out of range - at `$.value`"
+    assert letter.reason == "samples refused, the others taken in: Number out of range - at `$.value`"
+    store = RollupStore(tmp_path / STORE_FILE, readonly=True)
+    [disk] = store.metric_hours(sent.ts - 3600, sent.ts + 3600, ["disk.percent"])
+    store.close()
+    assert (disk.host, disk.count, disk.high) == ("web01", 1, 95.0)
 
 
 async def test_a_2500_host_group_is_delivered_in_parts_that_each_fit(bus: Bus) -> None:
