@@ -7,8 +7,8 @@ from bus.events import Alert, MetricBatch, Sample
 from sinks.console.history import downsample
 from sinks.console.live import QUEUE, Hub, Subscriber
 from sinks.console.render import Renderer
-from sinks.console.state import ConsoleState, row_id
-from tests.test_console_state import T0, alert, container_batch, health
+from sinks.console.state import ConsoleState, Limits, row_id
+from tests.test_console_state import T0, alert, container_batch, health, host_batch
 
 
 def probe_batch(ts: float, rate: float, check: str = "backend") -> MetricBatch:
@@ -46,6 +46,23 @@ def test_a_container_moves_between_trouble_and_running_well() -> None:
         (["container-ok-rows"], True),
     ]
     assert rows[0]["id"] == row_id("container", "web01", "api")
+
+
+def test_rows_the_prune_forgets_leave_open_pages_too() -> None:
+    """A host and a container silent for the whole history were dropped from the model only: open
+    pages kept showing them, with their last values, until reloaded."""
+    state = ConsoleState(Limits(history=3600.0))
+    hub = Hub(state, Renderer(), clock=lambda: T0 + 3700)
+    state.observe(host_batch("old", T0, 1.0))
+    state.observe(container_batch("old", "api", T0))
+    state.observe(host_batch("new", T0 + 3000, 1.0))
+    state.take_dirty()
+    assert state.prune(T0 + 3700) == 2
+    rows = [m for m in hub.messages(state.take_dirty(), T0 + 3700)["overview"] if m["op"] == "row"]
+    assert {(m["id"], m["html"]) for m in rows} == {
+        (row_id("host", "old"), None),
+        (row_id("container", "old", "api"), None),
+    }
 
 
 def test_a_page_that_cannot_keep_up_is_told_to_reload_and_others_still_get_theirs() -> None:

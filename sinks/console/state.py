@@ -629,10 +629,20 @@ class ConsoleState:
         """Forget what has not been heard of for the whole history window; how many rows went.
         A part gone silent stays shown as silent as long as the evaluator reports it down."""
         cutoff = now - self.limits.history
-        gone = _drop_older(self.hosts, cutoff) + _drop_older(self.containers, cutoff)
-        gone += _drop_older(self.checks, cutoff) + _drop_older(self.perf, cutoff)
-        parts_cutoff = now - max(self.limits.history, PARTS_KEPT)
-        return gone + _drop_older(self.logs, cutoff) + _drop_older(self.parts, parts_cutoff)
+        tables: list[tuple[str, dict[Any, Any], float]] = [
+            ("host", self.hosts, cutoff),
+            ("container", self.containers, cutoff),
+            ("check", self.checks, cutoff),
+            ("perf", self.perf, cutoff),
+            ("log", self.logs, cutoff),
+            ("part", self.parts, now - max(self.limits.history, PARTS_KEPT)),
+        ]
+        gone = 0
+        for name, table, before in tables:
+            for key in _drop_older(table, before):  # marked: open pages drop the row too
+                self._mark(name, *((key,) if isinstance(key, str) else key))
+                gone += 1
+        return gone
 
 
 K = TypeVar("K")
@@ -640,11 +650,11 @@ K = TypeVar("K")
 PARTS_KEPT = 7 * 86400.0
 
 
-def _drop_older(table: dict[K, Any], cutoff: float) -> int:
+def _drop_older(table: dict[K, Any], cutoff: float) -> list[K]:
     stale = [key for key, view in table.items() if view.ts < cutoff]
     for key in stale:
         del table[key]
-    return len(stale)
+    return stale
 
 
 def iter_series(rings: dict[str, Ring], start: float) -> Iterator[tuple[str, list[tuple[float, float]]]]:
