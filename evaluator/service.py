@@ -1072,8 +1072,10 @@ class EvaluatorService:
         return original_subject(self.bus.subjects.prefix, msg.subject)
 
     def _go_blind(self) -> None:
+        """Timers may not judge by the inputs from the earliest time they were already held to."""
         if not self._blind:
-            self._blind, self._blind_since = True, self._now()
+            self._blind = True
+            self._blind_since = min(self._now(), self._unanswered_until(), self._sound_until())
 
     def _bus_restored(self) -> None:
         """The bus answers again: agents are judged without the outage, not by what it could not carry."""

@@ -244,7 +244,8 @@ async def test_while_the_input_streams_do_not_answer_no_agent_is_judged_silent(
 ) -> None:
     """The family streams stop answering for their info, as one without a leader does (and drops
     what agents send): an agent that falls silent then is not reported down, though another's
-    inputs keep time moving; once the streams answer again, it is, judged from then on."""
+    inputs keep time moving; once the streams answer again, it is, judged without the time they
+    did not."""
     await provisioned(bus)
     families = {stream_name(bus.subjects.prefix, family) for family in INPUT_TOKENS}
     unanswered, answered = asyncio.Event(), asyncio.Event()
