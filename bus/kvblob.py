@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 import zlib
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from nats.js.errors import KeyNotFoundError
@@ -13,6 +13,10 @@ from nats.js.kv import KeyValue
 
 # Below the server's default 1 MB max payload, with room for the headers.
 CHUNK_SIZE = 512 * 1024
+# Each writer of a value writes its chunks only in two slots of its own, `<n>a` and `<n>b`, n the
+# number after the stored manifest's: the late chunks of a writer that lost its lease (paused, cut
+# off) land where the next WRITERS - 1 writers never write, not over its successor's value.
+WRITERS = 10
 
 
 class StoreError(RuntimeError):
@@ -28,6 +32,18 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     size: int
     sha256: str
     written_at: float
+
+
+def writer_after(manifest: Manifest | None) -> int:
+    """The number of the writer after the one whose slot `manifest` names (a/b of before: 0)."""
+    number = manifest.slot[:-1] if manifest is not None else ""
+    return (int(number) + 1) % WRITERS if number else 0
+
+
+def next_slot(writer: int, manifest: Manifest | None) -> str:
+    """The slot of `writer`'s that `manifest` (the value stored now) does not name."""
+    first = f"{writer}a"
+    return f"{writer}b" if manifest is not None and manifest.slot == first else first
 
 
 def decode_manifest(name: str, value: bytes | None) -> Manifest | None:
@@ -62,14 +78,15 @@ async def read_chunks(kv: KeyValue, name: str, manifest: Manifest) -> bytes:
 class BlobStore:
     """Values of any size in a KV bucket: compressed, split into chunks, published atomically.
 
-    Chunks go to the slot the manifest does not point at; the manifest is written last, so a
-    crash at any moment leaves the previous value whole.
+    Chunks go to a slot of this writer's that the manifest does not point at (see WRITERS); the
+    manifest is written last, so a crash at any moment leaves the previous value whole.
     """
 
     def __init__(self, kv: KeyValue, *, chunk_size: int = CHUNK_SIZE) -> None:
         self.kv = kv
         self.chunk_size = chunk_size
         self._manifests: dict[str, Manifest] = {}
+        self._writers: dict[str, int] = {}  # this writer's number, per value
 
     async def _manifest(self, name: str) -> Manifest | None:
         try:
@@ -81,7 +98,10 @@ class BlobStore:
     async def put(self, name: str, data: bytes) -> None:
         """Store `data` under `name`, replacing the previous value only once all of it is written."""
         previous = self._manifests.get(name) or await self._manifest(name)
-        slot: Literal["a", "b"] = "b" if previous is not None and previous.slot == "a" else "a"
+        writer = self._writers.get(name)
+        if writer is None:
+            writer = self._writers[name] = writer_after(await self._manifest(name))
+        slot = next_slot(writer, previous)
         packed = zlib.compress(data, 1)
         chunks = [packed[i : i + self.chunk_size] for i in range(0, len(packed), self.chunk_size)] or [b""]
         for index, chunk in enumerate(chunks):

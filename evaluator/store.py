@@ -14,7 +14,7 @@ base needs. A restart writes a base with a new journal (so a stale evaluator's l
 void), and a base's manifest is only written over the revision its writer last saw, so a stale
 evaluator's late base is refused. Nor can its late chunks damage the base that replaced its own:
 each writer (a load, or a first save) takes the number after the stored base's and writes only its
-own two slots, `<number>a` and `<number>b`, which the next WRITERS - 1 writers never write.
+own two slots (bus/kvblob.py WRITERS).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from bus.kvblob import CHUNK_SIZE as CHUNK_SIZE
 from bus.kvblob import BlobStore as BlobStore
 from bus.kvblob import Manifest as Manifest
 from bus.kvblob import StoreError as StoreError
-from bus.kvblob import decode_manifest, read_chunks
+from bus.kvblob import decode_manifest, next_slot, read_chunks, writer_after
 from bus.records import ACK_PREFIX as ACK_PREFIX
 from bus.records import ACTIVE_KEY as ACTIVE_KEY
 from bus.records import SILENCE_PREFIX as SILENCE_PREFIX
@@ -73,8 +73,6 @@ READ_AHEAD = 32
 LEASE_KEY = "lease"
 # An evaluator that stops renewing its lease loses it after this long.
 LEASE_TTL = 15.0
-# Writer numbers, taken in turn (see the module's docstring).
-WRITERS = 10
 # Renewals over a revision that own writes whose replies were lost keep moving on.
 RENEW_ATTEMPTS = 5
 # The server's codes for a write conditional on a revision that is not the latest (delete raises
@@ -145,12 +143,6 @@ _state = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(SavedState)
 _entry_decoder = msgspec.msgpack.Decoder(JournalEntry)
 _chunked_decoder = msgspec.msgpack.Decoder(_Chunked)
-
-
-def _writer_of(manifest: Manifest | None) -> int:
-    """The number of the writer whose slot `manifest` names (-1: none, or slot a/b of before)."""
-    number = manifest.slot[:-1] if manifest is not None else ""
-    return int(number) if number else -1
 
 
 def new_journal_id() -> str:
@@ -275,7 +267,9 @@ class StateStore:
             if not ours:
                 raise StaleWriter("another evaluator wrote the saved state meanwhile")
             self._revision = revision  # a write of ours whose reply was lost
-        slot = self._next_slot()
+        if self._writer is None:
+            self._writer = writer_after(self._manifest)
+        slot = next_slot(self._writer, self._manifest)
         size = self.chunk_size
         chunks = range(0, len(packed), size)
         for index, at in enumerate(chunks):
@@ -292,13 +286,6 @@ class StateStore:
                 raise StaleWriter("another evaluator wrote the saved state meanwhile") from None
             self._revision = revision
         self._manifest = manifest
-
-    def _next_slot(self) -> str:
-        """The slot of this writer's that the manifest does not name."""
-        if self._writer is None:
-            self._writer = (_writer_of(self._manifest) + 1) % WRITERS
-        first = f"{self._writer}a"
-        return f"{self._writer}b" if self._manifest is not None and self._manifest.slot == first else first
 
     async def _stored_manifest(self) -> tuple[bytes | None, int]:
         """The base's manifest as stored (None: there is none) and its revision."""

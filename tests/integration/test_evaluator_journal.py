@@ -15,6 +15,7 @@ from nats.js.kv import KeyValue
 from bus.config import BusConfig
 from bus.connection import Bus
 from bus.jetstream import ensure_bucket, provision
+from bus.kvblob import WRITERS
 from bus.units import Duration
 from evaluator.config import Rule
 from evaluator.engine import Engine, _Snapshot
@@ -23,7 +24,6 @@ from evaluator.store import (
     BASE_EVERY_SLOTS,
     JOURNAL_SLOTS,
     SNAPSHOT_KEY,
-    WRITERS,
     SavedState,
     StaleWriter,
     StateStore,
