@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import re
 import time
 import zlib
 from typing import Annotated
 
 import msgspec
-from nats.js.errors import KeyNotFoundError
+import nats.errors
+import nats.js.errors
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 # Below the server's default 1 MB max payload, with room for the headers.
 CHUNK_SIZE = 512 * 1024
-# Each writer of a value writes its chunks only in two slots of its own, `<n>a` and `<n>b`, n the
-# number after the stored manifest's: the late chunks of a writer that lost its lease (paused, cut
-# off) land where the next WRITERS - 1 writers never write, not over its successor's value.
+# Each writer of a value writes its chunks only in two slots of its own, `<n>a` and `<n>b`, n a
+# number it claims from a counter beside the value (`<name>.writer`): the late chunks of a writer
+# that lost its lease (paused, cut off) land where the next WRITERS - 1 writers never write, not
+# over its successor's value. Once its first manifest is stored, a writer purges the chunks of the
+# others (the bucket keeps a few revisions of each key: ten writers' slots would keep ten bases).
 WRITERS = 10
+_SLOT = re.compile(r"[0-9]*[ab]")
 
 
 class StoreError(RuntimeError):
@@ -34,10 +41,46 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     written_at: float
 
 
-def writer_after(manifest: Manifest | None) -> int:
-    """The number of the writer after the one whose slot `manifest` names (a/b of before: 0)."""
-    number = manifest.slot[:-1] if manifest is not None else ""
-    return (int(number) + 1) % WRITERS if number else 0
+async def claim_writer(kv: KeyValue, name: str) -> int:
+    """A writer number for the value `name`, the next of its counter: no other writer, a stale one
+    among them, holds it until WRITERS later claims."""
+    key = f"{name}.writer"
+    while True:
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:  # never claimed (or deleted by hand)
+            try:
+                await kv.create(key, b"0")
+            except KeyWrongLastSequenceError:  # another writer claimed it first
+                continue
+            return 0
+        text = (entry.value or b"").decode(errors="replace")
+        number = (int(text) + 1) % WRITERS if text.isdigit() else 0
+        try:
+            await kv.update(key, str(number).encode(), last=entry.revision)
+        except KeyWrongLastSequenceError:
+            continue
+        return number
+
+
+async def purge_others(kv: KeyValue, name: str, writer: int) -> None:
+    """Purge the chunks of `name` that are not in `writer`'s slots (best effort: what is left is
+    only space, purged by a later writer)."""
+    mine = {f"{writer}a", f"{writer}b"}
+    keys: list[str] = []
+    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError):
+        watcher = await kv.watch(f"{name}.*.*", ignore_deletes=True, meta_only=True)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the values stored when the watch began: all of them seen
+                    break
+                slot, _, index = entry.key[len(name) + 1 :].partition(".")
+                if slot not in mine and _SLOT.fullmatch(slot) and index.isdigit():
+                    keys.append(entry.key)
+        finally:
+            await watcher.stop()  # type: ignore[no-untyped-call]
+        for key in keys:
+            await kv.purge(key)
 
 
 def next_slot(writer: int, manifest: Manifest | None) -> str:
@@ -86,7 +129,7 @@ class BlobStore:
         self.kv = kv
         self.chunk_size = chunk_size
         self._manifests: dict[str, Manifest] = {}
-        self._writers: dict[str, int] = {}  # this writer's number, per value
+        self._writers: dict[str, int] = {}  # this writer's number, per value (purged the others')
 
     async def _manifest(self, name: str) -> Manifest | None:
         try:
@@ -99,8 +142,9 @@ class BlobStore:
         """Store `data` under `name`, replacing the previous value only once all of it is written."""
         previous = self._manifests.get(name) or await self._manifest(name)
         writer = self._writers.get(name)
+        first = writer is None
         if writer is None:
-            writer = self._writers[name] = writer_after(await self._manifest(name))
+            writer = self._writers[name] = await claim_writer(self.kv, name)
         slot = next_slot(writer, previous)
         packed = zlib.compress(data, 1)
         chunks = [packed[i : i + self.chunk_size] for i in range(0, len(packed), self.chunk_size)] or [b""]
@@ -115,6 +159,8 @@ class BlobStore:
         )
         await self.kv.put(name, msgspec.json.encode(manifest))
         self._manifests[name] = manifest
+        if first:
+            await purge_others(self.kv, name, writer)
 
     async def get(self, name: str) -> bytes | None:
         """The value stored under `name`, None if there is none; StoreError if it is damaged."""

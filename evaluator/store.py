@@ -13,8 +13,8 @@ journal after it restore the same state. The ring never overwrites an entry the 
 base needs. A restart writes a base with a new journal (so a stale evaluator's late entries are
 void), and a base's manifest is only written over the revision its writer last saw, so a stale
 evaluator's late base is refused. Nor can its late chunks damage the base that replaced its own:
-each writer (a load, or a first save) takes the number after the stored base's and writes only its
-own two slots (bus/kvblob.py WRITERS).
+each writer (a load, or a first save) claims a number of its own and writes only its own two slots
+(bus/kvblob.py WRITERS).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from bus.kvblob import CHUNK_SIZE as CHUNK_SIZE
 from bus.kvblob import BlobStore as BlobStore
 from bus.kvblob import Manifest as Manifest
 from bus.kvblob import StoreError as StoreError
-from bus.kvblob import decode_manifest, next_slot, read_chunks, writer_after
+from bus.kvblob import claim_writer, decode_manifest, next_slot, purge_others, read_chunks
 from bus.records import ACK_PREFIX as ACK_PREFIX
 from bus.records import ACTIVE_KEY as ACTIVE_KEY
 from bus.records import SILENCE_PREFIX as SILENCE_PREFIX
@@ -189,7 +189,8 @@ class StateStore:
         # the base's manifest and its revision as this store last read or wrote them
         self._manifest: Manifest | None = None
         self._revision = 0
-        self._writer: int | None = None  # this writer's number: the one after the base it read
+        self._writer: int | None = None  # this writer's number, claimed at its first base
+        self._writing: Manifest | None = None  # the manifest last sent (its reply may be lost)
         self.broken: str | None = None  # why the journal last loaded ended early, if it did
 
     # --- bases --------------------------------------------------------------------------------
@@ -259,16 +260,17 @@ class StateStore:
         elif revision != self._revision:
             # checked before the chunks too: they would go over those of the other's base
             try:
-                ours = (
-                    self._manifest is not None and decode_manifest(self.snapshot_key, value) == self._manifest
-                )
+                stored = decode_manifest(self.snapshot_key, value)
             except StoreError:
-                ours = False
-            if not ours:
+                stored = None
+            if stored is not None and stored == self._writing:  # the last write landed, its reply lost
+                self._manifest = stored
+            if stored is None or stored != self._manifest:
                 raise StaleWriter("another evaluator wrote the saved state meanwhile")
             self._revision = revision  # a write of ours whose reply was lost
+        first = self._writer is None
         if self._writer is None:
-            self._writer = writer_after(self._manifest)
+            self._writer = await claim_writer(self.blobs.kv, self.snapshot_key)
         slot = next_slot(self._writer, self._manifest)
         size = self.chunk_size
         chunks = range(0, len(packed), size)
@@ -278,6 +280,7 @@ class StateStore:
             slot=slot, chunks=len(chunks), size=len(data), sha256=digest, written_at=time.time()
         )
         encoded = msgspec.json.encode(manifest)
+        self._writing = manifest
         try:
             self._revision = await self.blobs.kv.update(self.snapshot_key, encoded, last=self._revision)
         except KeyWrongLastSequenceError:
@@ -286,6 +289,8 @@ class StateStore:
                 raise StaleWriter("another evaluator wrote the saved state meanwhile") from None
             self._revision = revision
         self._manifest = manifest
+        if first:  # the bases of the writers before are no one's now
+            await purge_others(self.blobs.kv, self.snapshot_key, self._writer)
 
     async def _stored_manifest(self) -> tuple[bytes | None, int]:
         """The base's manifest as stored (None: there is none) and its revision."""

@@ -15,7 +15,7 @@ from nats.js.kv import KeyValue
 from bus.config import BusConfig
 from bus.connection import Bus
 from bus.jetstream import ensure_bucket, provision
-from bus.kvblob import WRITERS
+from bus.kvblob import WRITERS, decode_manifest
 from bus.units import Duration
 from evaluator.config import Rule
 from evaluator.engine import Engine, _Snapshot
@@ -284,14 +284,36 @@ class _Paused:
         return getattr(self.kv, name)
 
 
-async def test_a_stale_evaluators_late_chunks_leave_the_base_that_replaced_its_own_whole(bus: Bus) -> None:
-    """A stale evaluator checked the revision, then stalled before its chunks; the one that took
-    over wrote its bases meanwhile. The stale one's chunks land late and its base is refused; the
-    successor's base restores whole, and so do the bases of the writers after it."""
+async def _chunk_slots(kv: KeyValue) -> set[str]:
+    """The slots that hold chunks of the base now."""
+    watcher = await kv.watch(f"{SNAPSHOT_KEY}.*.*", ignore_deletes=True, meta_only=True)
+    slots = set()
+    async for entry in watcher:
+        if entry is None:
+            break
+        slot = entry.key.split(".")[1]
+        if slot != "writer":
+            slots.add(slot)
+    await watcher.stop()  # type: ignore[no-untyped-call]
+    return slots
+
+
+@pytest.mark.parametrize("first_base", [False, True], ids=["after-a-base-of-its-own", "in-its-first-base"])
+async def test_a_stale_evaluators_late_chunks_leave_the_base_that_replaced_its_own_whole(
+    bus: Bus, first_base: bool
+) -> None:
+    """A stale evaluator checked the revision, then stalled before its chunks (in its first base
+    after a load too, the restore's); the one that took over wrote its bases meanwhile. The stale
+    one's chunks land late and its base is refused; the successor's base restores whole, and so
+    do the bases of the writers after it, each purging the chunks of those before."""
     kv = (await _store(bus)).blobs.kv
     paused = _Paused(kv)
     stale = StateStore(cast("KeyValue", paused), chunk_size=1024)
-    await stale.save(_base(b"old", 1))
+    if first_base:
+        await StateStore(kv, chunk_size=1024).save(_base(b"old", 1))
+        await stale.load_journaled()
+    else:
+        await stale.save(_base(b"old", 1))
     paused.resume.clear()
     paused.waiting.clear()
     late = asyncio.create_task(stale.save(_base(os.urandom(8_000), 2)))  # 8 chunks
@@ -311,6 +333,43 @@ async def test_a_stale_evaluators_late_chunks_leave_the_base_that_replaced_its_o
         state = _base(os.urandom(3_000), seq)
         await writer.save(state)
         assert await StateStore(kv).load() == state
+        # only the newest writer's chunks are kept: a base's worth, not one per writer
+        manifest = decode_manifest(SNAPSHOT_KEY, (await kv.get(SNAPSHOT_KEY)).value)
+        assert manifest is not None
+        assert await _chunk_slots(kv) == {manifest.slot}
+
+
+class _ReplyLost:
+    """A bucket whose next manifest update is stored, but its reply never comes."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.lose = False
+
+    async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        revision = await self.kv.update(key, value, last=last)
+        if self.lose and key == SNAPSHOT_KEY:
+            self.lose = False
+            raise TimeoutError("the reply was lost")
+        return revision
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kv, name)
+
+
+async def test_a_base_whose_reply_was_lost_is_known_as_its_own_at_the_retry(bus: Bus) -> None:
+    """Taken for another evaluator's, it stopped this one until its lease ran out."""
+    kv = (await _store(bus)).blobs.kv
+    lossy = _ReplyLost(kv)
+    store = StateStore(cast("KeyValue", lossy), chunk_size=1024)
+    await store.save(_base(b"first", 1))
+    lossy.lose = True
+    second = _base(b"second", 2)
+    with pytest.raises(TimeoutError):
+        await store.save(second)
+    third = _base(b"third", 3)
+    await store.save(third)  # no StaleWriter: the stored base is the one it sent
+    assert await StateStore(kv).load() == third
 
 
 # --- a crash at any write while a base is written beside the journal -------------------------------
