@@ -7,6 +7,7 @@ console read them and write silences and acks. Their types and keys live here, o
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,8 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from bus.kvblob import BlobStore, StoreError
+
+log = logging.getLogger(__name__)
 
 MatchOp = Literal["=", "!=", "=~", "!~"]
 MATCH_OPS: tuple[str, ...] = ("=", "!=", "=~", "!~")
@@ -305,9 +308,13 @@ class SilenceStore:
                 entry = await self.kv.get(key)
             except KeyNotFoundError:  # deleted meanwhile
                 continue
-            silence = decode_silence(entry.value or b"")
-            if silence is not None:
+            silence = silence_or_reason(entry.value or b"") if entry.value else None
+            if isinstance(silence, Silence):
                 found.append(silence)
+            elif silence is not None:  # kept from before RE2, or written by hand: it mutes nothing
+                log.warning(
+                    "silence %s cannot be read and mutes nothing: %s", key[len(SILENCE_PREFIX) :], silence
+                )
         return sorted(found, key=lambda s: (s.starts_at, s.id))
 
     async def expire(self, silence_id: str, now: float) -> Silence:

@@ -22,12 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
@@ -57,6 +59,8 @@ from bus.records import new_silence_id as new_silence_id
 from bus.records import silence_or_reason as silence_or_reason
 from bus.records import valid_key_token as valid_key_token
 from evaluator.silences import Silence
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_KEY = "snapshot"
 JOURNAL_PREFIX = "journal"
@@ -140,9 +144,37 @@ class Journaled(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _state = msgspec.msgpack.Encoder()
-_state_decoder = msgspec.msgpack.Decoder(SavedState)
-_entry_decoder = msgspec.msgpack.Decoder(JournalEntry)
-_chunked_decoder = msgspec.msgpack.Decoder(_Chunked)
+Stored = TypeVar("Stored", SavedState, JournalEntry, _Chunked)
+_decoders: dict[type, msgspec.msgpack.Decoder[Any]] = {
+    kind: msgspec.msgpack.Decoder(kind) for kind in (SavedState, JournalEntry, _Chunked)
+}
+
+
+def _decode(kind: type[Stored], data: bytes, key: str) -> Stored:
+    """A stored record; a silence in it that no longer validates (a regex RE2 refuses, kept from
+    before) is dropped with a warning: the state around it is not thrown away for it."""
+    try:
+        decoded: Stored = _decoders[kind].decode(data)
+        return decoded
+    except msgspec.ValidationError as exc:
+        refused = exc
+    raw = msgspec.msgpack.decode(data)
+    silences = raw.get("silences") if isinstance(raw, dict) else None
+    if not isinstance(silences, list):
+        raise refused
+    kept = []
+    for silence in silences:
+        try:
+            msgspec.convert(silence, Silence)
+        except msgspec.ValidationError as why:
+            log.warning(
+                "evaluator: a silence kept in KV key %s cannot be read and mutes nothing: %s", key, why
+            )
+        else:
+            kept.append(silence)
+    if len(kept) == len(silences):
+        raise refused
+    return msgspec.convert({**raw, "silences": kept}, kind)
 
 
 def new_journal_id() -> str:
@@ -311,7 +343,7 @@ class StateStore:
             return None
         data = await read_chunks(self.blobs.kv, self.snapshot_key, manifest)
         try:
-            return _state_decoder.decode(data)
+            return _decode(SavedState, data, self.snapshot_key)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StoreError(f"KV key {self.snapshot_key}: {exc}") from None
 
@@ -431,7 +463,7 @@ class StateStore:
         except KeyNotFoundError:
             return None
         try:
-            entry = _entry_decoder.decode(value or b"")
+            entry = _decode(JournalEntry, value or b"", key)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return f"KV key {key}: {exc}"
         return entry if entry.journal == self._journal and entry.slot == slot else None
@@ -453,7 +485,7 @@ class StateStore:
         if not entry.silences_chunked:
             return data, entry.silences
         try:
-            chunked = _chunked_decoder.decode(data)
+            chunked = _decode(_Chunked, data, key)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise StoreError(f"KV key {key}: {exc}") from None
         return chunked.delta, chunked.silences
