@@ -199,8 +199,12 @@ class _Feed:
         # In a cluster with a node down, a consumer made again takes its replicas' election, which
         # may outlast a request's usual timeout; a retry would delete it and start over, forever.
         await feed.puller.open(config, timeout=CONSUMER_CREATE_TIMEOUT)
-        if (await feed.puller.consumer_info()).num_pending == 0:
-            feed.pending = 0  # nothing to wait for: other streams need not wait for its first pull
+        try:
+            if (await feed.puller.consumer_info()).num_pending == 0:
+                feed.pending = 0  # nothing to wait for: other streams need not wait for its first pull
+        except BaseException:  # its subscription would stay on the connection, one per retry
+            await feed.puller.close()
+            raise
         return feed
 
     def _take(self, msg: Msg, seq: int, stored_ns: int) -> None:
@@ -702,6 +706,8 @@ class EvaluatorService:
 
     async def _restore(self) -> None:
         """Restore the saved state (or start afresh), then write it as the base of a new journal."""
+        # an outage of an earlier term is not this one's: the inputs' own times judge from here
+        self._blind, self._blind_since = False, None
         try:
             saved = await self._state.load_journaled()
         except StoreError as exc:  # better to start afresh than to stop evaluating
@@ -1282,6 +1288,7 @@ class EvaluatorService:
                 self._lost_to_another(exc)
                 return False
             except (nats.errors.Error, TimeoutError, OSError) as exc:
+                self._go_blind()  # held here, no tick notices the outage: it is not the agents' silence
                 if _worth_logging(backoff.attempts + 1):
                     log.warning("evaluator: saving the state failed (%s), retrying", exc)
             if self._stopping.is_set():
