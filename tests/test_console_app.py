@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 import time
@@ -16,6 +17,7 @@ from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from bus.events import Alert
 from bus.records import ACK_PREFIX, SILENCE_PREFIX, SilenceStore, decode_ack, decode_silence
+from sinks.console import live
 from sinks.console.app import CONTEXT, CSP, SESSION_COOKIE, SESSION_MAX_AGE, Context, make_app, safe_next
 from sinks.console.config import ConsoleConfig, ConsoleConfigError, ConsoleSecrets, resolve_token
 from sinks.console.live import Hub
@@ -323,6 +325,55 @@ async def test_a_session_ends_at_logout_and_after_its_age_and_cannot_be_forged()
         assert (await client.post("/logout", data={"csrf": csrf}, allow_redirects=False)).status == 303
         assert not await opens(session)  # logged out: a copy of the cookie opens nothing
         assert await opens(other)  # another browser's session goes on
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Cookie: jm_session=a.\xc2\xb2.x",  # a digit to str.isdigit, not to int()
+        b"Cookie: jm_session=\xff.1.x",  # not UTF-8: aiohttp keeps the byte as a surrogate
+        b"Cookie: jm_session=a.1.\xff",
+        b"Authorization: Bearer \xff",
+    ],
+)
+async def test_a_malformed_session_or_token_is_refused_not_an_error(header: bytes) -> None:
+    ctx = context(populated(time.time()), token=TOKEN)
+    async with TestClient(TestServer(make_app(ctx))) as client:
+        for path in (b"/", b"/events?page=overview"):
+            reader, writer = await asyncio.open_connection(client.host, client.port)
+            writer.write(
+                b"GET "
+                + path
+                + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                + header
+                + b"\r\nConnection: close\r\n\r\n"
+            )
+            status = (await reader.readline()).split()[1]
+            writer.close()
+            assert status == (b"303" if path == b"/" else b"401")  # to the login page: no 500, no traceback
+
+
+async def test_logging_out_ends_the_live_stream_of_that_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(live, "PING", 0.05)
+    ctx = context(populated(time.time()), token=TOKEN)
+    async with TestClient(TestServer(make_app(ctx))) as client:
+        csrf = await csrf_of(client, "/login")
+        await client.post("/login", data={"token": TOKEN, "csrf": csrf})
+        [session] = [c.value for c in client.session.cookie_jar if c.key == SESSION_COOKIE]
+        stream = await client.get("/events?page=overview")
+        assert stream.status == 200
+        assert await stream.content.readline() == b"retry: 2000\n"
+        ctx.end_session(session)  # logged out, from this browser or another
+        async with asyncio.timeout(10):  # the stream ends: the pings stop at once
+            while await stream.content.readline():
+                pass
+
+
+async def test_a_csrf_token_that_is_not_ascii_is_refused_not_an_error() -> None:
+    ctx = context(populated(time.time()), token=TOKEN)
+    async with TestClient(TestServer(make_app(ctx))) as client:
+        response = await client.post("/login", data={"token": TOKEN, "csrf": "\u00e9"}, allow_redirects=False)
+        assert response.status == 403
 
 
 async def test_a_bearer_token_opens_the_api_and_metrics_can_be_public() -> None:

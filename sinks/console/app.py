@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "jm_session"
 SESSION_MAX_AGE = 30 * 86400  # then the token is asked for again
+_DIGITS = re.compile(r"[0-9]{1,12}")
 MAX_ENDED_SESSIONS = 10_000
 CLIENT_COOKIE = "jm_client"
 CSP = (
@@ -104,12 +106,14 @@ class Context:
 
     def session_valid(self, value: str) -> bool:
         """Signed with this token, younger than SESSION_MAX_AGE, and not logged out."""
+        if not value.isascii():  # ours are; an undecodable byte arrives as a surrogate
+            return False
         nonce, _, rest = value.partition(".")
         issued_text, _, mac = rest.partition(".")
-        if not issued_text.isdigit() or len(issued_text) > 12 or nonce in self.ended:
+        if not _DIGITS.fullmatch(issued_text) or nonce in self.ended:
             return False
         issued = int(issued_text)
-        if not hmac.compare_digest(mac.encode(), self._sign(nonce, issued).encode()):
+        if not same_secret(mac, self._sign(nonce, issued)):
             return False
         return 0 <= self.clock() - issued < SESSION_MAX_AGE
 
@@ -133,6 +137,14 @@ class Context:
         return hmac.new(self.key, client.encode(), hashlib.sha256).hexdigest()[:40]
 
 
+def same_secret(given: str, secret: str) -> bool:
+    """A comparison in constant time that any text from outside may go through (non-ASCII, an
+    undecodable byte that aiohttp kept as a surrogate): False, never an exception."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), secret.encode("utf-8", "surrogateescape")
+    )
+
+
 CONTEXT = web.AppKey("console", Context)
 # per-request values: typed keys where aiohttp has them (3.13+), plain strings before
 CLIENT: Any = web.RequestKey("client", str) if hasattr(web, "RequestKey") else "client"
@@ -149,7 +161,7 @@ def authed(request: web.Request, ctx: Context) -> bool:
     if token is None:
         return True
     header = request.headers.get("Authorization", "")
-    if header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip().encode(), token.encode()):
+    if header.startswith("Bearer ") and same_secret(header[7:].strip(), token):
         return True
     return ctx.session_valid(request.cookies.get(SESSION_COOKIE, ""))
 
@@ -250,7 +262,7 @@ async def _csrf_problem(request: web.Request, ctx: Context, client: str) -> str 
         return "unreadable form"
     request[FORM] = form
     given = form.get("csrf")
-    if not client or not isinstance(given, str) or not hmac.compare_digest(given, ctx.csrf_for(client)):
+    if not client or not isinstance(given, str) or not same_secret(given, ctx.csrf_for(client)):
         return "missing or wrong CSRF token: reload the page and try again"
     return None
 
@@ -581,7 +593,7 @@ async def login_post(request: web.Request) -> web.Response:
     if ctx.secrets.token is None:
         return redirect(target)
     given = str(form.get("token", "")).strip()
-    if not hmac.compare_digest(given.encode(), ctx.secrets.token.encode()):
+    if not same_secret(given, ctx.secrets.token):
         ctx.refuse("wrong_token")
         context = {"csrf": ctx.csrf_for(request[CLIENT]), "next": target, "problem": "wrong token"}
         return _html(ctx.renderer.page("login", context), 403)
@@ -610,7 +622,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     page = request.query.get("page", "overview")
     if page not in render.PAGES:
         return text_response(400, "400: unknown page")
-    return await ctx.hub.stream(request, page, ctx.csrf_for(request[CLIENT]))
+    return await ctx.hub.stream(request, page, ctx.csrf_for(request[CLIENT]), lambda: authed(request, ctx))
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

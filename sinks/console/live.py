@@ -183,8 +183,11 @@ class Hub:
 
     # -- the stream --------------------------------------------------------------------------
 
-    async def stream(self, request: web.Request, page: str, csrf: str) -> web.StreamResponse:
-        """GET /events: an SSE stream of changes for `page`, until the page goes away."""
+    async def stream(
+        self, request: web.Request, page: str, csrf: str, allowed: Callable[[], bool] = lambda: True
+    ) -> web.StreamResponse:
+        """GET /events: an SSE stream of changes for `page`, until the page goes away or is no
+        longer `allowed` (its session logged out or too old: looked at every PING at most)."""
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -206,6 +209,8 @@ class Hub:
                     chunk = await asyncio.wait_for(subscriber.queue.get(), PING)
                 except TimeoutError:
                     chunk = b": ping\n\n"
+                if not allowed():
+                    return response
                 await response.write(chunk)
         except ConnectionResetError:  # the page was closed
             return response
