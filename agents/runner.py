@@ -327,7 +327,7 @@ class AgentRunner:
                     host=self.host,
                     agent=self.agent,
                     ts=ts,
-                    interval=period or interval,
+                    interval=min(period or interval, interval),  # 86400.0000000005 is past the wire's bound
                     samples=collection.samples,
                 )
                 await self.publisher.publish(subjects.metrics(self.host, self.agent), batch)

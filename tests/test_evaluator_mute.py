@@ -50,6 +50,12 @@ def test_a_silence_regex_that_backtracks_forever_in_python_is_matched_at_once() 
         ("host=~(?=web)web01", "invalid regex '(?=web)web01': invalid perl operator: (?="),
         ("host=~(web)\\1", "invalid regex '(web)\\\\1': invalid escape sequence: \\1"),
         ("host=~web[", "invalid regex 'web[': missing ]: ["),
+        (
+            "host=~[ab]*a[ab]{400}c",
+            "invalid regex '[ab]*a[ab]{400}c': too complex (RE2 program size 407, at most 300); "
+            "split it into several silences",
+        ),
+        ("host=~" + "a" * 1025, f"invalid regex {'a' * 40!r}...: longer than 1024 characters"),
     ],
 )
 def test_a_regex_outside_prometheus_syntax_is_refused_with_what_is_wrong(matcher: str, problem: str) -> None:

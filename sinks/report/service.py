@@ -338,7 +338,8 @@ class ReportSink:
         assert store is not None
         self._full.clear()
         if self._taken == 0:
-            return True
+            async with self._store_lock:  # a write under way (or retried) ends first
+                return True
         backoff = Backoff(0.2, RETRY_CAP)
         async with self._store_lock:
             # taken under the lock: a prune's `forget` must see this window's series still holding
