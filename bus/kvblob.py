@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import hashlib
 import re
 import time
@@ -12,6 +12,7 @@ from typing import Annotated
 import msgspec
 import nats.errors
 import nats.js.errors
+from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -24,6 +25,7 @@ CHUNK_SIZE = 512 * 1024
 # others (the bucket keeps a few revisions of each key: ten writers' slots would keep ten bases).
 WRITERS = 10
 _SLOT = re.compile(r"[0-9]*[ab]")
+PURGE_TIMEOUT = 10.0
 
 
 class StoreError(RuntimeError):
@@ -55,7 +57,7 @@ async def claim_writer(kv: KeyValue, name: str) -> int:
                 continue
             return 0
         text = (entry.value or b"").decode(errors="replace")
-        number = (int(text) + 1) % WRITERS if text.isdigit() else 0
+        number = (int(text) + 1) % WRITERS if text.isascii() and text.isdigit() else 0
         try:
             await kv.update(key, str(number).encode(), last=entry.revision)
         except KeyWrongLastSequenceError:
@@ -63,24 +65,41 @@ async def claim_writer(kv: KeyValue, name: str) -> int:
         return number
 
 
-async def purge_others(kv: KeyValue, name: str, writer: int) -> None:
-    """Purge the chunks of `name` that are not in `writer`'s slots (best effort: what is left is
-    only space, purged by a later writer)."""
+async def purge_others(kv: KeyValue, name: str, writer: int) -> bool:
+    """Purge the chunks of `name` outside `writer`'s slots, each up to the revision listed: a key
+    written again after the listing keeps what was written (a stale writer's purge leaves its
+    successor's chunks). True once done; best effort, what is left is only space."""
     mine = {f"{writer}a", f"{writer}b"}
-    keys: list[str] = []
-    with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError):
-        watcher = await kv.watch(f"{name}.*.*", ignore_deletes=True, meta_only=True)
-        try:
-            async for entry in watcher:
-                if entry is None:  # the values stored when the watch began: all of them seen
-                    break
-                slot, _, index = entry.key[len(name) + 1 :].partition(".")
-                if slot not in mine and _SLOT.fullmatch(slot) and index.isdigit():
-                    keys.append(entry.key)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        for key in keys:
-            await kv.purge(key)
+    # nats-py has no purge up to a revision on its KeyValue: its stream and subject prefix are
+    # private, but JetStream's purge request with a filter and a sequence is the exact tool
+    js: JetStreamContext = kv._js
+    stream: str = kv._stream
+    prefix: str = kv._pre
+    listed: list[tuple[str, int]] = []
+    try:
+        async with asyncio.timeout(PURGE_TIMEOUT):
+            watcher = await kv.watch(f"{name}.*.*", ignore_deletes=True, meta_only=True)
+            try:
+                async for entry in watcher:
+                    if entry is None:  # the values stored when the watch began: all of them seen
+                        break
+                    slot, _, index = entry.key[len(name) + 1 :].partition(".")
+                    if slot not in mine and _SLOT.fullmatch(slot) and index.isdigit():
+                        listed.append((entry.key, entry.revision or 0))
+            finally:
+                await watcher.stop()  # type: ignore[no-untyped-call]
+            # after the listing: still the latest writer, its value the one stored? A writer that
+            # claims after this writes its chunks after the listing, and the purge stops short of
+            # them; one that claimed before makes this writer stale, and it purges nothing
+            claimed = await kv.get(f"{name}.writer")
+            stored = decode_manifest(name, (await kv.get(name)).value)
+            if claimed.value != str(writer).encode() or stored is None or stored.slot not in mine:
+                return False
+            for key, revision in listed:
+                await js.purge_stream(stream, subject=prefix + key, seq=revision + 1)
+    except (nats.errors.Error, nats.js.errors.Error, TimeoutError, OSError, StoreError):
+        return False
+    return True
 
 
 def next_slot(writer: int, manifest: Manifest | None) -> str:
@@ -129,7 +148,8 @@ class BlobStore:
         self.kv = kv
         self.chunk_size = chunk_size
         self._manifests: dict[str, Manifest] = {}
-        self._writers: dict[str, int] = {}  # this writer's number, per value (purged the others')
+        self._writers: dict[str, int] = {}  # this writer's number, per value
+        self._purged: set[str] = set()  # values whose other writers' chunks are purged
 
     async def _manifest(self, name: str) -> Manifest | None:
         try:
@@ -142,7 +162,6 @@ class BlobStore:
         """Store `data` under `name`, replacing the previous value only once all of it is written."""
         previous = self._manifests.get(name) or await self._manifest(name)
         writer = self._writers.get(name)
-        first = writer is None
         if writer is None:
             writer = self._writers[name] = await claim_writer(self.kv, name)
         slot = next_slot(writer, previous)
@@ -157,10 +176,14 @@ class BlobStore:
             sha256=hashlib.sha256(data).hexdigest(),
             written_at=time.time(),
         )
-        await self.kv.put(name, msgspec.json.encode(manifest))
+        try:
+            await self.kv.put(name, msgspec.json.encode(manifest))
+        except BaseException:  # it may have landed: the next put reads what is stored
+            self._manifests.pop(name, None)
+            raise
         self._manifests[name] = manifest
-        if first:
-            await purge_others(self.kv, name, writer)
+        if name not in self._purged and await purge_others(self.kv, name, writer):
+            self._purged.add(name)
 
     async def get(self, name: str) -> bytes | None:
         """The value stored under `name`, None if there is none; StoreError if it is damaged."""

@@ -223,6 +223,7 @@ class StateStore:
         self._revision = 0
         self._writer: int | None = None  # this writer's number, claimed at its first base
         self._writing: Manifest | None = None  # the manifest last sent (its reply may be lost)
+        self._purged = False  # the chunks of the writers before this one's
         self.broken: str | None = None  # why the journal last loaded ended early, if it did
 
     # --- bases --------------------------------------------------------------------------------
@@ -300,7 +301,6 @@ class StateStore:
             if stored is None or stored != self._manifest:
                 raise StaleWriter("another evaluator wrote the saved state meanwhile")
             self._revision = revision  # a write of ours whose reply was lost
-        first = self._writer is None
         if self._writer is None:
             self._writer = await claim_writer(self.blobs.kv, self.snapshot_key)
         slot = next_slot(self._writer, self._manifest)
@@ -321,8 +321,8 @@ class StateStore:
                 raise StaleWriter("another evaluator wrote the saved state meanwhile") from None
             self._revision = revision
         self._manifest = manifest
-        if first:  # the bases of the writers before are no one's now
-            await purge_others(self.blobs.kv, self.snapshot_key, self._writer)
+        if not self._purged:  # the bases of the writers before are no one's now
+            self._purged = await purge_others(self.blobs.kv, self.snapshot_key, self._writer)
 
     async def _stored_manifest(self) -> tuple[bytes | None, int]:
         """The base's manifest as stored (None: there is none) and its revision."""
@@ -338,7 +338,7 @@ class StateStore:
         """The base alone (without the journal after it)."""
         value, self._revision = await self._stored_manifest()
         self._manifest = manifest = decode_manifest(self.snapshot_key, value)
-        self._writer = None  # whoever loads writes next, under a number of its own
+        self._writer, self._purged = None, False  # whoever loads writes next, under a number of its own
         if manifest is None:
             return None
         data = await read_chunks(self.blobs.kv, self.snapshot_key, manifest)

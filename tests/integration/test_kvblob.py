@@ -57,3 +57,36 @@ async def test_a_stale_writers_late_chunks_leave_its_successors_value_whole(bus:
     with pytest.raises(ConnectionError):
         await late
     assert await BlobStore(kv).get("active") == value
+
+
+class _SlowToPurge:
+    """A bucket whose writer stalls as it lists the chunks to purge (paused past its lease)."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+        self.resume = asyncio.Event()
+        self.listing = asyncio.Event()
+
+    async def watch(self, *args: Any, **kwargs: Any) -> Any:
+        self.listing.set()
+        await self.resume.wait()
+        return await self.kv.watch(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kv, name)
+
+
+async def test_a_stale_writers_late_purge_leaves_its_successors_chunks(bus: Bus) -> None:
+    js = bus.nc.jetstream()
+    name = f"{bus.subjects.prefix}_purge"
+    await ensure_bucket(js, name, "kvblob test")
+    kv = await js.key_value(name)
+    slow = _SlowToPurge(kv)
+    stale = BlobStore(cast("KeyValue", slow), chunk_size=1024)
+    first = asyncio.create_task(stale.put("active", os.urandom(3000)))  # stored, then it stalls
+    await asyncio.wait_for(slow.listing.wait(), 10)
+    value = os.urandom(6000)
+    await BlobStore(kv, chunk_size=1024).put("active", value)  # the successor purges the stale one's
+    slow.resume.set()
+    await first  # its purge comes late: it is no longer the latest writer, and purges nothing
+    assert await BlobStore(kv).get("active") == value
