@@ -23,7 +23,7 @@ from agents.runner import Check, Collection
 from bus import vocabulary as vocab
 from bus.connection import Bus, BusConfigError, BusUnavailableError, connect
 from bus.events import HealthEvent, MetricBatch, Status
-from bus.records import MAX_COMMENT, too_broad
+from bus.records import MAX_COMMENT, too_broad, too_costly
 from bus.redact import redact_text
 from bus.units import Duration
 from bus.vocabulary import COLLECTOR_TARGET
@@ -343,6 +343,8 @@ def _parse_time(text: str, option: str) -> float:
 def build_silence(args: argparse.Namespace, now: float) -> Silence:
     """The silence `silence add` asked for; ValueError with one clear line for bad input."""
     matchers = [parse_matcher(text) for text in args.matchers]
+    if (costly := too_costly(matchers)) is not None:
+        raise ValueError(f"matchers: {costly}")
     if (broad := too_broad(matchers)) is not None:
         raise ValueError(f"matchers: {broad}; name a host, a rule or another label with a value")
     starts_at = _parse_time(args.start, "--start") if args.start else now

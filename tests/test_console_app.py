@@ -207,6 +207,7 @@ async def test_a_silence_made_on_the_page_is_stored_as_the_cli_does(
         ("host=a", "soon", "x", "for:"),
         ("host=a", "1h", "", "comment"),
         ("host=~.*", "1h", "x", "would mute nearly every alert"),
+        ("host=~[ab]*a[ab]{400}c", "1h", "x", "too complex (RE2 program size 407, at most 300)"),
         ("nosuchlabel=", "1h", "x", "would mute nearly every alert"),
         ("rule!=disk\nhost=~web.*|", "1h", "x", "would mute nearly every alert"),
     ],

@@ -28,6 +28,7 @@ from bus.records import (
     parse_matcher,
     silence_state,
     too_broad,
+    too_costly,
     valid_key_token,
 )
 from bus.units import Duration
@@ -141,7 +142,7 @@ def same_secret(given: str, secret: str) -> bool:
     """A comparison in constant time that any text from outside may go through (non-ASCII, an
     undecodable byte that aiohttp kept as a surrogate): False, never an exception."""
     return hmac.compare_digest(
-        given.encode("utf-8", "surrogateescape"), secret.encode("utf-8", "surrogateescape")
+        given.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass")
     )
 
 
@@ -489,6 +490,8 @@ def build_silence(form: MultiDictProxy[Any], now: float) -> tuple[Silence | None
         matchers = [parse_matcher(line) for line in lines]
     except ValueError as exc:
         return None, fields, f"matchers: {exc}"
+    if (costly := too_costly(matchers)) is not None:
+        return None, fields, f"matchers: {costly}"
     if (broad := too_broad(matchers)) is not None:
         return None, fields, f"matchers: {broad}; name a host, a rule or another label with a value"
     try:

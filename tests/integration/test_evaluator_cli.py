@@ -88,6 +88,7 @@ async def test_silence_add_list_expire(config_file: Path, capsys: pytest.Capture
         (["host=web01", "--until", "yesterday"], "--until: 'yesterday' is not an ISO time"),
         (["host=web01", "--until", "2001-01-01T00:00"], "would end before it starts or in the past"),
         (["host=~.*", "--for", "30d"], "would mute nearly every alert"),
+        (["host=~[ab]*a[ab]{400}c", "--for", "1h"], "split it into several silences"),
         (["rule!=disk", "--for", "1h"], "would mute nearly every alert"),
     ],
 )
