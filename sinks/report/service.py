@@ -139,6 +139,7 @@ class ReportSink:
         self._full = asyncio.Event()  # the window holds batch_size messages (or the sink stops)
         self._writable = asyncio.Event()  # cleared while a write fails
         self._writable.set()
+        self._writing: asyncio.Future[None] | None = None  # the store's latest write, in its thread
         # per family, when a pull last found the consumer with nothing more to deliver
         self._caught_up: dict[str, float] = {}
         self._pulled = asyncio.Event()
@@ -219,6 +220,10 @@ class ReportSink:
             for feed in self._feeds.values():
                 await feed.close()
             async with self._store_lock:  # no write may still be running in its thread
+                if self._writing is not None:  # one its cancelled commit left running
+                    await asyncio.wait([self._writing])
+                    if not self._writing.cancelled():
+                        self._writing.exception()  # told by the commit's retry, or lost with the stop
                 self.store.close()
             self.store = None
 
@@ -348,7 +353,9 @@ class ReportSink:
             letters, self._letters, self._taken = self._letters, [], 0
             while True:  # at least once, even when stopping
                 try:
-                    await asyncio.to_thread(store.write, window, positions)
+                    # shielded: a stop that cancels this task waits for the write (see run)
+                    self._writing = asyncio.ensure_future(asyncio.to_thread(store.write, window, positions))
+                    await asyncio.shield(self._writing)
                     break
                 except Exception as exc:  # disk full, locked (or a bug): keep the window, retry
                     self.stats.store_errors += 1
