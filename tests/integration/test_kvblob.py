@@ -39,11 +39,15 @@ class _Stalled:
         return getattr(self.kv, name)
 
 
-async def test_a_stale_writers_late_chunks_leave_its_successors_value_whole(bus: Bus) -> None:
+@pytest.fixture
+async def kv(bus: Bus) -> KeyValue:
     js = bus.nc.jetstream()
     name = f"{bus.subjects.prefix}_blobs"
     await ensure_bucket(js, name, "kvblob test")
-    kv = await js.key_value(name)
+    return await js.key_value(name)
+
+
+async def test_a_stale_writers_late_chunks_leave_its_successors_value_whole(kv: KeyValue) -> None:
     stalled = _Stalled(kv)
     stale = BlobStore(cast("KeyValue", stalled), chunk_size=1024)
     await stale.put("active", b"first")
@@ -76,11 +80,7 @@ class _SlowToPurge:
         return getattr(self.kv, name)
 
 
-async def test_a_stale_writers_late_purge_leaves_its_successors_chunks(bus: Bus) -> None:
-    js = bus.nc.jetstream()
-    name = f"{bus.subjects.prefix}_purge"
-    await ensure_bucket(js, name, "kvblob test")
-    kv = await js.key_value(name)
+async def test_a_stale_writers_late_purge_leaves_its_successors_chunks(kv: KeyValue) -> None:
     slow = _SlowToPurge(kv)
     stale = BlobStore(cast("KeyValue", slow), chunk_size=1024)
     first = asyncio.create_task(stale.put("active", os.urandom(3000)))  # stored, then it stalls
