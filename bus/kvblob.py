@@ -26,6 +26,9 @@ CHUNK_SIZE = 512 * 1024
 WRITERS = 10
 _SLOT = re.compile(r"[0-9]*[ab]")
 PURGE_TIMEOUT = 10.0
+# A purge is tried after this many writes at most (a server whose permissions predate it refuses
+# it each time: space, not safety, is what is lost).
+PURGE_TRIES = 3
 
 
 class StoreError(RuntimeError):
@@ -149,7 +152,7 @@ class BlobStore:
         self.chunk_size = chunk_size
         self._manifests: dict[str, Manifest] = {}
         self._writers: dict[str, int] = {}  # this writer's number, per value
-        self._purged: set[str] = set()  # values whose other writers' chunks are purged
+        self._purges_left: dict[str, int] = {}  # tries left to purge the other writers' chunks
 
     async def _manifest(self, name: str) -> Manifest | None:
         try:
@@ -182,8 +185,9 @@ class BlobStore:
             self._manifests.pop(name, None)
             raise
         self._manifests[name] = manifest
-        if name not in self._purged and await purge_others(self.kv, name, writer):
-            self._purged.add(name)
+        left = self._purges_left.get(name, PURGE_TRIES)
+        if left:
+            self._purges_left[name] = 0 if await purge_others(self.kv, name, writer) else left - 1
 
     async def get(self, name: str) -> bytes | None:
         """The value stored under `name`, None if there is none; StoreError if it is damaged."""

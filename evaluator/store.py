@@ -42,10 +42,10 @@ from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket
 
 # The records shared with the command line and the console live in bus/ (re-exported here).
 from bus.kvblob import CHUNK_SIZE as CHUNK_SIZE
+from bus.kvblob import PURGE_TRIES, claim_writer, decode_manifest, next_slot, purge_others, read_chunks
 from bus.kvblob import BlobStore as BlobStore
 from bus.kvblob import Manifest as Manifest
 from bus.kvblob import StoreError as StoreError
-from bus.kvblob import claim_writer, decode_manifest, next_slot, purge_others, read_chunks
 from bus.records import ACK_PREFIX as ACK_PREFIX
 from bus.records import ACTIVE_KEY as ACTIVE_KEY
 from bus.records import SILENCE_PREFIX as SILENCE_PREFIX
@@ -223,7 +223,7 @@ class StateStore:
         self._revision = 0
         self._writer: int | None = None  # this writer's number, claimed at its first base
         self._writing: Manifest | None = None  # the manifest last sent (its reply may be lost)
-        self._purged = False  # the chunks of the writers before this one's
+        self._purges_left = PURGE_TRIES  # to purge the chunks of the writers before this one
         self.broken: str | None = None  # why the journal last loaded ended early, if it did
 
     # --- bases --------------------------------------------------------------------------------
@@ -321,8 +321,9 @@ class StateStore:
                 raise StaleWriter("another evaluator wrote the saved state meanwhile") from None
             self._revision = revision
         self._manifest = manifest
-        if not self._purged:  # the bases of the writers before are no one's now
-            self._purged = await purge_others(self.blobs.kv, self.snapshot_key, self._writer)
+        if self._purges_left:  # the bases of the writers before are no one's now
+            done = await purge_others(self.blobs.kv, self.snapshot_key, self._writer)
+            self._purges_left = 0 if done else self._purges_left - 1
 
     async def _stored_manifest(self) -> tuple[bytes | None, int]:
         """The base's manifest as stored (None: there is none) and its revision."""
@@ -338,7 +339,7 @@ class StateStore:
         """The base alone (without the journal after it)."""
         value, self._revision = await self._stored_manifest()
         self._manifest = manifest = decode_manifest(self.snapshot_key, value)
-        self._writer, self._purged = None, False  # whoever loads writes next, under a number of its own
+        self._writer, self._purges_left = None, PURGE_TRIES  # whoever loads writes next, a number of its own
         if manifest is None:
             return None
         data = await read_chunks(self.blobs.kv, self.snapshot_key, manifest)
