@@ -94,6 +94,26 @@ async def test_a_sink_started_after_the_run_time_writes_the_missing_report(tmp_p
     assert sink.stats.reports == 1  # present already: not written again
 
 
+async def test_a_report_written_with_streams_unread_says_so_and_is_written_again(tmp_path: Path) -> None:
+    """Past the wait for its backlog a report is written from what is there: it says which
+    streams were behind, and it is written again at the next run, not left so for good."""
+    now = [T0 + 86400 + 3600]
+    sink = _sink(tmp_path, now, weekly_on="never")
+    fill(sink.open(), synthetic_day())
+    await sink.catch_up(["metrics"])
+    folder = tmp_path / "reports" / "post-golive"
+    assert json.loads((folder / "2026-11-25.json").read_text())["unread"] == ["metrics"]
+    said = "Written before the sink had read metrics up to the end of the period"
+    assert said in (folder / "2026-11-25.md").read_text()
+    assert said in (folder / "2026-11-25.html").read_text()
+    now[0] += 86400  # the next daily run catches up on the runs before it
+    await sink.catch_up(before=now[0] - 3600)
+    assert json.loads((folder / "2026-11-25.json").read_text())["unread"] == []
+    assert sink.stats.reports == 2
+    await sink.catch_up()
+    assert sink.stats.reports == 3, "only the 26th, new to this run; the 25th is whole now"
+
+
 async def test_a_sink_down_for_days_writes_every_day_it_missed_not_only_the_last(tmp_path: Path) -> None:
     now = [T0 + 4 * 86400 + 3600]  # down from the 25th until the 29th, 01:00
     sink = _sink(tmp_path, now, weekly_on="never")

@@ -194,6 +194,9 @@ class Summary(_Out, frozen=True, kw_only=True):
 class Report(_Out, frozen=True, kw_only=True):
     v: int = REPORT_VERSION
     generated_at: float
+    # the streams the sink had not read up to the report's run when it wrote it (a backlog past
+    # sinks.report's wait): the report is written again at its next start or daily run
+    unread: list[str] = msgspec.field(default_factory=list)
     period: Period
     percentile_relative_error: float = RELATIVE_ERROR
     summary: Summary
@@ -706,7 +709,9 @@ def database_charts(inputs: Inputs) -> list[Chart]:
     ]
 
 
-def build_report(inputs: Inputs, config: ReportSinkConfig, period: Period, generated_at: float) -> Report:
+def build_report(
+    inputs: Inputs, config: ReportSinkConfig, period: Period, generated_at: float, unread: Sequence[str] = ()
+) -> Report:
     """Every section of the report from the stored rollups."""
     hosts = host_health(inputs, config)
     containers = container_health(inputs)
@@ -729,6 +734,7 @@ def build_report(inputs: Inputs, config: ReportSinkConfig, period: Period, gener
     )
     return Report(
         generated_at=generated_at,
+        unread=list(unread),
         period=period,
         summary=summary,
         hosts=hosts,

@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import jinja2
@@ -159,10 +160,12 @@ def produce(
     last_day: dt.date,
     out_dir: Path,
     now: float,
+    unread: Sequence[str] = (),
 ) -> tuple[Report, list[Path]]:
-    """Build the report of the day (or the week ending with) `last_day` and write its files."""
+    """Build the report of the day (or the week ending with) `last_day` and write its files;
+    `unread`: the streams not read up to its run (said in it, and it is written again)."""
     period = make_period(kind, last_day, config.timezone, config.zone)
-    report = build_report(load_inputs(store, period, config), config, period, now)
+    report = build_report(load_inputs(store, period, config), config, period, now, unread)
     return report, write_report(report, out_dir, config.zone)
 
 

@@ -15,7 +15,7 @@ import math
 import socket
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -376,31 +376,31 @@ class ReportSink:
     # -- reports -------------------------------------------------------------------------------
 
     async def _schedule(self) -> None:
-        await self._read_up_to(self.clock())
-        try:
-            await self.catch_up()
-        except (OSError, sqlite3.Error) as exc:
-            log.error("report sink: cannot look for missed reports: %s", exc)
+        unread = await self._read_up_to(self.clock())
+        await self._catch_up_logged(unread)
         while not self._stopped.is_set():
             due = next_daily_run(self.clock(), self.config)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), max(0.0, due - self.clock()))
                 return
-            await self._read_up_to(due)
-            await self.daily(due)
+            unread = await self._read_up_to(due)
+            await self._catch_up_logged(unread, before=due)  # what an earlier run wrote unread
+            await self.daily(due, unread)
 
-    async def _read_up_to(self, since: float) -> None:
+    async def _read_up_to(self, since: float) -> list[str]:
         """Wait until every stream was read up to what it held at `since`, then write the window:
         a report written while the backlog or the window still held part of its period would stand
-        as the period's for good. At most SETTLE_LIMIT, then a warning."""
+        as the period's for good. At most SETTLE_LIMIT, then a warning; the streams still behind."""
         limit = asyncio.get_running_loop().time() + SETTLE_LIMIT
+        behind: list[str] = []
         while not self._stopped.is_set():
             behind = [family for family in FAMILIES if self._caught_up.get(family, -math.inf) < since]
             if not behind:
                 break
             if asyncio.get_running_loop().time() >= limit:
                 log.warning(
-                    "report sink: writing reports before %s was read up to its run, after %.0f s",
+                    "report sink: writing reports before %s was read up to its run, after %.0f s;"
+                    " they are written again at the next run",
                     ", ".join(behind),
                     SETTLE_LIMIT,
                 )
@@ -410,10 +410,18 @@ class ReportSink:
                 await asyncio.wait_for(self._pulled.wait(), 1.0)
         if not self._stopped.is_set():  # else `run` writes the last window
             await self.commit()
+        return behind
 
-    async def catch_up(self) -> None:
-        """After a start: write what the runs of the last CATCH_UP_DAYS would have, where it is
-        missing or was written before its period ended (`jarvis-monitor report` during the day).
+    async def _catch_up_logged(self, unread: Sequence[str], before: float = math.inf) -> None:
+        try:
+            await self.catch_up(unread, before=before)
+        except (OSError, sqlite3.Error) as exc:
+            log.error("report sink: cannot look for missed reports: %s", exc)
+
+    async def catch_up(self, unread: Sequence[str] = (), *, before: float = math.inf) -> None:
+        """Write what the runs of the last CATCH_UP_DAYS (before `before`) would have, where it is
+        missing, was written before its period ended (`jarvis-monitor report` during the day), or
+        before the sink had read its streams up to the run (`unread` in it).
 
         Only for periods the store has data from, so a fresh install writes no empty report.
         """
@@ -425,27 +433,31 @@ class ReportSink:
         if first is None:
             return
         for run in runs_since(now - CATCH_UP_DAYS * 86400, now, self.config):
+            if run >= before:
+                continue
             for kind, day in reports_due(run, self.config):
                 period = make_period(kind, day, self.config.timezone, self.config.zone)
                 if first < period.end and not self._written_whole(period.label, period.end):
-                    await self.write(kind, day)
+                    await self.write(kind, day, unread)
 
     def _written_whole(self, label: str, end: float) -> bool:
-        """Is the report `label` written, from after its period ended?"""
+        """Is the report `label` written, from after its period ended and its streams were read?"""
         try:
             written = msgspec.json.decode((self.out_dir / REPORTS_DIR / f"{label}.json").read_bytes())
         except (OSError, msgspec.DecodeError):
             return False
-        generated = written.get("generated_at") if isinstance(written, dict) else None
+        if not isinstance(written, dict) or written.get("unread"):
+            return False
+        generated = written.get("generated_at")
         return isinstance(generated, int | float) and generated >= end
 
-    async def daily(self, at: float) -> None:
+    async def daily(self, at: float, unread: Sequence[str] = ()) -> None:
         """The run at `at`: reports of the day (and week) that just ended, then retention."""
         for kind, day in reports_due(at, self.config):
-            await self.write(kind, day)
+            await self.write(kind, day, unread)
         await self.retain(at)
 
-    async def write(self, kind: PeriodKind, day: dt.date) -> list[Path]:
+    async def write(self, kind: PeriodKind, day: dt.date, unread: Sequence[str] = ()) -> list[Path]:
         """Write one report from a reader of its own, off the event loop; failures are logged.
         What came in so far is written first, so the report has the period up to its end."""
         if self.store is not None:
@@ -454,7 +466,7 @@ class ReportSink:
         def work() -> list[Path]:
             store = RollupStore(self.store_path, readonly=True)
             try:
-                return produce(store, self.config, kind, day, self.out_dir, self.clock())[1]
+                return produce(store, self.config, kind, day, self.out_dir, self.clock(), unread)[1]
             finally:
                 store.close()
 
