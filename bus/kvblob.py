@@ -7,13 +7,13 @@ import hashlib
 import re
 import time
 import zlib
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 # Below the server's default 1 MB max payload, with room for the headers.
@@ -46,7 +46,14 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     written_at: float
 
 
-async def claim_writer(kv: KeyValue, name: str) -> int:
+class Claim(NamedTuple):
+    """A writer's number, and the revision of the bucket at which it claimed it."""
+
+    writer: int
+    revision: int
+
+
+async def claim_writer(kv: KeyValue, name: str) -> Claim:
     """A writer number for the value `name`, the next of its counter: no other writer, a stale one
     among them, holds it until WRITERS later claims."""
     key = f"{name}.writer"
@@ -55,24 +62,23 @@ async def claim_writer(kv: KeyValue, name: str) -> int:
             entry = await kv.get(key)
         except KeyNotFoundError:  # never claimed (or deleted by hand)
             try:
-                await kv.create(key, b"0")
+                return Claim(0, await kv.create(key, b"0"))
             except KeyWrongLastSequenceError:  # another writer claimed it first
                 continue
-            return 0
         text = (entry.value or b"").decode(errors="replace")
         number = (int(text) + 1) % WRITERS if text.isascii() and text.isdigit() else 0
         try:
-            await kv.update(key, str(number).encode(), last=entry.revision)
+            return Claim(number, await kv.update(key, str(number).encode(), last=entry.revision))
         except KeyWrongLastSequenceError:
             continue
-        return number
 
 
-async def purge_others(kv: KeyValue, name: str, writer: int) -> bool:
-    """Purge the chunks of `name` outside `writer`'s slots, each up to the revision listed: a key
-    written again after the listing keeps what was written (a stale writer's purge leaves its
-    successor's chunks). True once done; best effort, what is left is only space."""
-    mine = {f"{writer}a", f"{writer}b"}
+async def purge_others(kv: KeyValue, name: str, claim: Claim) -> bool:
+    """Purge the chunks of `name` outside the claiming writer's slots that were written before its
+    claim: every writer after it claims later and writes later, so nothing it wrote is touched,
+    whatever a lagging replica answers (a stale writer's purge leaves its successor's chunks).
+    True once done; best effort, what is left is only space."""
+    mine = {f"{claim.writer}a", f"{claim.writer}b"}
     # nats-py has no purge up to a revision on its KeyValue: its stream and subject prefix are
     # private, but JetStream's purge request with a filter and a sequence is the exact tool
     js: JetStreamContext = kv._js
@@ -87,16 +93,21 @@ async def purge_others(kv: KeyValue, name: str, writer: int) -> bool:
                     if entry is None:  # the values stored when the watch began: all of them seen
                         break
                     slot, _, index = entry.key[len(name) + 1 :].partition(".")
-                    if slot not in mine and _SLOT.fullmatch(slot) and index.isdigit():
-                        listed.append((entry.key, entry.revision or 0))
+                    revision = entry.revision or 0
+                    if (
+                        slot not in mine
+                        and _SLOT.fullmatch(slot)
+                        and index.isdigit()
+                        and revision < claim.revision
+                    ):
+                        listed.append((entry.key, revision))
             finally:
                 await watcher.stop()  # type: ignore[no-untyped-call]
-            # after the listing: still the latest writer, its value the one stored? A writer that
-            # claims after this writes its chunks after the listing, and the purge stops short of
-            # them; one that claimed before makes this writer stale, and it purges nothing
+            # and while it is still the latest writer, its value the one stored: a stale one
+            # purges nothing (its successor purges for it)
             claimed = await kv.get(f"{name}.writer")
             stored = decode_manifest(name, (await kv.get(name)).value)
-            if claimed.value != str(writer).encode() or stored is None or stored.slot not in mine:
+            if claimed.revision != claim.revision or stored is None or stored.slot not in mine:
                 return False
             for key, revision in listed:
                 await js.purge_stream(stream, subject=prefix + key, seq=revision + 1)
@@ -151,23 +162,32 @@ class BlobStore:
         self.kv = kv
         self.chunk_size = chunk_size
         self._manifests: dict[str, Manifest] = {}
-        self._writers: dict[str, int] = {}  # this writer's number, per value
+        # what this writer stored of each value: its manifest and revision (None: read it again)
+        self._written: dict[str, tuple[Manifest | None, int]] = {}
+        self._claims: dict[str, Claim] = {}  # this writer's number, per value
         self._purges_left: dict[str, int] = {}  # tries left to purge the other writers' chunks
 
     async def _manifest(self, name: str) -> Manifest | None:
+        return (await self._stored(name))[0]
+
+    async def _stored(self, name: str) -> tuple[Manifest | None, int]:
+        """The manifest stored under `name` and its revision (0: never written)."""
         try:
             entry = await self.kv.get(name)
+        except KeyDeletedError as exc:
+            return None, (exc.entry.revision if exc.entry is not None else 0) or 0
         except KeyNotFoundError:
-            return None
-        return decode_manifest(name, entry.value)
+            return None, 0
+        return decode_manifest(name, entry.value), entry.revision or 0
 
     async def put(self, name: str, data: bytes) -> None:
-        """Store `data` under `name`, replacing the previous value only once all of it is written."""
-        previous = self._manifests.get(name) or await self._manifest(name)
-        writer = self._writers.get(name)
-        if writer is None:
-            writer = self._writers[name] = await claim_writer(self.kv, name)
-        slot = next_slot(writer, previous)
+        """Store `data` under `name`, replacing the previous value only once all of it is written;
+        a nats error if another writer stored it meanwhile (the next put goes over that)."""
+        previous, revision = self._written.get(name) or await self._stored(name)
+        claim = self._claims.get(name)
+        if claim is None:
+            claim = self._claims[name] = await claim_writer(self.kv, name)
+        slot = next_slot(claim.writer, previous)
         packed = zlib.compress(data, 1)
         chunks = [packed[i : i + self.chunk_size] for i in range(0, len(packed), self.chunk_size)] or [b""]
         for index, chunk in enumerate(chunks):
@@ -179,15 +199,20 @@ class BlobStore:
             sha256=hashlib.sha256(data).hexdigest(),
             written_at=time.time(),
         )
-        try:
-            await self.kv.put(name, msgspec.json.encode(manifest))
-        except BaseException:  # it may have landed: the next put reads what is stored
-            self._manifests.pop(name, None)
+        encoded = msgspec.json.encode(manifest)
+        try:  # over the revision it knows: a stale writer's late manifest cannot land
+            if revision:
+                revision = await self.kv.update(name, encoded, last=revision)
+            else:
+                revision = await self.kv.create(name, encoded)
+        except BaseException:  # it may have landed, or another's did: the next put reads it
+            self._written.pop(name, None)
             raise
+        self._written[name] = (manifest, revision)
         self._manifests[name] = manifest
         left = self._purges_left.get(name, PURGE_TRIES)
         if left:
-            self._purges_left[name] = 0 if await purge_others(self.kv, name, writer) else left - 1
+            self._purges_left[name] = 0 if await purge_others(self.kv, name, claim) else left - 1
 
     async def get(self, name: str) -> bytes | None:
         """The value stored under `name`, None if there is none; StoreError if it is damaged."""

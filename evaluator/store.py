@@ -42,7 +42,7 @@ from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket
 
 # The records shared with the command line and the console live in bus/ (re-exported here).
 from bus.kvblob import CHUNK_SIZE as CHUNK_SIZE
-from bus.kvblob import PURGE_TRIES, claim_writer, decode_manifest, next_slot, purge_others, read_chunks
+from bus.kvblob import PURGE_TRIES, Claim, claim_writer, decode_manifest, next_slot, purge_others, read_chunks
 from bus.kvblob import BlobStore as BlobStore
 from bus.kvblob import Manifest as Manifest
 from bus.kvblob import StoreError as StoreError
@@ -221,7 +221,7 @@ class StateStore:
         # the base's manifest and its revision as this store last read or wrote them
         self._manifest: Manifest | None = None
         self._revision = 0
-        self._writer: int | None = None  # this writer's number, claimed at its first base
+        self._claim: Claim | None = None  # this writer's number, claimed at its first base
         self._writing: Manifest | None = None  # the manifest last sent (its reply may be lost)
         self._purges_left = PURGE_TRIES  # to purge the chunks of the writers before this one
         self.broken: str | None = None  # why the journal last loaded ended early, if it did
@@ -301,9 +301,9 @@ class StateStore:
             if stored is None or stored != self._manifest:
                 raise StaleWriter("another evaluator wrote the saved state meanwhile")
             self._revision = revision  # a write of ours whose reply was lost
-        if self._writer is None:
-            self._writer = await claim_writer(self.blobs.kv, self.snapshot_key)
-        slot = next_slot(self._writer, self._manifest)
+        if self._claim is None:
+            self._claim = await claim_writer(self.blobs.kv, self.snapshot_key)
+        slot = next_slot(self._claim.writer, self._manifest)
         size = self.chunk_size
         chunks = range(0, len(packed), size)
         for index, at in enumerate(chunks):
@@ -322,7 +322,7 @@ class StateStore:
             self._revision = revision
         self._manifest = manifest
         if self._purges_left:  # the bases of the writers before are no one's now
-            done = await purge_others(self.blobs.kv, self.snapshot_key, self._writer)
+            done = await purge_others(self.blobs.kv, self.snapshot_key, self._claim)
             self._purges_left = 0 if done else self._purges_left - 1
 
     async def _stored_manifest(self) -> tuple[bytes | None, int]:
@@ -339,7 +339,7 @@ class StateStore:
         """The base alone (without the journal after it)."""
         value, self._revision = await self._stored_manifest()
         self._manifest = manifest = decode_manifest(self.snapshot_key, value)
-        self._writer, self._purges_left = None, PURGE_TRIES  # whoever loads writes next, a number of its own
+        self._claim, self._purges_left = None, PURGE_TRIES  # whoever loads writes next, a number of its own
         if manifest is None:
             return None
         data = await read_chunks(self.blobs.kv, self.snapshot_key, manifest)
