@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import sqlite3
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -304,3 +305,27 @@ async def test_a_window_committed_while_the_retention_prunes_keeps_a_series_back
     await retention
     (stored,) = store.metric_hours(now[0] - 3600, now[0] + 3600, ["disk.percent"])
     assert (stored.host, stored.labels, stored.count) == ("web01", {"mount": "/"}, 1)
+
+
+async def test_work_on_the_store_goes_on_when_its_caller_is_cancelled_and_the_stop_can_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    """A stop cancels the commit or the prune; the store must not be closed under its thread."""
+    sink = _sink(tmp_path, [T0])
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> int:
+        started.set()
+        release.wait(10)
+        return 42
+
+    caller = asyncio.create_task(sink._on_store(slow))
+    await asyncio.to_thread(started.wait, 10)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    work = sink._store_work
+    assert work is not None
+    assert not work.done()  # still running in its thread: what run's close waits for
+    release.set()
+    assert await work == 42

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
@@ -42,6 +43,7 @@ from sinks.report.render import REPORTS_DIR, produce, prune_reports
 from sinks.report.rollups import STORE_FILE, RollupStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What each stream's consumer accepts; anything else on it is counted as malformed.
 FAMILIES = intake.EXPECTED
@@ -139,7 +141,7 @@ class ReportSink:
         self._full = asyncio.Event()  # the window holds batch_size messages (or the sink stops)
         self._writable = asyncio.Event()  # cleared while a write fails
         self._writable.set()
-        self._writing: asyncio.Future[None] | None = None  # the store's latest write, in its thread
+        self._store_work: asyncio.Future[Any] | None = None  # the latest work on the store, in its thread
         # per family, when a pull last found the consumer with nothing more to deliver
         self._caught_up: dict[str, float] = {}
         self._pulled = asyncio.Event()
@@ -220,10 +222,11 @@ class ReportSink:
             for feed in self._feeds.values():
                 await feed.close()
             async with self._store_lock:  # no write may still be running in its thread
-                if self._writing is not None:  # one its cancelled commit left running
-                    await asyncio.wait([self._writing])
-                    if not self._writing.cancelled():
-                        self._writing.exception()  # told by the commit's retry, or lost with the stop
+                work = self._store_work
+                if work is not None:  # what a cancelled commit or prune left running
+                    await asyncio.wait([work])
+                    if not work.cancelled():
+                        work.exception()  # told by the commit's retry, or lost with the stop
                 self.store.close()
             self.store = None
 
@@ -353,9 +356,7 @@ class ReportSink:
             letters, self._letters, self._taken = self._letters, [], 0
             while True:  # at least once, even when stopping
                 try:
-                    # shielded: a stop that cancels this task waits for the write (see run)
-                    self._writing = asyncio.ensure_future(asyncio.to_thread(store.write, window, positions))
-                    await asyncio.shield(self._writing)
+                    await self._on_store(store.write, window, positions)
                     break
                 except Exception as exc:  # disk full, locked (or a bug): keep the window, retry
                     self.stats.store_errors += 1
@@ -484,6 +485,13 @@ class ReportSink:
         log.info("report sink: wrote %s", paths[-1])
         return paths
 
+    async def _on_store(self, work: Callable[..., T], *args: Any) -> T:
+        """`work` on the store in a thread, shielded: a stop that cancels the caller waits for it
+        before closing the store (see run)."""
+        self._store_work = future = asyncio.ensure_future(asyncio.to_thread(work, *args))
+        result: T = await asyncio.shield(future)
+        return result
+
     async def retain(self, now: float) -> None:
         """Prune rollups and delete old reports, as configured."""
         store = self.store
@@ -492,7 +500,7 @@ class ReportSink:
         try:
             before = now - self.config.rollup_retention.seconds
             async with self._store_lock:
-                await asyncio.to_thread(store.prune_rows, before)
+                await self._on_store(store.prune_rows, before)
                 store.forget(before)  # here: beside `add`, in the event loop
             keep_days = self.config.report_retention.seconds / 86400
             await asyncio.to_thread(prune_reports, self.out_dir, today, keep_days)
