@@ -116,6 +116,18 @@ async def purge_others(kv: KeyValue, name: str, claim: Claim) -> bool:
     return True
 
 
+async def stored_value(kv: KeyValue, key: str) -> tuple[bytes | None, int]:
+    """The value stored under `key` (None: none) and the revision a write must go over (that of
+    a delete marker too; 0: never written)."""
+    try:
+        entry = await kv.get(key)
+    except KeyDeletedError as exc:  # the next write goes over the delete marker
+        return None, (exc.entry.revision if exc.entry is not None else 0) or 0
+    except KeyNotFoundError:
+        return None, 0
+    return entry.value or None, entry.revision or 0
+
+
 def next_slot(writer: int, manifest: Manifest | None) -> str:
     """The slot of `writer`'s that `manifest` (the value stored now) does not name."""
     first = f"{writer}a"
@@ -172,13 +184,8 @@ class BlobStore:
 
     async def _stored(self, name: str) -> tuple[Manifest | None, int]:
         """The manifest stored under `name` and its revision (0: never written)."""
-        try:
-            entry = await self.kv.get(name)
-        except KeyDeletedError as exc:
-            return None, (exc.entry.revision if exc.entry is not None else 0) or 0
-        except KeyNotFoundError:
-            return None, 0
-        return decode_manifest(name, entry.value), entry.revision or 0
+        value, revision = await stored_value(self.kv, name)
+        return decode_manifest(name, value), revision
 
     async def put(self, name: str, data: bytes) -> None:
         """Store `data` under `name`, replacing the previous value only once all of it is written;

@@ -35,14 +35,23 @@ import msgspec
 import nats.errors
 import psutil
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from bus.jetstream import KV_BUCKETS, bucket_name, ensure_bucket
 
 # The records shared with the command line and the console live in bus/ (re-exported here).
 from bus.kvblob import CHUNK_SIZE as CHUNK_SIZE
-from bus.kvblob import PURGE_TRIES, Claim, claim_writer, decode_manifest, next_slot, purge_others, read_chunks
+from bus.kvblob import (
+    PURGE_TRIES,
+    Claim,
+    claim_writer,
+    decode_manifest,
+    next_slot,
+    purge_others,
+    read_chunks,
+    stored_value,
+)
 from bus.kvblob import BlobStore as BlobStore
 from bus.kvblob import Manifest as Manifest
 from bus.kvblob import StoreError as StoreError
@@ -327,13 +336,7 @@ class StateStore:
 
     async def _stored_manifest(self) -> tuple[bytes | None, int]:
         """The base's manifest as stored (None: there is none) and its revision."""
-        try:
-            entry = await self.blobs.kv.get(self.snapshot_key)
-        except KeyDeletedError as exc:  # the next write goes over the delete marker
-            return None, (exc.entry.revision if exc.entry is not None else 0) or 0
-        except KeyNotFoundError:
-            return None, 0
-        return entry.value or None, entry.revision or 0
+        return await stored_value(self.blobs.kv, self.snapshot_key)
 
     async def load(self) -> SavedState | None:
         """The base alone (without the journal after it)."""
