@@ -5,7 +5,9 @@ too big for max_payload is delivered in parts that each fit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -120,34 +122,47 @@ async def stop(service: EvaluatorService, task: asyncio.Task[None]) -> None:
     await asyncio.wait_for(task, TIMEOUT)
 
 
+@contextlib.asynccontextmanager
+async def reporting(bus: Bus, data_dir: Path, batch_size: int) -> AsyncIterator[ReportSink]:
+    """A report sink running beside the test, stopped and awaited on exit."""
+    report = ReportSink(ReportSinkConfig(batch_size=batch_size), bus, data_dir)
+    task = asyncio.create_task(report.run())
+    try:
+        yield report
+    finally:
+        report.stop()
+        await asyncio.wait_for(task, TIMEOUT)
+
+
+def stored(data_dir: Path) -> RollupStore:
+    return RollupStore(data_dir / STORE_FILE, readonly=True)
+
+
 async def test_poison_is_set_aside_and_the_next_breach_is_notified_before_and_after_a_restart(
     bus: Bus, tmp_path: Path
 ) -> None:
     await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
     notes = Notes()
     await notes.follow(bus)
-    report = ReportSink(ReportSinkConfig(batch_size=50), bus, tmp_path)
-    report_task = asyncio.create_task(report.run())
-    service = EvaluatorService(config(), bus)
-    task = await run(service)
-    try:
-        await poison(bus)
-        await bus.nc.jetstream().publish(bus.subjects.metrics("web01", "host"), encode(breach("web01")))
-        await wait_until(lambda: "web01" in notes.hosts(), TIMEOUT)
-        assert service.stats.undecodable == 2
-        assert service.rejections.by_reason["Expected `str` of length <= N - at `$.host`"] == 1
-        await stop(service, task)
-
-        service = EvaluatorService(config(), bus)  # restarted: the poison is not met again
+    async with reporting(bus, tmp_path, 50) as report:
+        service = EvaluatorService(config(), bus)
         task = await run(service)
-        await poison(bus)
-        await bus.nc.jetstream().publish(bus.subjects.metrics("web02", "host"), encode(breach("web02")))
-        await wait_until(lambda: "web02" in notes.hosts(), TIMEOUT)
-        await wait_until(lambda: report.stats.malformed == 4, TIMEOUT)
-    finally:
-        await stop(service, task)
-        report.stop()
-        await asyncio.wait_for(report_task, TIMEOUT)
+        try:
+            await poison(bus)
+            await bus.nc.jetstream().publish(bus.subjects.metrics("web01", "host"), encode(breach("web01")))
+            await wait_until(lambda: "web01" in notes.hosts(), TIMEOUT)
+            assert service.stats.undecodable == 2
+            assert service.rejections.by_reason["Expected `str` of length <= N - at `$.host`"] == 1
+            await stop(service, task)
+
+            service = EvaluatorService(config(), bus)  # restarted: the poison is not met again
+            task = await run(service)
+            await poison(bus)
+            await bus.nc.jetstream().publish(bus.subjects.metrics("web02", "host"), encode(breach("web02")))
+            await wait_until(lambda: "web02" in notes.hosts(), TIMEOUT)
+            await wait_until(lambda: report.stats.malformed == 4, TIMEOUT)
+        finally:
+            await stop(service, task)
     letters = await dead_letters(bus)
     inputs = [letter for letter in letters if letter.subject == bus.subjects.dead_letter("input", "metrics")]
     assert len(inputs) == 4, "each poisoned message kept once, though two consumers refused it"
@@ -184,21 +199,16 @@ async def test_an_event_speaking_for_another_host_or_part_than_its_subject_is_se
 async def test_the_report_sink_sets_aside_a_check_speaking_for_another_host(bus: Bus, tmp_path: Path) -> None:
     """A check on web01's subject that names db01's database would count in db01's SLA."""
     await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
-    report = ReportSink(ReportSinkConfig(batch_size=1), bus, tmp_path)
-    task = asyncio.create_task(report.run())
     js = bus.nc.jetstream()
     now = time.time()
-    try:
+    async with reporting(bus, tmp_path, 1) as report:
         forged = HealthEvent(host="db01", agent="probe", target="database", status="critical", ts=now)
         await js.publish(bus.subjects.health("web01", "probe", "backend"), encode(forged))
         genuine = HealthEvent(host="web01", agent="probe", target="backend", status="ok", ts=now)
         await js.publish(bus.subjects.health("web01", "probe", "backend"), encode(genuine))
         await wait_until(lambda: report.stats.messages == 2, TIMEOUT)
         assert report.rejections.by_reason[SUBJECT_MISMATCH] == 1
-    finally:
-        report.stop()
-        await asyncio.wait_for(task, TIMEOUT)
-    store = RollupStore(tmp_path / STORE_FILE, readonly=True)
+    store = stored(tmp_path)
     hours = store.health_hours(now - 7200, now + 3600)
     store.close()
     assert {(hour.host, hour.target) for hour in hours} == {("web01", "backend")}
@@ -212,25 +222,22 @@ async def test_one_bad_sample_does_not_take_the_rest_of_its_batch_with_it(bus: B
     await provision(bus.nc.jetstream(), bus.subjects, StreamsConfig())
     notes = Notes()
     await notes.follow(bus)
-    report = ReportSink(ReportSinkConfig(batch_size=1), bus, tmp_path)
-    report_task = asyncio.create_task(report.run())
-    service = EvaluatorService(config(), bus)
-    task = await run(service)
     sent = breach("web01")
-    try:
-        good = encode(sent).decode()
-        bad = good.replace('"samples":[', '"samples":[{"name":"mem.percent","value":1e999},', 1)
-        assert bad != good
-        await bus.nc.jetstream().publish(bus.subjects.metrics("web01", "host"), bad.encode())
-        await wait_until(lambda: "web01" in notes.hosts(), TIMEOUT)
-        await wait_until(lambda: report.stats.malformed == 1, TIMEOUT)
-    finally:
-        await stop(service, task)
-        report.stop()
-        await asyncio.wait_for(report_task, TIMEOUT)
+    async with reporting(bus, tmp_path, 1) as report:
+        service = EvaluatorService(config(), bus)
+        task = await run(service)
+        try:
+            good = encode(sent).decode()
+            bad = good.replace('"samples":[', '"samples":[{"name":"mem.percent","value":1e999},', 1)
+            assert bad != good
+            await bus.nc.jetstream().publish(bus.subjects.metrics("web01", "host"), bad.encode())
+            await wait_until(lambda: "web01" in notes.hosts(), TIMEOUT)
+            await wait_until(lambda: report.stats.malformed == 1, TIMEOUT)
+        finally:
+            await stop(service, task)
     (letter,) = [letter for letter in await dead_letters(bus) if letter.reason.startswith("samples refused")]
     assert letter.reason == "samples refused, the others taken in: Number out of range - at `$.value`"
-    store = RollupStore(tmp_path / STORE_FILE, readonly=True)
+    store = stored(tmp_path)
     [disk] = store.metric_hours(sent.ts - 3600, sent.ts + 3600, ["disk.percent"])
     store.close()
     assert (disk.host, disk.count, disk.high) == ("web01", 1, 95.0)
