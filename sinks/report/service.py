@@ -389,8 +389,8 @@ class ReportSink:
             await self.daily(due, unread)
 
     async def _read_up_to(self, since: float) -> list[str]:
-        """Wait until every stream was read up to what it held at `since`, then write the window:
-        a report written while the backlog or the window still held part of its period would stand
+        """Wait until every stream was read up to what it held at `since` (`write` then writes the
+        window first): a report written while the backlog still held part of its period would stand
         as the period's for good. At most SETTLE_LIMIT, then a warning; the streams still behind."""
         limit = asyncio.get_running_loop().time() + SETTLE_LIMIT
         behind: list[str] = []
@@ -409,8 +409,6 @@ class ReportSink:
             self._pulled.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._pulled.wait(), 1.0)
-        if not self._stopped.is_set():  # else `run` writes the last window
-            await self.commit()
         return behind
 
     async def _catch_up_logged(self, unread: Sequence[str], before: float = math.inf) -> None:
