@@ -48,6 +48,7 @@ from sinks.slack_delivery import ChannelRateLimiter, Clock, DeliveryError, Retry
 from sinks.slack_format import (
     SEVERITY_ORDER,
     FormatOptions,
+    SlackMessage,
     console_text,
     render,
     resolved_reply,
@@ -66,6 +67,13 @@ BUG_ATTEMPTS = 5
 # stopped sink hands back comes again once that request is over.
 FETCH_WAIT = 5.0
 HAND_BACK_DELAY = FETCH_WAIT + 1.0
+# Fetches failing in a row (a second apart) before the consumer is looked for and made again: it may
+# have been deleted, or JetStream lost it, and then every fetch fails until it is.
+FETCH_FAILURES = 3
+# The latest notifications delivered (or dead-lettered), remembered so that one that comes again (its
+# ack lost, or its consumer made again) is acked and not posted again, after what came next in its
+# group.
+DONE_REMEMBERED = 10_000
 CONSOLE = "console"  # the one queue of console mode
 REJECTS = ""  # the queue of payloads that are no notification: dead-lettered at once
 T = TypeVar("T")
@@ -204,6 +212,11 @@ class SlackSink:
         # group still goes out in the stream's order.
         self._owed = 0
         self._settled = asyncio.Event()
+        self._done: dict[int, None] = {}  # by stream sequence, oldest first
+        self._fetch_failures = 0
+        self._fetch_error = ""
+        self._last_seq = 0  # the highest stream sequence taken
+        self._stream_created: object = None  # the stream's creation time: made anew if it changes
 
     @property
     def mode(self) -> str:
@@ -279,6 +292,18 @@ class SlackSink:
                     continue
                 for msg in await self._until_stopped(self._fetch(subscription)):
                     self._take(js, msg)
+                if self._fetch_failures >= FETCH_FAILURES:
+                    log.warning(
+                        "slack sink: fetching notifications failed %d times in a row (%s); "
+                        "looking for the consumer %r again",
+                        self._fetch_failures,
+                        self._fetch_error,
+                        self.config.durable,
+                    )
+                    with contextlib.suppress(nats.errors.Error):
+                        await subscription.unsubscribe()
+                    subscription = await self._until_stopped(self._prepare(js))
+                    self._fetch_failures = 0
         except _Stopped:
             pass
         finally:
@@ -305,6 +330,7 @@ class SlackSink:
     def _take(self, js: JetStreamContext, msg: Msg) -> None:
         """Queue a fetched message on its channel, starting the channel's sender if it has none."""
         seq = msg.metadata.sequence.stream
+        self._last_seq = max(self._last_seq, seq)
         if (again := self._held.get(seq)) is not None:  # redelivered while held (keep-alives lost)
             again.msg = msg  # acked as its latest delivery
             return
@@ -415,7 +441,7 @@ class SlackSink:
                     )
                     self._kv = await js.key_value(bucket)
                 stream = stream_name(self.bus.subjects.prefix, "notifications")
-                await self._ensure_consumer(js, stream)
+                await self._ensure_consumer(js, stream, await self._resume_at(js, stream))
                 info = await js.consumer_info(stream, self.config.durable)
                 self._owed = info.num_ack_pending or 0
                 return await js.pull_subscribe_bind(durable=self.config.durable, stream=stream)
@@ -424,14 +450,32 @@ class SlackSink:
                     log.warning("slack sink: waiting for JetStream (%s)", exc or type(exc).__name__)
                 await asyncio.sleep(backoff.next())
 
-    async def _ensure_consumer(self, js: JetStreamContext, stream: str) -> None:
+    async def _resume_at(self, js: JetStreamContext, stream: str) -> int | None:
+        """Where a consumer lost while running (deleted, or JetStream lost it) starts again: at
+        the first notification still held, else after the last one taken. None on a first start,
+        or once the stream was made anew: its sequences are not those of the one read so far."""
+        info = await js.stream_info(stream)
+        created, self._stream_created = self._stream_created, info.created
+        if created != info.created and self._last_seq:
+            log.warning("slack sink: the notifications stream was made anew; reading it from its start")
+            await self._until_stopped(self._no_longer_held())
+            self._done.clear()
+            self._last_seq = 0
+        if self._last_seq == 0:
+            return None
+        return min(self._held, default=self._last_seq + 1)
+
+    async def _no_longer_held(self) -> None:
+        """Until what the former stream handed out is delivered: its sequences are the new one's too."""
+        while self._held:
+            self._room.clear()
+            await self._room.wait()
+
+    async def _ensure_consumer(self, js: JetStreamContext, stream: str, resume_at: int | None) -> None:
         ack_wait = self.config.ack_wait.seconds
         try:
             info = await js.consumer_info(stream, self.config.durable)
         except NotFoundError:
-            start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
-                seconds=self.config.catch_up.seconds
-            )
             desired = ConsumerConfig(
                 durable_name=self.config.durable,
                 filter_subject=self.bus.subjects.family("notifications"),
@@ -439,9 +483,18 @@ class SlackSink:
                 ack_wait=ack_wait,
                 max_ack_pending=self.config.max_pending,
                 max_deliver=-1,  # the sink bounds its retries itself, then dead-letters
-                deliver_policy=DeliverPolicy.BY_START_TIME,
-                opt_start_time=start,
             )
+            if resume_at is None:
+                desired.deliver_policy = DeliverPolicy.BY_START_TIME
+                desired.opt_start_time = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
+                    seconds=self.config.catch_up.seconds
+                )
+            else:
+                desired.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+                desired.opt_start_seq = resume_at
+                log.warning(
+                    "slack sink: consumer %r was gone, made again at %d", self.config.durable, resume_at
+                )
             await js.add_consumer(stream, desired)
             return
         current = info.config
@@ -458,10 +511,13 @@ class SlackSink:
             messages = await subscription.fetch(1, timeout=FETCH_WAIT)
         except TimeoutError:
             return []
-        except nats.errors.Error as exc:  # disconnected: the client reconnects, we wait and retry
+        except nats.errors.Error as exc:  # disconnected (the client reconnects), or the consumer gone
             log.debug("slack sink: fetch failed: %s", exc)
+            self._fetch_failures += 1
+            self._fetch_error = str(exc) or type(exc).__name__
             await asyncio.sleep(1)
             return []
+        self._fetch_failures = 0
         if messages:
             self.lag = messages[-1].metadata.num_pending
         return messages
@@ -504,7 +560,7 @@ class SlackSink:
         its group forever."""
         try:
             await self._deliver_or_dead_letter(js, held)
-            await self._ack(held.msg)
+            await self._ack(held)
             return None
         except _Stopped:
             raise
@@ -517,12 +573,15 @@ class SlackSink:
             log.exception("slack sink: unexpected error on attempt %d, dead-lettering", attempts)
             route = held.msg.subject.rsplit(".", 1)[-1]
             await self._dead_letter(js, held.msg, route, f"sink error: {type(exc).__name__}", attempts)
-            await self._ack(held.msg)
+            await self._ack(held)
             return None
 
     async def _deliver_or_dead_letter(self, js: JetStreamContext, held: _Held) -> None:
         """Put the message into Slack or keep it as a dead letter: then it may be acked."""
         msg, item = held.msg, held.item
+        if held.seq in self._done:
+            self.stats.repeats_skipped += 1  # done already: its ack was lost, or its consumer made again
+            return
         if item is None:
             reason = held.error.reason if held.error else "undecodable"
             self.stats.rejected += 1
@@ -551,11 +610,15 @@ class SlackSink:
             return
         self.stats.delivered += 1
 
-    async def _ack(self, msg: Msg) -> None:
+    async def _ack(self, held: _Held) -> None:
+        """Ack a notification done with; should it come again all the same, it is only acked then."""
+        self._done[held.seq] = None
+        if len(self._done) > DONE_REMEMBERED:
+            del self._done[next(iter(self._done))]
         try:
-            await msg.ack_sync(timeout=5)
-        except (nats.errors.Error, TimeoutError) as exc:  # redelivered later: at most one repeat
-            log.warning("slack sink: ack failed, the notification may be repeated once: %s", exc)
+            await held.msg.ack_sync(timeout=5)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("slack sink: ack failed, the notification comes again and is skipped then: %s", exc)
 
     async def _dead_letter(
         self, js: JetStreamContext, msg: Msg, route: str, reason: str, attempts: int
@@ -616,6 +679,25 @@ class SlackSink:
         """One Slack call under the channel's rate limit, retried by the policy; raises when it gives up."""
         return await self.sender.send(channel, call)
 
+    async def _send_rendered(
+        self, channel: str, item: Notification, call: Callable[[SlackMessage], Awaitable[T]]
+    ) -> T:
+        """`call` with the notification's message; if Slack refuses it as too long, with its short
+        form (header and count): a big incident must still reach the channel."""
+        message = render(item, self.options)
+        try:
+            return await self._send(channel, lambda: call(message))
+        except DeliveryError as error:
+            if not error.too_long:
+                raise
+            log.warning(
+                "slack sink: Slack refused notification %r (%s); sending its header and count only",
+                item.id,
+                error.reason,
+            )
+        short = render(item, self.options, short=True)
+        return await self._send(channel, lambda: call(short))
+
     def _retrying(self, channel: str, error: DeliveryError, wait: float) -> None:
         if error.credentials:
             self.stats.refused_credentials += 1
@@ -653,9 +735,8 @@ class SlackSink:
             out.flush()
             return
         channel = transport.channel_for(item.route, item.receiver)
-        message = render(item, self.options)
         if transport.mode != "bot":
-            await self._send(channel, lambda: transport.post(channel, message))
+            await self._post_anew(transport, channel, item)
             return
         key = thread_key(item.route, item.group_key)
         record = await self._load(key)
@@ -674,7 +755,7 @@ class SlackSink:
             )
             return
         if record is None or record.resolved:
-            posted = await self._send(channel, lambda: transport.post(channel, message))
+            posted = await self._post_anew(transport, channel, item)
             record = self._record(posted, item, resolved=item.status == "resolved")
         elif item.status == "resolved":
             record = await self._resolve(transport, channel, record, item)
@@ -682,6 +763,9 @@ class SlackSink:
             record = await self._reply(transport, channel, record, item)
         if record is not None:
             await self._save(key, record)
+
+    async def _post_anew(self, transport: Transport, channel: str, item: Notification) -> Posted:
+        return await self._send_rendered(channel, item, lambda message: transport.post(channel, message))
 
     @staticmethod
     def _record(posted: Posted, item: Notification, *, resolved: bool) -> ThreadRecord | None:
@@ -695,13 +779,14 @@ class SlackSink:
         self, transport: Transport, channel: str, record: ThreadRecord, item: Notification
     ) -> ThreadRecord | None:
         """A reminder or a change of a firing group: into the group's thread."""
-        message = render(item, self.options)
         try:
-            await self._send(channel, lambda: transport.post(record.channel, message, thread_ts=record.ts))
+            await self._send_rendered(
+                channel, item, lambda message: transport.post(record.channel, message, thread_ts=record.ts)
+            )
         except DeliveryError as error:
             if error.reason not in MESSAGE_GONE:
                 raise
-            posted = await self._send(channel, lambda: transport.post(channel, message))  # thread deleted
+            posted = await self._post_anew(transport, channel, item)  # the thread was deleted
             return self._record(posted, item, resolved=False)
         return msgspec.structs.replace(record, last_id=item.id, last_seq=item.seq)
 
@@ -709,13 +794,14 @@ class SlackSink:
         self, transport: Transport, channel: str, record: ThreadRecord, item: Notification
     ) -> ThreadRecord | None:
         """Resolved: the group's message is updated to show it, plus a short reply in its thread."""
-        message = render(item, self.options)
         try:
-            await self._send(channel, lambda: transport.update(record.channel, record.ts, message))
+            await self._send_rendered(
+                channel, item, lambda message: transport.update(record.channel, record.ts, message)
+            )
         except DeliveryError as error:
             if error.reason not in MESSAGE_GONE:
                 raise
-            posted = await self._send(channel, lambda: transport.post(channel, message))
+            posted = await self._post_anew(transport, channel, item)
             return self._record(posted, item, resolved=True)
         if self.config.reply_on_resolve:
             reply = resolved_reply(item)

@@ -42,12 +42,19 @@ class DeliveryError(Exception):
     """Slack did not accept a message; `reason` is safe to log (no URL, no token)."""
 
     def __init__(
-        self, reason: str, *, retryable: bool, retry_after: float | None = None, credentials: bool = False
+        self,
+        reason: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        credentials: bool = False,
+        too_long: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
         self.retry_after = retry_after
+        self.too_long = too_long  # Slack refused the message's size or blocks: a short one may do
         # Slack refuses the token or webhook: tried again until someone fixes it, never given up on
         self.credentials = credentials
         self.attempts = 0  # set by the sender: requests made for this message before giving up

@@ -23,6 +23,9 @@ MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
 MAX_HEADER_TEXT = 150
 MAX_MESSAGE_TEXT = 40000
+# Slack also refuses a message whose blocks hold too much text in all (`msg_blocks_too_long`), at
+# about 11,000-13,000 characters: an undocumented limit (slackapi/bolt-js#2509, #2867).
+MAX_ALERTS_TEXT = 9000
 MAX_SILENCE_COMMANDS = 3
 
 SEVERITY_EMOJI = {"critical": "🔴", "warning": "⚠️", "info": "\u2139\ufe0f"}  # information source
@@ -280,12 +283,39 @@ def blocks(notification: Notification, options: FormatOptions) -> list[dict[str,
     tail.append({"type": "context", "elements": [{"type": "mrkdwn", "text": context}]})
 
     shared = {name for name, _ in group_title_labels(notification.alerts)}
-    alerts = [section(alert_text(a, shared, options)) for a in notification.alerts]
-    room = MAX_BLOCKS - 1 - len(tail)
-    if len(alerts) > room:
-        hidden = len(alerts) - (room - 1)
-        alerts = [*alerts[: room - 1], section(f"+{hidden} more alerts")]
+    texts = [alert_text(a, shared, options) for a in notification.alerts]
+    count = fitting(texts, MAX_BLOCKS - 1 - len(tail))
+    alerts = [section(text) for text in texts[:count]]
+    if count < len(texts):
+        alerts.append(section(f"+{len(texts) - count} more alerts"))
     return [header, *alerts, *tail]
+
+
+def fitting(texts: Sequence[str], room: int) -> int:
+    """How many of `texts` fit in `room` blocks and MAX_ALERTS_TEXT; when not all do, one block
+    is kept for "+N more"."""
+    if len(texts) <= room and sum(map(len, texts)) <= MAX_ALERTS_TEXT:
+        return len(texts)
+    used = 0
+    for count, text in enumerate(texts[: room - 1]):
+        used += len(text)
+        if used > MAX_ALERTS_TEXT:
+            return count
+    return min(len(texts), room - 1)
+
+
+def short_blocks(notification: Notification) -> list[dict[str, Any]]:
+    """The header and a count: for a message Slack refused as too long."""
+    header = {
+        "type": "header",
+        "text": {"type": "plain_text", "text": fit(headline(notification), MAX_HEADER_TEXT), "emoji": True},
+    }
+    count = len(notification.alerts)
+    note = (
+        f"{count} alert{'' if count == 1 else 's'}: too long for Slack to show here; "
+        "`jarvis-monitor alerts` and the console list them"
+    )
+    return [header, section(note)]
 
 
 def fit_markup(markup: str, limit: int) -> str:
@@ -308,11 +338,11 @@ def colour(notification: Notification) -> str:
     return SEVERITY_COLOR.get(worst_severity(firing(notification) or notification.alerts), "#888888")
 
 
-def render(notification: Notification, options: FormatOptions) -> SlackMessage:
-    """The whole Slack message for a notification."""
+def render(notification: Notification, options: FormatOptions, *, short: bool = False) -> SlackMessage:
+    """The whole Slack message for a notification; `short`, only its header and alert count."""
+    shown = short_blocks(notification) if short else blocks(notification, options)
     return SlackMessage(
-        text=fallback_text(notification),
-        attachments=[{"color": colour(notification), "blocks": blocks(notification, options)}],
+        text=fallback_text(notification), attachments=[{"color": colour(notification), "blocks": shown}]
     )
 
 

@@ -53,6 +53,8 @@ CREDENTIAL_ERRORS = frozenset(
 TRANSIENT_STATUS = frozenset({408, 425})
 # chat.update or a thread reply whose message is gone: post a fresh message instead.
 MESSAGE_GONE = frozenset({"message_not_found", "cant_update_message", "thread_not_found"})
+# The message is too long, or its blocks are refused: sent again in short, not dead-lettered.
+TOO_LONG = frozenset({"msg_blocks_too_long", "msg_too_long", "invalid_blocks", "invalid_attachments"})
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class WebhookTransport:
             response = await self._client.send_dict(message.payload())
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise self._scrub.network(exc) from None
-        status, body = response.status_code, self._scrub(str(response.body or "")[:200])
+        status, body = response.status_code, self._scrub(str(response.body or ""))[:200]
         if status == 200:
             return Posted(channel, None)
         if status == 429:
@@ -142,7 +144,7 @@ class WebhookTransport:
             raise DeliveryError(reason, retryable=True, credentials=True)
         # other 4xx (invalid_payload, invalid_blocks, channel_not_found) never heal
         retryable = status >= 500 or status in TRANSIENT_STATUS
-        raise DeliveryError(reason, retryable=retryable)
+        raise DeliveryError(reason, retryable=retryable, too_long=body.strip() in TOO_LONG)
 
     async def update(self, channel: str, ts: str, message: SlackMessage) -> None:
         raise DeliveryError("a webhook cannot update a message", retryable=False)
@@ -187,7 +189,7 @@ class BotTransport:
         if code in CREDENTIAL_ERRORS:
             return DeliveryError(self._scrub(code), retryable=True, credentials=True)
         retryable = status >= 500 or status in TRANSIENT_STATUS or code in RETRYABLE_ERRORS
-        return DeliveryError(self._scrub(code), retryable=retryable)
+        return DeliveryError(self._scrub(code), retryable=retryable, too_long=code in TOO_LONG)
 
     async def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         try:

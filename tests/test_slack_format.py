@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from bus.events import Alert, Notification, NotificationStatus
 from sinks.slack_format import (
+    MAX_ALERTS_TEXT,
     MAX_BLOCKS,
     MAX_HEADER_TEXT,
     MAX_SECTION_TEXT,
@@ -229,6 +230,31 @@ def test_many_alerts_are_cut_to_fifty_blocks_with_a_count_of_the_rest() -> None:
     ]
     assert more == [f"+{200 - len(alert_blocks)} more alerts"]
     assert blocks[-1]["type"] == "context", "the silence command and context are never cut"
+
+
+def test_a_big_incident_keeps_its_blocks_text_under_what_slack_takes_in_all() -> None:
+    """Slack refuses blocks holding about 11,000+ characters in all (msg_blocks_too_long), though
+    each section is under 3,000: forty containers with long summaries must still fit."""
+    alerts = [
+        Alert(
+            **{**_fields(make_alert(f"container_down{i}", container=f"worker-{i:02}")), "summary": "x" * 400}
+        )
+        for i in range(40)
+    ]
+    blocks = blocks_of(render(make_notification(*alerts), OPTIONS).payload())
+    sections = [b["text"]["text"] for b in blocks if b["type"] == "section"]
+    assert sum(map(len, sections)) <= MAX_ALERTS_TEXT + 200  # the silence command and the count
+    shown = [t for t in sections if "*container_down" in t]
+    assert 0 < len(shown) < 40
+    assert f"+{40 - len(shown)} more alerts" in sections
+
+
+def test_the_short_form_keeps_the_title_and_counts_the_alerts() -> None:
+    payload = render(make_notification(*three_on_web01()), OPTIONS, short=True).payload()
+    blocks = blocks_of(payload)
+    assert blocks[0]["text"]["text"] == "🔴 [FIRING:3] web01"
+    assert blocks[1]["text"]["text"].startswith("3 alerts: too long for Slack to show here")
+    assert payload["text"] == "🔴 [FIRING:3] web01"
 
 
 def test_long_texts_are_cut_to_slacks_limits() -> None:

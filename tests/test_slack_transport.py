@@ -95,3 +95,19 @@ async def test_a_webhook_refusal_is_permanent_unless_it_can_heal(
     assert caught.value.retryable is retryable
     assert caught.value.reason == f"webhook answered {status}: {body}"
     assert "secret" not in caught.value.reason
+
+
+async def test_a_refusal_quoting_the_webhook_near_its_cut_keeps_no_part_of_it(
+    webhook_answering: tuple[str, list[tuple[int, str]]],
+) -> None:
+    """A proxy's page that quotes the URL where the reason is cut: the URL is removed before the cut."""
+    url, answers = webhook_answering
+    answers.append((403, "x" * 146 + f" denied for POST {url} (ref 12345)"))  # cut in the path
+    transport = WebhookTransport(url, 2)
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await transport.post("webhook", SlackMessage("hello"))
+    finally:
+        await transport.close()
+    assert "/services/T" not in caught.value.reason
+    assert caught.value.reason.startswith("webhook answered 403: xxx")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.aio.msg
 import nats.errors
 import pytest
 from nats.js.errors import NotFoundError
@@ -528,7 +529,7 @@ async def test_a_notification_the_sink_chokes_on_is_dead_lettered_after_a_few_tr
     assert sink.stats.dead_lettered == 1
 
 
-@pytest.mark.parametrize("error", ["channel_not_found", "invalid_blocks", "msg_too_long"])
+@pytest.mark.parametrize("error", ["channel_not_found", "not_in_channel", "invalid_arguments"])
 async def test_a_permanent_slack_error_is_dead_lettered_at_once_and_the_next_goes_out(
     streams: Bus, slack: FakeSlack, error: str
 ) -> None:
@@ -581,14 +582,91 @@ async def test_a_dead_letter_replayed_after_its_group_resolved_does_not_stand_as
     assert [m.payload["text"] for m in slack.top_level()] == ["✅ [RESOLVED] web01"]
 
 
-async def test_a_webhook_that_refuses_the_payload_dead_letters_it(streams: Bus, slack: FakeSlack) -> None:
-    slack.script = [slack_error("invalid_blocks")]
+async def test_a_firing_whose_ack_was_lost_is_not_posted_again_after_its_resolve(
+    streams: Bus, slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Webhook mode keeps no thread to compare with: the redelivered firing must still be skipped,
+    or the channel ends on FIRING for a group that resolved."""
+    acks = 0
+    real_ack = nats.aio.msg.Msg.ack_sync
+
+    async def first_ack_lost(msg: nats.aio.msg.Msg, timeout: float = 1.0) -> nats.aio.msg.Msg:
+        nonlocal acks
+        acks += 1
+        if acks == 1:
+            raise nats.errors.TimeoutError  # a reconnect, or the consumer's leader changing
+        return await real_ack(msg, timeout=timeout)
+
+    monkeypatch.setattr(nats.aio.msg.Msg, "ack_sync", first_ack_lost)
+    config = bot_config(slack, ack_wait=Duration(1), min_interval=Duration(0))
+    sink = SlackSink(config, streams, {"SLACK_WEBHOOK_URL": slack.webhook_url})
+    async with running(sink):
+        await publish(streams, notification("firing", 1))
+        await publish(streams, notification("resolved", 2))
+        await wait_until(lambda: sink.stats.repeats_skipped == 1)  # the firing, redelivered
+    assert [r.json["text"] for r in slack.accepted()] == ["🔴 [FIRING:3] web01", "✅ [RESOLVED] web01"]
+
+
+async def test_a_consumer_deleted_while_the_sink_runs_is_made_again_where_it_stood(
+    streams: Bus, slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, every fetch failed at DEBUG level and nothing was delivered again, without a word."""
+    sink = SlackSink(bot_config(slack, min_interval=Duration(0)), streams, BOT_ENV)
+    async with running(sink):
+        await publish(streams, notification("firing", 1))
+        await wait_until(lambda: len(slack.accepted()) == 1)
+        stream = stream_name(streams.subjects.prefix, "notifications")
+        await streams.nc.jetstream().delete_consumer(stream, "slack")
+        await publish(streams, notification("firing", 1, host="db01"))
+        await wait_until(lambda: len(slack.accepted()) == 2, timeout=20)
+    assert [r.json["text"] for r in slack.accepted()] == ["🔴 [FIRING:3] web01", "🔴 [FIRING:3] db01"]
+    assert "looking for the consumer 'slack' again" in caplog.text
+    assert "consumer 'slack' was gone, made again at 2" in caplog.text
+
+
+async def test_a_notifications_stream_made_anew_is_read_from_its_start(
+    streams: Bus, slack: FakeSlack
+) -> None:
+    """The new stream's sequences start at 1 again: its first notification is not taken for the
+    old stream's first, already delivered."""
+    sink = SlackSink(bot_config(slack, min_interval=Duration(0)), streams, BOT_ENV)
+    async with running(sink):
+        await publish(streams, notification("firing", 1))
+        await wait_until(lambda: len(slack.accepted()) == 1)
+        js = streams.nc.jetstream()
+        await js.delete_stream(stream_name(streams.subjects.prefix, "notifications"))
+        await provision(js, streams.subjects, StreamsConfig())
+        await publish(streams, notification("firing", 1, host="db01"))
+        await wait_until(lambda: len(slack.accepted()) == 2, timeout=20)
+    assert [r.json["text"] for r in slack.accepted()] == ["🔴 [FIRING:3] web01", "🔴 [FIRING:3] db01"]
+
+
+@pytest.mark.parametrize("mode", ["bot", "webhook"])
+async def test_a_message_slack_finds_too_long_is_sent_again_in_short_not_dead_lettered(
+    streams: Bus, slack: FakeSlack, mode: str
+) -> None:
+    slack.script = [slack_error("msg_blocks_too_long")]
+    env = BOT_ENV if mode == "bot" else {"SLACK_WEBHOOK_URL": slack.webhook_url}
+    sink = SlackSink(bot_config(slack), streams, env, clock=FakeClock())
+    async with running(sink):
+        await publish(streams, notification("firing", 1))
+        await wait_until(lambda: len(slack.accepted()) == 1)
+    (sent,) = slack.accepted()
+    assert sent.json["text"] == "🔴 [FIRING:3] web01"
+    assert "too long for Slack to show here" in str(sent.json["attachments"])
+    assert sink.stats.dead_lettered == 0
+
+
+async def test_a_webhook_that_refuses_the_payload_also_in_short_dead_letters_it(
+    streams: Bus, slack: FakeSlack
+) -> None:
+    slack.script = [slack_error("invalid_blocks"), slack_error("invalid_blocks")]
     env = {"SLACK_WEBHOOK_URL": slack.webhook_url}
     async with running(SlackSink(bot_config(slack), streams, env, clock=FakeClock())):
         await publish(streams, notification("firing", 1))
         ((_, headers, _),) = await wait_for_dead_letters(streams, 1)
     assert headers["Jarvis-Dead-Letter-Reason"] == "webhook answered 400: invalid_blocks"
-    assert len(slack.requests) == 1
+    assert len(slack.requests) == 2
 
 
 async def test_garbage_on_the_subject_is_rejected_and_kept(streams: Bus, slack: FakeSlack) -> None:
