@@ -236,6 +236,15 @@ class Engine:
                 series.last_seen = now
                 self._reschedule(rule, series)
 
+    def _agent_interval(self, host: str, agent: str) -> float:
+        """The interval an agent's heartbeats say it runs at; 0 if none was heard."""
+        key: SeriesKey = (host, agent, ())
+        for rule in self._heartbeat_rules:
+            series = self._states[rule.name].get(key)
+            if series is not None:
+                return series.interval
+        return 0.0
+
     def _observe_metrics(self, batch: MetricBatch, now: float) -> None:
         index = self._metric_index
         host, agent, interval = batch.host, batch.agent, batch.interval
@@ -285,12 +294,17 @@ class Engine:
         host, agent, target = event.host, event.agent, event.target
         labels = {**event.labels, "host": host, "agent": agent, "target": target}
         key: SeriesKey = (host, agent, (("target", target),))
+        interval = None
         for rule in self._health_rules:
             if rule.events is not None and event.event not in rule.events:
                 continue
             if rule.matchers and not rule.matches(host, agent, labels):
                 continue
             holds = rule.statuses is None or event.status in rule.statuses
+            if not holds and event.status == "unknown" and rule.events is None:
+                # the agent could not tell (a check that raised, no slot free): no sample, so a
+                # firing alert neither resolves on it nor is kept alive by it past its staleness
+                continue
             states = self._states[rule.name]
             series = states.get(key)
             if series is None:
@@ -301,6 +315,10 @@ class Engine:
             series.status, series.detail, series.context = event.status, event.detail, event.labels
             series.value = None  # a check's latency says nothing of the alert
             series.last_seen = now
+            # checks carry no interval: an agent that checks every 5 minutes has them go stale
+            # after 3 of its heartbeats' intervals, not between two checks
+            interval = self._agent_interval(host, agent) if interval is None else interval
+            series.interval = interval or series.interval
             if rule.events is not None:  # an event holds at its instant only
                 if holds:
                     series.last_true = now

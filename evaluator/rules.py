@@ -258,7 +258,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 )
 
 DEFAULT_INHIBIT_RULES: tuple[InhibitRule, ...] = (
-    InhibitRule(  # an agent down: what its host still reports is stale or a consequence
+    InhibitRule(  # an agent down: what it last reported is stale
         source_matchers=[
             _m("rule", "=", AGENT_DOWN_RULE),
             # the pipeline's own parts beat under the monitoring host's name, as the probe's checks
@@ -266,7 +266,8 @@ DEFAULT_INHIBIT_RULES: tuple[InhibitRule, ...] = (
             _m("agent", "!~", "|".join((*vocab.PARTS, vocab.CONSOLE_PART))),
         ],
         target_matchers=[_m("rule", "!=", AGENT_DOWN_RULE)],
-        equal=["host"],
+        # the host's other agents still report: a disk filling or a service down stays loud
+        equal=["host", "agent"],
     ),
     InhibitRule(
         source_matchers=[_m("rule", "=~", "service_down|database_unreachable")],

@@ -267,9 +267,9 @@ def test_heartbeat_missing_gives_one_agent_down_and_nothing_else_for_that_host()
 
 def test_agent_down_inhibits_new_alerts_of_its_host_but_not_other_hosts() -> None:
     driver = Driver(EvaluatorConfig())
-    driver.at(0, heartbeat("web01"), heartbeat("web02"))
+    driver.at(0, heartbeat("web01", "container"), heartbeat("web02", "container"))
     for t in range(10, 200, 10):  # web01's agent stops at once; web02's runs on
-        driver.at(t, heartbeat("web02"))
+        driver.at(t, heartbeat("web02", "container"))
         if t in (50, 110):
             driver.at(
                 t,
@@ -288,6 +288,28 @@ def test_agent_down_inhibits_new_alerts_of_its_host_but_not_other_hosts() -> Non
     ]
     assert inhibited.inhibited_by
     assert inhibited.state == "firing"
+
+
+def test_one_agent_down_mutes_none_of_what_the_other_agents_of_its_host_still_report() -> None:
+    """The container agent crashes on the one JARVIS host: the disk filling (host agent) and the API
+    down (probe) are live readings, and must reach Slack beside "container agent is silent"."""
+    driver = Driver(EvaluatorConfig())
+    agents = ("host", "container", "probe")
+    driver.at(0, *(heartbeat("jarvis", agent) for agent in agents))
+    for t in range(10, 400, 10):  # the container agent stops at once
+        driver.at(t, heartbeat("jarvis", "host"), heartbeat("jarvis", "probe"))
+        if t >= 60:
+            driver.at(
+                t,
+                metrics("jarvis", [("disk.percent", 95.0, {"mount": "/"})]),
+                health("jarvis", "probe", "api", "critical"),
+            )
+    notified = {(a.rule, a.labels["agent"]) for n in driver.notifications for a in n.alerts}
+    assert notified == {
+        ("agent_down", "container"),
+        ("disk_usage_high", "host"),
+        ("service_down", "probe"),
+    }
 
 
 def test_a_pipeline_part_down_on_the_monitoring_host_mutes_none_of_the_services_probed_from_it() -> None:

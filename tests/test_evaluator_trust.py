@@ -7,7 +7,7 @@ import math
 import random
 from pathlib import Path
 
-from bus.events import Alert, Notification
+from bus.events import Alert, Notification, Status
 from bus.units import Duration
 from evaluator.config import DefaultRoute, EvaluatorConfig, FlappingConfig, Rule, RuleTuning
 from evaluator.testing import Driver, health, heartbeat, metrics, only_rules
@@ -437,3 +437,44 @@ def test_stamps_lagging_their_schedule_unevenly_still_end_a_for_and_flush_a_grou
             if told_on is None and any(n.status == "firing" for n in driver.notifications):
                 told_on = k
         assert (fired_on, told_on) == (2, 4), attempt
+
+
+def statuses(notifications: list[Notification]) -> list[str]:
+    return [n.status for n in notifications]
+
+
+def test_a_check_the_agent_could_not_make_does_not_resolve_the_outage() -> None:
+    """`unknown` (the probe had no slot free, the check raised) says nothing of the service."""
+    driver = Driver(EvaluatorConfig())
+    for t in range(0, 600, 10):
+        status: Status = "unknown" if t in (200, 210) else "critical"
+        driver.at(t, heartbeat("mon01", "probe"), health("mon01", "probe", "api", status))
+    driver.at(600)
+    _, notes = driver.take()
+    assert statuses(notes) == ["firing"]
+
+
+def test_a_check_that_stays_unknown_resolves_once_its_series_is_stale() -> None:
+    driver = Driver(EvaluatorConfig())
+    for t in range(0, 100, 10):
+        driver.at(t, heartbeat("mon01", "probe"), health("mon01", "probe", "api", "critical"))
+    for t in range(100, 800, 10):
+        driver.at(t, heartbeat("mon01", "probe"), health("mon01", "probe", "api", "unknown"))
+    _, notes = driver.take()
+    assert statuses(notes) == ["firing", "resolved"]
+    assert 390 <= notes[-1].ts <= 420  # 300 s after the last critical, plus group_interval's turn
+
+
+def test_a_database_checked_every_five_minutes_stays_down_for_the_whole_outage() -> None:
+    """Checks carry no interval; their series must not go stale between two of a slow agent's
+    checks (arriving a second or three late), or each cycle resolves and fires again."""
+    driver = Driver(EvaluatorConfig())
+    for cycle in range(12):  # an hour, the database down throughout
+        driver.at(
+            cycle * 300 + 1 + cycle % 3,
+            heartbeat("db01", "postgres", interval=300),
+            health("db01", "postgres", "postgres", "critical", detail="refused"),
+        )
+    driver.at(3700)
+    _, notes = driver.take()
+    assert statuses(notes) == ["firing"]
