@@ -214,7 +214,6 @@ class SlackSink:
         self._settled = asyncio.Event()
         self._done: dict[int, None] = {}  # by stream sequence, oldest first
         self._fetch_failures = 0
-        self._fetch_error = ""
         self._last_seq = 0  # the highest stream sequence taken
         self._stream_created: object = None  # the stream's creation time: made anew if it changes
 
@@ -293,13 +292,6 @@ class SlackSink:
                 for msg in await self._until_stopped(self._fetch(subscription)):
                     self._take(js, msg)
                 if self._fetch_failures >= FETCH_FAILURES:
-                    log.warning(
-                        "slack sink: fetching notifications failed %d times in a row (%s); "
-                        "looking for the consumer %r again",
-                        self._fetch_failures,
-                        self._fetch_error,
-                        self.config.durable,
-                    )
                     with contextlib.suppress(nats.errors.Error):
                         await subscription.unsubscribe()
                     subscription = await self._until_stopped(self._prepare(js))
@@ -512,9 +504,17 @@ class SlackSink:
         except TimeoutError:
             return []
         except nats.errors.Error as exc:  # disconnected (the client reconnects), or the consumer gone
-            log.debug("slack sink: fetch failed: %s", exc)
             self._fetch_failures += 1
-            self._fetch_error = str(exc) or type(exc).__name__
+            if self._fetch_failures < FETCH_FAILURES:
+                log.debug("slack sink: fetch failed: %s", exc)
+            else:
+                log.warning(
+                    "slack sink: fetching notifications failed %d times in a row (%s); "
+                    "looking for the consumer %r again",
+                    self._fetch_failures,
+                    str(exc) or type(exc).__name__,
+                    self.config.durable,
+                )
             await asyncio.sleep(1)
             return []
         self._fetch_failures = 0

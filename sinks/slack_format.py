@@ -262,16 +262,19 @@ def alert_text(alert: Alert, shared: set[str], options: FormatOptions) -> str:
     return fit_markup("\n".join(lines), MAX_SECTION_TEXT)
 
 
+def header(notification: Notification) -> dict[str, Any]:
+    return {
+        "type": "header",
+        "text": {"type": "plain_text", "text": fit(headline(notification), MAX_HEADER_TEXT), "emoji": True},
+    }
+
+
 def section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
 
 
 def blocks(notification: Notification, options: FormatOptions) -> list[dict[str, Any]]:
     """The Block Kit blocks: header, one section per alert (cut with "+N more"), silence, context."""
-    header = {
-        "type": "header",
-        "text": {"type": "plain_text", "text": fit(headline(notification), MAX_HEADER_TEXT), "emoji": True},
-    }
     tail: list[dict[str, Any]] = []
     commands = silence_commands(firing(notification) or notification.alerts, options.silence_duration)
     if notification.status != "resolved" and commands:
@@ -288,7 +291,7 @@ def blocks(notification: Notification, options: FormatOptions) -> list[dict[str,
     alerts = [section(text) for text in texts[:count]]
     if count < len(texts):
         alerts.append(section(f"+{len(texts) - count} more alerts"))
-    return [header, *alerts, *tail]
+    return [header(notification), *alerts, *tail]
 
 
 def fitting(texts: Sequence[str], room: int) -> int:
@@ -306,16 +309,12 @@ def fitting(texts: Sequence[str], room: int) -> int:
 
 def short_blocks(notification: Notification) -> list[dict[str, Any]]:
     """The header and a count: for a message Slack refused as too long."""
-    header = {
-        "type": "header",
-        "text": {"type": "plain_text", "text": fit(headline(notification), MAX_HEADER_TEXT), "emoji": True},
-    }
     count = len(notification.alerts)
     note = (
         f"{count} alert{'' if count == 1 else 's'}: too long for Slack to show here; "
         "`jarvis-monitor alerts` and the console list them"
     )
-    return [header, section(note)]
+    return [header(notification), section(note)]
 
 
 def fit_markup(markup: str, limit: int) -> str:

@@ -67,6 +67,17 @@ async def webhook_answering() -> AsyncIterator[tuple[str, list[tuple[int, str]]]
         await runner.cleanup()
 
 
+async def webhook_refusal(url: str) -> DeliveryError:
+    """What posting to the webhook at `url` raises."""
+    transport = WebhookTransport(url, 2)
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            await transport.post("webhook", SlackMessage("hello"))
+    finally:
+        await transport.close()
+    return caught.value
+
+
 @pytest.mark.parametrize(
     ("status", "body", "retryable"),
     [
@@ -86,15 +97,10 @@ async def test_a_webhook_refusal_is_permanent_unless_it_can_heal(
     """What Slack will never take goes to the dead letters at once; only what heals is retried."""
     url, answers = webhook_answering
     answers.append((status, body))
-    transport = WebhookTransport(url, 2)
-    try:
-        with pytest.raises(DeliveryError) as caught:
-            await transport.post("webhook", SlackMessage("hello"))
-    finally:
-        await transport.close()
-    assert caught.value.retryable is retryable
-    assert caught.value.reason == f"webhook answered {status}: {body}"
-    assert "secret" not in caught.value.reason
+    refusal = await webhook_refusal(url)
+    assert refusal.retryable is retryable
+    assert refusal.reason == f"webhook answered {status}: {body}"
+    assert "secret" not in refusal.reason
 
 
 async def test_a_refusal_quoting_the_webhook_near_its_cut_keeps_no_part_of_it(
@@ -103,11 +109,6 @@ async def test_a_refusal_quoting_the_webhook_near_its_cut_keeps_no_part_of_it(
     """A proxy's page that quotes the URL where the reason is cut: the URL is removed before the cut."""
     url, answers = webhook_answering
     answers.append((403, "x" * 146 + f" denied for POST {url} (ref 12345)"))  # cut in the path
-    transport = WebhookTransport(url, 2)
-    try:
-        with pytest.raises(DeliveryError) as caught:
-            await transport.post("webhook", SlackMessage("hello"))
-    finally:
-        await transport.close()
-    assert "/services/T" not in caught.value.reason
-    assert caught.value.reason.startswith("webhook answered 403: xxx")
+    refusal = await webhook_refusal(url)
+    assert "/services/T" not in refusal.reason
+    assert refusal.reason.startswith("webhook answered 403: xxx")
